@@ -1,0 +1,1 @@
+//! Open-loop load generator printing throughput and latency percentiles

@@ -1,0 +1,1 @@
+//! Service configuration: defaults, a TOML file, then SLUICE_ environment overrides

@@ -1,0 +1,1 @@
+//! The HTTP front door: auth, validation, publish to JetStream, job records

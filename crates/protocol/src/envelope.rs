@@ -1,0 +1,144 @@
+//! The job envelope: what ingest publishes and workers consume.
+//!
+//! Encoded as MessagePack with named fields (`rmp_serde::to_vec_named`) so that a newer
+//! producer can add optional fields without breaking older consumers, and an older message
+//! still decodes after an upgrade. `schema` is bumped only for a change that older code
+//! cannot read; decoders refuse a schema newer than they know instead of guessing.
+//! `proto/README.md` documents the fields and `proto/samples/` holds golden encodings.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Priority;
+
+/// The newest schema this build writes and the newest it can read.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// What the upstream call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    #[default]
+    ChatCompletion,
+    Embedding,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEnvelope {
+    /// Schema version of this envelope.
+    pub schema: u16,
+    /// Job id, a UUIDv7 (time-ordered).
+    pub id: Uuid,
+    pub tenant: String,
+    pub priority: Priority,
+    #[serde(default)]
+    pub kind: JobKind,
+    /// The model the client asked for (also inside `request`; here so routing and metrics
+    /// need not parse the request).
+    pub model: String,
+    /// The OpenAI request body as JSON bytes, already validated by ingest; the worker
+    /// forwards it without re-parsing.
+    #[serde(with = "serde_bytes")]
+    pub request: Vec<u8>,
+    /// Milliseconds since the Unix epoch when ingest accepted the job.
+    pub created_at_ms: u64,
+    /// After this instant (ms since epoch) the job must not be sent upstream.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// How many times the job was (re)submitted by an operator replay; 0 for the original.
+    #[serde(default)]
+    pub replays: u32,
+    /// W3C `traceparent` of the submitting request, for trace propagation.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// Client metadata (small string map), copied to the job record.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("encoding the job envelope failed: {0}")]
+    Msgpack(#[from] rmp_serde::encode::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a job envelope: {0}")]
+    Malformed(#[from] rmp_serde::decode::Error),
+    #[error("envelope schema {0} is newer than this build understands ({SCHEMA_VERSION})")]
+    UnknownSchema(u16),
+}
+
+impl JobEnvelope {
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        Ok(rmp_serde::to_vec_named(self)?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<JobEnvelope, DecodeError> {
+        let env: JobEnvelope = rmp_serde::from_slice(bytes)?;
+        if env.schema == 0 || env.schema > SCHEMA_VERSION {
+            return Err(DecodeError::UnknownSchema(env.schema));
+        }
+        Ok(env)
+    }
+
+    /// The request body as a JSON value (for tools and tests; workers forward the bytes).
+    pub fn request_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_slice(&self.request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> JobEnvelope {
+        JobEnvelope {
+            schema: SCHEMA_VERSION,
+            id: Uuid::now_v7(),
+            tenant: "acme".into(),
+            priority: Priority::High,
+            kind: JobKind::ChatCompletion,
+            model: "sim-small".into(),
+            request: br#"{"model":"sim-small","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+            created_at_ms: 1_700_000_000_000,
+            deadline_ms: Some(1_700_000_060_000),
+            replays: 0,
+            traceparent: None,
+            metadata: BTreeMap::from([("k".into(), "v".into())]),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let env = sample();
+        let bytes = env.encode().unwrap();
+        assert_eq!(JobEnvelope::decode(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn refuses_garbage_and_future_schemas() {
+        assert!(matches!(JobEnvelope::decode(b"\xc1not msgpack"), Err(DecodeError::Malformed(_))));
+        let mut env = sample();
+        env.schema = SCHEMA_VERSION + 1;
+        let bytes = env.encode().unwrap();
+        assert!(matches!(JobEnvelope::decode(&bytes), Err(DecodeError::UnknownSchema(_))));
+    }
+
+    #[test]
+    fn ignores_fields_it_does_not_know() {
+        // A newer producer adding an optional field must not break this consumer.
+        #[derive(Serialize)]
+        struct Newer<'a> {
+            #[serde(flatten)]
+            env: &'a JobEnvelope,
+            future_field: &'a str,
+        }
+        let env = sample();
+        let bytes = rmp_serde::to_vec_named(&Newer { env: &env, future_field: "x" }).unwrap();
+        assert_eq!(JobEnvelope::decode(&bytes).unwrap(), env);
+    }
+}

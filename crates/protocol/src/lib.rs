@@ -1,0 +1,22 @@
+//! The vocabulary every Sluice process shares: the job envelope that travels on the broker,
+//! the subject and stream names, priorities and the job state machine.
+//!
+//! # Layout
+//! - [`envelope`]: the versioned MessagePack job envelope (`proto/` documents it and keeps
+//!   golden samples that the tests decode).
+//! - [`subjects`]: stream, consumer and subject names, optionally under a namespace so that
+//!   tests (and several stacks) can share one NATS server.
+//! - [`status`]: job states with OpenAI's vocabulary and the monotonic transition rule.
+//! - [`priority`]: `high` | `normal` | `low`.
+//!
+//! This crate depends on nothing async, so any tool can decode a message off the wire.
+
+pub mod envelope;
+pub mod priority;
+pub mod status;
+pub mod subjects;
+
+pub use envelope::{DecodeError, EncodeError, JobEnvelope, JobKind, SCHEMA_VERSION};
+pub use priority::Priority;
+pub use status::JobStatus;
+pub use subjects::Subjects;

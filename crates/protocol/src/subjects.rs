@@ -1,0 +1,111 @@
+//! Stream, consumer and subject names.
+//!
+//! With an empty namespace the names are the documented ones: stream `JOBS` with subjects
+//! `jobs.<priority>.<tenant>`, stream `DLQ` with subjects `dlq.<reason>.<tenant>`, and one
+//! durable consumer `workers-<priority>` per class. A namespace prefixes every name, so tests
+//! and side-by-side stacks can share a NATS server without seeing each other's messages.
+
+use crate::Priority;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    namespace: String,
+}
+
+impl Subjects {
+    /// `namespace` may be empty; otherwise it must be a single subject token
+    /// (`[A-Za-z0-9_-]+`), which [`Subjects::valid_namespace`] checks.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Subjects { namespace: namespace.into() }
+    }
+
+    pub fn valid_namespace(ns: &str) -> bool {
+        ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn subject_prefix(&self) -> String {
+        if self.namespace.is_empty() { String::new() } else { format!("{}.", self.namespace) }
+    }
+
+    fn stream_prefix(&self) -> String {
+        if self.namespace.is_empty() { String::new() } else { format!("{}_", self.namespace) }
+    }
+
+    pub fn jobs_stream(&self) -> String {
+        format!("{}JOBS", self.stream_prefix())
+    }
+
+    pub fn dlq_stream(&self) -> String {
+        format!("{}DLQ", self.stream_prefix())
+    }
+
+    /// Wildcard covering every job subject (the JOBS stream's subject filter).
+    pub fn jobs_wildcard(&self) -> String {
+        format!("{}jobs.>", self.subject_prefix())
+    }
+
+    pub fn dlq_wildcard(&self) -> String {
+        format!("{}dlq.>", self.subject_prefix())
+    }
+
+    /// `jobs.<priority>.<tenant>`; tenant ids are validated to be one subject token.
+    pub fn job(&self, priority: Priority, tenant: &str) -> String {
+        format!("{}jobs.{}.{}", self.subject_prefix(), priority.as_str(), tenant)
+    }
+
+    /// Filter for one priority class: `jobs.<priority>.>`.
+    pub fn priority_filter(&self, priority: Priority) -> String {
+        format!("{}jobs.{}.>", self.subject_prefix(), priority.as_str())
+    }
+
+    /// Durable consumer name for one priority class.
+    pub fn consumer(&self, priority: Priority) -> String {
+        format!("{}workers-{}", self.stream_prefix(), priority.as_str())
+    }
+
+    /// `dlq.<reason>.<tenant>`; an undecodable message has tenant `unknown`.
+    pub fn dlq(&self, reason: &str, tenant: &str) -> String {
+        format!("{}dlq.{}.{}", self.subject_prefix(), reason, tenant)
+    }
+}
+
+/// Whether `s` can be used as a single NATS subject token (tenant ids, reasons).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_match_the_design() {
+        let s = Subjects::new("");
+        assert_eq!(s.jobs_stream(), "JOBS");
+        assert_eq!(s.job(Priority::High, "acme"), "jobs.high.acme");
+        assert_eq!(s.priority_filter(Priority::Low), "jobs.low.>");
+        assert_eq!(s.consumer(Priority::Normal), "workers-normal");
+        assert_eq!(s.dlq("undecodable", "unknown"), "dlq.undecodable.unknown");
+    }
+
+    #[test]
+    fn a_namespace_prefixes_everything() {
+        let s = Subjects::new("t1");
+        assert_eq!(s.jobs_stream(), "t1_JOBS");
+        assert_eq!(s.jobs_wildcard(), "t1.jobs.>");
+        assert_eq!(s.job(Priority::Low, "a"), "t1.jobs.low.a");
+        assert_eq!(s.dlq_stream(), "t1_DLQ");
+    }
+
+    #[test]
+    fn tokens_reject_subject_syntax() {
+        assert!(is_token("acme-1_x"));
+        for bad in ["", "a.b", "a*", "a>", "a b", &"x".repeat(65)] {
+            assert!(!is_token(bad), "{bad:?}");
+        }
+    }
+}

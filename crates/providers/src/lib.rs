@@ -1,0 +1,1 @@
+//! OpenAI-compatible upstream providers: pooled HTTP client and error classification

@@ -1,0 +1,1 @@
+//! NATS JetStream: streams, consumers, publishing with acknowledgement, dead letters

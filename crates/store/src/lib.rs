@@ -1,0 +1,1 @@
+//! Redis: the key schema, job records with monotonic state transitions, event history

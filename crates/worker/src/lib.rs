@@ -1,0 +1,1 @@
+//! Workers: bounded, priority-aware JetStream consumers calling providers and recording outcomes
