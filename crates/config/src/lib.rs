@@ -1,1 +1,99 @@
-//! Service configuration: defaults, a TOML file, then SLUICE_ environment overrides
+//! Configuration shared by every Sluice service.
+//!
+//! One TOML file describes a deployment (`config/dev.toml` is the local one); each service
+//! reads the sections it needs. Loading is layered: built-in defaults, then the file, then
+//! `SLUICE_<SECTION>__<KEY>` environment variables (`SLUICE_NATS__URL`,
+//! `SLUICE_WORKER__CONCURRENCY`, …). Unknown keys are errors, and [`Config::validate`] turns
+//! every inconsistency into one clear start-up error. Secrets are never written in the file:
+//! a secret field holds `env::NAME` and is resolved from the environment into a
+//! [`secrecy::SecretString`], which `Debug` does not print.
+
+mod env;
+mod secret;
+mod sections;
+
+use std::path::Path;
+
+pub use secret::{SecretRef, hash_api_key};
+pub use sections::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    #[error("environment variable {name} referenced by the config is not set")]
+    MissingSecret { name: String },
+}
+
+impl Config {
+    /// Defaults, then `path` (if given), then `SLUICE_…` variables from the process
+    /// environment; validated.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &vars)
+    }
+
+    /// Like [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(path: Option<&Path>, vars: &[(String, String)]) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
+            None => String::new(),
+        };
+        Self::from_toml_with_env(&text, vars)
+    }
+
+    pub fn from_toml_with_env(text: &str, vars: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        env::overlay(&mut table, vars)?;
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = Config::from_toml_with_env("", &[]).unwrap();
+        assert_eq!(cfg.nats.url, "nats://127.0.0.1:4222");
+        assert!(cfg.worker.concurrency > 0);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let vars = vec![
+            ("SLUICE_NATS__URL".to_string(), "nats://10.0.0.1:4333".to_string()),
+            ("SLUICE_WORKER__CONCURRENCY".to_string(), "7".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let cfg = Config::from_toml_with_env("[worker]\nconcurrency = 3\n", &vars).unwrap();
+        assert_eq!(cfg.nats.url, "nats://10.0.0.1:4333");
+        assert_eq!(cfg.worker.concurrency, 7);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = Config::from_toml_with_env("[worker]\nconcurency = 3\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+        let err = Config::from_toml_with_env("", &[("SLUICE_NOPE__X".into(), "1".into())]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn validation_catches_nonsense() {
+        assert!(Config::from_toml_with_env("[worker]\nconcurrency = 0\n", &[]).is_err());
+        assert!(Config::from_toml_with_env("[nats]\nnamespace = \"a.b\"\n", &[]).is_err());
+        let dup = "[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"a\"\n";
+        assert!(Config::from_toml_with_env(dup, &[]).is_err());
+    }
+}

@@ -1,1 +1,137 @@
-//! The HTTP front door: auth, validation, publish to JetStream, job records
+//! Ingest: the stateless HTTP front door.
+//!
+//! It authenticates a request, validates it, publishes the job to JetStream and waits for
+//! the acknowledgement, records the job in Redis and answers `202`. Replicas share nothing
+//! but NATS and Redis, so any number can run behind a load balancer.
+//!
+//! # Layout
+//! - [`routes`]: `jobs` (submit, read) and `ops` (health, readiness, metrics).
+//! - [`auth`]: API keys and the open-route allowlist.
+//! - [`validate`]: the request checks that turn bad input into a clear 400.
+//! - [`error`]: the API error and its OpenAI-shaped response.
+
+pub mod auth;
+pub mod error;
+pub mod routes;
+pub mod validate;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use sluice_config::Config;
+use sluice_queue::Queue;
+use sluice_store::Store;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{auth::KeyTable, error::ApiError};
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub queue: Queue,
+    pub store: Store,
+    pub keys: Arc<KeyTable>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub async fn new(cfg: Config) -> anyhow::Result<AppState> {
+        let queue = Queue::connect(&cfg.nats, "sluice-ingest").await?;
+        let store = Store::new(&cfg.redis)?;
+        let keys = Arc::new(KeyTable::from_config(&cfg.tenants));
+        let in_flight = Arc::new(Semaphore::new(cfg.ingest.max_concurrent_requests));
+        Ok(AppState { cfg: Arc::new(cfg), queue, store, keys, in_flight })
+    }
+}
+
+/// The whole HTTP API. Authentication wraps every route; the open ones are listed in
+/// [`auth::OPEN_PATHS`].
+pub fn router(state: AppState) -> Router {
+    let max_body = state.cfg.ingest.max_body_bytes;
+    Router::new()
+        .route("/v1/jobs", post(routes::jobs::submit))
+        .route("/v1/jobs/{id}", get(routes::jobs::get))
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .layer(middleware::from_fn_with_state(state.clone(), shed_load))
+        .with_state(state)
+}
+
+/// Bounds the requests in process; past the bound, answer 503 at once instead of queueing
+/// in memory.
+async fn shed_load(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => ApiError::Overloaded { retry_after_s: 1 }.into_response(),
+    }
+}
+
+/// Makes sure the streams exist, retrying in the background while the broker is away.
+pub async fn ensure_streams_until_ready(queue: Queue, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match queue.ensure_streams().await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "cannot set up JetStream streams yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A running ingest server (used by `main` and by tests).
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Server {
+    pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Server> {
+        use axum::serve::ListenerExt;
+        let state = AppState::new(cfg).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(ensure_streams_until_ready(state.queue.clone(), shutdown.clone()));
+        let app = router(state);
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "ingest server stopped");
+            }
+        });
+        tasks.close();
+        Ok(Server { addr, shutdown, tasks })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits (bounded).
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+}

@@ -1,1 +1,13 @@
-//! OpenAI-compatible upstream providers: pooled HTTP client and error classification
+//! Upstream providers: OpenAI-compatible HTTP APIs (OpenAI, vLLM, Ollama, llama.cpp, the
+//! Sluice simulator, …).
+//!
+//! # Layout
+//! - [`openai`]: one pooled HTTP client per deployment, the request and the response check.
+//! - [`error`]: the single classification of upstream failures into retryable and permanent,
+//!   which the worker uses to decide ack / NAK-with-delay / fail.
+
+pub mod error;
+pub mod openai;
+
+pub use error::{ErrorClass, ProviderError};
+pub use openai::OpenAiProvider;

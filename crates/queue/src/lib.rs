@@ -1,1 +1,89 @@
-//! NATS JetStream: streams, consumers, publishing with acknowledgement, dead letters
+//! NATS JetStream: the durable queue between ingest and workers.
+//!
+//! # Layout
+//! - [`setup`]: the JOBS work-queue stream, the DLQ stream and one durable pull consumer per
+//!   priority, created or updated idempotently at start-up.
+//! - [`publisher`]: publishing a job and waiting for JetStream's acknowledgement.
+//! - [`consumer`]: fetching deliveries sized to the caller's free capacity, and settling them
+//!   (ack, NAK with delay, progress, terminate).
+//! - [`dead_letter`]: moving a message to the dead-letter stream with its reason.
+
+pub mod consumer;
+pub mod dead_letter;
+pub mod publisher;
+pub mod setup;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use sluice_config::NatsConfig;
+use sluice_protocol::Subjects;
+
+pub use consumer::Delivery;
+pub use dead_letter::DeadLetter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the broker is not connected")]
+    NotConnected,
+    #[error("the broker did not acknowledge in time")]
+    Timeout,
+    #[error("the broker refused the message: {0}")]
+    Refused(String),
+    #[error("broker error: {0}")]
+    Broker(String),
+    #[error("encoding failed: {0}")]
+    Encode(#[from] sluice_protocol::EncodeError),
+}
+
+/// A connection to NATS with the JetStream context and the names in use. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    cfg: NatsConfig,
+}
+
+impl Queue {
+    /// Connects to NATS. The connection is retried in the background if the server is not
+    /// reachable yet, so a service can start before its broker and report not-ready.
+    pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Queue, QueueError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .client_capacity(65_536)
+            .connect(cfg.url.as_str())
+            .await
+            .map_err(|e| QueueError::Broker(e.to_string()))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_millis(cfg.publish_timeout_ms));
+        Ok(Queue { client, js, subjects: Subjects::new(cfg.namespace.clone()), cfg: cfg.clone() })
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn config(&self) -> &NatsConfig {
+        &self.cfg
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(self.client.connection_state(), async_nats::connection::State::Connected)
+    }
+}
+
+fn broker<E: std::fmt::Display>(e: E) -> QueueError {
+    QueueError::Broker(e.to_string())
+}

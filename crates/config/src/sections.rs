@@ -1,0 +1,239 @@
+//! The configuration sections and their defaults.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ConfigError, SecretRef};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub redis: RedisConfig,
+    pub ingest: IngestConfig,
+    pub worker: WorkerConfig,
+    pub upstream: UpstreamConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    /// Prefix for stream, consumer and subject names (empty: the documented names).
+    pub namespace: String,
+    /// How long ingest waits for JetStream to acknowledge a publish before answering 503.
+    pub publish_timeout_ms: u64,
+    /// Bounds of the JOBS stream; past them publishes are refused (and answered 503).
+    pub max_queued_jobs: i64,
+    pub max_queue_bytes: i64,
+    /// Stream replicas (3 in a production cluster).
+    pub replicas: usize,
+    /// Window in which a re-published job id is recognised as a duplicate.
+    pub duplicate_window_s: u64,
+    /// Retention of the dead-letter stream.
+    pub dlq_max_age_s: u64,
+    pub dlq_max_msgs: i64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            namespace: String::new(),
+            publish_timeout_ms: 2_000,
+            max_queued_jobs: 1_000_000,
+            max_queue_bytes: 2 * 1024 * 1024 * 1024,
+            replicas: 1,
+            duplicate_window_s: 120,
+            dlq_max_age_s: 14 * 24 * 3600,
+            dlq_max_msgs: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Every key lives under this prefix (see `sluice_store::keys`).
+    pub prefix: String,
+    pub pool_size: usize,
+    /// How long a job record, its result and its event history are kept.
+    pub result_ttl_s: u64,
+    pub command_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "sluice:".into(),
+            pool_size: 32,
+            result_ttl_s: 24 * 3600,
+            command_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub listen: String,
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Largest accepted `max_tokens`.
+    pub max_output_tokens: u64,
+    /// Seconds a client is told to wait (`Retry-After`) when the broker refuses work.
+    pub retry_after_s: u64,
+    /// Requests processed at once; past it requests wait briefly, then get 503.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            max_output_tokens: 1_000_000,
+            retry_after_s: 2,
+            max_concurrent_requests: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Jobs one worker replica runs at once.
+    pub concurrency: usize,
+    /// How long the broker waits for an ack before redelivering; heartbeats extend it.
+    pub ack_wait_s: u64,
+    /// Deliveries before a job is failed and dead-lettered.
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// On SIGTERM, how long in-flight jobs may run before they are released to the broker.
+    pub shutdown_grace_s: u64,
+    /// Every Nth fetch round starts with `low` (and every other Nth/2 with `normal`), so lower
+    /// classes keep a small guaranteed share under a flood of higher ones.
+    pub low_share_every: u32,
+    /// Where the worker serves `/metrics` and `/healthz` (empty: not served).
+    pub metrics_listen: String,
+    /// Idle long-poll length when every class is empty.
+    pub idle_poll_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 64,
+            ack_wait_s: 30,
+            max_attempts: 5,
+            backoff_base_ms: 500,
+            backoff_max_ms: 30_000,
+            shutdown_grace_s: 20,
+            low_share_every: 10,
+            metrics_listen: String::new(),
+            idle_poll_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Base URL of an OpenAI-compatible API, up to and including `/v1`.
+    pub base_url: String,
+    pub api_key: Option<SecretRef>,
+    pub timeout_s: u64,
+    pub connect_timeout_ms: u64,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            base_url: "http://127.0.0.1:9100/v1".into(),
+            api_key: None,
+            timeout_s: 120,
+            connect_timeout_ms: 2_000,
+            pool_max_idle_per_host: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// One NATS subject token: letters, digits, `-`, `_`.
+    pub id: String,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// A name for the key (shown in logs and metrics instead of the key).
+    pub id: String,
+    /// Hex SHA-256 of the key (`sluice keys hash` prints it).
+    pub sha256: String,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if !sluice_protocol::Subjects::valid_namespace(&self.nats.namespace) {
+            return bad("nats.namespace must contain only letters, digits, '-' and '_'");
+        }
+        if self.nats.publish_timeout_ms == 0 {
+            return bad("nats.publish_timeout_ms must be positive");
+        }
+        if self.redis.pool_size == 0 || self.redis.result_ttl_s == 0 {
+            return bad("redis.pool_size and redis.result_ttl_s must be positive");
+        }
+        if self.ingest.max_body_bytes < 1024 || self.ingest.max_concurrent_requests == 0 {
+            return bad("ingest.max_body_bytes must be at least 1024 and max_concurrent_requests positive");
+        }
+        if self.worker.concurrency == 0 || self.worker.concurrency > 100_000 {
+            return bad("worker.concurrency must be between 1 and 100000");
+        }
+        if self.worker.max_attempts == 0 || self.worker.ack_wait_s == 0 {
+            return bad("worker.max_attempts and worker.ack_wait_s must be positive");
+        }
+        if self.worker.low_share_every < 2 {
+            return bad("worker.low_share_every must be at least 2");
+        }
+        if !(self.upstream.base_url.starts_with("http://") || self.upstream.base_url.starts_with("https://")) {
+            return bad("upstream.base_url must be an http(s) URL");
+        }
+        let mut tenants = HashSet::new();
+        let mut keys = HashSet::new();
+        for t in &self.tenants {
+            if !sluice_protocol::subjects::is_token(&t.id) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant id {:?} must be 1-64 letters, digits, '-' or '_'",
+                    t.id
+                )));
+            }
+            if !tenants.insert(t.id.as_str()) {
+                return Err(ConfigError::Invalid(format!("tenant {:?} is listed twice", t.id)));
+            }
+            for k in &t.keys {
+                let ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+                if !ok {
+                    return Err(ConfigError::Invalid(format!(
+                        "key {:?} of tenant {:?}: sha256 must be 64 hex digits",
+                        k.id, t.id
+                    )));
+                }
+                if !keys.insert(k.sha256.to_ascii_lowercase()) {
+                    return Err(ConfigError::Invalid(format!("key {:?} is configured twice", k.id)));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! The API error: one type, one `IntoResponse`, OpenAI's error shape everywhere.
+//!
+//! 5xx bodies are opaque; the detail stays in the log line the trace layer writes. Each
+//! variant has a low-cardinality label for the `sluice_ingest_errors_total` metric.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidRequest { message: String, param: Option<String>, code: &'static str },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the queue is not accepting work right now")]
+    QueueUnavailable { retry_after_s: u64, reason: String },
+    #[error("the job store is unavailable")]
+    StoreUnavailable { retry_after_s: u64, reason: String },
+    #[error("too many concurrent requests")]
+    Overloaded { retry_after_s: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>, code: &'static str) -> ApiError {
+        ApiError::InvalidRequest { message: message.into(), param: param.map(str::to_string), code }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QueueUnavailable { .. } | ApiError::StoreUnavailable { .. } | ApiError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::QueueUnavailable { .. } => "queue_unavailable",
+            ApiError::StoreUnavailable { .. } => "store_unavailable",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        let (message, kind, param, code): (String, &str, Option<&str>, Option<&str>) = match self {
+            ApiError::InvalidRequest { message, param, code } => {
+                (message.clone(), "invalid_request_error", param.as_deref(), Some(code))
+            }
+            ApiError::Unauthorized => (
+                "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.".into(),
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
+            ),
+            ApiError::NotFound(what) => (what.clone(), "invalid_request_error", None, Some("not_found")),
+            ApiError::MethodNotAllowed => (
+                "Method not allowed for this URL.".into(),
+                "invalid_request_error",
+                None,
+                Some("method_not_allowed"),
+            ),
+            ApiError::PayloadTooLarge { limit } => (
+                format!("Request body is larger than the limit of {limit} bytes."),
+                "invalid_request_error",
+                None,
+                Some("request_too_large"),
+            ),
+            ApiError::QueueUnavailable { .. } => (
+                "The queue is not accepting work right now; retry after the indicated delay.".into(),
+                "server_error",
+                None,
+                Some("queue_unavailable"),
+            ),
+            ApiError::StoreUnavailable { .. } => (
+                "The job store is unavailable; retry after the indicated delay.".into(),
+                "server_error",
+                None,
+                Some("store_unavailable"),
+            ),
+            ApiError::Overloaded { .. } => (
+                "Too many concurrent requests; retry after the indicated delay.".into(),
+                "server_error",
+                None,
+                Some("overloaded"),
+            ),
+            ApiError::Internal(_) => ("Internal error.".into(), "server_error", None, Some("internal_error")),
+        };
+        json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        metrics::counter!("sluice_ingest_errors_total", "kind" => self.label()).increment(1);
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(kind = self.label(), detail = %self, "request failed");
+        }
+        let retry_after = match &self {
+            ApiError::QueueUnavailable { retry_after_s, .. }
+            | ApiError::StoreUnavailable { retry_after_s, .. }
+            | ApiError::Overloaded { retry_after_s } => Some(*retry_after_s),
+            _ => None,
+        };
+        let mut resp = (status, Json(self.body())).into_response();
+        if let Some(s) = retry_after {
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_are_opaque() {
+        let body = ApiError::Internal("redis said: WRONGTYPE at key sluice:job:x".into()).body();
+        let text = body.to_string();
+        assert!(!text.contains("WRONGTYPE"), "{text}");
+        assert_eq!(body["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let resp = ApiError::QueueUnavailable { retry_after_s: 3, reason: "x".into() }.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[RETRY_AFTER], "3");
+    }
+}

@@ -1,0 +1,178 @@
+//! `POST /v1/jobs` and `GET /v1/jobs/{id}`.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Extension, Json,
+    body::Bytes,
+    extract::{Path, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header::LOCATION},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use sluice_protocol::{JobEnvelope, JobKind, SCHEMA_VERSION};
+use sluice_queue::QueueError;
+use sluice_store::{JobRecord, now_ms};
+use uuid::Uuid;
+
+use crate::{AppState, auth::Tenant, error::ApiError, validate};
+
+/// The job as the API shows it. Timestamps are Unix seconds like OpenAI's objects, with
+/// millisecond precision in `timings_ms`.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: Uuid,
+    pub object: &'static str,
+    pub status: &'static str,
+    pub priority: &'static str,
+    pub model: String,
+    pub created_at: u64,
+    pub in_progress_at: Option<u64>,
+    pub completed_at: Option<u64>,
+    pub failed_at: Option<u64>,
+    pub cancelled_at: Option<u64>,
+    pub expired_at: Option<u64>,
+    pub attempts: u64,
+    pub metadata: BTreeMap<String, String>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+    pub timings_ms: Timings,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Timings {
+    pub queued_at: u64,
+    pub in_progress_at: Option<u64>,
+    pub completed_at: Option<u64>,
+    pub failed_at: Option<u64>,
+    pub cancelled_at: Option<u64>,
+    pub expired_at: Option<u64>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(r: JobRecord) -> JobView {
+        let s = |ms: Option<u64>| ms.map(|v| v / 1000);
+        JobView {
+            id: r.id,
+            object: "job",
+            status: r.status.as_str(),
+            priority: r.priority.as_str(),
+            model: r.model,
+            created_at: r.created_at_ms / 1000,
+            in_progress_at: s(r.in_progress_at_ms),
+            completed_at: s(r.completed_at_ms),
+            failed_at: s(r.failed_at_ms),
+            cancelled_at: s(r.cancelled_at_ms),
+            expired_at: s(r.expired_at_ms),
+            attempts: r.attempts,
+            metadata: r.metadata,
+            result: r.result,
+            error: r.error,
+            timings_ms: Timings {
+                queued_at: r.queued_at_ms.unwrap_or(r.created_at_ms),
+                in_progress_at: r.in_progress_at_ms,
+                completed_at: r.completed_at_ms,
+                failed_at: r.failed_at_ms,
+                cancelled_at: r.cancelled_at_ms,
+                expired_at: r.expired_at_ms,
+            },
+        }
+    }
+}
+
+pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::invalid("The request body could not be read.", None, "invalid_body")
+        }
+    })
+}
+
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    (v.len() <= 128 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| v.to_string())
+}
+
+pub async fn submit(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
+    let limits = validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
+    let sub = validate::chat_submission(&body, limits)?;
+    let env = JobEnvelope {
+        schema: SCHEMA_VERSION,
+        id: Uuid::now_v7(),
+        tenant: tenant.id.to_string(),
+        priority: sub.priority,
+        kind: JobKind::ChatCompletion,
+        model: sub.model,
+        request: sub.request,
+        created_at_ms: now_ms(),
+        deadline_ms: None,
+        replays: 0,
+        traceparent: traceparent(&headers),
+        metadata: sub.metadata,
+    };
+    state.queue.publish_job(&env).await.map_err(|e| queue_error(&state, e))?;
+    metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str()).increment(1);
+    // The job is durable from here on. If the record cannot be written, the worker writes
+    // it when it starts the job; the client already has the truth: 202.
+    if let Err(e) = state.store.record_queued(&env).await {
+        tracing::warn!(job = %env.id, error = %e, "job accepted but its queued record was not written");
+    }
+    let view = JobView {
+        id: env.id,
+        object: "job",
+        status: "queued",
+        priority: env.priority.as_str(),
+        model: env.model,
+        created_at: env.created_at_ms / 1000,
+        in_progress_at: None,
+        completed_at: None,
+        failed_at: None,
+        cancelled_at: None,
+        expired_at: None,
+        attempts: 0,
+        metadata: env.metadata,
+        result: None,
+        error: None,
+        timings_ms: Timings {
+            queued_at: env.created_at_ms,
+            in_progress_at: None,
+            completed_at: None,
+            failed_at: None,
+            cancelled_at: None,
+            expired_at: None,
+        },
+    };
+    let location = format!("/v1/jobs/{}", env.id);
+    Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
+}
+
+fn queue_error(state: &AppState, e: QueueError) -> ApiError {
+    ApiError::QueueUnavailable { retry_after_s: state.cfg.ingest.retry_after_s, reason: e.to_string() }
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("No job with id '{}'.", id.chars().take(64).collect::<String>()));
+    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let record = state
+        .store
+        .get(uuid)
+        .await
+        .map_err(|e| ApiError::StoreUnavailable { retry_after_s: 1, reason: e.to_string() })?;
+    match record {
+        // Another tenant's job is indistinguishable from a missing one.
+        Some(r) if r.tenant == *tenant.id => Ok(Json(JobView::from(r))),
+        _ => Err(not_found()),
+    }
+}

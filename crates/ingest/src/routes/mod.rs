@@ -1,0 +1,4 @@
+//! HTTP handlers, one module per route group.
+
+pub mod jobs;
+pub mod ops;

@@ -1,0 +1,36 @@
+//! Health, readiness and metrics: the open routes.
+
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header::CONTENT_TYPE},
+    response::IntoResponse,
+};
+use serde_json::json;
+
+use crate::{AppState, error::ApiError};
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when both the broker and the store answer.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let nats = state.queue.is_connected();
+    let redis = state.store.ping().await.is_ok();
+    let status = if nats && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let word = if status == StatusCode::OK { "ready" } else { "not_ready" };
+    (status, Json(json!({ "status": word, "nats": nats, "redis": redis })))
+}
+
+pub async fn metrics() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], sluice_telemetry::render_metrics())
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("Unknown URL. See the API reference in the README.".into())
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,94 @@
+//! Upstream failures, classified once.
+//!
+//! Retryable: timeouts, connection errors, 408, 409, 429 and 5xx; permanent: every other
+//! 4xx (bad request, content filter, unknown model) and a 2xx body that is not JSON. The
+//! error text is Sluice's own: upstream bodies never travel further than a debug log.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    Retryable,
+    Permanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("could not connect to upstream")]
+    Connect,
+    #[error("upstream answered {status}")]
+    Status { status: u16, retry_after: Option<Duration> },
+    #[error("upstream response was not valid JSON")]
+    InvalidResponse,
+    #[error("upstream request failed")]
+    Transport,
+}
+
+impl ProviderError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ProviderError::Timeout | ProviderError::Connect | ProviderError::Transport => ErrorClass::Retryable,
+            ProviderError::Status { status, .. } => match status {
+                408 | 409 | 429 => ErrorClass::Retryable,
+                s if *s >= 500 => ErrorClass::Retryable,
+                _ => ErrorClass::Permanent,
+            },
+            ProviderError::InvalidResponse => ErrorClass::Permanent,
+        }
+    }
+
+    /// What the upstream asked us to wait, if anything.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A low-cardinality label for metrics and the stored error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProviderError::Timeout => "upstream_timeout",
+            ProviderError::Connect => "upstream_unreachable",
+            ProviderError::Status { status: 429, .. } => "upstream_rate_limited",
+            ProviderError::Status { status, .. } if *status >= 500 => "upstream_error",
+            ProviderError::Status { status: 404, .. } => "model_not_found",
+            ProviderError::Status { .. } => "upstream_rejected",
+            ProviderError::InvalidResponse => "upstream_invalid_response",
+            ProviderError::Transport => "upstream_transport",
+        }
+    }
+}
+
+/// Parses `Retry-After` as seconds (the HTTP-date form is rare for APIs and is ignored).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let s = |status| ProviderError::Status { status, retry_after: None };
+        assert_eq!(s(429).class(), ErrorClass::Retryable);
+        assert_eq!(s(503).class(), ErrorClass::Retryable);
+        assert_eq!(s(400).class(), ErrorClass::Permanent);
+        assert_eq!(s(404).class(), ErrorClass::Permanent);
+        assert_eq!(ProviderError::Timeout.class(), ErrorClass::Retryable);
+        assert_eq!(ProviderError::InvalidResponse.class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("99999"), Some(Duration::from_secs(3600)));
+    }
+}

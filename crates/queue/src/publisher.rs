@@ -1,0 +1,39 @@
+//! Publishing jobs. A job counts as accepted only once JetStream acknowledged it.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use sluice_protocol::JobEnvelope;
+
+use crate::{Queue, QueueError};
+
+impl Queue {
+    /// Publishes the job on `jobs.<priority>.<tenant>` and waits for the stream's ack.
+    ///
+    /// The job id is the JetStream message id, so a publish retried within the duplicate
+    /// window is stored once. When the client is not connected the call fails at once
+    /// rather than buffering the job in memory behind a dead connection.
+    pub async fn publish_job(&self, env: &JobEnvelope) -> Result<(), QueueError> {
+        if !self.is_connected() {
+            return Err(QueueError::NotConnected);
+        }
+        let payload = env.encode()?;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", env.id.to_string().as_str());
+        let subject = self.subjects.job(env.priority, &env.tenant);
+        let timeout = Duration::from_millis(self.cfg.publish_timeout_ms);
+        let send = async {
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+                .map_err(|e| QueueError::Refused(e.to_string()))?;
+            ack.await.map_err(|e| QueueError::Refused(e.to_string()))
+        };
+        match tokio::time::timeout(timeout, send).await {
+            Ok(Ok(_ack)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(QueueError::Timeout),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! OpenAI wire types: the parts of requests the simulator reads and the responses it writes.
+//!
+//! Requests are lenient (unknown fields are ignored, as OpenAI-compatible servers do);
+//! responses carry the fields SDKs rely on.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+// ---- requests ----
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+}
+
+impl ChatRequest {
+    /// `max_completion_tokens` supersedes the deprecated `max_tokens`.
+    pub fn token_limit(&self) -> Option<u64> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// The text of the last message whose role is `user`.
+    pub fn last_user_text(&self) -> Option<Cow<'_, str>> {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(ChatMessage::text)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+}
+
+impl ChatMessage {
+    /// The message's text: the string, or the concatenated `text` of its parts.
+    pub fn text(&self) -> Cow<'_, str> {
+        match &self.content {
+            None => Cow::Borrowed(""),
+            Some(MessageContent::Text(s)) => Cow::Borrowed(s),
+            Some(MessageContent::Parts(parts)) => {
+                Cow::Owned(parts.iter().filter_map(|p| p.text.as_deref()).collect())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingsRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl EmbeddingInput {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(v) => v,
+        }
+    }
+}
+
+// ---- responses ----
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub choices: [Choice<'a>; 1],
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Choice<'a> {
+    pub index: u32,
+    pub message: AssistantMessage<'a>,
+    pub logprobs: Option<()>,
+    pub finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage<'a> {
+    pub role: &'static str,
+    pub content: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatChunk<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub choices: Vec<ChunkChoice<'a>>,
+    /// Absent without `include_usage`; `null` on every chunk but the last with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChunkChoice<'a> {
+    pub index: u32,
+    pub delta: Delta<'a>,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingList<'a> {
+    pub object: &'static str,
+    pub data: Vec<EmbeddingItem>,
+    pub model: &'a str,
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingItem {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelList<'a> {
+    pub object: &'static str,
+    pub data: Vec<ModelEntry<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelEntry<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_may_be_a_string_parts_or_null() {
+        let req: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","temperature":0.2,"messages":[
+                {"role":"system","content":"be brief"},
+                {"role":"user","content":[{"type":"text","text":"hel"},{"type":"image_url","image_url":{}},{"type":"text","text":"lo"}]},
+                {"role":"assistant","content":null,"tool_calls":[]}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(req.messages[0].text(), "be brief");
+        assert_eq!(req.messages[1].text(), "hello");
+        assert_eq!(req.messages[2].text(), "");
+        assert_eq!(req.last_user_text().as_deref(), Some("hello"));
+        assert!(!req.include_usage());
+    }
+
+    #[test]
+    fn max_completion_tokens_wins() {
+        let req: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[],"max_tokens":5,"max_completion_tokens":3}"#,
+        )
+        .unwrap();
+        assert_eq!(req.token_limit(), Some(3));
+    }
+
+    #[test]
+    fn chunk_usage_is_absent_null_or_present() {
+        let chunk = |usage| ChatChunk {
+            id: "c",
+            object: "chat.completion.chunk",
+            created: 0,
+            model: "m",
+            choices: vec![],
+            usage,
+        };
+        let json = |c: &ChatChunk<'_>| serde_json::to_value(c).unwrap();
+        assert!(json(&chunk(None)).get("usage").is_none());
+        assert!(json(&chunk(Some(None)))["usage"].is_null());
+        let u = Usage {
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            total_tokens: 3,
+        };
+        assert_eq!(json(&chunk(Some(Some(u))))["usage"]["total_tokens"], 3);
+    }
+}

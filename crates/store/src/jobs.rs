@@ -1,0 +1,171 @@
+//! Job record transitions.
+//!
+//! Every write goes through one Lua script, so the rule of [`JobStatus::may_become`] holds
+//! atomically whoever writes: ingest recording `queued` after the publish ack may arrive
+//! after a worker already recorded `in_progress`; a redelivered message may try to start a
+//! job that already completed. The script refuses any backward or repeated terminal move and
+//! reports the current status, so the caller can act on it (a worker simply acks).
+//!
+//! The descriptive fields (tenant, model, priority, …) are written with `HSETNX` by every
+//! transition, so whichever process writes first creates a complete record.
+
+use redis::Script;
+use serde::{Deserialize, Serialize};
+use sluice_protocol::{JobEnvelope, JobStatus};
+use uuid::Uuid;
+
+use crate::{JobRecord, Store, StoreError, now_ms};
+
+const TRANSITION: &str = r#"
+local rank = {queued=0, in_progress=1, completed=2, failed=2, cancelled=2, expired=2}
+local new = ARGV[1]
+local now = ARGV[2]
+local ttl = ARGV[3]
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur then
+  local rc, rn = rank[cur], rank[new]
+  if rc == 2 or rn < rc or (rn == rc and rn ~= 1) then
+    return {0, cur}
+  end
+end
+local i = 5
+local nbase = tonumber(ARGV[4])
+for _ = 1, nbase do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local nset = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, nset do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if not cur and new ~= 'queued' then
+  local created = redis.call('HGET', KEYS[1], 'created_at')
+  redis.call('HSETNX', KEYS[1], 'queued_at', created)
+  redis.call('RPUSH', KEYS[2], cjson.encode({type = 'status', status = 'queued', at = tonumber(created)}))
+end
+redis.call('HSET', KEYS[1], 'status', new, new .. '_at', now)
+local ev = {type = 'status', status = new, at = tonumber(now)}
+if new == 'in_progress' then ev.attempt = tonumber(redis.call('HGET', KEYS[1], 'attempts')) end
+redis.call('RPUSH', KEYS[2], cjson.encode(ev))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return {1, new}
+"#;
+
+pub(crate) struct Scripts {
+    transition: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Scripts {
+        Scripts { transition: Script::new(TRANSITION) }
+    }
+}
+
+/// What a transition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Applied,
+    /// The record was already in `current`, which may not become the requested status.
+    Refused { current: JobStatus },
+}
+
+/// The error recorded on a failed job, in OpenAI's error vocabulary. It never carries raw
+/// upstream text: `message` is written by Sluice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: String,
+}
+
+impl Store {
+    /// Ingest: the publish was acknowledged.
+    pub async fn record_queued(&self, env: &JobEnvelope) -> Result<Transition, StoreError> {
+        self.transition(env, JobStatus::Queued, &[]).await
+    }
+
+    /// Worker: attempt `attempt` (1-based delivery count) starts.
+    pub async fn record_started(&self, env: &JobEnvelope, attempt: u64) -> Result<Transition, StoreError> {
+        self.transition(env, JobStatus::InProgress, &[("attempts", attempt.to_string())]).await
+    }
+
+    /// Worker: the upstream answered; `result` is the JSON response body.
+    pub async fn record_completed(&self, env: &JobEnvelope, result: &[u8]) -> Result<Transition, StoreError> {
+        let result = String::from_utf8_lossy(result).into_owned();
+        self.transition(env, JobStatus::Completed, &[("result", result)]).await
+    }
+
+    /// Worker or ingest: the job ended in `status` (failed, cancelled, expired) with `error`.
+    pub async fn record_ended(
+        &self,
+        env: &JobEnvelope,
+        status: JobStatus,
+        error: &JobError,
+    ) -> Result<Transition, StoreError> {
+        let error = serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        self.transition(env, status, &[("error", error)]).await
+    }
+
+    async fn transition(
+        &self,
+        env: &JobEnvelope,
+        status: JobStatus,
+        set: &[(&str, String)],
+    ) -> Result<Transition, StoreError> {
+        let metadata = serde_json::to_string(&env.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let kind = match env.kind {
+            sluice_protocol::JobKind::ChatCompletion => "chat_completion",
+            sluice_protocol::JobKind::Embedding => "embedding",
+        };
+        let base: [(&str, String); 6] = [
+            ("tenant", env.tenant.clone()),
+            ("priority", env.priority.as_str().to_string()),
+            ("model", env.model.clone()),
+            ("kind", kind.to_string()),
+            ("created_at", env.created_at_ms.to_string()),
+            ("metadata", metadata),
+        ];
+        let mut inv = self.scripts.transition.key(self.keys.job(env.id));
+        inv.key(self.keys.job_events(env.id));
+        inv.arg(status.as_str()).arg(now_ms()).arg(self.ttl_s).arg(base.len());
+        for (k, v) in &base {
+            inv.arg(*k).arg(v);
+        }
+        inv.arg(set.len());
+        for (k, v) in set {
+            inv.arg(*k).arg(v);
+        }
+        let mut conn = self.conn().await?;
+        let (applied, current): (i64, String) = self.timed(inv.invoke_async(&mut conn)).await?;
+        if applied == 1 {
+            return Ok(Transition::Applied);
+        }
+        let current = JobStatus::parse(&current)
+            .ok_or_else(|| StoreError::Protocol(format!("unknown status {current:?} in a job record")))?;
+        Ok(Transition::Refused { current })
+    }
+
+    /// The job record, if it exists (and has not expired).
+    pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let fields: Vec<(String, String)> =
+            self.timed(redis::cmd("HGETALL").arg(self.keys.job(id)).query_async(&mut conn)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        JobRecord::from_fields(id, fields).map(Some)
+    }
+
+    /// Events after the first `after` ones (event ids are 1-based positions).
+    pub async fn events_after(&self, id: Uuid, after: u64) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("LRANGE").arg(self.keys.job_events(id)).arg(after).arg(-1).query_async(&mut conn),
+        )
+        .await
+    }
+}

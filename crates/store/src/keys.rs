@@ -1,0 +1,46 @@
+//! The Redis key schema. Every key Sluice writes is built here, under one prefix.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{p}job:{id}` | hash | job record: tenant, status, timestamps, attempts, result, error |
+//! | `{p}job:{id}:events` | list | event history (JSON), index + 1 is the event id |
+//!
+//! Both expire `redis.result_ttl_s` after the job's last change.
+
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys { prefix: prefix.to_string() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn job(&self, id: Uuid) -> String {
+        format!("{}job:{}", self.prefix, id)
+    }
+
+    pub fn job_events(&self, id: Uuid) -> String {
+        format!("{}job:{}:events", self.prefix, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_prefix() {
+        let k = Keys::new("t1:");
+        let id = Uuid::nil();
+        assert_eq!(k.job(id), "t1:job:00000000-0000-0000-0000-000000000000");
+        assert!(k.job_events(id).starts_with("t1:job:"));
+    }
+}

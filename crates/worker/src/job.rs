@@ -1,0 +1,175 @@
+//! Running one delivery: decode, record the start, call the provider with heartbeats, and
+//! return an [`Outcome`]. Nothing here touches the broker's ack state; [`crate::settle`]
+//! does, in one place.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_protocol::{JobEnvelope, JobKind, JobStatus};
+use sluice_providers::{ErrorClass, ProviderError};
+use sluice_queue::Delivery;
+use sluice_store::{JobError, Transition, now_ms};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Shared, backoff::redelivery_delay};
+
+/// What to do with the delivery once the job's fate is decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The outcome is durably recorded (or was already): acknowledge.
+    Done { label: &'static str },
+    /// Try again later.
+    Retry { delay: Duration, label: &'static str },
+    /// Give up on the message: dead-letter it, then terminate it.
+    DeadLetter { reason: &'static str, error: String, tenant: String, job_id: Option<String> },
+    /// Shutting down: hand it back to the broker at once.
+    Release,
+}
+
+pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken) -> Outcome {
+    let attempt = delivery.delivered();
+    let env = match JobEnvelope::decode(delivery.payload()) {
+        Ok(env) => env,
+        Err(e) => {
+            return Outcome::DeadLetter {
+                reason: "undecodable",
+                error: e.to_string(),
+                tenant: "unknown".into(),
+                job_id: None,
+            };
+        }
+    };
+    let max_attempts = u64::from(shared.cfg.worker.max_attempts);
+    if attempt > max_attempts {
+        return exhausted(shared, &env, attempt, "the job failed on every attempt").await;
+    }
+    match shared.store.record_started(&env, attempt).await {
+        Ok(Transition::Applied) => {}
+        Ok(Transition::Refused { current }) if current.is_terminal() => {
+            // A redelivery of a job whose outcome is already recorded (the earlier ack was lost).
+            return Outcome::Done { label: "already_done" };
+        }
+        Ok(Transition::Refused { .. }) => {}
+        Err(e) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot record the job start; retrying later");
+            return retry_later(shared, attempt, None, "store_unavailable");
+        }
+    }
+    if env.deadline_ms.is_some_and(|d| now_ms() > d) {
+        let err = JobError {
+            message: "The job's deadline passed before it could run.".into(),
+            kind: "expired".into(),
+            code: "deadline_exceeded".into(),
+        };
+        return record_end(shared, &env, attempt, JobStatus::Expired, &err, "expired").await;
+    }
+
+    let body = Bytes::from(env.request.clone());
+    let call = async {
+        match env.kind {
+            JobKind::ChatCompletion => shared.provider.chat_completion(body).await,
+            JobKind::Embedding => shared.provider.embeddings(body).await,
+        }
+    };
+    let heartbeat_every = Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
+    let result = tokio::select! {
+        r = with_heartbeats(call, delivery, heartbeat_every) => r,
+        _ = stop.cancelled() => return Outcome::Release,
+    };
+    match result {
+        Ok(response) => match shared.store.record_completed(&env, &response).await {
+            Ok(_) => Outcome::Done { label: "completed" },
+            Err(e) => {
+                tracing::warn!(job = %env.id, error = %e, "cannot record the result; retrying later");
+                retry_later(shared, attempt, None, "store_unavailable")
+            }
+        },
+        Err(e) => upstream_failed(shared, &env, attempt, e).await,
+    }
+}
+
+async fn with_heartbeats<F, T>(call: F, delivery: &Delivery, every: Duration) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::pin!(call);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            r = &mut call => return r,
+            _ = tick.tick() => {
+                if let Err(e) = delivery.progress().await {
+                    tracing::debug!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: ProviderError) -> Outcome {
+    metrics::counter!("sluice_worker_upstream_errors_total", "code" => e.code()).increment(1);
+    tracing::info!(job = %env.id, tenant = %env.tenant, model = %env.model, attempt, code = e.code(), "upstream call failed");
+    match e.class() {
+        ErrorClass::Permanent => {
+            let err = JobError {
+                message: format!("The upstream provider rejected the request ({}).", e.code()),
+                kind: "upstream_error".into(),
+                code: e.code().into(),
+            };
+            record_end(shared, env, attempt, JobStatus::Failed, &err, "failed").await
+        }
+        ErrorClass::Retryable if attempt >= u64::from(shared.cfg.worker.max_attempts) => {
+            exhausted(shared, env, attempt, e.code()).await
+        }
+        ErrorClass::Retryable => retry_later(shared, attempt, e.retry_after(), "upstream_retry"),
+    }
+}
+
+/// Records `failed` after the last attempt, then dead-letters the message.
+async fn exhausted(shared: &Shared, env: &JobEnvelope, attempt: u64, last: &str) -> Outcome {
+    let err = JobError {
+        message: format!("The job failed after {} attempts (last error: {last}).", attempt.min(u64::from(shared.cfg.worker.max_attempts))),
+        kind: "upstream_error".into(),
+        code: "max_attempts_exceeded".into(),
+    };
+    match shared.store.record_ended(env, JobStatus::Failed, &err).await {
+        Ok(_) => Outcome::DeadLetter {
+            reason: "max_attempts",
+            error: err.message,
+            tenant: env.tenant.clone(),
+            job_id: Some(env.id.to_string()),
+        },
+        Err(e) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot record the failure; retrying later");
+            retry_later(shared, attempt, None, "store_unavailable")
+        }
+    }
+}
+
+async fn record_end(
+    shared: &Shared,
+    env: &JobEnvelope,
+    attempt: u64,
+    status: JobStatus,
+    err: &JobError,
+    label: &'static str,
+) -> Outcome {
+    match shared.store.record_ended(env, status, err).await {
+        Ok(_) => Outcome::Done { label },
+        Err(e) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot record the job's end; retrying later");
+            retry_later(shared, attempt, None, "store_unavailable")
+        }
+    }
+}
+
+fn retry_later(shared: &Shared, attempt: u64, retry_after: Option<Duration>, label: &'static str) -> Outcome {
+    let w = &shared.cfg.worker;
+    let delay = redelivery_delay(
+        attempt,
+        Duration::from_millis(w.backoff_base_ms),
+        Duration::from_millis(w.backoff_max_ms),
+        retry_after,
+    );
+    Outcome::Retry { delay, label }
+}

@@ -1,0 +1,56 @@
+//! `sluice-worker`: consumes jobs and calls providers. Wiring only.
+
+use std::path::PathBuf;
+
+use axum::{Router, routing::get};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(version, about = "Sluice worker: runs queued AI jobs against the providers")]
+struct Args {
+    /// TOML config file (SLUICE_… environment variables override it).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sluice_telemetry::init_logging("info");
+    sluice_telemetry::metrics_handle();
+    let args = Args::parse();
+    let cfg = sluice_config::Config::load(args.config.as_deref())?;
+    let metrics_listen = cfg.worker.metrics_listen.clone();
+    let worker = sluice_worker::Worker::start(cfg).await?;
+    let ops = if metrics_listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&metrics_listen).await?;
+        let app = Router::new()
+            .route("/metrics", get(|| async { sluice_telemetry::render_metrics() }))
+            .route("/healthz", get(|| async { "ok" }));
+        Some(tokio::spawn(async move { axum::serve(listener, app).await }))
+    };
+    tracing::info!("worker running");
+    shutdown_signal().await;
+    tracing::info!("draining");
+    worker.shutdown().await;
+    if let Some(ops) = ops {
+        ops.abort();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

