@@ -15,7 +15,14 @@ pub mod error;
 pub mod routes;
 pub mod validate;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -39,6 +46,8 @@ pub struct AppState {
     pub queue: Queue,
     pub store: Store,
     pub keys: Arc<KeyTable>,
+    /// Set once the JetStream streams are known to exist.
+    pub streams_ready: Arc<AtomicBool>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -48,7 +57,8 @@ impl AppState {
         let store = Store::new(&cfg.redis)?;
         let keys = Arc::new(KeyTable::from_config(&cfg.tenants));
         let in_flight = Arc::new(Semaphore::new(cfg.ingest.max_concurrent_requests));
-        Ok(AppState { cfg: Arc::new(cfg), queue, store, keys, in_flight })
+        let streams_ready = Arc::new(AtomicBool::new(false));
+        Ok(AppState { cfg: Arc::new(cfg), queue, store, keys, streams_ready, in_flight })
     }
 }
 
@@ -80,11 +90,14 @@ async fn shed_load(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// Makes sure the streams exist, retrying in the background while the broker is away.
-pub async fn ensure_streams_until_ready(queue: Queue, shutdown: CancellationToken) {
+pub async fn ensure_streams_until_ready(queue: Queue, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(200);
     loop {
         match queue.ensure_streams().await {
-            Ok(()) => return,
+            Ok(()) => {
+                ready.store(true, Ordering::Release);
+                return;
+            }
             Err(e) => tracing::warn!(error = %e, "cannot set up JetStream streams yet; retrying"),
         }
         tokio::select! {
@@ -109,7 +122,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(ensure_streams_until_ready(state.queue.clone(), shutdown.clone()));
+        tasks.spawn(ensure_streams_until_ready(state.queue.clone(), state.streams_ready.clone(), shutdown.clone()));
         let app = router(state);
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);

@@ -14,9 +14,9 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when both the broker and the store answer.
+/// Ready when the broker is connected with its streams in place and the store answers.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let nats = state.queue.is_connected();
+    let nats = state.queue.is_connected() && state.streams_ready.load(std::sync::atomic::Ordering::Acquire);
     let redis = state.store.ping().await.is_ok();
     let status = if nats && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let word = if status == StatusCode::OK { "ready" } else { "not_ready" };
