@@ -1,0 +1,104 @@
+//! Golden samples: envelopes encoded by earlier builds, kept in `proto/samples/`, must keep
+//! decoding. A change that would strand messages already in flight fails here.
+//!
+//! To add a sample for a new schema, write it with `SLUICE_BLESS=1 cargo test -p
+//! sluice-protocol --test golden` and commit the new file; never rewrite an existing one.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use sluice_protocol::{JobEnvelope, JobKind, Priority, SCHEMA_VERSION};
+use uuid::Uuid;
+
+fn samples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto/samples")
+}
+
+fn v1_chat() -> JobEnvelope {
+    JobEnvelope {
+        schema: 1,
+        id: Uuid::parse_str("0192f0c1-7a4b-7cde-8f01-23456789abcd").unwrap(),
+        tenant: "acme".into(),
+        priority: Priority::High,
+        kind: JobKind::ChatCompletion,
+        model: "gpt-4o-mini".into(),
+        request: br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"max_tokens":16}"#.to_vec(),
+        created_at_ms: 1_730_000_000_000,
+        deadline_ms: Some(1_730_000_060_000),
+        replays: 0,
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        metadata: BTreeMap::from([("order".into(), "42".into())]),
+    }
+}
+
+fn v1_embedding_minimal() -> JobEnvelope {
+    JobEnvelope {
+        schema: 1,
+        id: Uuid::parse_str("0192f0c1-7a4b-7cde-8f01-000000000002").unwrap(),
+        tenant: "t-2".into(),
+        priority: Priority::Low,
+        kind: JobKind::Embedding,
+        model: "text-embedding-3-small".into(),
+        request: br#"{"model":"text-embedding-3-small","input":"hi"}"#.to_vec(),
+        created_at_ms: 1_730_000_000_001,
+        deadline_ms: None,
+        replays: 2,
+        traceparent: None,
+        metadata: BTreeMap::new(),
+    }
+}
+
+fn check(name: &str, expected: JobEnvelope) {
+    let path = samples().join(name);
+    if std::env::var("SLUICE_BLESS").is_ok() && !path.exists() {
+        std::fs::write(&path, expected.encode().unwrap()).unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let decoded = JobEnvelope::decode(&bytes).unwrap_or_else(|e| panic!("{name} no longer decodes: {e}"));
+    assert_eq!(decoded, expected, "{name} decodes to something else");
+    assert!(decoded.schema <= SCHEMA_VERSION);
+}
+
+#[test]
+fn v1_chat_completion_sample_decodes() {
+    check("v1-chat.msgpack", v1_chat());
+}
+
+#[test]
+fn v1_embedding_sample_with_defaults_decodes() {
+    check("v1-embedding.msgpack", v1_embedding_minimal());
+}
+
+/// A v1 message written without the optional fields (as a minimal producer would) still
+/// decodes, with defaults.
+#[test]
+fn v1_minimal_sample_decodes_with_defaults() {
+    let path = samples().join("v1-minimal.msgpack");
+    if std::env::var("SLUICE_BLESS").is_ok() && !path.exists() {
+        #[derive(serde::Serialize)]
+        struct Minimal<'a> {
+            schema: u16,
+            id: Uuid,
+            tenant: &'a str,
+            priority: &'a str,
+            model: &'a str,
+            #[serde(with = "serde_bytes")]
+            request: &'a [u8],
+            created_at_ms: u64,
+        }
+        let m = Minimal {
+            schema: 1,
+            id: Uuid::nil(),
+            tenant: "acme",
+            priority: "normal",
+            model: "m",
+            request: b"{}",
+            created_at_ms: 1,
+        };
+        std::fs::write(&path, rmp_serde::to_vec_named(&m).unwrap()).unwrap();
+    }
+    let env = JobEnvelope::decode(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(env.kind, JobKind::ChatCompletion);
+    assert_eq!(env.deadline_ms, None);
+    assert_eq!(env.replays, 0);
+    assert!(env.metadata.is_empty());
+}
