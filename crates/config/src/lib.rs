@@ -9,11 +9,13 @@
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
 mod env;
+mod models;
 mod secret;
 mod sections;
 
 use std::path::Path;
 
+pub use models::*;
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
 

@@ -14,6 +14,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub worker: WorkerConfig,
     pub upstream: UpstreamConfig,
+    pub models: crate::ModelsConfig,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -209,6 +210,7 @@ impl Config {
         if !(self.upstream.base_url.starts_with("http://") || self.upstream.base_url.starts_with("https://")) {
             return bad("upstream.base_url must be an http(s) URL");
         }
+        self.models.validate()?;
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
         for t in &self.tenants {
