@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use sluice_protocol::{JobEnvelope, JobKind, JobStatus};
-use sluice_providers::{ErrorClass, ProviderError};
+use sluice_protocol::{JobEnvelope, JobStatus};
+use sluice_providers::{CallError, ErrorClass};
 use sluice_queue::Delivery;
 use sluice_store::{JobError, Transition, now_ms};
 use tokio_util::sync::CancellationToken;
@@ -64,20 +63,14 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
         return record_end(shared, &env, attempt, JobStatus::Expired, &err, "expired").await;
     }
 
-    let body = Bytes::from(env.request.clone());
-    let call = async {
-        match env.kind {
-            JobKind::ChatCompletion => shared.provider.chat_completion(body).await,
-            JobKind::Embedding => shared.provider.embeddings(body).await,
-        }
-    };
+    let call = crate::call::upstream(shared, &env, attempt);
     let heartbeat_every = Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
     let result = tokio::select! {
         r = with_heartbeats(call, delivery, heartbeat_every) => r,
         _ = stop.cancelled() => return Outcome::Release,
     };
     match result {
-        Ok(response) => match shared.store.record_completed(&env, &response).await {
+        Ok(answer) => match shared.store.record_completed(&env, &answer.body).await {
             Ok(_) => Outcome::Done { label: "completed" },
             Err(e) => {
                 tracing::warn!(job = %env.id, error = %e, "cannot record the result; retrying later");
@@ -106,7 +99,7 @@ where
     }
 }
 
-async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: ProviderError) -> Outcome {
+async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: CallError) -> Outcome {
     metrics::counter!("sluice_worker_upstream_errors_total", "code" => e.code()).increment(1);
     tracing::info!(job = %env.id, tenant = %env.tenant, model = %env.model, attempt, code = e.code(), "upstream call failed");
     match e.class() {

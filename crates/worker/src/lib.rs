@@ -9,7 +9,9 @@
 //! On shutdown the loop stops fetching; in-flight jobs get `worker.shutdown_grace_s` to
 //! finish, then are released to the broker for another replica.
 
+pub mod advisory;
 pub mod backoff;
+pub mod call;
 pub mod job;
 pub mod schedule;
 pub mod settle;
@@ -19,7 +21,7 @@ use std::{sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use sluice_config::Config;
 use sluice_protocol::Priority;
-use sluice_providers::OpenAiProvider;
+use sluice_providers::Pools;
 use sluice_queue::{
     Delivery, Queue,
     consumer::{PullConsumer, Releaser, fetch_now, fetch_wait, releaser},
@@ -34,7 +36,7 @@ pub struct Shared {
     pub cfg: Config,
     pub queue: Queue,
     pub store: Store,
-    pub provider: OpenAiProvider,
+    pub pools: Pools,
 }
 
 /// A running worker replica.
@@ -51,19 +53,16 @@ impl Worker {
     pub async fn start(cfg: Config) -> anyhow::Result<Worker> {
         let queue = Queue::connect(&cfg.nats, "sluice-worker").await?;
         let store = Store::new(&cfg.redis)?;
-        let api_key = match &cfg.upstream.api_key {
-            Some(r) => Some(r.resolve()?),
-            None => None,
-        };
-        let provider = OpenAiProvider::new(&cfg.upstream, api_key)?;
+        let pools = Pools::new(&cfg)?;
         let grace = Duration::from_secs(cfg.worker.shutdown_grace_s);
-        let shared = Arc::new(Shared { cfg, queue, store, provider });
+        let shared = Arc::new(Shared { cfg, queue, store, pools });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),
             stop_jobs: CancellationToken::new(),
             tasks: TaskTracker::new(),
             grace,
         };
+        worker.tasks.spawn(advisory::run(shared.queue.clone(), shared.store.clone(), worker.stop_fetching.clone()));
         let (release, release_task) = releaser(4096);
         worker.tasks.spawn(release_task);
         let fetcher = Fetcher {

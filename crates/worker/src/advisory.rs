@@ -1,0 +1,87 @@
+//! Nothing stays stranded: the backstop for messages the server stopped delivering.
+//!
+//! The worker dead-letters a job itself on its last attempt, but a worker that dies during
+//! that attempt leaves the message in the work queue after the server's `max_deliver`. The
+//! server then publishes a `MAX_DELIVERIES` advisory; this task (one per replica, in a queue
+//! group so one replica handles each advisory) looks the message up by sequence — it is
+//! still there however late the advisory arrives — records the job `failed`, copies the
+//! message to the dead-letter stream and deletes the original.
+
+use serde::Deserialize;
+use sluice_protocol::{JobEnvelope, JobStatus};
+use sluice_queue::{DeadLetter, Queue, QueueError};
+use sluice_store::{JobError, Store};
+use tokio_util::sync::CancellationToken;
+use futures_util::StreamExt;
+
+#[derive(Debug, Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    #[serde(default)]
+    deliveries: u64,
+}
+
+/// The advisory subject for the jobs stream.
+pub fn subject(queue: &Queue) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*", queue.subjects().jobs_stream())
+}
+
+/// Subscribes, then handles advisories until `stop`.
+pub async fn run(queue: Queue, store: Store, stop: CancellationToken) {
+    let mut sub = match queue.client().queue_subscribe(subject(&queue), "sluice-dlq-mover".into()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot subscribe to max-deliveries advisories");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => match m { Some(m) => m, None => return },
+            _ = stop.cancelled() => return,
+        };
+        let Ok(adv) = serde_json::from_slice::<MaxDeliveries>(&msg.payload) else { continue };
+        match strand_to_dead_letter(&queue, &store, adv.stream_seq, adv.deliveries).await {
+            Ok(true) => metrics::counter!("sluice_worker_dead_letters_total", "reason" => "max_deliveries").increment(1),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(seq = adv.stream_seq, error = %e, "cannot move a max-delivered message"),
+        }
+    }
+}
+
+/// Moves the message at `seq` of the jobs stream to the dead letters; `false` if it is gone.
+pub async fn strand_to_dead_letter(queue: &Queue, store: &Store, seq: u64, deliveries: u64) -> Result<bool, QueueError> {
+    let broker = |e: &dyn std::fmt::Display| QueueError::Broker(e.to_string());
+    let stream = queue.jetstream().get_stream(queue.subjects().jobs_stream()).await.map_err(|e| broker(&e))?;
+    let msg = match stream.get_raw_message(seq).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => return Ok(false),
+        Err(e) => return Err(broker(&e)),
+    };
+    let env = JobEnvelope::decode(&msg.payload).ok();
+    let (reason, tenant, job_id) = match &env {
+        Some(env) => ("max_deliveries", env.tenant.as_str(), Some(env.id.to_string())),
+        None => ("undecodable", "unknown", None),
+    };
+    let error = format!("The server stopped delivering the message after {deliveries} deliveries.");
+    if let Some(env) = &env {
+        let err = JobError { message: error.clone(), kind: "upstream_error".into(), code: "max_attempts_exceeded".into() };
+        store.record_ended(env, JobStatus::Failed, &err).await.map_err(|e| broker(&e))?;
+    }
+    let dl = DeadLetter {
+        reason,
+        tenant,
+        job_id,
+        original_subject: msg.subject.as_str(),
+        stream_sequence: seq,
+        attempts: deliveries,
+        error: &error,
+        payload: &msg.payload,
+    };
+    queue.dead_letter(&dl).await?;
+    if let Err(e) = stream.delete_message(seq).await {
+        tracing::debug!(seq, error = %e, "the max-delivered original was already gone");
+    }
+    tracing::warn!(reason, tenant, "max-delivered message dead-lettered");
+    Ok(true)
+}
