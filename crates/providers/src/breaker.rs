@@ -95,8 +95,9 @@ impl Breaker {
     }
 
     /// Records a finished call. `None` outcome: the call was cancelled (a hedge loser) and
-    /// says nothing about the deployment.
-    pub fn record(&mut self, now: Instant, admission: Admission, success: Option<bool>) {
+    /// says nothing about the deployment. Returns whether this call opened the breaker.
+    pub fn record(&mut self, now: Instant, admission: Admission, success: Option<bool>) -> bool {
+        let was_open = matches!(self.state, BreakerState::Open { .. });
         match (admission, self.state) {
             (Admission::Probe, BreakerState::HalfOpen { probes_in_flight, successes }) => {
                 let in_flight = probes_in_flight.saturating_sub(1);
@@ -111,7 +112,7 @@ impl Breaker {
                 };
             }
             (Admission::Normal, BreakerState::Closed) => {
-                let Some(ok) = success else { return };
+                let Some(ok) = success else { return false };
                 self.window.add(now, 1, u64::from(!ok));
                 let (calls, failures) = self.window.totals(now);
                 if calls >= self.min_calls && calls > 0 && failures as f64 / calls as f64 >= self.failure_ratio {
@@ -121,6 +122,7 @@ impl Breaker {
             // A call admitted in an earlier state: its outcome is stale.
             _ => {}
         }
+        !was_open && matches!(self.state, BreakerState::Open { .. })
     }
 }
 

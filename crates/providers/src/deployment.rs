@@ -229,7 +229,10 @@ impl Drop for Slot {
                 }
                 // A rejected request (4xx) says nothing about the deployment's health.
                 let health = e.class() == crate::ErrorClass::Permanent;
-                s.breaker.record(now, self.admission, Some(health));
+                if s.breaker.record(now, self.admission, Some(health)) {
+                    metrics::counter!("sluice_breaker_opened_total", "deployment" => self.dep.name.clone()).increment(1);
+                    tracing::warn!(deployment = %self.dep.name, "circuit breaker opened");
+                }
                 if !health {
                     // Failed calls count toward the latency estimate as slow ones, so the
                     // balancer leans away from a failing deployment even before it opens.
@@ -238,7 +241,9 @@ impl Drop for Slot {
                     s.ewma_ms = Some(e + EWMA_ALPHA * (ms.max(e * 2.0) - e));
                 }
             }
-            None => s.breaker.record(now, self.admission, None),
+            None => {
+                s.breaker.record(now, self.admission, None);
+            }
         }
         self.dep.gauges(&mut s, now);
     }

@@ -26,15 +26,19 @@ pub fn subject(queue: &Queue) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*", queue.subjects().jobs_stream())
 }
 
-/// Subscribes, then handles advisories until `stop`.
-pub async fn run(queue: Queue, store: Store, stop: CancellationToken) {
-    let mut sub = match queue.client().queue_subscribe(subject(&queue), "sluice-dlq-mover".into()).await {
-        Ok(s) => s,
+/// Subscribes (before the worker's first fetch, which may trigger an advisory).
+pub async fn subscribe(queue: &Queue) -> Option<async_nats::Subscriber> {
+    match queue.client().queue_subscribe(subject(queue), "sluice-dlq-mover".into()).await {
+        Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "cannot subscribe to max-deliveries advisories");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Handles advisories until `stop`.
+pub async fn run(mut sub: async_nats::Subscriber, queue: Queue, store: Store, stop: CancellationToken) {
     loop {
         let msg = tokio::select! {
             m = sub.next() => match m { Some(m) => m, None => return },

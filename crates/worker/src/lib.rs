@@ -62,7 +62,9 @@ impl Worker {
             tasks: TaskTracker::new(),
             grace,
         };
-        worker.tasks.spawn(advisory::run(shared.queue.clone(), shared.store.clone(), worker.stop_fetching.clone()));
+        if let Some(sub) = advisory::subscribe(&shared.queue).await {
+            worker.tasks.spawn(advisory::run(sub, shared.queue.clone(), shared.store.clone(), worker.stop_fetching.clone()));
+        }
         let (release, release_task) = releaser(4096);
         worker.tasks.spawn(release_task);
         let fetcher = Fetcher {
