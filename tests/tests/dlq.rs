@@ -1,0 +1,167 @@
+//! Dead letters and replay: a failed job and a poison message go to the DLQ with their
+//! reasons, can be listed, filtered and shown, and a replay re-queues the failed job with
+//! its id and history (poison stays put); a message the server stopped delivering is moved
+//! by the max-deliveries advisory.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use serde_json::Value;
+use sluice_e2e::{ACME_KEY, Api, TestEnv, chat_body, wait_until};
+use sluice_protocol::Priority;
+use sluice_queue::{
+    dlq::{DlqFilter, ReplayOptions},
+    setup::ConsumerSettings,
+};
+use sluice_sim::SimConfig;
+
+const LONG: Duration = Duration::from_secs(40);
+
+fn all() -> DlqFilter {
+    DlqFilter { limit: 100, ..Default::default() }
+}
+
+fn replay(dry_run: bool) -> ReplayOptions {
+    ReplayOptions { rate_per_s: 50.0, dry_run, actor: "test".into() }
+}
+
+async fn events(env: &TestEnv, id: &str) -> Result<Vec<Value>> {
+    let raw = env.store()?.events_after(uuid::Uuid::parse_str(id)?, 0).await?;
+    Ok(raw.iter().filter_map(|e| serde_json::from_str(e).ok()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_round_trips_through_the_dead_letter_stream_and_replay() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.max_attempts = 2;
+    let sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let queue = env.queue().await?;
+    let store = env.store()?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    // Fails on both attempts, succeeds on the third call (after the replay).
+    let id = api.submit_ok(&chat_body("flaky [[sim:fail_first=2:dlq-round-trip]]")).await?;
+    let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
+    assert_eq!(job["status"], "failed", "{job}");
+    wait_until(LONG, || async { Ok(queue.dlq_list(&all()).await?.len() == 1) }).await?;
+
+    let entries = queue.dlq_list(&all()).await?;
+    let e = &entries[0];
+    assert_eq!((e.reason.as_str(), e.tenant.as_str()), ("max_attempts", "acme"));
+    assert_eq!(e.job_id.as_deref(), Some(id.as_str()));
+    assert_eq!(e.model.as_deref(), Some("sim-small"));
+    assert_eq!(e.attempts, 2);
+    assert!(e.original_subject.ends_with("jobs.normal.acme"), "{}", e.original_subject);
+    let shown = queue.dlq_show(e.seq).await?.expect("shown");
+    assert_eq!(shown.job_id, e.job_id);
+    assert!(queue.dlq_show(e.seq + 1000).await?.is_none());
+
+    // Filters.
+    let queue_ref = &queue;
+    let none = |f: DlqFilter| async move { Ok::<_, anyhow::Error>(queue_ref.dlq_list(&f).await?.is_empty()) };
+    assert!(none(DlqFilter { tenant: Some("other".into()), ..all() }).await?);
+    assert!(none(DlqFilter { reason: Some("undecodable".into()), ..all() }).await?);
+    assert!(none(DlqFilter { model: Some("sim-large".into()), ..all() }).await?);
+    assert!(none(DlqFilter { since_ms: Some(sluice_store::now_ms() + 3_600_000), ..all() }).await?);
+    assert!(!none(DlqFilter { tenant: Some("acme".into()), model: Some("sim-small".into()), ..all() }).await?);
+
+    // A dry run changes nothing.
+    let report = queue.dlq_replay(&store, &all(), &replay(true)).await?;
+    assert_eq!(report.replayed, vec![(e.seq, id.clone())]);
+    assert_eq!(api.job(&id).await?.1["status"], "failed");
+    assert_eq!(queue.dlq_list(&all()).await?.len(), 1);
+
+    let report = queue.dlq_replay(&store, &all(), &replay(false)).await?;
+    assert_eq!(report.replayed.len(), 1);
+    let job = api.wait_status(&id, &["completed"], LONG).await?;
+    assert_eq!(job["id"], id.as_str(), "same job id");
+    assert_eq!(sim.counters().per_model.get("sim-small").copied(), Some(3));
+    assert!(queue.dlq_list(&all()).await?.is_empty(), "the replayed entry left the DLQ");
+    // The history is kept and says what happened, in order.
+    let evs = events(&env, &id).await?;
+    let kinds: Vec<String> =
+        evs.iter().map(|e| format!("{}{}", e["type"].as_str().unwrap_or(""), e["status"].as_str().map(|s| format!(":{s}")).unwrap_or_default())).collect();
+    assert_eq!(
+        kinds,
+        ["status:queued", "status:in_progress", "status:in_progress", "status:failed", "replay", "status:queued", "status:in_progress", "status:completed"],
+    );
+    assert_eq!(evs[4]["by"], "test");
+    // A second replay finds nothing, and a completed job cannot be replayed.
+    let report = queue.dlq_replay(&store, &all(), &replay(false)).await?;
+    assert!(report.replayed.is_empty());
+    assert!(matches!(
+        store.record_replay(uuid::Uuid::parse_str(&id)?, "test", "x").await?,
+        sluice_store::Replay::Refused { current: Some(sluice_protocol::JobStatus::Completed) }
+    ));
+
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_listed_and_shown_but_never_replayed() -> Result<()> {
+    let mut env = TestEnv::new();
+    let _sim = env.sim(SimConfig::default()).await?;
+    let worker = env.worker().await?;
+    let queue = env.queue().await?;
+    let store = env.store()?;
+
+    let subject = queue.subjects().job(Priority::High, "acme");
+    queue.jetstream().publish(subject.clone(), b"\xc1 not msgpack".to_vec().into()).await?.await?;
+    wait_until(LONG, || async { Ok(queue.dlq_list(&all()).await?.len() == 1) }).await?;
+    let e = &queue.dlq_list(&DlqFilter { reason: Some("undecodable".into()), ..all() }).await?[0];
+    assert_eq!((e.tenant.as_str(), e.job_id.as_deref(), e.model.as_deref()), ("unknown", None, None));
+    assert_eq!(e.original_subject, subject);
+
+    let report = queue.dlq_replay(&store, &all(), &replay(false)).await?;
+    assert!(report.replayed.is_empty());
+    assert_eq!(report.skipped.len(), 1);
+    assert!(report.skipped[0].1.contains("undecodable"));
+    assert_eq!(queue.dlq_list(&all()).await?.len(), 1, "the poison message stays for inspection");
+    assert_eq!(queue.queued_messages().await?, 0);
+
+    worker.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_behind_after_max_deliveries_is_moved_by_the_advisory() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.max_attempts = 1; // the server's max_deliver is max_attempts + 2 = 3
+    let _sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let queue = env.queue().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let settings = ConsumerSettings { ack_wait: Duration::from_secs(5), max_attempts: 1 };
+    let consumer = queue.ensure_consumer(Priority::Normal, settings).await?;
+
+    let id = api.submit_ok(&chat_body("stranded")).await?;
+    // Three deliveries to "workers" that die without settling (simulated with NAKs).
+    for delivery in 1..=3 {
+        let mut batch = sluice_queue::consumer::fetch_wait(&consumer, 1, Duration::from_secs(5)).await?;
+        let m = batch.next().await.ok_or_else(|| anyhow::anyhow!("no delivery {delivery}"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(m.info().map_err(|e| anyhow::anyhow!("{e}"))?.delivered, delivery);
+        m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    assert_eq!(queue.queued_messages().await?, 1, "still in the work queue, but never delivered again");
+
+    // A worker starts later; its first fetch makes the server give up on the message and
+    // publish the advisory, which the worker handles.
+    let worker = env.worker().await?;
+    let job = api.wait_status(&id, &["failed", "completed"], LONG).await?;
+    assert_eq!(job["status"], "failed", "{job}");
+    wait_until(LONG, || async { Ok(queue.queued_messages().await? == 0) }).await?;
+    let entries = queue.dlq_list(&all()).await?;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].reason, "max_deliveries");
+    assert_eq!(entries[0].job_id.as_deref(), Some(id.as_str()));
+    assert_eq!(entries[0].attempts, 3);
+
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
