@@ -55,7 +55,7 @@ async fn a_failed_job_round_trips_through_the_dead_letter_stream_and_replay() ->
     assert_eq!(e.model.as_deref(), Some("sim-small"));
     assert_eq!(e.attempts, 2);
     assert!(e.original_subject.ends_with("jobs.normal.acme"), "{}", e.original_subject);
-    let shown = queue.dlq_show(e.seq).await?.expect("shown");
+    let shown = queue.dlq_show(e.seq).await?.ok_or_else(|| anyhow::anyhow!("not shown"))?;
     assert_eq!(shown.job_id, e.job_id);
     assert!(queue.dlq_show(e.seq + 1000).await?.is_none());
 

@@ -161,6 +161,7 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -218,10 +218,8 @@ impl ModelsConfig {
         if self.max_calls_per_attempt == 0 || self.max_calls_per_attempt > 10 {
             return bad("models.max_calls_per_attempt must be between 1 and 10".into());
         }
-        if !(self.retry_budget_ratio.is_finite() && self.retry_budget_ratio >= 0.0)
-            || !(self.retry_budget_min_per_s.is_finite() && self.retry_budget_min_per_s >= 0.0)
-            || self.retry_budget_window_s == 0
-        {
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        if !non_negative(self.retry_budget_ratio) || !non_negative(self.retry_budget_min_per_s) || self.retry_budget_window_s == 0 {
             return bad("models.retry_budget_* must be non-negative and the window positive".into());
         }
         if !fraction(self.quota_headroom) {
@@ -266,6 +264,7 @@ impl ModelsConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use crate::Config;
 

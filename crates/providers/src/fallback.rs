@@ -86,6 +86,7 @@ pub fn degraded_completion(model: &str, message: &str) -> Bytes {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -135,6 +135,7 @@ fn transport(e: reqwest::Error) -> ProviderError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
