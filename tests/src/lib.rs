@@ -108,6 +108,7 @@ impl TestEnv {
             .env("SLUICE_WORKER__CONCURRENCY", c.worker.concurrency.to_string())
             .env("SLUICE_WORKER__ACK_WAIT_S", c.worker.ack_wait_s.to_string())
             .env("SLUICE_WORKER__IDLE_POLL_MS", c.worker.idle_poll_ms.to_string())
+            .env("SLUICE_WORKER__SHUTDOWN_GRACE_S", c.worker.shutdown_grace_s.to_string())
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -131,6 +132,14 @@ impl Default for TestEnv {
     fn default() -> Self {
         TestEnv::new()
     }
+}
+
+/// Sends SIGTERM to a child process.
+pub fn terminate(child: &tokio::process::Child) -> Result<()> {
+    let pid = child.id().context("child already exited")?;
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+    Ok(())
 }
 
 /// Path of a workspace binary built next to the test executable (`scripts/test.sh` builds
