@@ -31,26 +31,11 @@ async fn main() -> anyhow::Result<()> {
         Some(tokio::spawn(async move { axum::serve(listener, app).await }))
     };
     tracing::info!("worker running");
-    shutdown_signal().await;
+    sluice_telemetry::shutdown_signal().await;
     tracing::info!("draining");
     worker.shutdown().await;
     if let Some(ops) = ops {
         ops.abort();
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
 }
