@@ -46,6 +46,9 @@ impl TestEnv {
         let mut cfg = Config::default();
         cfg.nats.url = nats_url();
         cfg.nats.namespace = ns.clone();
+        // JetStream reserves a stream's max_bytes up front; keep test streams small so a
+        // long-lived server is not exhausted by the streams of earlier runs.
+        cfg.nats.max_queue_bytes = 8 * 1024 * 1024;
         cfg.redis.url = redis_url();
         cfg.redis.prefix = format!("{ns}:");
         cfg.redis.result_ttl_s = 600;

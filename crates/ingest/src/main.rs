@@ -1,5 +1,10 @@
 //! `sluice-ingest`: the HTTP front door. Wiring only; see the library for the logic.
 
+/// mimalloc: the request path allocates many small, short-lived buffers, where glibc's
+/// allocator showed up as a fifth of the CPU profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
