@@ -46,6 +46,9 @@ impl TestEnv {
         let mut cfg = Config::default();
         cfg.nats.url = nats_url();
         cfg.nats.namespace = ns.clone();
+        // JetStream reserves a stream's max_bytes up front; keep test streams small so a
+        // long-lived server is not exhausted by the streams of earlier runs.
+        cfg.nats.max_queue_bytes = 8 * 1024 * 1024;
         cfg.redis.url = redis_url();
         cfg.redis.prefix = format!("{ns}:");
         cfg.redis.result_ttl_s = 600;
@@ -108,6 +111,7 @@ impl TestEnv {
             .env("SLUICE_WORKER__CONCURRENCY", c.worker.concurrency.to_string())
             .env("SLUICE_WORKER__ACK_WAIT_S", c.worker.ack_wait_s.to_string())
             .env("SLUICE_WORKER__IDLE_POLL_MS", c.worker.idle_poll_ms.to_string())
+            .env("SLUICE_WORKER__SHUTDOWN_GRACE_S", c.worker.shutdown_grace_s.to_string())
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -131,6 +135,14 @@ impl Default for TestEnv {
     fn default() -> Self {
         TestEnv::new()
     }
+}
+
+/// Sends SIGTERM to a child process.
+pub fn terminate(child: &tokio::process::Child) -> Result<()> {
+    let pid = child.id().context("child already exited")?;
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+    Ok(())
 }
 
 /// Path of a workspace binary built next to the test executable (`scripts/test.sh` builds

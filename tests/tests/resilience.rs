@@ -223,3 +223,49 @@ async fn with_the_worker_saturated_high_jobs_start_before_earlier_low_ones() -> 
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_jobs_finish_within_the_grace_period() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.shutdown_grace_s = 20;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    let mut worker = env.worker_process()?;
+    let id = api.submit_ok(&chat_body("finish me [[sim:sleep=1500]]")).await?;
+    api.wait_status(&id, &["in_progress"], LONG).await?;
+    sluice_e2e::terminate(&worker)?;
+    let status = tokio::time::timeout(LONG, worker.wait()).await??;
+    assert!(status.success(), "worker exited with {status}");
+    // It finished the job before exiting, on the first attempt.
+    let (_, job) = api.job(&id).await?;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 1);
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_jobs_that_outlast_the_grace_period() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.shutdown_grace_s = 1;
+    let sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    let mut worker = env.worker_process()?;
+    let id = api.submit_ok(&chat_body("too long [[sim:sleep=4000]]")).await?;
+    api.wait_status(&id, &["in_progress"], LONG).await?;
+    sluice_e2e::terminate(&worker)?;
+    tokio::time::timeout(LONG, worker.wait()).await??;
+    // Released, not lost: the upstream call was aborted and another worker finishes it.
+    wait_until(LONG, || async { Ok(sim.counters().aborted == 1) }).await?;
+    let survivor = env.worker().await?;
+    let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 2);
+    survivor.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

@@ -8,7 +8,9 @@ const PREFIX: &str = "SLUICE_";
 
 pub(crate) fn overlay(table: &mut toml::Table, vars: &[(String, String)]) -> Result<(), ConfigError> {
     for (name, raw) in vars {
-        let Some(path) = name.strip_prefix(PREFIX) else { continue };
+        // Only SLUICE_<SECTION>__<KEY>: other SLUICE_ variables (SLUICE_CONFIG,
+        // SLUICE_LOG_FORMAT, …) are not configuration values.
+        let Some(path) = name.strip_prefix(PREFIX).filter(|p| p.contains("__")) else { continue };
         let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
         if keys.iter().any(String::is_empty) {
             return Err(ConfigError::Invalid(format!("malformed override variable {name}")));

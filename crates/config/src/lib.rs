@@ -89,6 +89,9 @@ mod tests {
         assert!(err.to_string().contains("concurency"), "{err}");
         let err = Config::from_toml_with_env("", &[("SLUICE_NOPE__X".into(), "1".into())]).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+        // Variables that are not SECTION__KEY overrides are left alone.
+        let vars = [("SLUICE_CONFIG".to_string(), "x.toml".to_string()), ("SLUICE_LOG_FORMAT".into(), "json".into())];
+        assert!(Config::from_toml_with_env("", &vars).is_ok());
     }
 
     #[test]

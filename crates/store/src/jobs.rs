@@ -6,8 +6,8 @@
 //! job that already completed. The script refuses any backward or repeated terminal move and
 //! reports the current status, so the caller can act on it (a worker simply acks).
 //!
-//! The descriptive fields (tenant, model, priority, …) are written with `HSETNX` by every
-//! transition, so whichever process writes first creates a complete record.
+//! Every transition carries the descriptive fields (tenant, model, priority, …) and writes
+//! them when it creates the record, so whichever process writes first creates a complete one.
 
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -30,22 +30,23 @@ if cur then
 end
 local i = 5
 local nbase = tonumber(ARGV[4])
-for _ = 1, nbase do
-  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
+if not cur then
+  local base = {}
+  for j = i, i + 2 * nbase - 1 do base[#base + 1] = ARGV[j] end
+  redis.call('HSET', KEYS[1], unpack(base))
 end
+i = i + 2 * nbase
 local nset = tonumber(ARGV[i])
 i = i + 1
-for _ = 1, nset do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
+local set = {'status', new, new .. '_at', now}
+for j = i, i + 2 * nset - 1 do set[#set + 1] = ARGV[j] end
 if not cur and new ~= 'queued' then
   local created = redis.call('HGET', KEYS[1], 'created_at')
-  redis.call('HSETNX', KEYS[1], 'queued_at', created)
+  set[#set + 1] = 'queued_at'
+  set[#set + 1] = created
   redis.call('RPUSH', KEYS[2], cjson.encode({type = 'status', status = 'queued', at = tonumber(created)}))
 end
-redis.call('HSET', KEYS[1], 'status', new, new .. '_at', now)
+redis.call('HSET', KEYS[1], unpack(set))
 local ev = {type = 'status', status = new, at = tonumber(now)}
 if new == 'in_progress' then ev.attempt = tonumber(redis.call('HGET', KEYS[1], 'attempts')) end
 redis.call('RPUSH', KEYS[2], cjson.encode(ev))

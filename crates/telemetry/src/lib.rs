@@ -36,3 +36,19 @@ pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
 pub fn render_metrics() -> String {
     metrics_handle().map(PrometheusHandle::render).unwrap_or_default()
 }
+
+/// Resolves on Ctrl-C or SIGTERM: what every service's `main` waits for before draining.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

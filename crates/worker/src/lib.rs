@@ -109,16 +109,36 @@ impl Fetcher {
         let idle_poll = Duration::from_millis(self.shared.cfg.worker.idle_poll_ms.max(10));
         let mut round: u64 = 0;
         let mut failures: u32 = 0;
+        let mut backlog = false;
+        let batch_target = (self.shared.cfg.worker.concurrency / 8).clamp(1, 64);
         loop {
             let first = tokio::select! {
                 p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = self.stop_fetching.cancelled() => return,
             };
             let mut free = first;
+            if backlog {
+                // The last round found more work than it had room for: gather a few more free
+                // slots before asking, so a busy worker fetches in batches rather than one
+                // round trip per finished job.
+                let deadline = tokio::time::Instant::now() + BATCH_GATHER;
+                while free.num_permits() < batch_target {
+                    let more = self.slots.available_permits();
+                    if more > 0 && let Ok(p) = self.slots.clone().try_acquire_many_owned(more as u32) {
+                        free.merge(p);
+                        continue;
+                    }
+                    match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+                        Ok(Ok(p)) => free.merge(p),
+                        _ => break,
+                    }
+                }
+            }
             let more = self.slots.available_permits();
             if more > 0 && let Ok(p) = self.slots.clone().try_acquire_many_owned(more as u32) {
                 free.merge(p);
             }
+            let asked = free.num_permits();
             round += 1;
             let mut got = 0usize;
             let mut errored = false;
@@ -151,6 +171,7 @@ impl Fetcher {
                 continue;
             }
             failures = 0;
+            backlog = got == asked;
             if got == 0 {
                 self.idle_poll(&consumers, free, idle_poll).await;
             }
@@ -243,6 +264,9 @@ impl Fetcher {
         }
     }
 }
+
+/// How long a busy fetch loop may wait to gather a batch of free slots.
+const BATCH_GATHER: Duration = Duration::from_millis(2);
 
 fn index(p: Priority) -> usize {
     match p {
