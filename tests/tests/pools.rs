@@ -18,26 +18,7 @@ async fn sim(cfg: SimConfig) -> Result<SimHandle> {
 }
 
 fn deployment(name: &str, sim: &SimHandle, weight: u32) -> DeploymentConfig {
-    let mut d = toml_deployment(name, &sim.base_url());
-    d.weight = weight;
-    d
-}
-
-fn toml_deployment(name: &str, base_url: &str) -> DeploymentConfig {
-    DeploymentConfig {
-        name: name.into(),
-        base_url: base_url.into(),
-        api_key: None,
-        style: sluice_config::ApiStyle::Openai,
-        azure_deployment: None,
-        azure_api_version: String::new(),
-        model: None,
-        weight: 1,
-        max_concurrency: 64,
-        rpm: 0,
-        tpm: 0,
-        timeout_s: 30,
-    }
+    DeploymentConfig { weight, max_concurrency: 64, timeout_s: 30, ..DeploymentConfig::new(name, &sim.base_url()) }
 }
 
 fn pool(alias: &str, deployments: Vec<DeploymentConfig>) -> PoolConfig {

@@ -126,6 +126,26 @@ pub struct DeploymentConfig {
     pub timeout_s: u64,
 }
 
+impl DeploymentConfig {
+    /// An OpenAI-style deployment at `base_url` with every other setting at its default.
+    pub fn new(name: &str, base_url: &str) -> DeploymentConfig {
+        DeploymentConfig {
+            name: name.into(),
+            base_url: base_url.into(),
+            api_key: None,
+            style: ApiStyle::Openai,
+            azure_deployment: None,
+            azure_api_version: default_azure_api_version(),
+            model: None,
+            weight: one(),
+            max_concurrency: default_concurrency(),
+            rpm: 0,
+            tpm: 0,
+            timeout_s: default_timeout_s(),
+        }
+    }
+}
+
 fn default_azure_api_version() -> String {
     "2024-10-21".into()
 }

@@ -15,7 +15,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use bytes::Bytes;
 use rand::Rng;
 use serde_json::Value;
-use sluice_config::{ApiStyle, Config, ConfigError, DeploymentConfig, HedgeConfig, ModelsConfig};
+use sluice_config::{Config, ConfigError, DeploymentConfig, HedgeConfig, ModelsConfig};
 use tokio::{sync::Mutex, time::Instant};
 
 use crate::{
@@ -174,18 +174,9 @@ impl Pools {
         let key = up.api_key.as_ref().map(|r| r.resolve()).transpose()?;
         let client = OpenAiProvider::new(up, key).map_err(|_| BuildError::Client("upstream".into()))?;
         let implicit_cfg = DeploymentConfig {
-            name: "upstream".into(),
-            base_url: up.base_url.clone(),
-            api_key: None,
-            style: ApiStyle::Openai,
-            azure_deployment: None,
-            azure_api_version: String::new(),
-            model: None,
-            weight: 1,
             max_concurrency: 1_000_000,
-            rpm: 0,
-            tpm: 0,
             timeout_s: up.timeout_s,
+            ..DeploymentConfig::new("upstream", &up.base_url)
         };
         let implicit = pool(
             vec![Deployment::from_config(&implicit_cfg, client, &m.breaker, m.quota_headroom)],

@@ -21,25 +21,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use sluice_config::{ApiStyle, DeploymentConfig, HedgeConfig, PoolConfig};
+use sluice_config::{DeploymentConfig, HedgeConfig, PoolConfig};
 use sluice_e2e::{ACME_KEY, Api, TestEnv, chat_body};
 use sluice_sim::{Latency, SimConfig, SimHandle};
 
 fn deployment(name: &str, sim: &SimHandle) -> DeploymentConfig {
-    DeploymentConfig {
-        name: name.into(),
-        base_url: sim.base_url(),
-        api_key: None,
-        style: ApiStyle::Openai,
-        azure_deployment: None,
-        azure_api_version: String::new(),
-        model: None,
-        weight: 1,
-        max_concurrency: 64,
-        rpm: 0,
-        tpm: 0,
-        timeout_s: 30,
-    }
+    DeploymentConfig { max_concurrency: 64, timeout_s: 30, ..DeploymentConfig::new(name, &sim.base_url()) }
 }
 
 struct Figures {
