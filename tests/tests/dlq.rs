@@ -165,3 +165,50 @@ async fn a_message_left_behind_after_max_deliveries_is_moved_by_the_advisory() -
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sluice_cli_lists_shows_and_dry_runs_a_replay() -> Result<()> {
+    let mut env = TestEnv::new();
+    let _sim = env.sim(SimConfig::default()).await?;
+    let worker = env.worker().await?;
+    let queue = env.queue().await?;
+    let subject = queue.subjects().job(Priority::Low, "other");
+    queue.jetstream().publish(subject, b"garbage".to_vec().into()).await?.await?;
+    wait_until(LONG, || async { Ok(queue.dlq_list(&all()).await?.len() == 1) }).await?;
+    let seq = queue.dlq_list(&all()).await?[0].seq;
+
+    let c = &env.cfg;
+    let sluice = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(sluice_e2e::binary("sluice")?);
+        cmd.env_clear()
+            .env("SLUICE_NATS__URL", &c.nats.url)
+            .env("SLUICE_NATS__NAMESPACE", &c.nats.namespace)
+            .env("SLUICE_REDIS__URL", &c.redis.url)
+            .env("SLUICE_REDIS__PREFIX", format!("\"{}\"", c.redis.prefix))
+            .args(args)
+            .kill_on_drop(true);
+        Ok::<_, anyhow::Error>(cmd)
+    };
+    let out = sluice(&["dlq", "list", "--json", "--tenant", "unknown"])?.output().await?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(line["seq"], seq);
+    assert_eq!(line["reason"], "undecodable");
+    assert!(line.get("payload").is_none(), "listings never carry the message body");
+    let out = sluice(&["dlq", "list", "--json", "--reason", "max_attempts"])?.output().await?;
+    assert!(out.status.success() && out.stdout.is_empty());
+
+    let out = sluice(&["dlq", "show", &seq.to_string()])?.output().await?;
+    assert!(out.status.success());
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout)?["original_subject"], queue.subjects().job(Priority::Low, "other"));
+    let out = sluice(&["dlq", "show", "999999"])?.output().await?;
+    assert!(!out.status.success());
+
+    let out = sluice(&["dlq", "replay", "--dry-run"])?.output().await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("0 would replay, 1 skipped"), "{text}");
+    assert_eq!(queue.dlq_list(&all()).await?.len(), 1);
+
+    worker.shutdown().await;
+    Ok(())
+}
