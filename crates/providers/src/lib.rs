@@ -2,11 +2,13 @@
 //! llama.cpp, another gateway, the Sluice simulator, …) and the resilience around them.
 //!
 //! # Layout
-//! - [`openai`]: one pooled HTTP client per deployment (OpenAI or Azure URL/header style).
+//! - [`openai`]: one pooled HTTP client per deployment (OpenAI or Azure URL/header style),
+//!   plain or streaming.
 //! - [`error`]: the single classification of upstream failures into retryable and permanent,
 //!   which the worker uses to decide ack / NAK-with-delay / fail.
 //! - [`pool`]: model pools per alias and one attempt's call through the chain: balancing,
-//!   retries on other deployments, hedging, fallback model, stale or degraded answer.
+//!   retries on other deployments, hedging, fallback model, stale or degraded answer; and
+//!   streaming calls, retried on other deployments until the first byte.
 //! - [`deployment`]: a deployment's live state (outstanding calls, latency EWMA and p95,
 //!   breaker, quotas, 429 cool-down); [`balance`]: power-of-two-choices picking.
 //! - [`breaker`], [`budget`], [`quota`], [`window`]: the time-based pieces, unit-tested with
@@ -28,5 +30,5 @@ pub mod window;
 
 pub use error::{ErrorClass, ProviderError};
 pub use openai::OpenAiProvider;
-pub use pool::{Answer, CallError, CallKind, CallRequest, Pools, Served};
+pub use pool::{Answer, CallError, CallKind, CallRequest, Pools, Served, StreamAnswer};
 pub use routing::{RouteDecision, Router, Tier};

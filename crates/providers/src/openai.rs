@@ -9,7 +9,12 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, RETR
 use secrecy::{ExposeSecret, SecretString};
 use sluice_config::{ApiStyle, DeploymentConfig, UpstreamConfig};
 
+use futures_util::{Stream, StreamExt};
+
 use crate::error::{ProviderError, parse_retry_after};
+
+/// An upstream response body as it arrives.
+pub type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ProviderError>> + Send>>;
 
 /// One deployment with its own connection pool.
 #[derive(Clone)]
@@ -77,7 +82,14 @@ impl OpenAiProvider {
         self.post_json("/embeddings", body).await
     }
 
-    async fn post_json(&self, path: &str, body: Bytes) -> Result<Bytes, ProviderError> {
+    /// `POST {base}/chat/completions` with `"stream": true` in `body`: once the upstream
+    /// answered 2xx, its server-sent events as they arrive.
+    pub async fn chat_completion_stream(&self, body: Bytes) -> Result<ByteStream, ProviderError> {
+        let resp = self.send("/chat/completions", body).await?;
+        Ok(Box::pin(resp.bytes_stream().map(|r| r.map_err(transport))))
+    }
+
+    async fn send(&self, path: &str, body: Bytes) -> Result<reqwest::Response, ProviderError> {
         let mut req = self
             .http
             .post(self.url(path))
@@ -92,6 +104,11 @@ impl OpenAiProvider {
             let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
             return Err(ProviderError::Status { status: status.as_u16(), retry_after });
         }
+        Ok(resp)
+    }
+
+    async fn post_json(&self, path: &str, body: Bytes) -> Result<Bytes, ProviderError> {
+        let resp = self.send(path, body).await?;
         let bytes = resp.bytes().await.map_err(transport)?;
         // The result is stored and served as JSON; refuse anything that is not an object.
         if bytes.first() != Some(&b'{') || serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {

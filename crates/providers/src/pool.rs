@@ -364,6 +364,95 @@ impl Pools {
     }
 }
 
+/// A streamed answer: the upstream's server-sent events, passed through as they arrive.
+/// The deployment's books (latency, breaker) are settled when the stream ends or is dropped.
+pub struct StreamAnswer {
+    pub model: String,
+    pub deployment: String,
+    pub stream: crate::openai::ByteStream,
+}
+
+impl Pools {
+    /// A streaming chat completion: the same routing and deployment choice as [`Pools::call`],
+    /// retried on other deployments (and the fallback model) until one answers 2xx. Once
+    /// bytes flow they belong to the client, so a failure mid-stream is not retried.
+    pub async fn stream(&self, req: &CallRequest<'_>) -> Result<StreamAnswer, CallError> {
+        if req.redelivery && !self.withdraw().await {
+            return Err(CallError::BudgetExhausted);
+        }
+        if !req.redelivery {
+            self.budget.lock().await.deposit(Instant::now());
+        }
+        let tokens = estimate_tokens(req.body);
+        let mut chain = vec![req.model.to_string()];
+        if let Some(f) = &self.pool(req.model).fallback_model {
+            chain.push(f.clone());
+        }
+        let mut calls = 0u32;
+        let mut last = None;
+        for model in &chain {
+            let pool = self.pool(model);
+            let mut tried = Vec::with_capacity(pool.deps.len());
+            while calls < self.cfg.max_calls_per_attempt {
+                let (idx, pick) = balance::pick(&pool.deps, &tried, tokens);
+                let Pick::Slot(slot) = pick else { break };
+                if calls > 0 && !self.withdraw().await {
+                    return Err(last.unwrap_or(CallError::BudgetExhausted));
+                }
+                tried.extend(idx);
+                calls += 1;
+                let dep = slot.deployment().clone();
+                let body = with_model(req.body, dep.upstream_model.as_deref().unwrap_or(model));
+                match dep.client.chat_completion_stream(body).await {
+                    Ok(inner) => {
+                        let stream = Box::pin(SlotStream { inner, slot: Some(slot) });
+                        return Ok(StreamAnswer { model: model.clone(), deployment: dep.name.clone(), stream });
+                    }
+                    Err(e) => {
+                        slot.failed(e.clone());
+                        if e.class() == ErrorClass::Permanent {
+                            return Err(CallError::Upstream(e));
+                        }
+                        last = Some(CallError::Upstream(e));
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or(CallError::Unavailable { reason: "no_deployment", retry_in: None }))
+    }
+}
+
+/// Passes a stream through and settles its [`Slot`] when it ends, fails or is dropped.
+struct SlotStream {
+    inner: crate::openai::ByteStream,
+    slot: Option<Slot>,
+}
+
+impl futures_util::Stream for SlotStream {
+    type Item = Result<Bytes, ProviderError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let item = std::task::ready!(self.inner.as_mut().poll_next(cx));
+        match &item {
+            None => {
+                if let Some(s) = self.slot.take() {
+                    s.succeeded(None);
+                }
+            }
+            Some(Err(e)) => {
+                if let Some(s) = self.slot.take() {
+                    s.failed(e.clone());
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        std::task::Poll::Ready(item)
+    }
+}
+
 fn hedged(mut a: Answer) -> Answer {
     metrics::counter!("sluice_hedges_total", "event" => "hedge_won").increment(1);
     a.served = Served::Hedge;
@@ -441,7 +530,48 @@ fn used_tokens(body: &[u8]) -> Option<u64> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use futures_util::StreamExt;
+    use sluice_config::PoolConfig;
+
     use super::*;
+
+    #[tokio::test]
+    async fn streaming_moves_to_another_deployment_until_one_answers_then_passes_events_through() {
+        let down = sluice_sim::SimConfig { error_rate: 1.0, ..Default::default() };
+        let bad = sluice_sim::start(down, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let good = sluice_sim::start(Default::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut cfg = Config::default();
+        cfg.models.pools = vec![PoolConfig {
+            alias: "sim-small".into(),
+            deployments: vec![
+                DeploymentConfig { weight: 100, ..DeploymentConfig::new("bad", &bad.base_url()) },
+                DeploymentConfig::new("good", &good.base_url()),
+            ],
+            fallback_model: None,
+            degraded_message: None,
+            hedge: HedgeConfig::default(),
+        }];
+        let pools = Pools::new(&cfg).unwrap();
+        let body = br#"{"model":"sim-small","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let req = CallRequest {
+            kind: CallKind::Chat,
+            model: "sim-small",
+            body,
+            redelivery: false,
+            final_attempt: false,
+            deadline: None,
+        };
+        let mut answer = pools.stream(&req).await.unwrap();
+        assert_eq!(answer.deployment, "good");
+        let mut text = Vec::new();
+        while let Some(chunk) = answer.stream.next().await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.starts_with("data: ") && text.trim_end().ends_with("data: [DONE]"), "{text}");
+        assert_eq!(bad.counters().injected_errors, 1);
+        assert_eq!(pools.pool("sim-small").deps[1].outstanding(), 0, "the slot is settled at the end");
+    }
 
     #[test]
     fn the_model_is_rewritten_only_when_it_differs() {
