@@ -128,19 +128,13 @@ async fn poison_messages_are_listed_and_shown_but_never_replayed() -> Result<()>
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_left_behind_after_max_deliveries_is_moved_by_the_advisory() -> Result<()> {
-    let mut env = TestEnv::new();
-    env.cfg.worker.max_attempts = 1; // the server's max_deliver is max_attempts + 2 = 3
-    let _sim = env.sim(SimConfig::default()).await?;
-    let ingest = env.ingest().await?;
+/// Delivers the job three times to "workers" that die without settling (simulated with
+/// NAKs); with `max_attempts = 1` the server's `max_deliver` is 3, so it gives up after that.
+async fn strand(env: &TestEnv, api: &Api) -> Result<(String, sluice_queue::consumer::PullConsumer)> {
     let queue = env.queue().await?;
-    let api = Api::new(ingest.base_url(), ACME_KEY);
     let settings = ConsumerSettings { ack_wait: Duration::from_secs(5), max_attempts: 1 };
     let consumer = queue.ensure_consumer(Priority::Normal, settings).await?;
-
     let id = api.submit_ok(&chat_body("stranded")).await?;
-    // Three deliveries to "workers" that die without settling (simulated with NAKs).
     for delivery in 1..=3 {
         let mut batch = sluice_queue::consumer::fetch_wait(&consumer, 1, Duration::from_secs(5)).await?;
         let m = batch.next().await.ok_or_else(|| anyhow::anyhow!("no delivery {delivery}"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -148,18 +142,58 @@ async fn a_message_left_behind_after_max_deliveries_is_moved_by_the_advisory() -
         m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     assert_eq!(queue.queued_messages().await?, 1, "still in the work queue, but never delivered again");
+    Ok((id, consumer))
+}
 
-    // A worker starts later; its first fetch makes the server give up on the message and
-    // publish the advisory, which the worker handles.
-    let worker = env.worker().await?;
-    let job = api.wait_status(&id, &["failed", "completed"], LONG).await?;
+async fn assert_moved(env: &TestEnv, api: &Api, id: &str) -> Result<()> {
+    let queue = env.queue().await?;
+    let job = api.wait_status(id, &["failed", "completed"], LONG).await?;
     assert_eq!(job["status"], "failed", "{job}");
     wait_until(LONG, || async { Ok(queue.queued_messages().await? == 0) }).await?;
     let entries = queue.dlq_list(&all()).await?;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].reason, "max_deliveries");
-    assert_eq!(entries[0].job_id.as_deref(), Some(id.as_str()));
+    assert_eq!(entries[0].job_id.as_deref(), Some(id));
     assert_eq!(entries[0].attempts, 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_behind_after_max_deliveries_is_moved_by_the_advisory() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.max_attempts = 1;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let (id, _consumer) = strand(&env, &api).await?;
+
+    // A worker starts later; its first fetch makes the server give up on the message and
+    // publish the advisory, which the worker handles.
+    let worker = env.worker().await?;
+    assert_moved(&env, &api, &id).await?;
+
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_advisory_nobody_heard_is_moved_by_the_sweep() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.max_attempts = 1;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let (id, consumer) = strand(&env, &api).await?;
+    // This pull makes the server give up while no worker listens for the advisory.
+    let mut batch = sluice_queue::consumer::fetch_wait(&consumer, 1, Duration::from_millis(500)).await?;
+    while let Some(m) = batch.next().await {
+        anyhow::ensure!(m.is_err(), "the message was delivered a fourth time");
+    }
+    assert_eq!(env.queue().await?.queued_messages().await?, 1);
+
+    let worker = env.worker().await?;
+    assert_moved(&env, &api, &id).await?;
 
     worker.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
