@@ -102,17 +102,22 @@ async fn a_failed_job_round_trips_through_the_dead_letter_stream_and_replay() ->
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_messages_are_listed_and_shown_but_never_replayed() -> Result<()> {
+/// A running worker that has dead-lettered one undecodable message sent on `jobs.<p>.<tenant>`.
+async fn poisoned(priority: Priority, tenant: &str) -> Result<(TestEnv, sluice_sim::SimHandle, sluice_worker::Worker, sluice_queue::Queue, String)> {
     let mut env = TestEnv::new();
-    let _sim = env.sim(SimConfig::default()).await?;
+    let sim = env.sim(SimConfig::default()).await?;
     let worker = env.worker().await?;
     let queue = env.queue().await?;
-    let store = env.store()?;
-
-    let subject = queue.subjects().job(Priority::High, "acme");
+    let subject = queue.subjects().job(priority, tenant);
     queue.jetstream().publish(subject.clone(), b"\xc1 not msgpack".to_vec().into()).await?.await?;
     wait_until(LONG, || async { Ok(queue.dlq_list(&all()).await?.len() == 1) }).await?;
+    Ok((env, sim, worker, queue, subject))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_listed_and_shown_but_never_replayed() -> Result<()> {
+    let (env, _sim, worker, queue, subject) = poisoned(Priority::High, "acme").await?;
+    let store = env.store()?;
     let e = &queue.dlq_list(&DlqFilter { reason: Some("undecodable".into()), ..all() }).await?[0];
     assert_eq!((e.tenant.as_str(), e.job_id.as_deref(), e.model.as_deref()), ("unknown", None, None));
     assert_eq!(e.original_subject, subject);
@@ -145,7 +150,9 @@ async fn strand(env: &TestEnv, api: &Api) -> Result<(String, sluice_queue::consu
     Ok((id, consumer))
 }
 
-async fn assert_moved(env: &TestEnv, api: &Api, id: &str) -> Result<()> {
+/// Starts a worker and checks it moves the stranded job `id` to the dead letters.
+async fn assert_moved(env: &TestEnv, ingest: sluice_ingest::Server, api: &Api, id: &str) -> Result<()> {
+    let worker = env.worker().await?;
     let queue = env.queue().await?;
     let job = api.wait_status(id, &["failed", "completed"], LONG).await?;
     assert_eq!(job["status"], "failed", "{job}");
@@ -155,35 +162,34 @@ async fn assert_moved(env: &TestEnv, api: &Api, id: &str) -> Result<()> {
     assert_eq!(entries[0].reason, "max_deliveries");
     assert_eq!(entries[0].job_id.as_deref(), Some(id));
     assert_eq!(entries[0].attempts, 3);
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_left_behind_after_max_deliveries_is_moved_by_the_advisory() -> Result<()> {
-    let mut env = TestEnv::new();
-    env.cfg.worker.max_attempts = 1;
-    let _sim = env.sim(SimConfig::default()).await?;
-    let ingest = env.ingest().await?;
-    let api = Api::new(ingest.base_url(), ACME_KEY);
-    let (id, _consumer) = strand(&env, &api).await?;
-
-    // A worker starts later; its first fetch makes the server give up on the message and
-    // publish the advisory, which the worker handles.
-    let worker = env.worker().await?;
-    assert_moved(&env, &api, &id).await?;
-
     worker.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_whose_advisory_nobody_heard_is_moved_by_the_sweep() -> Result<()> {
+/// An environment with `max_attempts = 1` (the server's `max_deliver` is then 3).
+async fn strict_env() -> Result<(TestEnv, sluice_sim::SimHandle, sluice_ingest::Server, Api)> {
     let mut env = TestEnv::new();
     env.cfg.worker.max_attempts = 1;
-    let _sim = env.sim(SimConfig::default()).await?;
+    let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
+    Ok((env, sim, ingest, api))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_behind_after_max_deliveries_is_moved_by_the_advisory() -> Result<()> {
+    let (env, _sim, ingest, api) = strict_env().await?;
+    let (id, _consumer) = strand(&env, &api).await?;
+
+    // A worker starts later; its first fetch makes the server give up on the message and
+    // publish the advisory, which the worker handles.
+    assert_moved(&env, ingest, &api, &id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_advisory_nobody_heard_is_moved_by_the_sweep() -> Result<()> {
+    let (env, _sim, ingest, api) = strict_env().await?;
     let (id, consumer) = strand(&env, &api).await?;
     // This pull makes the server give up while no worker listens for the advisory.
     let mut batch = sluice_queue::consumer::fetch_wait(&consumer, 1, Duration::from_millis(500)).await?;
@@ -191,24 +197,12 @@ async fn a_message_whose_advisory_nobody_heard_is_moved_by_the_sweep() -> Result
         anyhow::ensure!(m.is_err(), "the message was delivered a fourth time");
     }
     assert_eq!(env.queue().await?.queued_messages().await?, 1);
-
-    let worker = env.worker().await?;
-    assert_moved(&env, &api, &id).await?;
-
-    worker.shutdown().await;
-    ingest.shutdown(Duration::from_secs(5)).await;
-    Ok(())
+    assert_moved(&env, ingest, &api, &id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sluice_cli_lists_shows_and_dry_runs_a_replay() -> Result<()> {
-    let mut env = TestEnv::new();
-    let _sim = env.sim(SimConfig::default()).await?;
-    let worker = env.worker().await?;
-    let queue = env.queue().await?;
-    let subject = queue.subjects().job(Priority::Low, "other");
-    queue.jetstream().publish(subject, b"garbage".to_vec().into()).await?.await?;
-    wait_until(LONG, || async { Ok(queue.dlq_list(&all()).await?.len() == 1) }).await?;
+    let (env, _sim, worker, queue, subject) = poisoned(Priority::Low, "other").await?;
     let seq = queue.dlq_list(&all()).await?[0].seq;
 
     let c = &env.cfg;
@@ -234,7 +228,7 @@ async fn the_sluice_cli_lists_shows_and_dry_runs_a_replay() -> Result<()> {
 
     let out = sluice(&["dlq", "show", &seq.to_string()])?.output().await?;
     assert!(out.status.success());
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout)?["original_subject"], queue.subjects().job(Priority::Low, "other"));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout)?["original_subject"], subject);
     let out = sluice(&["dlq", "show", "999999"])?.output().await?;
     assert!(!out.status.success());
 

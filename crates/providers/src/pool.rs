@@ -215,20 +215,29 @@ impl Pools {
         ok
     }
 
-    /// Runs one job attempt's call through the chain (see the module docs).
-    pub async fn call(&self, req: &CallRequest<'_>) -> Result<Answer, CallError> {
+    /// Charges the attempt to the retry budget (a redelivery withdraws, a first attempt
+    /// deposits) and returns the token estimate and the chain of aliases to try.
+    async fn begin(&self, req: &CallRequest<'_>) -> Result<(f64, Vec<String>), CallError> {
         if req.redelivery {
             if !self.withdraw().await {
-                return self.last_resort(req, CallError::BudgetExhausted);
+                return Err(CallError::BudgetExhausted);
             }
         } else {
             self.budget.lock().await.deposit(Instant::now());
         }
-        let tokens = estimate_tokens(req.body);
         let mut chain = vec![req.model.to_string()];
         if let Some(f) = &self.pool(req.model).fallback_model {
             chain.push(f.clone());
         }
+        Ok((estimate_tokens(req.body), chain))
+    }
+
+    /// Runs one job attempt's call through the chain (see the module docs).
+    pub async fn call(&self, req: &CallRequest<'_>) -> Result<Answer, CallError> {
+        let (tokens, chain) = match self.begin(req).await {
+            Ok(v) => v,
+            Err(e) => return self.last_resort(req, e),
+        };
         let mut calls = 0u32;
         let mut last = None;
         for (i, model) in chain.iter().enumerate() {
@@ -377,17 +386,7 @@ impl Pools {
     /// retried on other deployments (and the fallback model) until one answers 2xx. Once
     /// bytes flow they belong to the client, so a failure mid-stream is not retried.
     pub async fn stream(&self, req: &CallRequest<'_>) -> Result<StreamAnswer, CallError> {
-        if req.redelivery && !self.withdraw().await {
-            return Err(CallError::BudgetExhausted);
-        }
-        if !req.redelivery {
-            self.budget.lock().await.deposit(Instant::now());
-        }
-        let tokens = estimate_tokens(req.body);
-        let mut chain = vec![req.model.to_string()];
-        if let Some(f) = &self.pool(req.model).fallback_model {
-            chain.push(f.clone());
-        }
+        let (tokens, chain) = self.begin(req).await?;
         let mut calls = 0u32;
         let mut last = None;
         for model in &chain {

@@ -125,7 +125,17 @@ impl Queue {
             None => Ok("*".to_string()),
         };
         let filter_subject = self.subjects.dlq(&token(&f.reason)?, &token(&f.tenant)?);
-        let mut stream = self.js.get_stream(self.subjects.dlq_stream()).await.map_err(broker)?;
+        let mut stream = match self.js.get_stream(self.subjects.dlq_stream()).await {
+            Ok(s) => s,
+            // No worker has run yet, so nothing was ever dead-lettered.
+            Err(e)
+                if matches!(e.kind(), async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(broker(e)),
+        };
         if stream.info().await.map_err(broker)?.state.messages == 0 {
             return Ok(Vec::new());
         }
