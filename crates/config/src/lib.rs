@@ -9,12 +9,14 @@
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
 mod env;
+mod governance;
 mod secret;
 mod sections;
 
 use std::path::Path;
 
 pub use secret::{SecretRef, hash_api_key};
+pub use governance::*;
 pub use sections::*;
 
 #[derive(Debug, thiserror::Error)]
