@@ -46,6 +46,8 @@ impl TestEnv {
         let mut cfg = Config::default();
         cfg.nats.url = nats_url();
         cfg.nats.namespace = ns.clone();
+        // Small streams: JetStream reserves max_bytes per stream, and a suite creates many.
+        cfg.nats.max_queue_bytes = 64 * 1024 * 1024;
         cfg.redis.url = redis_url();
         cfg.redis.prefix = format!("{ns}:");
         cfg.redis.result_ttl_s = 600;

@@ -24,6 +24,8 @@ pub enum Outcome {
     DeadLetter { reason: &'static str, error: String, tenant: String, job_id: Option<String> },
     /// Shutting down: hand it back to the broker at once.
     Release,
+    /// The tenant is at its in-flight cap: re-queue at the tail (see [`crate::governance`]).
+    Defer,
 }
 
 pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken) -> Outcome {
@@ -41,9 +43,20 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
     };
     let max_attempts = u64::from(shared.cfg.worker.max_attempts);
     if attempt > max_attempts {
-        return exhausted(shared, &env, attempt, "the job failed on every attempt").await;
+        let outcome = exhausted(shared, &env, attempt, "the job failed on every attempt").await;
+        crate::governance::finish(shared, &env, &outcome).await;
+        return outcome;
     }
-    match shared.store.record_started(&env, attempt).await {
+    if !crate::governance::acquire(shared, &env).await {
+        return Outcome::Defer;
+    }
+    let outcome = started(shared, delivery, stop, &env, attempt).await;
+    crate::governance::finish(shared, &env, &outcome).await;
+    outcome
+}
+
+async fn started(shared: &Shared, delivery: &Delivery, stop: &CancellationToken, env: &JobEnvelope, attempt: u64) -> Outcome {
+    match shared.store.record_started(env, attempt).await {
         Ok(Transition::Applied) => {}
         Ok(Transition::Refused { current }) if current.is_terminal() => {
             // A redelivery of a job whose outcome is already recorded (the earlier ack was lost).
@@ -61,7 +74,7 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
             kind: "expired".into(),
             code: "deadline_exceeded".into(),
         };
-        return record_end(shared, &env, attempt, JobStatus::Expired, &err, "expired").await;
+        return record_end(shared, env, attempt, JobStatus::Expired, &err, "expired").await;
     }
 
     let body = Bytes::from(env.request.clone());
@@ -77,14 +90,17 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
         _ = stop.cancelled() => return Outcome::Release,
     };
     match result {
-        Ok(response) => match shared.store.record_completed(&env, &response).await {
-            Ok(_) => Outcome::Done { label: "completed" },
+        Ok(response) => match shared.store.record_completed(env, &response).await {
+            Ok(_) => {
+                crate::governance::completed(shared, env, &response).await;
+                Outcome::Done { label: "completed" }
+            }
             Err(e) => {
                 tracing::warn!(job = %env.id, error = %e, "cannot record the result; retrying later");
                 retry_later(shared, attempt, None, "store_unavailable")
             }
         },
-        Err(e) => upstream_failed(shared, &env, attempt, e).await,
+        Err(e) => upstream_failed(shared, env, attempt, e).await,
     }
 }
 
