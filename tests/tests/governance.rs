@@ -254,10 +254,10 @@ async fn low_is_shed_first_then_normal_and_high_up_to_its_hard_limit() -> Result
     assert!(headers.contains_key("retry-after"));
     assert_eq!(api.submit(&with("low")).await?.0, 429);
     // High goes on until its own backlog reaches the hard limit.
-    for _ in 0..8 {
+    for _ in 0..9 {
         api.submit_ok(&with("high")).await?;
     }
-    wait_until(LONG, || pending(15)).await?;
+    wait_until(LONG, || pending(16)).await?;
     settle_poll().await;
     assert_eq!(api.submit(&with("high")).await?.0, 429);
     ingest.shutdown(Duration::from_secs(5)).await;
@@ -331,7 +331,7 @@ async fn a_flooding_tenant_does_not_starve_another() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.governance.max_in_flight_per_tenant = 4;
     env.cfg.worker.concurrency = 8;
-    let sim_cfg = SimConfig { latency: sluice_sim::config::Latency { p50_ms: 100.0, p95_ms: 100.0, p99_ms: 100.0 }, ..SimConfig::default() };
+    let sim_cfg = SimConfig { latency: sluice_sim::config::Latency { p50_ms: 300.0, p95_ms: 300.0, p99_ms: 300.0 }, ..SimConfig::default() };
     let _sim = env.sim(sim_cfg).await?;
     let ingest = env.ingest().await?;
     let (acme, other) = (Api::new(ingest.base_url(), ACME_KEY), Api::new(ingest.base_url(), OTHER_KEY));
@@ -358,6 +358,34 @@ async fn a_flooding_tenant_does_not_starve_another() -> Result<()> {
     }
     assert!(done < flood.len() / 2, "{done} of {} flood jobs finished before the small tenant's 10", flood.len());
     worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_lists_and_revokes_keys() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.governance.admin_key_sha256 = Some(hash_api_key(ADMIN_KEY));
+    let ingest = env.ingest().await?;
+    let sluice = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(sluice_e2e::binary("sluice")?);
+        cmd.args(args).env("SLUICE_URL", ingest.base_url()).env("SLUICE_ADMIN_KEY", ADMIN_KEY);
+        Ok::<_, anyhow::Error>(cmd)
+    };
+    let out = sluice(&["keys", "create", "clico"])?.output().await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout)?;
+    let secret = created["secret"].as_str().context("secret")?;
+    let key_id = created["key_id"].as_str().context("key_id")?;
+    assert_eq!(Api::new(ingest.base_url(), secret).submit(&chat_body("cli")).await?.0, 202);
+    let out = sluice(&["keys", "list", "clico"])?.output().await?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains(key_id));
+    let out = sluice(&["keys", "revoke", "clico", key_id])?.output().await?;
+    assert!(out.status.success());
+    // Without the admin key the CLI gets the API's refusal.
+    let out = sluice(&["tenants", "list"])?.env("SLUICE_ADMIN_KEY", "wrong").output().await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{}", String::from_utf8_lossy(&out.stderr));
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
