@@ -389,3 +389,63 @@ async fn the_cli_creates_lists_and_revokes_keys() -> Result<()> {
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+/// Submits `bodies` with at most 64 requests in flight; returns the job ids.
+async fn submit_all(api: &Api, bodies: &[Value]) -> Result<Vec<String>> {
+    use futures_util::StreamExt;
+    let ids: Vec<Result<String>> = futures_util::stream::iter(bodies.iter().map(|b| api.submit_ok(b)))
+        .buffered(64)
+        .collect()
+        .await;
+    ids.into_iter().collect()
+}
+
+/// The flood figure (not a pass/fail test; run with `--ignored --nocapture`): tenant B's 100
+/// jobs alone, then right after tenant A submitted `FLOOD_A` (10,000) jobs at once, with the
+/// in-flight cap `FLOOD_CAP` (8; 0 turns fair share off for comparison). Prints B's
+/// submit-to-last-completion time in both cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn flood_figures() -> Result<()> {
+    let flood: usize = std::env::var("FLOOD_A").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let cap: u64 = std::env::var("FLOOD_CAP").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let mut env = TestEnv::new();
+    env.cfg.governance.max_in_flight_per_tenant = cap;
+    env.cfg.worker.concurrency = 32;
+    let sim_cfg = SimConfig { latency: sluice_sim::Latency { p50_ms: 50.0, p95_ms: 50.0, p99_ms: 50.0 }, ..SimConfig::default() };
+    let _sim = env.sim(sim_cfg).await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let (a, b) = (Api::new(ingest.base_url(), ACME_KEY), Api::new(ingest.base_url(), OTHER_KEY));
+    let b_bodies: Vec<Value> = (0..100).map(|i| chat_body(&format!("b {i}"))).collect();
+    let run_b = || async {
+        let start = std::time::Instant::now();
+        let ids = submit_all(&b, &b_bodies).await?;
+        for id in &ids {
+            b.wait_status(id, &["completed"], Duration::from_secs(600)).await?;
+        }
+        Ok::<_, anyhow::Error>(start.elapsed())
+    };
+    let alone = run_b().await?;
+    let a_bodies: Vec<Value> = (0..flood).map(|i| chat_body(&format!("a {i}"))).collect();
+    let t = std::time::Instant::now();
+    let a_ids = submit_all(&a, &a_bodies).await?;
+    let a_submit = t.elapsed();
+    let loaded = run_b().await?;
+    let mut a_done = 0;
+    for id in a_ids.iter().step_by((flood / 100).max(1)) {
+        if a.job(id).await?.1["status"] == "completed" {
+            a_done += 1;
+        }
+    }
+    println!(
+        "FLOOD a={flood} cap={cap}: B alone {:.2}s, B after A's flood {:.2}s ({:.1}x); A submitted in {:.1}s; ~{a_done}% of A done when B finished",
+        alone.as_secs_f64(),
+        loaded.as_secs_f64(),
+        loaded.as_secs_f64() / alone.as_secs_f64(),
+        a_submit.as_secs_f64()
+    );
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

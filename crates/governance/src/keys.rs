@@ -12,6 +12,7 @@
 //! | `{p}apikey:{sha256}` | hash | tenant, key id, created/expires/revoked |
 //! | `{p}apikeys:{tenant}` | hash | key id → sha256 |
 //! | `{p}inflight:{tenant}` | hash | job id → lease expiry (ms) of running jobs |
+//! | `{p}deferred:{tenant}` | hash | job id → times deferred at the in-flight cap |
 
 #[derive(Debug, Clone)]
 pub struct GovKeys {
@@ -61,5 +62,9 @@ impl GovKeys {
 
     pub fn inflight(&self, tenant: &str) -> String {
         format!("{}inflight:{tenant}", self.p)
+    }
+
+    pub fn deferred(&self, tenant: &str) -> String {
+        format!("{}deferred:{tenant}", self.p)
     }
 }

@@ -2,7 +2,7 @@
 //! own key prefix. Two `Governor`s with separate pools stand in for two replicas.
 
 use sluice_config::{Budget, BudgetPeriod, GovernanceConfig, Limit, RedisConfig, TenantPolicy};
-use sluice_governance::{Admission, Governor, Refusal, estimate::Usage, idempotency::Claim};
+use sluice_governance::{Admission, Governor, Refusal, estimate::Usage, idempotency::Claim, inflight::Slot};
 use uuid::Uuid;
 
 fn redis_cfg() -> RedisConfig {
@@ -166,13 +166,15 @@ async fn keys_rotate_revoke_and_in_flight_caps() {
     assert!(!a.revoke_key("acme", "key_nope").await.unwrap());
 
     let jobs: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
-    assert!(a.acquire_in_flight("acme", jobs[0], 10_000, NOW).await.unwrap());
-    assert!(a.acquire_in_flight("acme", jobs[1], 10_000, NOW).await.unwrap());
-    assert!(!a.acquire_in_flight("acme", jobs[2], 10_000, NOW).await.unwrap());
-    assert!(a.acquire_in_flight("acme", jobs[1], 10_000, NOW).await.unwrap(), "a redelivery renews");
-    assert!(a.acquire_in_flight("other", jobs[2], 10_000, NOW).await.unwrap(), "per tenant");
+    let ok = |d| Slot::Acquired { deferrals: d };
+    assert_eq!(a.acquire_in_flight("acme", jobs[0], 10_000, NOW).await.unwrap(), ok(0));
+    assert_eq!(a.acquire_in_flight("acme", jobs[1], 10_000, NOW).await.unwrap(), ok(0));
+    assert_eq!(a.acquire_in_flight("acme", jobs[2], 10_000, NOW).await.unwrap(), Slot::Full { deferrals: 1 });
+    assert_eq!(a.acquire_in_flight("acme", jobs[2], 10_000, NOW).await.unwrap(), Slot::Full { deferrals: 2 });
+    assert_eq!(a.acquire_in_flight("acme", jobs[1], 10_000, NOW).await.unwrap(), ok(0), "a redelivery renews");
+    assert_eq!(a.acquire_in_flight("other", jobs[2], 10_000, NOW).await.unwrap(), ok(0), "per tenant");
     a.release_in_flight("acme", jobs[0]).await.unwrap();
-    assert!(a.acquire_in_flight("acme", jobs[2], 10_000, NOW).await.unwrap());
+    assert_eq!(a.acquire_in_flight("acme", jobs[2], 10_000, NOW).await.unwrap(), ok(2), "deferrals are remembered");
     // A dead worker's lease expires.
-    assert!(a.acquire_in_flight("acme", Uuid::now_v7(), 10_000, NOW + 10_001).await.unwrap());
+    assert_eq!(a.acquire_in_flight("acme", Uuid::now_v7(), 10_000, NOW + 10_001).await.unwrap(), ok(0));
 }

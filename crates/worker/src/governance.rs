@@ -2,11 +2,14 @@
 //! job's token/cost reservation (see `sluice_governance`).
 //!
 //! Fair share: before a job starts, it takes one of its tenant's in-flight slots (a lease in
-//! Redis shared by every worker replica). A tenant at its cap has the job *deferred*: the
-//! message is re-published at the tail of its subject (message id derived from the original
-//! stream sequence, so a retried re-publish is stored once) and the original acknowledged.
-//! The consumer thereby moves past a flooding tenant's backlog to the other tenants'
-//! messages instead of waiting for its slots, and a deferral does not count as an attempt.
+//! Redis shared by every worker replica). A tenant at its cap has the job *deferred*: NAKed
+//! with a delay that doubles with each deferral of that job (`governance.defer_ms` up to
+//! [`MAX_DEFER`]). JetStream skips a NAKed message until its delay passes, so the consumer
+//! moves on past a flooding tenant's backlog to the other tenants' messages instead of
+//! waiting for its slots; the growing delay keeps a large backlog from being redelivered
+//! over and over. Deferrals are counted in Redis and are not attempts (the consumer has no
+//! server-side delivery limit for that reason; the worker dead-letters after
+//! `worker.max_attempts` real attempts).
 //!
 //! Settlement: a job that completed settles against the `usage` in its response (plain or
 //! streamed); any other terminal outcome settles with zero usage, returning the reservation.
@@ -14,31 +17,45 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use sluice_governance::{estimate::Usage, settle::usage_from_response};
+use sluice_governance::{estimate::Usage, inflight::Slot, settle::usage_from_response};
 use sluice_protocol::JobEnvelope;
-use sluice_queue::Delivery;
 use sluice_store::now_ms;
 
 use crate::{Shared, job::Outcome};
 
-/// Takes an in-flight slot for the job; `false` when its tenant is at the cap. When Redis
-/// cannot be asked the job runs (the cap is a fairness device; limits and budgets were
-/// enforced at admission).
-pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> bool {
+/// Longest deferral delay.
+pub const MAX_DEFER: Duration = Duration::from_secs(30);
+
+/// Whether the job may start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Run it; it was deferred `deferrals` times before.
+    Run { deferrals: u64 },
+    /// Its tenant is at the in-flight cap: redeliver after `delay`.
+    Defer { delay: Duration },
+}
+
+/// Takes an in-flight slot for the job. When Redis cannot be asked the job runs (the cap is
+/// a fairness device; limits and budgets were enforced at admission).
+pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
     let lease_ms = (shared.cfg.upstream.timeout_s + shared.cfg.worker.ack_wait_s) * 1000 * 2;
     match shared.gov.acquire_in_flight(&env.tenant, env.id, lease_ms, now_ms()).await {
-        Ok(ok) => {
-            if !ok {
-                metrics::counter!("sluice_worker_deferred_total").increment(1);
-            }
-            ok
+        Ok(Slot::Acquired { deferrals }) => Gate::Run { deferrals },
+        Ok(Slot::Full { deferrals }) => {
+            metrics::counter!("sluice_worker_deferred_total").increment(1);
+            Gate::Defer { delay: defer_delay(shared.cfg.governance.defer_ms, deferrals) }
         }
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot check the tenant's in-flight cap; running the job");
-            true
+            Gate::Run { deferrals: 0 }
         }
     }
+}
+
+/// `base`, doubled for each earlier deferral, at most [`MAX_DEFER`].
+pub fn defer_delay(base_ms: u64, deferrals: u64) -> Duration {
+    let shift = deferrals.saturating_sub(1).min(16) as u32;
+    Duration::from_millis(base_ms.max(1).saturating_mul(1 << shift)).min(MAX_DEFER)
 }
 
 /// After the job's outcome is known: settle a terminal job and free its slot.
@@ -79,30 +96,15 @@ async fn recorded_usage(shared: &Shared, env: &JobEnvelope) -> Usage {
     }
 }
 
-/// Re-publishes a deferred message at the tail of its subject, then acknowledges it.
-pub async fn defer(shared: &Shared, delivery: Delivery) -> Result<(), sluice_queue::QueueError> {
-    let mut h = HeaderMap::new();
-    let id = format!("defer-{}-{}", shared.queue.subjects().jobs_stream(), delivery.stream_sequence());
-    h.insert("Nats-Msg-Id", id.as_str());
-    let publish = async {
-        let ack = shared
-            .queue
-            .jetstream()
-            .publish_with_headers(delivery.subject().to_string(), h, delivery.payload().to_vec().into())
-            .await
-            .map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))?;
-        ack.await.map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))
-    };
-    let timeout = Duration::from_millis(shared.cfg.nats.publish_timeout_ms);
-    match tokio::time::timeout(timeout, publish).await {
-        Ok(Ok(_)) => delivery.ack().await,
-        Ok(Err(e)) => {
-            delivery.nak(Duration::from_millis(shared.cfg.governance.defer_ms)).await?;
-            Err(e)
-        }
-        Err(_) => {
-            delivery.nak(Duration::from_millis(shared.cfg.governance.defer_ms)).await?;
-            Err(sluice_queue::QueueError::Timeout)
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferral_delay_doubles_up_to_the_cap() {
+        assert_eq!(defer_delay(200, 1), Duration::from_millis(200));
+        assert_eq!(defer_delay(200, 2), Duration::from_millis(400));
+        assert_eq!(defer_delay(200, 4), Duration::from_millis(1600));
+        assert_eq!(defer_delay(200, 60), MAX_DEFER);
     }
 }

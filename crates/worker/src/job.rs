@@ -24,12 +24,11 @@ pub enum Outcome {
     DeadLetter { reason: &'static str, error: String, tenant: String, job_id: Option<String> },
     /// Shutting down: hand it back to the broker at once.
     Release,
-    /// The tenant is at its in-flight cap: re-queue at the tail (see [`crate::governance`]).
-    Defer,
+    /// The tenant is at its in-flight cap: redeliver after `delay` (see [`crate::governance`]).
+    Defer { delay: Duration },
 }
 
 pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken) -> Outcome {
-    let attempt = delivery.delivered();
     let env = match JobEnvelope::decode(delivery.payload()) {
         Ok(env) => env,
         Err(e) => {
@@ -41,16 +40,18 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
             };
         }
     };
+    // Deliveries that were deferrals at the tenant's in-flight cap are not attempts.
+    let deferrals = match crate::governance::acquire(shared, &env).await {
+        crate::governance::Gate::Run { deferrals } => deferrals,
+        crate::governance::Gate::Defer { delay } => return Outcome::Defer { delay },
+    };
+    let attempt = delivery.delivered().saturating_sub(deferrals).max(1);
     let max_attempts = u64::from(shared.cfg.worker.max_attempts);
-    if attempt > max_attempts {
-        let outcome = exhausted(shared, &env, attempt, "the job failed on every attempt").await;
-        crate::governance::finish(shared, &env, &outcome).await;
-        return outcome;
-    }
-    if !crate::governance::acquire(shared, &env).await {
-        return Outcome::Defer;
-    }
-    let outcome = started(shared, delivery, stop, &env, attempt).await;
+    let outcome = if attempt > max_attempts {
+        exhausted(shared, &env, attempt, "the job failed on every attempt").await
+    } else {
+        started(shared, delivery, stop, &env, attempt).await
+    };
     crate::governance::finish(shared, &env, &outcome).await;
     outcome
 }
