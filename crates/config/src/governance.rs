@@ -39,7 +39,8 @@ pub struct GovernanceConfig {
     pub loop_max_per_minute: u64,
     /// Jobs one tenant may run at once across all workers, unless its policy says otherwise.
     pub max_in_flight_per_tenant: u64,
-    /// How long a worker defers a job of a tenant at its in-flight cap.
+    /// A typical job's duration: a job of a tenant at its in-flight cap is deferred for this
+    /// times the tenant's deferred jobs per slot (up to 30 s).
     pub defer_ms: u64,
     /// Hex SHA-256 of the admin key guarding `/v1/admin/...` (absent: admin API off).
     pub admin_key_sha256: Option<String>,
@@ -68,7 +69,7 @@ impl Default for GovernanceConfig {
             idempotency_ttl_s: 24 * 3600,
             loop_max_per_minute: 0,
             max_in_flight_per_tenant: 0,
-            defer_ms: 200,
+            defer_ms: 100,
             admin_key_sha256: None,
             key_cache_ttl_ms: 2_000,
             key_cache_capacity: 10_000,

@@ -16,7 +16,7 @@ local now = tonumber(ARGV[3])
 local deferred = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[4]))
-  return {1, deferred}
+  return {1, deferred, 0}
 end
 local all = redis.call('HGETALL', KEYS[1])
 local live = 0
@@ -26,19 +26,20 @@ end
 if live >= tonumber(ARGV[2]) then
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
   redis.call('EXPIRE', KEYS[2], 86400)
-  return {0, deferred + 1}
+  return {0, deferred + 1, redis.call('HLEN', KEYS[2])}
 end
 redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[4]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
-return {1, deferred}
+return {1, deferred, 0}
 "#;
 
 /// The answer to [`Governor::acquire_in_flight`]; `deferrals` counts how often the job was
-/// deferred so far (these deliveries are not attempts).
+/// deferred so far (these deliveries are not attempts), `waiting` how many of the tenant's
+/// jobs are currently deferred.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
     Acquired { deferrals: u64 },
-    Full { deferrals: u64 },
+    Full { deferrals: u64, waiting: u64, cap: u64 },
 }
 
 impl Governor {
@@ -61,8 +62,8 @@ impl Governor {
         inv.key(self.keys.deferred(tenant)).arg(job.to_string()).arg(cap).arg(now_ms).arg(lease_ms);
         let store = self.store();
         let mut conn = store.conn().await?;
-        let (ok, deferrals): (i64, u64) = store.timed(inv.invoke_async(&mut conn)).await?;
-        Ok(if ok == 1 { Slot::Acquired { deferrals } } else { Slot::Full { deferrals } })
+        let (ok, deferrals, waiting): (i64, u64, u64) = store.timed(inv.invoke_async(&mut conn)).await?;
+        Ok(if ok == 1 { Slot::Acquired { deferrals } } else { Slot::Full { deferrals, waiting, cap } })
     }
 
     pub async fn release_in_flight(&self, tenant: &str, job: Uuid) -> Result<(), GovernanceError> {

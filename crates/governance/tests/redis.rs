@@ -169,8 +169,8 @@ async fn keys_rotate_revoke_and_in_flight_caps() {
     let ok = |d| Slot::Acquired { deferrals: d };
     assert_eq!(a.acquire_in_flight("acme", jobs[0], 10_000, NOW).await.unwrap(), ok(0));
     assert_eq!(a.acquire_in_flight("acme", jobs[1], 10_000, NOW).await.unwrap(), ok(0));
-    assert_eq!(a.acquire_in_flight("acme", jobs[2], 10_000, NOW).await.unwrap(), Slot::Full { deferrals: 1 });
-    assert_eq!(a.acquire_in_flight("acme", jobs[2], 10_000, NOW).await.unwrap(), Slot::Full { deferrals: 2 });
+    assert_eq!(a.acquire_in_flight("acme", jobs[2], 10_000, NOW).await.unwrap(), Slot::Full { deferrals: 1, waiting: 1, cap: 2 });
+    assert_eq!(a.acquire_in_flight("acme", jobs[2], 10_000, NOW).await.unwrap(), Slot::Full { deferrals: 2, waiting: 1, cap: 2 });
     assert_eq!(a.acquire_in_flight("acme", jobs[1], 10_000, NOW).await.unwrap(), ok(0), "a redelivery renews");
     assert_eq!(a.acquire_in_flight("other", jobs[2], 10_000, NOW).await.unwrap(), ok(0), "per tenant");
     a.release_in_flight("acme", jobs[0]).await.unwrap();

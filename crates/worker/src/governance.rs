@@ -3,11 +3,13 @@
 //!
 //! Fair share: before a job starts, it takes one of its tenant's in-flight slots (a lease in
 //! Redis shared by every worker replica). A tenant at its cap has the job *deferred*: NAKed
-//! with a delay that doubles with each deferral of that job (`governance.defer_ms` up to
-//! [`MAX_DEFER`]). JetStream skips a NAKed message until its delay passes, so the consumer
+//! with a delay of about its expected wait — `governance.defer_ms` (a typical job's time)
+//! times the tenant's deferred jobs per slot, at most [`MAX_DEFER`], spread randomly over
+//! its upper half. JetStream skips a NAKed message until its delay passes, so the consumer
 //! moves on past a flooding tenant's backlog to the other tenants' messages instead of
-//! waiting for its slots; the growing delay keeps a large backlog from being redelivered
-//! over and over. Deferrals are counted in Redis and are not attempts (the consumer has no
+//! waiting for its slots, and a large backlog comes back at about the rate its slots free
+//! rather than all the time (redeliveries go before new messages, so too short a delay
+//! would crowd out the other tenants again). Deferrals are counted in Redis and are not attempts (the consumer has no
 //! server-side delivery limit for that reason; the worker dead-letters after
 //! `worker.max_attempts` real attempts).
 //!
@@ -41,9 +43,9 @@ pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
     let lease_ms = (shared.cfg.upstream.timeout_s + shared.cfg.worker.ack_wait_s) * 1000 * 2;
     match shared.gov.acquire_in_flight(&env.tenant, env.id, lease_ms, now_ms()).await {
         Ok(Slot::Acquired { deferrals }) => Gate::Run { deferrals },
-        Ok(Slot::Full { deferrals }) => {
+        Ok(Slot::Full { waiting, cap, .. }) => {
             metrics::counter!("sluice_worker_deferred_total").increment(1);
-            Gate::Defer { delay: defer_delay(shared.cfg.governance.defer_ms, deferrals) }
+            Gate::Defer { delay: defer_delay(shared.cfg.governance.defer_ms, waiting, cap) }
         }
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot check the tenant's in-flight cap; running the job");
@@ -52,10 +54,13 @@ pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
     }
 }
 
-/// `base`, doubled for each earlier deferral, at most [`MAX_DEFER`].
-pub fn defer_delay(base_ms: u64, deferrals: u64) -> Duration {
-    let shift = deferrals.saturating_sub(1).min(16) as u32;
-    Duration::from_millis(base_ms.max(1).saturating_mul(1 << shift)).min(MAX_DEFER)
+/// About the wait for a slot: `job_ms` per round, `waiting / cap` rounds, between `job_ms`
+/// and [`MAX_DEFER`], scaled by a random factor in [0.5, 1] so that jobs deferred together
+/// do not come back together.
+pub fn defer_delay(job_ms: u64, waiting: u64, cap: u64) -> Duration {
+    let rounds = waiting.div_ceil(cap.max(1)).max(1);
+    let full = Duration::from_millis(job_ms.max(1).saturating_mul(rounds)).min(MAX_DEFER);
+    full.mul_f64(1.0 - rand::random::<f64>() * 0.5)
 }
 
 /// After the job's outcome is known: settle a terminal job and free its slot.
@@ -101,10 +106,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deferral_delay_doubles_up_to_the_cap() {
-        assert_eq!(defer_delay(200, 1), Duration::from_millis(200));
-        assert_eq!(defer_delay(200, 2), Duration::from_millis(400));
-        assert_eq!(defer_delay(200, 4), Duration::from_millis(1600));
-        assert_eq!(defer_delay(200, 60), MAX_DEFER);
+    fn deferral_delay_follows_the_expected_wait() {
+        let within = |d: Duration, full: Duration| d <= full && d >= full.mul_f64(0.5);
+        assert!(within(defer_delay(100, 1, 8), Duration::from_millis(100)));
+        assert!(within(defer_delay(100, 92, 8), Duration::from_millis(1200)));
+        assert!(within(defer_delay(100, 10_000, 8), MAX_DEFER));
     }
 }
