@@ -168,11 +168,13 @@ impl Governor {
     }
 }
 
+type CacheMap = HashMap<[u8; 32], (Instant, Option<KeyInfo>)>;
+
 /// Digest → key (or its absence), each entry trusted for a short time. Bounded: when full,
 /// stale entries are dropped, and if none are stale, everything is.
 #[derive(Clone)]
 pub struct KeyCache {
-    inner: Arc<Mutex<HashMap<[u8; 32], (Instant, Option<KeyInfo>)>>>,
+    inner: Arc<Mutex<CacheMap>>,
     ttl: Duration,
     capacity: usize,
 }

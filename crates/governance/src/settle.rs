@@ -68,12 +68,12 @@ pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
     }
     let text = std::str::from_utf8(body).ok()?;
     text.lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("data:"))
         .map(str::trim)
         .filter(|d| *d != "[DONE]")
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| usage_of(&v))
-        .last()
+        .find_map(|v| usage_of(&v))
 }
 
 fn usage_of(v: &Value) -> Option<Usage> {

@@ -1,6 +1,8 @@
 //! The governance scripts against a real Redis (`SLUICE_TEST_REDIS_URL`), each test under its
 //! own key prefix. Two `Governor`s with separate pools stand in for two replicas.
 
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
+
 use sluice_config::{Budget, BudgetPeriod, GovernanceConfig, Limit, RedisConfig, TenantPolicy};
 use sluice_governance::{Admission, Governor, Refusal, estimate::Usage, idempotency::Claim, inflight::Slot};
 use uuid::Uuid;
