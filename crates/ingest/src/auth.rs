@@ -41,7 +41,13 @@ impl KeyTable {
             for k in &t.keys {
                 let mut digest = [0u8; 32];
                 if hex::decode_to_slice(&k.sha256, &mut digest).is_ok() {
-                    by_digest.insert(digest, Tenant { id: Arc::from(t.id.as_str()), key_id: Arc::from(k.id.as_str()) });
+                    by_digest.insert(
+                        digest,
+                        Tenant {
+                            id: Arc::from(t.id.as_str()),
+                            key_id: Arc::from(k.id.as_str()),
+                        },
+                    );
                 }
             }
         }
@@ -83,7 +89,10 @@ mod tests {
     fn finds_the_tenant_of_a_key_and_nothing_else() {
         let table = KeyTable::from_config(&[TenantConfig {
             id: "acme".into(),
-            keys: vec![KeyConfig { id: "k1".into(), sha256: hash_api_key("sk-right") }],
+            keys: vec![KeyConfig {
+                id: "k1".into(),
+                sha256: hash_api_key("sk-right"),
+            }],
         }]);
         assert_eq!(table.authenticate("sk-right").map(|t| &*t.id), Some("acme"));
         assert!(table.authenticate("sk-wrong").is_none());

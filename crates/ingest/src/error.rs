@@ -13,7 +13,11 @@ use serde_json::json;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    InvalidRequest { message: String, param: Option<String>, code: &'static str },
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("{0}")]
@@ -33,8 +37,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn invalid(message: impl Into<String>, param: Option<&str>, code: &'static str) -> ApiError {
-        ApiError::InvalidRequest { message: message.into(), param: param.map(str::to_string), code }
+    pub fn invalid(
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: &'static str,
+    ) -> ApiError {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_string),
+            code,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -44,9 +56,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueUnavailable { .. } | ApiError::StoreUnavailable { .. } | ApiError::Overloaded { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::QueueUnavailable { .. }
+            | ApiError::StoreUnavailable { .. }
+            | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,16 +80,28 @@ impl ApiError {
 
     fn body(&self) -> serde_json::Value {
         let (message, kind, param, code): (String, &str, Option<&str>, Option<&str>) = match self {
-            ApiError::InvalidRequest { message, param, code } => {
-                (message.clone(), "invalid_request_error", param.as_deref(), Some(code))
-            }
+            ApiError::InvalidRequest {
+                message,
+                param,
+                code,
+            } => (
+                message.clone(),
+                "invalid_request_error",
+                param.as_deref(),
+                Some(code),
+            ),
             ApiError::Unauthorized => (
                 "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.".into(),
                 "invalid_request_error",
                 None,
                 Some("invalid_api_key"),
             ),
-            ApiError::NotFound(what) => (what.clone(), "invalid_request_error", None, Some("not_found")),
+            ApiError::NotFound(what) => (
+                what.clone(),
+                "invalid_request_error",
+                None,
+                Some("not_found"),
+            ),
             ApiError::MethodNotAllowed => (
                 "Method not allowed for this URL.".into(),
                 "invalid_request_error",
@@ -91,7 +115,8 @@ impl ApiError {
                 Some("request_too_large"),
             ),
             ApiError::QueueUnavailable { .. } => (
-                "The queue is not accepting work right now; retry after the indicated delay.".into(),
+                "The queue is not accepting work right now; retry after the indicated delay."
+                    .into(),
                 "server_error",
                 None,
                 Some("queue_unavailable"),
@@ -108,7 +133,12 @@ impl ApiError {
                 None,
                 Some("overloaded"),
             ),
-            ApiError::Internal(_) => ("Internal error.".into(), "server_error", None, Some("internal_error")),
+            ApiError::Internal(_) => (
+                "Internal error.".into(),
+                "server_error",
+                None,
+                Some("internal_error"),
+            ),
         };
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
     }
@@ -149,7 +179,11 @@ mod tests {
 
     #[test]
     fn unavailable_carries_retry_after() {
-        let resp = ApiError::QueueUnavailable { retry_after_s: 3, reason: "x".into() }.into_response();
+        let resp = ApiError::QueueUnavailable {
+            retry_after_s: 3,
+            reason: "x".into(),
+        }
+        .into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[RETRY_AFTER], "3");
     }

@@ -58,7 +58,14 @@ impl AppState {
         let keys = Arc::new(KeyTable::from_config(&cfg.tenants));
         let in_flight = Arc::new(Semaphore::new(cfg.ingest.max_concurrent_requests));
         let streams_ready = Arc::new(AtomicBool::new(false));
-        Ok(AppState { cfg: Arc::new(cfg), queue, store, keys, streams_ready, in_flight })
+        Ok(AppState {
+            cfg: Arc::new(cfg),
+            queue,
+            store,
+            keys,
+            streams_ready,
+            in_flight,
+        })
     }
 }
 
@@ -75,7 +82,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), shed_load))
         .with_state(state)
 }
@@ -90,7 +100,11 @@ async fn shed_load(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// Makes sure the streams exist, retrying in the background while the broker is away.
-pub async fn ensure_streams_until_ready(queue: Queue, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+pub async fn ensure_streams_until_ready(
+    queue: Queue,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let mut delay = Duration::from_millis(200);
     loop {
         match queue.ensure_streams().await {
@@ -122,20 +136,30 @@ impl Server {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(ensure_streams_until_ready(state.queue.clone(), state.streams_ready.clone(), shutdown.clone()));
+        tasks.spawn(ensure_streams_until_ready(
+            state.queue.clone(),
+            state.streams_ready.clone(),
+            shutdown.clone(),
+        ));
         let app = router(state);
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
         let token = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "ingest server stopped");
             }
         });
         tasks.close();
-        Ok(Server { addr, shutdown, tasks })
+        Ok(Server {
+            addr,
+            shutdown,
+            tasks,
+        })
     }
 
     pub fn base_url(&self) -> String {
