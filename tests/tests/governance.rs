@@ -15,17 +15,31 @@ const LONG: Duration = Duration::from_secs(60);
 const ADMIN_KEY: &str = "sk-test-admin";
 
 /// Submits `n` copies of `body` at once, alternating between the APIs; returns the answers.
-async fn burst(apis: &[Api], body: &Value, n: usize) -> Result<Vec<(u16, reqwest::header::HeaderMap, Value)>> {
+async fn burst(
+    apis: &[Api],
+    body: &Value,
+    n: usize,
+) -> Result<Vec<(u16, reqwest::header::HeaderMap, Value)>> {
     let futs = (0..n).map(|i| apis[i % apis.len()].submit(body));
-    futures_util::future::join_all(futs).await.into_iter().collect()
+    futures_util::future::join_all(futs)
+        .await
+        .into_iter()
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_holds_exactly_across_two_ingest_replicas() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.governance.tenant = Limit { requests: 20, tokens: 0, burst: 1.0 };
+    env.cfg.governance.tenant = Limit {
+        requests: 20,
+        tokens: 0,
+        burst: 1.0,
+    };
     let (a, b) = (env.ingest().await?, env.ingest().await?);
-    let apis = [Api::new(a.base_url(), ACME_KEY), Api::new(b.base_url(), ACME_KEY)];
+    let apis = [
+        Api::new(a.base_url(), ACME_KEY),
+        Api::new(b.base_url(), ACME_KEY),
+    ];
 
     let answers = burst(&apis, &chat_body("limit me"), 60).await?;
     let admitted = answers.iter().filter(|(s, _, _)| *s == 202).count();
@@ -36,13 +50,32 @@ async fn a_rate_limit_holds_exactly_across_two_ingest_replicas() -> Result<()> {
         assert_eq!(body["error"]["type"], "rate_limit_error");
         assert!(headers["retry-after"].to_str()?.parse::<u64>()? >= 1);
         assert_eq!(headers["ratelimit-policy"], "\"tenant-requests\";q=20;w=60");
-        assert!(headers["ratelimit"].to_str()?.starts_with("\"tenant-requests\";r=0;t="));
+        assert!(
+            headers["ratelimit"]
+                .to_str()?
+                .starts_with("\"tenant-requests\";r=0;t=")
+        );
     }
     // Another tenant has its own limit.
-    assert_eq!(Api::new(a.base_url(), OTHER_KEY).submit(&chat_body("x")).await?.0, 202);
+    assert_eq!(
+        Api::new(a.base_url(), OTHER_KEY)
+            .submit(&chat_body("x"))
+            .await?
+            .0,
+        202
+    );
     // Rejections are counted by dimension.
-    let metrics = env.http.get(format!("{}/metrics", a.base_url())).send().await?.text().await?;
-    assert!(metrics.contains("sluice_ingest_rate_limited_total{dimension=\"tenant\"}"), "{metrics}");
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", a.base_url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("sluice_ingest_rate_limited_total{dimension=\"tenant\"}"),
+        "{metrics}"
+    );
 
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
@@ -54,18 +87,39 @@ async fn fifty_concurrent_first_requests_cannot_overrun_a_budget() -> Result<()>
     let mut env = TestEnv::new();
     let body = chat_body("budget");
     let per_job = sluice_governance::estimate::chat_request(&body).total();
-    let budget = Budget { period: BudgetPeriod::Month, tokens: 10 * per_job + per_job / 2, cost_usd: 0.0 };
-    env.cfg.governance.tenants.insert("acme".into(), TenantPolicy { budget, ..Default::default() });
+    let budget = Budget {
+        period: BudgetPeriod::Month,
+        tokens: 10 * per_job + per_job / 2,
+        cost_usd: 0.0,
+    };
+    env.cfg.governance.tenants.insert(
+        "acme".into(),
+        TenantPolicy {
+            budget,
+            ..Default::default()
+        },
+    );
     let (a, b) = (env.ingest().await?, env.ingest().await?);
-    let apis = [Api::new(a.base_url(), ACME_KEY), Api::new(b.base_url(), ACME_KEY)];
+    let apis = [
+        Api::new(a.base_url(), ACME_KEY),
+        Api::new(b.base_url(), ACME_KEY),
+    ];
 
     let answers = burst(&apis, &body, 50).await?;
     assert_eq!(answers.iter().filter(|(s, _, _)| *s == 202).count(), 10);
-    let (_, headers, refused) = answers.iter().find(|(s, _, _)| *s == 429).context("no refusal")?;
+    let (_, headers, refused) = answers
+        .iter()
+        .find(|(s, _, _)| *s == 429)
+        .context("no refusal")?;
     assert_eq!(refused["error"]["code"], "budget_exhausted");
-    let (_, until_reset) = sluice_governance::period::current(BudgetPeriod::Month, sluice_store::now_ms());
+    let (_, until_reset) =
+        sluice_governance::period::current(BudgetPeriod::Month, sluice_store::now_ms());
     let retry: u64 = headers["retry-after"].to_str()?.parse()?;
-    assert!(retry.abs_diff(until_reset / 1000) <= 5, "retry-after {retry} vs reset in {}", until_reset / 1000);
+    assert!(
+        retry.abs_diff(until_reset / 1000) <= 5,
+        "retry-after {retry} vs reset in {}",
+        until_reset / 1000
+    );
 
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
@@ -74,11 +128,16 @@ async fn fifty_concurrent_first_requests_cannot_overrun_a_budget() -> Result<()>
 
 /// Budget tokens in use by acme this month, straight from Redis.
 async fn budget_used(env: &TestEnv) -> Result<u64> {
-    let (period, _) = sluice_governance::period::current(BudgetPeriod::Month, sluice_store::now_ms());
+    let (period, _) =
+        sluice_governance::period::current(BudgetPeriod::Month, sluice_store::now_ms());
     let store = env.store()?;
     let key = sluice_governance::GovKeys::new(store.keys().prefix()).budget("acme", &period);
     let mut conn = store.conn().await?;
-    let v: Option<u64> = redis::cmd("HGET").arg(key).arg("tokens").query_async(&mut conn).await?;
+    let v: Option<u64> = redis::cmd("HGET")
+        .arg(key)
+        .arg("tokens")
+        .query_async(&mut conn)
+        .await?;
     Ok(v.unwrap_or(0))
 }
 
@@ -88,8 +147,18 @@ async fn budget_used(env: &TestEnv) -> Result<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_job_settles_the_same_usage_as_the_same_job_unstreamed() -> Result<()> {
     let mut env = TestEnv::new();
-    let budget = Budget { period: BudgetPeriod::Month, tokens: 1_000_000, cost_usd: 0.0 };
-    env.cfg.governance.tenants.insert("acme".into(), TenantPolicy { budget, ..Default::default() });
+    let budget = Budget {
+        period: BudgetPeriod::Month,
+        tokens: 1_000_000,
+        cost_usd: 0.0,
+    };
+    env.cfg.governance.tenants.insert(
+        "acme".into(),
+        TenantPolicy {
+            budget,
+            ..Default::default()
+        },
+    );
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let worker = env.worker().await?;
@@ -99,7 +168,9 @@ async fn a_streamed_job_settles_the_same_usage_as_the_same_job_unstreamed() -> R
     let id = api.submit_ok(&plain).await?;
     let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
     assert_eq!(job["status"], "completed", "{job}");
-    let actual = job["result"]["usage"]["total_tokens"].as_u64().context("usage")?;
+    let actual = job["result"]["usage"]["total_tokens"]
+        .as_u64()
+        .context("usage")?;
     // The reservation (estimate + max_tokens) was replaced by the actual usage.
     wait_until(LONG, || async { Ok(budget_used(&env).await? == actual) }).await?;
 
@@ -107,9 +178,17 @@ async fn a_streamed_job_settles_the_same_usage_as_the_same_job_unstreamed() -> R
     let mut streamed = plain.clone();
     streamed["stream"] = json!(true);
     streamed["stream_options"] = json!({ "include_usage": true });
-    let sse = env.http.post(format!("{}/chat/completions", sim.base_url())).json(&streamed).send().await?.bytes().await?;
+    let sse = env
+        .http
+        .post(format!("{}/chat/completions", sim.base_url()))
+        .json(&streamed)
+        .send()
+        .await?
+        .bytes()
+        .await?;
     assert!(sse.starts_with(b"data:"), "a server-sent event stream");
-    let usage = sluice_governance::settle::usage_from_response(&sse).context("usage in the last chunk")?;
+    let usage =
+        sluice_governance::settle::usage_from_response(&sse).context("usage in the last chunk")?;
     assert_eq!(usage.total(), actual);
     let gov = sluice_governance::Governor::new(env.store()?, env.cfg.governance.clone());
     let job = uuid::Uuid::now_v7();
@@ -156,14 +235,32 @@ async fn idempotent_retries_make_one_job() -> Result<()> {
             Ok::<_, anyhow::Error>((r.status().as_u16(), r.json::<Value>().await?))
         }
     };
-    let futs = (0..10).map(|i| send(if i % 2 == 0 { a.base_url() } else { b.base_url() }, body.clone()));
-    let answers: Vec<_> = futures_util::future::join_all(futs).await.into_iter().collect::<Result<_>>()?;
-    let ids: HashSet<String> = answers.iter().map(|(_, j)| j["id"].as_str().unwrap_or_default().to_string()).collect();
+    let futs = (0..10).map(|i| {
+        send(
+            if i % 2 == 0 {
+                a.base_url()
+            } else {
+                b.base_url()
+            },
+            body.clone(),
+        )
+    });
+    let answers: Vec<_> = futures_util::future::join_all(futs)
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let ids: HashSet<String> = answers
+        .iter()
+        .map(|(_, j)| j["id"].as_str().unwrap_or_default().to_string())
+        .collect();
     assert!(answers.iter().all(|(s, _)| *s == 202), "{answers:?}");
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = ids.into_iter().next().unwrap_or_default();
     let api = Api::new(a.base_url(), ACME_KEY);
-    assert_eq!(api.wait_status(&id, &["completed"], LONG).await?["status"], "completed");
+    assert_eq!(
+        api.wait_status(&id, &["completed"], LONG).await?["status"],
+        "completed"
+    );
 
     // A retry after completion returns the finished job; a different body is refused.
     let (status, again) = send(b.base_url(), body.clone()).await?;
@@ -210,11 +307,19 @@ async fn loops_are_detected_per_chain() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_is_shed_first_then_normal_and_high_up_to_its_hard_limit() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.governance.shedding =
-        Shedding { low_max_depth: 3, normal_max_depth: 6, high_max_depth: 9, poll_ms: 50, ..Shedding::default() };
+    env.cfg.governance.shedding = Shedding {
+        low_max_depth: 3,
+        normal_max_depth: 6,
+        high_max_depth: 9,
+        poll_ms: 50,
+        ..Shedding::default()
+    };
     // Consumers exist (as if workers had started) but nothing consumes: the backlog grows.
     let q = env.queue().await?;
-    let settings = sluice_queue::setup::ConsumerSettings { ack_wait: Duration::from_secs(30), max_attempts: 3 };
+    let settings = sluice_queue::setup::ConsumerSettings {
+        ack_wait: Duration::from_secs(30),
+        max_attempts: 3,
+    };
     for p in sluice_protocol::Priority::ALL {
         q.ensure_consumer(p, settings).await?;
     }
@@ -243,7 +348,11 @@ async fn low_is_shed_first_then_normal_and_high_up_to_its_hard_limit() -> Result
     wait_until(LONG, || pending(4)).await?;
     settle_poll().await;
     let (status, _, body) = api.submit(&with("low")).await?;
-    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("queue_saturated")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("queue_saturated")),
+        "{body}"
+    );
     api.submit_ok(&with("normal")).await?;
     api.submit_ok(&with("normal")).await?;
     api.submit_ok(&with("high")).await?;
@@ -271,38 +380,97 @@ async fn admin_api_keys_revocation_reaches_every_replica_and_the_kill_switch() -
     env.cfg.governance.key_cache_ttl_ms = 500;
     let (a, b) = (env.ingest().await?, env.ingest().await?);
     let admin = |method: reqwest::Method, path: &str, key: &str| {
-        env.http.request(method, format!("{}/v1/admin{path}", a.base_url())).bearer_auth(key)
+        env.http
+            .request(method, format!("{}/v1/admin{path}", a.base_url()))
+            .bearer_auth(key)
     };
     // Tenant keys do not open the admin API.
-    assert_eq!(admin(reqwest::Method::GET, "/tenants", ACME_KEY).send().await?.status(), 403);
-    let tenants: Value = admin(reqwest::Method::GET, "/tenants", ADMIN_KEY).send().await?.json().await?;
-    assert!(tenants["data"].as_array().is_some_and(|t| t.iter().any(|t| t["id"] == "acme")), "{tenants}");
+    assert_eq!(
+        admin(reqwest::Method::GET, "/tenants", ACME_KEY)
+            .send()
+            .await?
+            .status(),
+        403
+    );
+    let tenants: Value = admin(reqwest::Method::GET, "/tenants", ADMIN_KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        tenants["data"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["id"] == "acme")),
+        "{tenants}"
+    );
 
-    let created = admin(reqwest::Method::POST, "/tenants/newco/keys", ADMIN_KEY).send().await?;
+    let created = admin(reqwest::Method::POST, "/tenants/newco/keys", ADMIN_KEY)
+        .send()
+        .await?;
     assert_eq!(created.status(), 201);
     let created: Value = created.json().await?;
     let secret = created["secret"].as_str().context("secret")?.to_string();
     let key_id = created["key_id"].as_str().context("key_id")?.to_string();
-    let (on_a, on_b) = (Api::new(a.base_url(), &secret), Api::new(b.base_url(), &secret));
+    let (on_a, on_b) = (
+        Api::new(a.base_url(), &secret),
+        Api::new(b.base_url(), &secret),
+    );
     let id = on_a.submit_ok(&chat_body("new key")).await?;
-    assert_eq!(on_b.job(&id).await?.0, 200, "the job belongs to tenant newco on every replica");
-    let listed: Value = admin(reqwest::Method::GET, "/tenants/newco/keys", ADMIN_KEY).send().await?.json().await?;
+    assert_eq!(
+        on_b.job(&id).await?.0,
+        200,
+        "the job belongs to tenant newco on every replica"
+    );
+    let listed: Value = admin(reqwest::Method::GET, "/tenants/newco/keys", ADMIN_KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(listed["data"][0]["key_id"], key_id.as_str());
-    assert!(!listed.to_string().contains(&secret), "the key is shown once");
+    assert!(
+        !listed.to_string().contains(&secret),
+        "the key is shown once"
+    );
 
-    let revoked = admin(reqwest::Method::DELETE, &format!("/tenants/newco/keys/{key_id}"), ADMIN_KEY).send().await?;
+    let revoked = admin(
+        reqwest::Method::DELETE,
+        &format!("/tenants/newco/keys/{key_id}"),
+        ADMIN_KEY,
+    )
+    .send()
+    .await?;
     assert_eq!(revoked.status(), 200);
     for api in [&on_a, &on_b] {
-        wait_until(Duration::from_secs(5), || async { Ok(api.submit(&chat_body("x")).await?.0 == 401) }).await?;
+        wait_until(Duration::from_secs(5), || async {
+            Ok(api.submit(&chat_body("x")).await?.0 == 401)
+        })
+        .await?;
     }
 
     // Kill switch.
-    let off = admin(reqwest::Method::PUT, "/tenants/acme", ADMIN_KEY).json(&json!({"disabled": true})).send().await?;
+    let off = admin(reqwest::Method::PUT, "/tenants/acme", ADMIN_KEY)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await?;
     assert_eq!(off.status(), 200);
-    let (status, _, body) = Api::new(b.base_url(), ACME_KEY).submit(&chat_body("x")).await?;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("tenant_disabled")));
-    admin(reqwest::Method::PUT, "/tenants/acme", ADMIN_KEY).json(&json!({"disabled": false})).send().await?;
-    assert_eq!(Api::new(b.base_url(), ACME_KEY).submit(&chat_body("x")).await?.0, 202);
+    let (status, _, body) = Api::new(b.base_url(), ACME_KEY)
+        .submit(&chat_body("x"))
+        .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("tenant_disabled"))
+    );
+    admin(reqwest::Method::PUT, "/tenants/acme", ADMIN_KEY)
+        .json(&json!({"disabled": false}))
+        .send()
+        .await?;
+    assert_eq!(
+        Api::new(b.base_url(), ACME_KEY)
+            .submit(&chat_body("x"))
+            .await?
+            .0,
+        202
+    );
 
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
@@ -318,9 +486,19 @@ async fn without_redis_admission_fails_closed_and_says_so() -> Result<()> {
     let ingest = sluice_ingest::Server::start(env.cfg.clone(), listener).await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
     let (status, headers, body) = api.submit(&chat_body("x")).await?;
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("admission_unavailable")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("admission_unavailable")),
+        "{body}"
+    );
     assert!(headers.contains_key("retry-after"));
-    let ready: Value = env.http.get(format!("{}/readyz", ingest.base_url())).send().await?.json().await?;
+    let ready: Value = env
+        .http
+        .get(format!("{}/readyz", ingest.base_url()))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(ready["limits"], "fail_closed");
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
@@ -331,13 +509,25 @@ async fn a_flooding_tenant_does_not_starve_another() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.governance.max_in_flight_per_tenant = 4;
     env.cfg.worker.concurrency = 8;
-    let sim_cfg = SimConfig { latency: sluice_sim::config::Latency { p50_ms: 300.0, p95_ms: 300.0, p99_ms: 300.0 }, ..SimConfig::default() };
+    let sim_cfg = SimConfig {
+        latency: sluice_sim::config::Latency {
+            p50_ms: 300.0,
+            p95_ms: 300.0,
+            p99_ms: 300.0,
+        },
+        ..SimConfig::default()
+    };
     let _sim = env.sim(sim_cfg).await?;
     let ingest = env.ingest().await?;
-    let (acme, other) = (Api::new(ingest.base_url(), ACME_KEY), Api::new(ingest.base_url(), OTHER_KEY));
+    let (acme, other) = (
+        Api::new(ingest.base_url(), ACME_KEY),
+        Api::new(ingest.base_url(), OTHER_KEY),
+    );
     let mut flood = Vec::new();
     for chunk in 0..10 {
-        let bodies: Vec<Value> = (0..50).map(|i| chat_body(&format!("flood {chunk}-{i}"))).collect();
+        let bodies: Vec<Value> = (0..50)
+            .map(|i| chat_body(&format!("flood {chunk}-{i}")))
+            .collect();
         let futs = bodies.iter().map(|b| acme.submit_ok(b));
         flood.extend(futures_util::future::try_join_all(futs).await?);
     }
@@ -356,7 +546,11 @@ async fn a_flooding_tenant_does_not_starve_another() -> Result<()> {
             done += 1;
         }
     }
-    assert!(done < flood.len() / 2, "{done} of {} flood jobs finished before the small tenant's 10", flood.len());
+    assert!(
+        done < flood.len() / 2,
+        "{done} of {} flood jobs finished before the small tenant's 10",
+        flood.len()
+    );
     worker.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
@@ -369,23 +563,44 @@ async fn the_cli_creates_lists_and_revokes_keys() -> Result<()> {
     let ingest = env.ingest().await?;
     let sluice = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(sluice_e2e::binary("sluice")?);
-        cmd.args(args).env("SLUICE_URL", ingest.base_url()).env("SLUICE_ADMIN_KEY", ADMIN_KEY);
+        cmd.args(args)
+            .env("SLUICE_URL", ingest.base_url())
+            .env("SLUICE_ADMIN_KEY", ADMIN_KEY);
         Ok::<_, anyhow::Error>(cmd)
     };
     let out = sluice(&["keys", "create", "clico"])?.output().await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: Value = serde_json::from_slice(&out.stdout)?;
     let secret = created["secret"].as_str().context("secret")?;
     let key_id = created["key_id"].as_str().context("key_id")?;
-    assert_eq!(Api::new(ingest.base_url(), secret).submit(&chat_body("cli")).await?.0, 202);
+    assert_eq!(
+        Api::new(ingest.base_url(), secret)
+            .submit(&chat_body("cli"))
+            .await?
+            .0,
+        202
+    );
     let out = sluice(&["keys", "list", "clico"])?.output().await?;
     assert!(String::from_utf8_lossy(&out.stdout).contains(key_id));
-    let out = sluice(&["keys", "revoke", "clico", key_id])?.output().await?;
+    let out = sluice(&["keys", "revoke", "clico", key_id])?
+        .output()
+        .await?;
     assert!(out.status.success());
     // Without the admin key the CLI gets the API's refusal.
-    let out = sluice(&["tenants", "list"])?.env("SLUICE_ADMIN_KEY", "wrong").output().await?;
+    let out = sluice(&["tenants", "list"])?
+        .env("SLUICE_ADMIN_KEY", "wrong")
+        .output()
+        .await?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
@@ -393,10 +608,11 @@ async fn the_cli_creates_lists_and_revokes_keys() -> Result<()> {
 /// Submits `bodies` with at most 64 requests in flight; returns the job ids.
 async fn submit_all(api: &Api, bodies: &[Value]) -> Result<Vec<String>> {
     use futures_util::StreamExt;
-    let ids: Vec<Result<String>> = futures_util::stream::iter(bodies.iter().map(|b| api.submit_ok(b)))
-        .buffered(64)
-        .collect()
-        .await;
+    let ids: Vec<Result<String>> =
+        futures_util::stream::iter(bodies.iter().map(|b| api.submit_ok(b)))
+            .buffered(64)
+            .collect()
+            .await;
     ids.into_iter().collect()
 }
 
@@ -407,22 +623,39 @@ async fn submit_all(api: &Api, bodies: &[Value]) -> Result<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn flood_figures() -> Result<()> {
-    let flood: usize = std::env::var("FLOOD_A").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let cap: u64 = std::env::var("FLOOD_CAP").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let flood: usize = std::env::var("FLOOD_A")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let cap: u64 = std::env::var("FLOOD_CAP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let mut env = TestEnv::new();
     env.cfg.governance.max_in_flight_per_tenant = cap;
     env.cfg.worker.concurrency = 32;
-    let sim_cfg = SimConfig { latency: sluice_sim::Latency { p50_ms: 50.0, p95_ms: 50.0, p99_ms: 50.0 }, ..SimConfig::default() };
+    let sim_cfg = SimConfig {
+        latency: sluice_sim::Latency {
+            p50_ms: 50.0,
+            p95_ms: 50.0,
+            p99_ms: 50.0,
+        },
+        ..SimConfig::default()
+    };
     let _sim = env.sim(sim_cfg).await?;
     let ingest = env.ingest().await?;
     let worker = env.worker().await?;
-    let (a, b) = (Api::new(ingest.base_url(), ACME_KEY), Api::new(ingest.base_url(), OTHER_KEY));
+    let (a, b) = (
+        Api::new(ingest.base_url(), ACME_KEY),
+        Api::new(ingest.base_url(), OTHER_KEY),
+    );
     let b_bodies: Vec<Value> = (0..100).map(|i| chat_body(&format!("b {i}"))).collect();
     let run_b = || async {
         let start = std::time::Instant::now();
         let ids = submit_all(&b, &b_bodies).await?;
         for id in &ids {
-            b.wait_status(id, &["completed"], Duration::from_secs(600)).await?;
+            b.wait_status(id, &["completed"], Duration::from_secs(600))
+                .await?;
         }
         Ok::<_, anyhow::Error>(start.elapsed())
     };

@@ -39,14 +39,37 @@ impl KeysCmd {
                 return Ok(());
             }
             (_, None) => anyhow::bail!("this command needs --url and --admin-key"),
-            (KeysCmd::Create { tenant }, Some(a)) => a.call(Method::POST, &format!("/tenants/{tenant}/keys"), None).await?,
-            (KeysCmd::List { tenant }, Some(a)) => a.call(Method::GET, &format!("/tenants/{tenant}/keys"), None).await?,
-            (KeysCmd::Revoke { tenant, key_id }, Some(a)) => {
-                a.call(Method::DELETE, &format!("/tenants/{tenant}/keys/{key_id}"), None).await?
+            (KeysCmd::Create { tenant }, Some(a)) => {
+                a.call(Method::POST, &format!("/tenants/{tenant}/keys"), None)
+                    .await?
             }
-            (KeysCmd::Rotate { tenant, key_id, overlap_s }, Some(a)) => {
+            (KeysCmd::List { tenant }, Some(a)) => {
+                a.call(Method::GET, &format!("/tenants/{tenant}/keys"), None)
+                    .await?
+            }
+            (KeysCmd::Revoke { tenant, key_id }, Some(a)) => {
+                a.call(
+                    Method::DELETE,
+                    &format!("/tenants/{tenant}/keys/{key_id}"),
+                    None,
+                )
+                .await?
+            }
+            (
+                KeysCmd::Rotate {
+                    tenant,
+                    key_id,
+                    overlap_s,
+                },
+                Some(a),
+            ) => {
                 let body = json!({ "overlap_s": overlap_s });
-                a.call(Method::POST, &format!("/tenants/{tenant}/keys/{key_id}/rotate"), Some(body)).await?
+                a.call(
+                    Method::POST,
+                    &format!("/tenants/{tenant}/keys/{key_id}/rotate"),
+                    Some(body),
+                )
+                .await?
             }
         };
         println!("{}", serde_json::to_string_pretty(&out)?);

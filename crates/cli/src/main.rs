@@ -9,7 +9,12 @@ use sluice_cli::{admin::AdminClient, keys::KeysCmd, tenants::TenantsCmd};
 #[command(name = "sluice", version, about = "Operate a Sluice deployment")]
 struct Cli {
     /// Base URL of an ingest replica.
-    #[arg(long, global = true, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     url: String,
     /// The admin key (its SHA-256 is `governance.admin_key_sha256`).
     #[arg(long, global = true, env = "SLUICE_ADMIN_KEY", hide_env_values = true)]
@@ -35,10 +40,18 @@ async fn main() -> Result<()> {
         Some(k) => Some(AdminClient::new(&cli.url, k)?),
         None => None,
     };
-    let need = || admin.as_ref().ok_or_else(|| anyhow::anyhow!("set --admin-key or SLUICE_ADMIN_KEY"));
+    let need = || {
+        admin
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("set --admin-key or SLUICE_ADMIN_KEY"))
+    };
     match cli.command {
         Command::Keys(cmd) => {
-            let a = if cmd.needs_server() { Some(need()?) } else { None };
+            let a = if cmd.needs_server() {
+                Some(need()?)
+            } else {
+                None
+            };
             cmd.run(a).await
         }
         Command::Tenants(cmd) => cmd.run(need()?).await,

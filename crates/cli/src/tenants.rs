@@ -11,8 +11,12 @@ use crate::admin::AdminClient;
 pub enum TenantsCmd {
     List,
     /// Kill switch: refuse every request of the tenant.
-    Disable { tenant: String },
-    Enable { tenant: String },
+    Disable {
+        tenant: String,
+    },
+    Enable {
+        tenant: String,
+    },
 }
 
 impl TenantsCmd {
@@ -20,10 +24,22 @@ impl TenantsCmd {
         let out = match self {
             TenantsCmd::List => admin.call(Method::GET, "/tenants", None).await?,
             TenantsCmd::Disable { tenant } => {
-                admin.call(Method::PUT, &format!("/tenants/{tenant}"), Some(json!({ "disabled": true }))).await?
+                admin
+                    .call(
+                        Method::PUT,
+                        &format!("/tenants/{tenant}"),
+                        Some(json!({ "disabled": true })),
+                    )
+                    .await?
             }
             TenantsCmd::Enable { tenant } => {
-                admin.call(Method::PUT, &format!("/tenants/{tenant}"), Some(json!({ "disabled": false }))).await?
+                admin
+                    .call(
+                        Method::PUT,
+                        &format!("/tenants/{tenant}"),
+                        Some(json!({ "disabled": false })),
+                    )
+                    .await?
             }
         };
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -97,7 +97,11 @@ pub struct Limit {
 
 impl Default for Limit {
     fn default() -> Self {
-        Limit { requests: 0, tokens: 0, burst: 1.0 }
+        Limit {
+            requests: 0,
+            tokens: 0,
+            burst: 1.0,
+        }
     }
 }
 
@@ -125,7 +129,11 @@ pub struct Budget {
 
 impl Default for Budget {
     fn default() -> Self {
-        Budget { period: BudgetPeriod::Month, tokens: 0, cost_usd: 0.0 }
+        Budget {
+            period: BudgetPeriod::Month,
+            tokens: 0,
+            cost_usd: 0.0,
+        }
     }
 }
 
@@ -177,8 +185,18 @@ impl GovernanceConfig {
         if self.window_s == 0 {
             return bad("governance.window_s must be positive".into());
         }
-        let limits = [&self.global, &self.tenant, &self.key, &self.model, &self.agent, &self.chain];
-        let named = self.models.values().chain(self.tenants.values().filter_map(|t| t.limits.as_ref()));
+        let limits = [
+            &self.global,
+            &self.tenant,
+            &self.key,
+            &self.model,
+            &self.agent,
+            &self.chain,
+        ];
+        let named = self
+            .models
+            .values()
+            .chain(self.tenants.values().filter_map(|t| t.limits.as_ref()));
         for l in limits.into_iter().chain(named) {
             if !(l.burst > 0.0 && l.burst <= 1000.0) {
                 return bad("governance limits: burst must be in (0, 1000]".into());
@@ -189,15 +207,21 @@ impl GovernanceConfig {
         }
         for (id, t) in &self.tenants {
             if !sluice_protocol::subjects::is_token(id) {
-                return bad(format!("governance.tenants: {id:?} is not a valid tenant id"));
+                return bad(format!(
+                    "governance.tenants: {id:?} is not a valid tenant id"
+                ));
             }
             if !(t.budget.cost_usd >= 0.0 && t.budget.cost_usd.is_finite()) {
-                return bad(format!("governance.tenants.{id}.budget.cost_usd must be a non-negative number"));
+                return bad(format!(
+                    "governance.tenants.{id}.budget.cost_usd must be a non-negative number"
+                ));
             }
         }
         for (m, p) in &self.prices {
             if !(p.prompt_per_mtok >= 0.0 && p.completion_per_mtok >= 0.0) {
-                return bad(format!("governance.prices.{m:?}: prices must be non-negative"));
+                return bad(format!(
+                    "governance.prices.{m:?}: prices must be non-negative"
+                ));
             }
         }
         if let Some(h) = &self.admin_key_sha256
@@ -205,7 +229,8 @@ impl GovernanceConfig {
         {
             return bad("governance.admin_key_sha256 must be 64 hex digits".into());
         }
-        if self.idempotency_ttl_s == 0 || self.key_cache_capacity == 0 || self.shedding.poll_ms == 0 {
+        if self.idempotency_ttl_s == 0 || self.key_cache_capacity == 0 || self.shedding.poll_ms == 0
+        {
             return bad("governance: idempotency_ttl_s, key_cache_capacity and shedding.poll_ms must be positive".into());
         }
         Ok(())

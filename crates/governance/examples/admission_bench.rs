@@ -15,20 +15,53 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sluice_config::{Budget, BudgetPeriod, GovernanceConfig, Limit, RedisConfig, TenantPolicy};
-use sluice_governance::{Admission, Governor, apikeys::{KeyCache, KeyInfo}, estimate};
+use sluice_governance::{
+    Admission, Governor,
+    apikeys::{KeyCache, KeyInfo},
+    estimate,
+};
 use uuid::Uuid;
 
 fn config() -> GovernanceConfig {
-    let big = Limit { requests: 1_000_000_000, tokens: 1_000_000_000_000, burst: 1.0 };
-    let mut cfg = GovernanceConfig { global: big, tenant: big, key: big, model: big, loop_max_per_minute: 1_000_000_000, ..Default::default() };
-    let budget = Budget { period: BudgetPeriod::Month, tokens: u64::MAX / 4, cost_usd: 0.0 };
-    cfg.tenants.insert("bench".into(), TenantPolicy { budget, ..Default::default() });
+    let big = Limit {
+        requests: 1_000_000_000,
+        tokens: 1_000_000_000_000,
+        burst: 1.0,
+    };
+    let mut cfg = GovernanceConfig {
+        global: big,
+        tenant: big,
+        key: big,
+        model: big,
+        loop_max_per_minute: 1_000_000_000,
+        ..Default::default()
+    };
+    let budget = Budget {
+        period: BudgetPeriod::Month,
+        tokens: u64::MAX / 4,
+        cost_usd: 0.0,
+    };
+    cfg.tenants.insert(
+        "bench".into(),
+        TenantPolicy {
+            budget,
+            ..Default::default()
+        },
+    );
     cfg
 }
 
-async fn one(gov: &Governor, cache: &KeyCache, key: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+async fn one(
+    gov: &Governor,
+    cache: &KeyCache,
+    key: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
     let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    let info = cache.get(&digest).flatten().ok_or_else(|| anyhow::anyhow!("cache miss"))?;
+    let info = cache
+        .get(&digest)
+        .flatten()
+        .ok_or_else(|| anyhow::anyhow!("cache miss"))?;
     let prompt_hash = hex::encode(&Sha256::digest(body["messages"].to_string().as_bytes())[..16]);
     let a = Admission {
         job: Uuid::now_v7(),
@@ -46,7 +79,12 @@ async fn one(gov: &Governor, cache: &KeyCache, key: &str, body: &serde_json::Val
     }
 }
 
-async fn run(gov: &Governor, cache: &KeyCache, secs: f64, concurrency: usize) -> anyhow::Result<Histogram<u64>> {
+async fn run(
+    gov: &Governor,
+    cache: &KeyCache,
+    secs: f64,
+    concurrency: usize,
+) -> anyhow::Result<Histogram<u64>> {
     let body = json!({"model":"gpt-4o-mini","messages":[{"role":"user","content":"Summarise the admission path in one line."}],"max_tokens":64});
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut set = tokio::task::JoinSet::new();
@@ -87,18 +125,33 @@ async fn main() -> anyhow::Result<()> {
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10.0);
     let concurrency: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(16);
     let redis = RedisConfig {
-        url: std::env::var("SLUICE_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        url: std::env::var("SLUICE_BENCH_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         prefix: format!("bench{}:", Uuid::now_v7().simple()),
         ..RedisConfig::default()
     };
     let gov = Governor::new(sluice_store::Store::new(&redis)?, config());
     let cache = KeyCache::new(Duration::from_secs(3600), 1000);
     let digest: [u8; 32] = Sha256::digest(b"sk-bench").into();
-    cache.put(digest, Some(KeyInfo { tenant: "bench".into(), key_id: "k1".into(), created_at_ms: 0, expires_at_ms: None }));
+    cache.put(
+        digest,
+        Some(KeyInfo {
+            tenant: "bench".into(),
+            key_id: "k1".into(),
+            created_at_ms: 0,
+            expires_at_ms: None,
+        }),
+    );
     // Warm the pool and the script cache.
     run(&gov, &cache, 1.0, concurrency).await?;
-    println!("admission path (key lookup + 8 rate limits + loop check + budget), one Redis round trip");
+    println!(
+        "admission path (key lookup + 8 rate limits + loop check + budget), one Redis round trip"
+    );
     print("concurrency 1", &run(&gov, &cache, secs, 1).await?, secs);
-    print(&format!("concurrency {concurrency}"), &run(&gov, &cache, secs, concurrency).await?, secs);
+    print(
+        &format!("concurrency {concurrency}"),
+        &run(&gov, &cache, secs, concurrency).await?,
+        secs,
+    );
     Ok(())
 }

@@ -123,7 +123,11 @@ pub struct Policy {
 impl Policy {
     /// The policy name used in headers: `tenant-requests`, `model-tokens`, …
     pub fn name(&self) -> String {
-        format!("{}-{}", self.dimension.as_str(), if self.tokens { "tokens" } else { "requests" })
+        format!(
+            "{}-{}",
+            self.dimension.as_str(),
+            if self.tokens { "tokens" } else { "requests" }
+        )
     }
 }
 
@@ -166,7 +170,11 @@ struct RateArg {
 impl Governor {
     /// Checks and, if everything passes, commits the request's limits, budget and
     /// reservation. `Err` only when Redis could not be asked.
-    pub async fn admit(&self, a: &Admission<'_>, now_ms: u64) -> Result<Result<Decision, Refusal>, GovernanceError> {
+    pub async fn admit(
+        &self,
+        a: &Admission<'_>,
+        now_ms: u64,
+    ) -> Result<Result<Decision, Refusal>, GovernanceError> {
         let cfg = self.config();
         let policy = cfg.tenant_policy(a.tenant);
         if policy.is_some_and(|p| p.disabled) {
@@ -176,7 +184,12 @@ impl Governor {
         let (budget_tokens, budget_cost, period_name, reset_ms) = match policy {
             Some(p) if p.budget.tokens > 0 || p.budget.cost_usd > 0.0 => {
                 let (name, left) = period::current(p.budget.period, now_ms);
-                (p.budget.tokens, (p.budget.cost_usd * 1e6).round() as u64, name, left)
+                (
+                    p.budget.tokens,
+                    (p.budget.cost_usd * 1e6).round() as u64,
+                    name,
+                    left,
+                )
             }
             _ => (0, 0, "none".to_string(), 0),
         };
@@ -202,13 +215,17 @@ impl Governor {
             .arg(if reserve { "1" } else { "0" })
             .arg(rates.len());
         for r in &rates {
-            inv.arg(r.t_ms).arg(r.tau_ms).arg(r.cost).arg(if r.policy.tokens { "1" } else { "0" });
+            inv.arg(r.t_ms)
+                .arg(r.tau_ms)
+                .arg(r.cost)
+                .arg(if r.policy.tokens { "1" } else { "0" });
         }
         let store = self.store();
         let mut conn = store.conn().await?;
         let reply: Vec<i64> = store.timed(inv.invoke_async(&mut conn)).await?;
-        let [code, idx, ms, rem, used] = <[i64; 5]>::try_from(reply)
-            .map_err(|r| GovernanceError::Protocol(format!("admission returned {} values", r.len())))?;
+        let [code, idx, ms, rem, used] = <[i64; 5]>::try_from(reply).map_err(|r| {
+            GovernanceError::Protocol(format!("admission returned {} values", r.len()))
+        })?;
         let policy_at = |i: i64| {
             usize::try_from(i - 1)
                 .ok()
@@ -219,25 +236,50 @@ impl Governor {
         let ms = ms.max(0) as u64;
         Ok(match code {
             0 => Ok(Decision {
-                quota: if idx > 0 { Some((policy_at(idx)?, rem.max(0) as u64, ms)) } else { None },
+                quota: if idx > 0 {
+                    Some((policy_at(idx)?, rem.max(0) as u64, ms))
+                } else {
+                    None
+                },
                 budget_tokens_used: used.max(0) as u64,
             }),
             1 => Err(Refusal::Disabled),
             2 => Err(Refusal::Loop { retry_after_ms: ms }),
-            3 => Err(Refusal::RateLimited { policy: policy_at(idx)?, retry_after_ms: ms }),
-            4 => Err(Refusal::BudgetExhausted { cost: idx == 2, retry_after_ms: reset_ms }),
-            other => return Err(GovernanceError::Protocol(format!("admission returned code {other}"))),
+            3 => Err(Refusal::RateLimited {
+                policy: policy_at(idx)?,
+                retry_after_ms: ms,
+            }),
+            4 => Err(Refusal::BudgetExhausted {
+                cost: idx == 2,
+                retry_after_ms: reset_ms,
+            }),
+            other => {
+                return Err(GovernanceError::Protocol(format!(
+                    "admission returned code {other}"
+                )));
+            }
         })
     }
 
     fn rate_args(&self, cfg: &GovernanceConfig, a: &Admission<'_>) -> Vec<RateArg> {
-        let tenant_limit = cfg.tenant_policy(a.tenant).and_then(|p| p.limits).unwrap_or(cfg.tenant);
+        let tenant_limit = cfg
+            .tenant_policy(a.tenant)
+            .and_then(|p| p.limits)
+            .unwrap_or(cfg.tenant);
         let model_limit = cfg.models.get(a.model).copied().unwrap_or(cfg.model);
         let mut dims: Vec<(Dimension, Limit, String)> = vec![
             (Dimension::Global, cfg.global, "all".into()),
             (Dimension::Tenant, tenant_limit, a.tenant.into()),
-            (Dimension::Key, cfg.key, format!("{}:{}", a.tenant, a.key_id)),
-            (Dimension::Model, model_limit, format!("{}:{}", a.tenant, a.model)),
+            (
+                Dimension::Key,
+                cfg.key,
+                format!("{}:{}", a.tenant, a.key_id),
+            ),
+            (
+                Dimension::Model,
+                model_limit,
+                format!("{}:{}", a.tenant, a.model),
+            ),
         ];
         if let Some(agent) = a.agent {
             dims.push((Dimension::Agent, cfg.agent, format!("{}:{agent}", a.tenant)));
@@ -248,13 +290,21 @@ impl Governor {
         let window_ms = (cfg.window_s * 1000) as f64;
         let mut out = Vec::with_capacity(dims.len() * 2);
         for (dim, limit, subject) in dims {
-            for (tokens, per_window, cost) in [(false, limit.requests, 1), (true, limit.tokens, a.estimate.total())] {
+            for (tokens, per_window, cost) in [
+                (false, limit.requests, 1),
+                (true, limit.tokens, a.estimate.total()),
+            ] {
                 if per_window == 0 {
                     continue;
                 }
                 out.push(RateArg {
                     key: self.keys.rate(dim.as_str(), &subject, tokens),
-                    policy: Policy { dimension: dim, tokens, limit: per_window, window_s: cfg.window_s },
+                    policy: Policy {
+                        dimension: dim,
+                        tokens,
+                        limit: per_window,
+                        window_s: cfg.window_s,
+                    },
                     t_ms: window_ms / per_window as f64,
                     tau_ms: limit.burst * window_ms,
                     cost,
@@ -264,4 +314,3 @@ impl Governor {
         out
     }
 }
-

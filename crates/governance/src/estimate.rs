@@ -40,7 +40,10 @@ pub fn chat_request(request: &Value) -> Usage {
         .find_map(|f| request.get(*f).and_then(Value::as_u64))
         .unwrap_or(DEFAULT_MAX_OUTPUT);
     let n = request.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
-    Usage { prompt_tokens: prompt, completion_tokens: completion.saturating_mul(n) }
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion.saturating_mul(n),
+    }
 }
 
 fn text_tokens(content: Option<&Value>) -> u64 {
@@ -64,8 +67,11 @@ fn chars_to_tokens(chars: usize) -> u64 {
 
 /// Cost in micro-USD: prices are USD per million tokens, i.e. micro-USD per token.
 pub fn cost_micro_usd(cfg: &GovernanceConfig, model: &str, usage: Usage) -> u64 {
-    let Some(p) = cfg.prices.get(model) else { return 0 };
-    let c = usage.prompt_tokens as f64 * p.prompt_per_mtok + usage.completion_tokens as f64 * p.completion_per_mtok;
+    let Some(p) = cfg.prices.get(model) else {
+        return 0;
+    };
+    let c = usage.prompt_tokens as f64 * p.prompt_per_mtok
+        + usage.completion_tokens as f64 * p.completion_per_mtok;
     c.ceil().max(0.0) as u64
 }
 
@@ -76,8 +82,16 @@ mod tests {
 
     #[test]
     fn estimates_prompt_and_bounds_output() {
-        let u = chat_request(&json!({"messages":[{"role":"user","content":"abcdefgh"}],"max_tokens":10}));
-        assert_eq!(u, Usage { prompt_tokens: 3 + 4 + 2, completion_tokens: 10 });
+        let u = chat_request(
+            &json!({"messages":[{"role":"user","content":"abcdefgh"}],"max_tokens":10}),
+        );
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 3 + 4 + 2,
+                completion_tokens: 10
+            }
+        );
         let u = chat_request(&json!({"messages":[{"role":"user","content":"x"}],"n":2}));
         assert_eq!(u.completion_tokens, 2 * DEFAULT_MAX_OUTPUT);
     }
@@ -85,8 +99,17 @@ mod tests {
     #[test]
     fn cost_follows_the_price_table() {
         let mut cfg = GovernanceConfig::default();
-        cfg.prices.insert("m".into(), sluice_config::Price { prompt_per_mtok: 2.5, completion_per_mtok: 10.0 });
-        let u = Usage { prompt_tokens: 1000, completion_tokens: 100 };
+        cfg.prices.insert(
+            "m".into(),
+            sluice_config::Price {
+                prompt_per_mtok: 2.5,
+                completion_per_mtok: 10.0,
+            },
+        );
+        let u = Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 100,
+        };
         assert_eq!(cost_micro_usd(&cfg, "m", u), 2500 + 1000);
         assert_eq!(cost_micro_usd(&cfg, "unknown", u), 0);
     }

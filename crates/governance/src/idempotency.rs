@@ -47,7 +47,9 @@ impl Governor {
             .arg(self.config().idempotency_ttl_s)
             .to_owned();
         let previous: Option<String> = store.timed(cmd.query_async(&mut conn)).await?;
-        let Some(previous) = previous else { return Ok(Claim::New) };
+        let Some(previous) = previous else {
+            return Ok(Claim::New);
+        };
         let (hash, id) = previous
             .split_once(' ')
             .ok_or_else(|| GovernanceError::Protocol("malformed idempotency record".into()))?;

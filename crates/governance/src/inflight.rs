@@ -38,8 +38,14 @@ return {1, deferred, 0}
 /// jobs are currently deferred.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
-    Acquired { deferrals: u64 },
-    Full { deferrals: u64, waiting: u64, cap: u64 },
+    Acquired {
+        deferrals: u64,
+    },
+    Full {
+        deferrals: u64,
+        waiting: u64,
+        cap: u64,
+    },
 }
 
 impl Governor {
@@ -53,17 +59,39 @@ impl Governor {
     }
 
     /// Takes a slot for `job`, or counts a deferral when the tenant is at its cap.
-    pub async fn acquire_in_flight(&self, tenant: &str, job: Uuid, lease_ms: u64, now_ms: u64) -> Result<Slot, GovernanceError> {
+    pub async fn acquire_in_flight(
+        &self,
+        tenant: &str,
+        job: Uuid,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Slot, GovernanceError> {
         let cap = self.in_flight_cap(tenant);
         if cap == 0 {
             return Ok(Slot::Acquired { deferrals: 0 });
         }
-        let mut inv = self.scripts.inflight_acquire.key(self.keys.inflight(tenant));
-        inv.key(self.keys.deferred(tenant)).arg(job.to_string()).arg(cap).arg(now_ms).arg(lease_ms);
+        let mut inv = self
+            .scripts
+            .inflight_acquire
+            .key(self.keys.inflight(tenant));
+        inv.key(self.keys.deferred(tenant))
+            .arg(job.to_string())
+            .arg(cap)
+            .arg(now_ms)
+            .arg(lease_ms);
         let store = self.store();
         let mut conn = store.conn().await?;
-        let (ok, deferrals, waiting): (i64, u64, u64) = store.timed(inv.invoke_async(&mut conn)).await?;
-        Ok(if ok == 1 { Slot::Acquired { deferrals } } else { Slot::Full { deferrals, waiting, cap } })
+        let (ok, deferrals, waiting): (i64, u64, u64) =
+            store.timed(inv.invoke_async(&mut conn)).await?;
+        Ok(if ok == 1 {
+            Slot::Acquired { deferrals }
+        } else {
+            Slot::Full {
+                deferrals,
+                waiting,
+                cap,
+            }
+        })
     }
 
     pub async fn release_in_flight(&self, tenant: &str, job: Uuid) -> Result<(), GovernanceError> {
@@ -73,7 +101,8 @@ impl Governor {
         let store = self.store();
         let mut conn = store.conn().await?;
         let mut pipe = redis::pipe();
-        pipe.hdel(self.keys.inflight(tenant), job.to_string()).hdel(self.keys.deferred(tenant), job.to_string());
+        pipe.hdel(self.keys.inflight(tenant), job.to_string())
+            .hdel(self.keys.deferred(tenant), job.to_string());
         let _: redis::Value = store.timed(pipe.query_async(&mut conn)).await?;
         Ok(())
     }

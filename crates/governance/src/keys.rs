@@ -21,11 +21,17 @@ pub struct GovKeys {
 
 impl GovKeys {
     pub fn new(prefix: &str) -> GovKeys {
-        GovKeys { p: prefix.to_string() }
+        GovKeys {
+            p: prefix.to_string(),
+        }
     }
 
     pub fn rate(&self, dim: &str, subject: &str, tokens: bool) -> String {
-        format!("{}rl:{dim}:{subject}:{}", self.p, if tokens { "t" } else { "r" })
+        format!(
+            "{}rl:{dim}:{subject}:{}",
+            self.p,
+            if tokens { "t" } else { "r" }
+        )
     }
 
     pub fn budget(&self, tenant: &str, period: &str) -> String {

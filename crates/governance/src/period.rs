@@ -58,7 +58,10 @@ mod tests {
         assert_eq!(name, "m202611");
         assert_eq!(left, (8 * 24 + 23) * 3_600_000);
         // December rolls into January.
-        let (name, _) = current(BudgetPeriod::Month, days_from_civil(2026, 12, 31) as u64 * DAY_MS);
+        let (name, _) = current(
+            BudgetPeriod::Month,
+            days_from_civil(2026, 12, 31) as u64 * DAY_MS,
+        );
         assert_eq!(name, "m202612");
         assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
     }

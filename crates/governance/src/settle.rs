@@ -46,7 +46,13 @@ return 1
 impl Governor {
     /// Settles job `job` of `model` against `usage`. `Ok(true)` if this call settled it,
     /// `Ok(false)` if it was already settled (or never reserved).
-    pub async fn settle(&self, job: Uuid, model: &str, usage: Usage, now_ms: u64) -> Result<bool, GovernanceError> {
+    pub async fn settle(
+        &self,
+        job: Uuid,
+        model: &str,
+        usage: Usage,
+        now_ms: u64,
+    ) -> Result<bool, GovernanceError> {
         let cost = crate::estimate::cost_micro_usd(self.config(), model, usage);
         let mut inv = self.scripts.settle.key(self.keys.reservation(job));
         inv.arg(usage.total()).arg(cost).arg(now_ms);
@@ -79,8 +85,14 @@ pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
 fn usage_of(v: &Value) -> Option<Usage> {
     let u = v.get("usage")?;
     let prompt = u.get("prompt_tokens").and_then(Value::as_u64)?;
-    let completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
-    Some(Usage { prompt_tokens: prompt, completion_tokens: completion })
+    let completion = u
+        .get("completion_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+    })
 }
 
 #[cfg(test)]
@@ -89,12 +101,25 @@ mod tests {
 
     #[test]
     fn reads_usage_from_plain_and_streamed_bodies() {
-        let plain = br#"{"id":"x","usage":{"prompt_tokens":7,"completion_tokens":5,"total_tokens":12}}"#;
-        assert_eq!(usage_from_response(plain), Some(Usage { prompt_tokens: 7, completion_tokens: 5 }));
+        let plain =
+            br#"{"id":"x","usage":{"prompt_tokens":7,"completion_tokens":5,"total_tokens":12}}"#;
+        assert_eq!(
+            usage_from_response(plain),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 5
+            })
+        );
         let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n\
                    data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}\n\n\
                    data: [DONE]\n\n";
-        assert_eq!(usage_from_response(sse.as_bytes()), Some(Usage { prompt_tokens: 7, completion_tokens: 5 }));
+        assert_eq!(
+            usage_from_response(sse.as_bytes()),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 5
+            })
+        );
         assert_eq!(usage_from_response(b"data: [DONE]\n\n"), None);
     }
 }

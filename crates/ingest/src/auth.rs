@@ -49,7 +49,13 @@ impl KeyTable {
             for k in &t.keys {
                 let mut digest = [0u8; 32];
                 if hex::decode_to_slice(&k.sha256, &mut digest).is_ok() {
-                    by_digest.insert(digest, Tenant { id: Arc::from(t.id.as_str()), key_id: Arc::from(k.id.as_str()) });
+                    by_digest.insert(
+                        digest,
+                        Tenant {
+                            id: Arc::from(t.id.as_str()),
+                            key_id: Arc::from(k.id.as_str()),
+                        },
+                    );
                 }
             }
         }
@@ -73,7 +79,9 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let Some(presented) = presented else { return ApiError::Unauthorized.into_response() };
+    let Some(presented) = presented else {
+        return ApiError::Unauthorized.into_response();
+    };
     if req.uri().path().starts_with(ADMIN_PREFIX) {
         return match is_admin(&state, presented) {
             true => next.run(req).await,
@@ -97,7 +105,9 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
 }
 
 fn is_admin(state: &AppState, presented: &str) -> bool {
-    let Some(expected) = &state.cfg.governance.admin_key_sha256 else { return false };
+    let Some(expected) = &state.cfg.governance.admin_key_sha256 else {
+        return false;
+    };
     let mut want = [0u8; 32];
     if hex::decode_to_slice(expected, &mut want).is_err() {
         return false;
@@ -109,7 +119,10 @@ fn is_admin(state: &AppState, presented: &str) -> bool {
 /// A key created through the admin API, via the cache.
 async fn stored_key(state: &AppState, presented: &str) -> Result<Option<Tenant>, ApiError> {
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    let to_tenant = |k: sluice_governance::apikeys::KeyInfo| Tenant { id: Arc::from(k.tenant), key_id: Arc::from(k.key_id) };
+    let to_tenant = |k: sluice_governance::apikeys::KeyInfo| Tenant {
+        id: Arc::from(k.tenant),
+        key_id: Arc::from(k.key_id),
+    };
     if let Some(hit) = state.key_cache.get(&digest) {
         return Ok(hit.map(to_tenant));
     }
@@ -117,7 +130,10 @@ async fn stored_key(state: &AppState, presented: &str) -> Result<Option<Tenant>,
         .gov
         .lookup_key(&hex::encode(digest), sluice_store::now_ms())
         .await
-        .map_err(|e| ApiError::StoreUnavailable { retry_after_s: 1, reason: e.to_string() })?;
+        .map_err(|e| ApiError::StoreUnavailable {
+            retry_after_s: 1,
+            reason: e.to_string(),
+        })?;
     state.key_cache.put(digest, found.clone());
     Ok(found.map(to_tenant))
 }
@@ -131,7 +147,10 @@ mod tests {
     fn finds_the_tenant_of_a_key_and_nothing_else() {
         let table = KeyTable::from_config(&[TenantConfig {
             id: "acme".into(),
-            keys: vec![KeyConfig { id: "k1".into(), sha256: hash_api_key("sk-right") }],
+            keys: vec![KeyConfig {
+                id: "k1".into(),
+                sha256: hash_api_key("sk-right"),
+            }],
         }]);
         assert_eq!(table.authenticate("sk-right").map(|t| &*t.id), Some("acme"));
         assert!(table.authenticate("sk-wrong").is_none());

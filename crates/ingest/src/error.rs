@@ -14,7 +14,11 @@ use sluice_governance::Dimension;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    InvalidRequest { message: String, param: Option<String>, code: &'static str },
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("{0}")]
@@ -32,7 +36,12 @@ pub enum ApiError {
     #[error("internal error: {0}")]
     Internal(String),
     #[error("rate limit {policy} exceeded")]
-    RateLimited { dimension: Dimension, policy: String, retry_after_s: u64, headers: Vec<(&'static str, String)> },
+    RateLimited {
+        dimension: Dimension,
+        policy: String,
+        retry_after_s: u64,
+        headers: Vec<(&'static str, String)>,
+    },
     #[error("budget exhausted")]
     BudgetExhausted { cost: bool, retry_after_s: u64 },
     #[error("loop detected")]
@@ -40,7 +49,10 @@ pub enum ApiError {
     #[error("tenant disabled")]
     TenantDisabled,
     #[error("{priority} work is being shed")]
-    Shed { priority: &'static str, retry_after_s: u64 },
+    Shed {
+        priority: &'static str,
+        retry_after_s: u64,
+    },
     #[error("idempotency key reused with a different body")]
     IdempotencyConflict,
     #[error("admission state unavailable: {reason}")]
@@ -50,8 +62,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn invalid(message: impl Into<String>, param: Option<&str>, code: &'static str) -> ApiError {
-        ApiError::InvalidRequest { message: message.into(), param: param.map(str::to_string), code }
+    pub fn invalid(
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: &'static str,
+    ) -> ApiError {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_string),
+            code,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -61,9 +81,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueUnavailable { .. } | ApiError::StoreUnavailable { .. } | ApiError::Overloaded { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::QueueUnavailable { .. }
+            | ApiError::StoreUnavailable { .. }
+            | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited { .. }
             | ApiError::BudgetExhausted { .. }
@@ -100,16 +120,28 @@ impl ApiError {
 
     fn body(&self) -> serde_json::Value {
         let (message, kind, param, code): (String, &str, Option<&str>, Option<&str>) = match self {
-            ApiError::InvalidRequest { message, param, code } => {
-                (message.clone(), "invalid_request_error", param.as_deref(), Some(code))
-            }
+            ApiError::InvalidRequest {
+                message,
+                param,
+                code,
+            } => (
+                message.clone(),
+                "invalid_request_error",
+                param.as_deref(),
+                Some(code),
+            ),
             ApiError::Unauthorized => (
                 "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.".into(),
                 "invalid_request_error",
                 None,
                 Some("invalid_api_key"),
             ),
-            ApiError::NotFound(what) => (what.clone(), "invalid_request_error", None, Some("not_found")),
+            ApiError::NotFound(what) => (
+                what.clone(),
+                "invalid_request_error",
+                None,
+                Some("not_found"),
+            ),
             ApiError::MethodNotAllowed => (
                 "Method not allowed for this URL.".into(),
                 "invalid_request_error",
@@ -123,7 +155,8 @@ impl ApiError {
                 Some("request_too_large"),
             ),
             ApiError::QueueUnavailable { .. } => (
-                "The queue is not accepting work right now; retry after the indicated delay.".into(),
+                "The queue is not accepting work right now; retry after the indicated delay."
+                    .into(),
                 "server_error",
                 None,
                 Some("queue_unavailable"),
@@ -140,8 +173,15 @@ impl ApiError {
                 None,
                 Some("overloaded"),
             ),
-            ApiError::Internal(_) => ("Internal error.".into(), "server_error", None, Some("internal_error")),
-            ApiError::RateLimited { dimension, policy, .. } => (
+            ApiError::Internal(_) => (
+                "Internal error.".into(),
+                "server_error",
+                None,
+                Some("internal_error"),
+            ),
+            ApiError::RateLimited {
+                dimension, policy, ..
+            } => (
                 format!("Rate limit '{policy}' exceeded; retry after the indicated delay."),
                 "rate_limit_error",
                 None,
@@ -169,7 +209,9 @@ impl ApiError {
                 Some("tenant_disabled"),
             ),
             ApiError::Shed { priority, .. } => (
-                format!("The queue is saturated; '{priority}' priority work is not being accepted right now."),
+                format!(
+                    "The queue is saturated; '{priority}' priority work is not being accepted right now."
+                ),
                 "rate_limit_error",
                 Some("priority"),
                 Some("queue_saturated"),
@@ -261,7 +303,11 @@ mod tests {
 
     #[test]
     fn unavailable_carries_retry_after() {
-        let resp = ApiError::QueueUnavailable { retry_after_s: 3, reason: "x".into() }.into_response();
+        let resp = ApiError::QueueUnavailable {
+            retry_after_s: 3,
+            reason: "x".into(),
+        }
+        .into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[RETRY_AFTER], "3");
     }

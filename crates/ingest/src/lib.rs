@@ -70,7 +70,17 @@ impl AppState {
         );
         let gov = sluice_governance::Governor::new(store.clone(), g.clone());
         let backlogs = Arc::new(middleware::shedding::Backlogs::default());
-        Ok(AppState { cfg: Arc::new(cfg), queue, store, keys, gov, key_cache, backlogs, streams_ready, in_flight })
+        Ok(AppState {
+            cfg: Arc::new(cfg),
+            queue,
+            store,
+            keys,
+            gov,
+            key_cache,
+            backlogs,
+            streams_ready,
+            in_flight,
+        })
     }
 }
 
@@ -88,8 +98,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), shed_load))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            shed_load,
+        ))
         .with_state(state)
 }
 
@@ -103,7 +119,11 @@ async fn shed_load(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// Makes sure the streams exist, retrying in the background while the broker is away.
-pub async fn ensure_streams_until_ready(queue: Queue, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+pub async fn ensure_streams_until_ready(
+    queue: Queue,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let mut delay = Duration::from_millis(200);
     loop {
         match queue.ensure_streams().await {
@@ -135,11 +155,20 @@ impl Server {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(ensure_streams_until_ready(state.queue.clone(), state.streams_ready.clone(), shutdown.clone()));
+        tasks.spawn(ensure_streams_until_ready(
+            state.queue.clone(),
+            state.streams_ready.clone(),
+            shutdown.clone(),
+        ));
         let shedding = &state.cfg.governance.shedding;
         if middleware::shedding::enabled(shedding) {
             let every = Duration::from_millis(shedding.poll_ms);
-            tasks.spawn(middleware::shedding::poll(state.queue.clone(), state.backlogs.clone(), every, shutdown.clone()));
+            tasks.spawn(middleware::shedding::poll(
+                state.queue.clone(),
+                state.backlogs.clone(),
+                every,
+                shutdown.clone(),
+            ));
         }
         routes::admin::seed_tenants(&state).await;
         let app = router(state);
@@ -148,13 +177,19 @@ impl Server {
         });
         let token = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "ingest server stopped");
             }
         });
         tasks.close();
-        Ok(Server { addr, shutdown, tasks })
+        Ok(Server {
+            addr,
+            shutdown,
+            tasks,
+        })
     }
 
     pub fn base_url(&self) -> String {

@@ -15,7 +15,11 @@ pub struct Backlog {
 impl Queue {
     /// The class's backlog; empty while its consumer does not exist yet (no worker started).
     pub async fn backlog(&self, priority: Priority) -> Result<Backlog, QueueError> {
-        let stream = self.js.get_stream(self.subjects.jobs_stream()).await.map_err(broker)?;
+        let stream = self
+            .js
+            .get_stream(self.subjects.jobs_stream())
+            .await
+            .map_err(broker)?;
         let info = match stream.consumer_info(self.subjects.consumer(priority)).await {
             Ok(i) => i,
             Err(e) if e.to_string().contains("not found") => return Ok(Backlog::default()),
@@ -25,10 +29,16 @@ impl Queue {
             return Ok(Backlog::default());
         }
         let next = info.delivered.stream_sequence + 1;
-        let oldest_ms = match stream.get_first_raw_message_by_subject(self.subjects.priority_filter(priority), next).await {
+        let oldest_ms = match stream
+            .get_first_raw_message_by_subject(self.subjects.priority_filter(priority), next)
+            .await
+        {
             Ok(m) => u64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).ok(),
             Err(_) => None,
         };
-        Ok(Backlog { pending: info.num_pending, oldest_ms })
+        Ok(Backlog {
+            pending: info.num_pending,
+            oldest_ms,
+        })
     }
 }

@@ -62,7 +62,11 @@ impl Queue {
         priority: Priority,
         settings: ConsumerSettings,
     ) -> Result<consumer::Consumer<consumer::pull::Config>, QueueError> {
-        let stream = self.js.get_stream(self.subjects.jobs_stream()).await.map_err(broker)?;
+        let stream = self
+            .js
+            .get_stream(self.subjects.jobs_stream())
+            .await
+            .map_err(broker)?;
         let name = self.subjects.consumer(priority);
         stream
             .create_consumer(consumer::pull::Config {
@@ -81,7 +85,11 @@ impl Queue {
 
     /// Messages waiting in the JOBS stream (all classes).
     pub async fn queued_messages(&self) -> Result<u64, QueueError> {
-        let mut stream = self.js.get_stream(self.subjects.jobs_stream()).await.map_err(broker)?;
+        let mut stream = self
+            .js
+            .get_stream(self.subjects.jobs_stream())
+            .await
+            .map_err(broker)?;
         Ok(stream.info().await.map_err(broker)?.state.messages)
     }
 }

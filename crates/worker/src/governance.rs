@@ -41,11 +41,17 @@ pub enum Gate {
 /// a fairness device; limits and budgets were enforced at admission).
 pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
     let lease_ms = (shared.cfg.upstream.timeout_s + shared.cfg.worker.ack_wait_s) * 1000 * 2;
-    match shared.gov.acquire_in_flight(&env.tenant, env.id, lease_ms, now_ms()).await {
+    match shared
+        .gov
+        .acquire_in_flight(&env.tenant, env.id, lease_ms, now_ms())
+        .await
+    {
         Ok(Slot::Acquired { deferrals }) => Gate::Run { deferrals },
         Ok(Slot::Full { waiting, cap, .. }) => {
             metrics::counter!("sluice_worker_deferred_total").increment(1);
-            Gate::Defer { delay: defer_delay(shared.cfg.governance.defer_ms, waiting, cap) }
+            Gate::Defer {
+                delay: defer_delay(shared.cfg.governance.defer_ms, waiting, cap),
+            }
         }
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot check the tenant's in-flight cap; running the job");
@@ -69,7 +75,9 @@ pub async fn finish(shared: &Shared, env: &JobEnvelope, outcome: &Outcome) {
     if terminal {
         let usage = match outcome {
             // A redelivery of a finished job: its usage is in the stored result.
-            Outcome::Done { label: "already_done" } => recorded_usage(shared, env).await,
+            Outcome::Done {
+                label: "already_done",
+            } => recorded_usage(shared, env).await,
             _ => Usage::default(),
         };
         settle(shared, env, usage).await;
@@ -81,7 +89,12 @@ pub async fn finish(shared: &Shared, env: &JobEnvelope, outcome: &Outcome) {
 
 /// The job completed with `response`: settle its actual usage.
 pub async fn completed(shared: &Shared, env: &JobEnvelope, response: &[u8]) {
-    settle(shared, env, usage_from_response(response).unwrap_or_default()).await;
+    settle(
+        shared,
+        env,
+        usage_from_response(response).unwrap_or_default(),
+    )
+    .await;
 }
 
 async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) {

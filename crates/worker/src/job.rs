@@ -19,9 +19,17 @@ pub enum Outcome {
     /// The outcome is durably recorded (or was already): acknowledge.
     Done { label: &'static str },
     /// Try again later.
-    Retry { delay: Duration, label: &'static str },
+    Retry {
+        delay: Duration,
+        label: &'static str,
+    },
     /// Give up on the message: dead-letter it, then terminate it.
-    DeadLetter { reason: &'static str, error: String, tenant: String, job_id: Option<String> },
+    DeadLetter {
+        reason: &'static str,
+        error: String,
+        tenant: String,
+        job_id: Option<String>,
+    },
     /// Shutting down: hand it back to the broker at once.
     Release,
     /// The tenant is at its in-flight cap: redeliver after `delay` (see [`crate::governance`]).
@@ -56,12 +64,20 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
     outcome
 }
 
-async fn started(shared: &Shared, delivery: &Delivery, stop: &CancellationToken, env: &JobEnvelope, attempt: u64) -> Outcome {
+async fn started(
+    shared: &Shared,
+    delivery: &Delivery,
+    stop: &CancellationToken,
+    env: &JobEnvelope,
+    attempt: u64,
+) -> Outcome {
     match shared.store.record_started(env, attempt).await {
         Ok(Transition::Applied) => {}
         Ok(Transition::Refused { current }) if current.is_terminal() => {
             // A redelivery of a job whose outcome is already recorded (the earlier ack was lost).
-            return Outcome::Done { label: "already_done" };
+            return Outcome::Done {
+                label: "already_done",
+            };
         }
         Ok(Transition::Refused { .. }) => {}
         Err(e) => {
@@ -85,7 +101,8 @@ async fn started(shared: &Shared, delivery: &Delivery, stop: &CancellationToken,
             JobKind::Embedding => shared.provider.embeddings(body).await,
         }
     };
-    let heartbeat_every = Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
+    let heartbeat_every =
+        Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
     let result = tokio::select! {
         r = with_heartbeats(call, delivery, heartbeat_every) => r,
         _ = stop.cancelled() => return Outcome::Release,
@@ -123,7 +140,12 @@ where
     }
 }
 
-async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: ProviderError) -> Outcome {
+async fn upstream_failed(
+    shared: &Shared,
+    env: &JobEnvelope,
+    attempt: u64,
+    e: ProviderError,
+) -> Outcome {
     metrics::counter!("sluice_worker_upstream_errors_total", "code" => e.code()).increment(1);
     tracing::info!(job = %env.id, tenant = %env.tenant, model = %env.model, attempt, code = e.code(), "upstream call failed");
     match e.class() {
@@ -145,11 +167,18 @@ async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: Pr
 /// Records `failed` after the last attempt, then dead-letters the message.
 async fn exhausted(shared: &Shared, env: &JobEnvelope, attempt: u64, last: &str) -> Outcome {
     let err = JobError {
-        message: format!("The job failed after {} attempts (last error: {last}).", attempt.min(u64::from(shared.cfg.worker.max_attempts))),
+        message: format!(
+            "The job failed after {} attempts (last error: {last}).",
+            attempt.min(u64::from(shared.cfg.worker.max_attempts))
+        ),
         kind: "upstream_error".into(),
         code: "max_attempts_exceeded".into(),
     };
-    match shared.store.record_ended(env, JobStatus::Failed, &err).await {
+    match shared
+        .store
+        .record_ended(env, JobStatus::Failed, &err)
+        .await
+    {
         Ok(_) => Outcome::DeadLetter {
             reason: "max_attempts",
             error: err.message,
@@ -180,7 +209,12 @@ async fn record_end(
     }
 }
 
-fn retry_later(shared: &Shared, attempt: u64, retry_after: Option<Duration>, label: &'static str) -> Outcome {
+fn retry_later(
+    shared: &Shared,
+    attempt: u64,
+    retry_after: Option<Duration>,
+    label: &'static str,
+) -> Outcome {
     let w = &shared.cfg.worker;
     let delay = redelivery_delay(
         attempt,

@@ -17,13 +17,14 @@ pub mod settle;
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sluice_config::Config;
 use sluice_protocol::Priority;
 use sluice_providers::OpenAiProvider;
 use sluice_queue::{
     Delivery, Queue,
-    consumer::{PullConsumer, Releaser, fetch_now, fetch_wait, releaser},
+    consumer::{Releaser, releaser},
+    puller::Puller,
     setup::ConsumerSettings,
 };
 use sluice_store::Store;
@@ -60,7 +61,13 @@ impl Worker {
         let provider = OpenAiProvider::new(&cfg.upstream, api_key)?;
         let grace = Duration::from_secs(cfg.worker.shutdown_grace_s);
         let gov = sluice_governance::Governor::new(store.clone(), cfg.governance.clone());
-        let shared = Arc::new(Shared { cfg, queue, store, provider, gov });
+        let shared = Arc::new(Shared {
+            cfg,
+            queue,
+            store,
+            provider,
+            gov,
+        });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),
             stop_jobs: CancellationToken::new(),
@@ -86,7 +93,10 @@ impl Worker {
     pub async fn shutdown(self) {
         self.stop_fetching.cancel();
         self.tasks.close();
-        if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::info!("grace period over; releasing in-flight jobs");
             self.stop_jobs.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
@@ -104,101 +114,152 @@ struct Fetcher {
 }
 
 impl Fetcher {
+    /// Rounds ask every class in priority order for as many messages as there are free
+    /// slots. When a round finds nothing the loop goes idle: it listens on a core-NATS
+    /// subscription to the job subjects (the doorbell), so a new job is fetched the moment it
+    /// is published, without holding slots or polling. The doorbell is dropped again after
+    /// a while of continuous work, so a busy worker does not receive a copy of every job.
     async fn run(self) {
-        let Some(consumers) = self.consumers().await else { return };
-        self.slots.add_permits(self.shared.cfg.worker.concurrency);
-        let every = self.shared.cfg.worker.low_share_every;
-        let idle_poll = Duration::from_millis(self.shared.cfg.worker.idle_poll_ms.max(10));
+        let Some(mut pullers) = self.pullers().await else {
+            return;
+        };
+        let w = &self.shared.cfg.worker;
+        self.slots.add_permits(w.concurrency);
+        let recheck = Duration::from_millis(w.idle_poll_ms.max(10));
+        let batch_target = (w.concurrency / 8).clamp(1, 64);
         let mut round: u64 = 0;
         let mut failures: u32 = 0;
+        let mut backlog = false;
+        let mut doorbell: Option<async_nats::Subscriber> = None;
+        let mut busy_since: Option<tokio::time::Instant> = None;
         loop {
             let first = tokio::select! {
-                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = self.stop_fetching.cancelled() => return,
+                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = self.stop_fetching.cancelled() => break,
             };
             let mut free = first;
+            if backlog {
+                // The last round found more work than it had room for: gather a few more free
+                // slots before asking, so a busy worker fetches in batches rather than one
+                // round trip per finished job.
+                let deadline = tokio::time::Instant::now() + BATCH_GATHER;
+                while free.num_permits() < batch_target {
+                    match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+                        .await
+                    {
+                        Ok(Ok(p)) => free.merge(p),
+                        _ => break,
+                    }
+                }
+            }
             let more = self.slots.available_permits();
-            if more > 0 && let Ok(p) = self.slots.clone().try_acquire_many_owned(more as u32) {
+            if more > 0
+                && let Ok(p) = self.slots.clone().try_acquire_many_owned(more as u32)
+            {
                 free.merge(p);
             }
+            let asked = free.num_permits();
             round += 1;
-            let mut got = 0usize;
-            let mut errored = false;
-            for class in schedule::fetch_order(round, every) {
-                let want = free.num_permits();
-                if want == 0 {
-                    break;
-                }
-                match fetch_now(&consumers[index(class)], want).await {
-                    Ok(msgs) => {
-                        got += msgs.len();
-                        for m in msgs {
-                            self.dispatch(m, &mut free);
-                        }
-                    }
-                    Err(e) => {
-                        errored = true;
-                        tracing::warn!(class = %class, error = %e, "fetch failed");
-                    }
-                }
-            }
+            let (got, errored) = self.round(&mut pullers, free, round).await;
             if errored {
                 failures = failures.saturating_add(1);
-                drop(free);
                 let pause = Duration::from_millis(100 * u64::from(failures.min(20)));
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = self.stop_fetching.cancelled() => return,
+                    _ = self.stop_fetching.cancelled() => break,
                 }
                 continue;
             }
             failures = 0;
-            if got == 0 {
-                self.idle_poll(&consumers, free, idle_poll).await;
-            }
-        }
-    }
-
-    /// Everything is empty: one long-poll pull per class, sized to the free slots, taking
-    /// messages as they arrive until the polls expire.
-    async fn idle_poll(&self, consumers: &[PullConsumer; 3], mut free: OwnedSemaphorePermit, expires: Duration) {
-        let split = schedule::idle_split(free.num_permits());
-        let mut streams = Vec::new();
-        for (i, want) in split.into_iter().enumerate() {
-            if want == 0 {
+            backlog = got == asked;
+            if got > 0 {
+                let since = *busy_since.get_or_insert_with(tokio::time::Instant::now);
+                if doorbell.is_some() && since.elapsed() > DOORBELL_LINGER {
+                    doorbell = None;
+                }
                 continue;
             }
-            match fetch_wait(&consumers[i], want, expires).await {
-                Ok(s) => streams.push(s),
-                Err(e) => tracing::warn!(error = %e, "long-poll failed"),
+            busy_since = None;
+            // Idle. Listen first, then look once more, so a job published in between is not
+            // missed; then wait for the doorbell (or a periodic re-check).
+            if doorbell.is_none() {
+                match self
+                    .shared
+                    .queue
+                    .client()
+                    .subscribe(self.shared.queue.subjects().jobs_wildcard())
+                    .await
+                {
+                    Ok(sub) => {
+                        doorbell = Some(sub);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot subscribe to the job subjects; polling")
+                    }
+                }
             }
-        }
-        if streams.is_empty() {
+            if let Some(sub) = doorbell.as_mut() {
+                // Rings buffered while busy may be for jobs published after the last round:
+                // if there were any, look again instead of waiting.
+                let mut buffered = 0usize;
+                while buffered < 100_000 && matches!(sub.next().now_or_never(), Some(Some(_))) {
+                    buffered += 1;
+                }
+                if buffered > 0 {
+                    continue;
+                }
+            }
+            let rang = async {
+                match doorbell.as_mut() {
+                    Some(sub) => sub.next().await.is_some(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(expires) => {}
-                _ = self.stop_fetching.cancelled() => {}
-            }
-            return;
-        }
-        let mut merged = futures_util::stream::select_all(streams);
-        // Pull requests already sent must be drained even during shutdown, or the messages
-        // they deliver would wait for ack_wait; they end by themselves at `expires`.
-        while let Some(item) = merged.next().await {
-            match item {
-                Ok(m) => self.dispatch(m, &mut free),
-                Err(e) => tracing::debug!(error = %e, "long-poll ended with an error"),
+                open = rang => if !open { doorbell = None },
+                _ = tokio::time::sleep(recheck) => {}
+                _ = self.stop_fetching.cancelled() => break,
             }
         }
     }
 
-    fn dispatch(&self, msg: async_nats::jetstream::Message, free: &mut OwnedSemaphorePermit) {
+    /// One round: each class in this round's order, as many as the free slots allow.
+    /// Returns how many messages were dispatched and whether a fetch failed.
+    async fn round(
+        &self,
+        pullers: &mut [Puller; 3],
+        mut free: OwnedSemaphorePermit,
+        round: u64,
+    ) -> (usize, bool) {
+        let mut got = 0usize;
+        let mut errored = false;
+        for p in schedule::fetch_order(round, self.shared.cfg.worker.low_share_every) {
+            let want = free.num_permits();
+            if want == 0 {
+                break;
+            }
+            match pullers[index(p)].fetch(want, FETCH_LIMIT).await {
+                Ok(msgs) => {
+                    got += msgs.len();
+                    for m in msgs {
+                        if let Some(slot) = free.split(1) {
+                            self.dispatch(m, slot);
+                        }
+                    }
+                }
+                Err(e) => {
+                    errored = true;
+                    tracing::warn!(class = %p, error = %e, "fetch failed");
+                }
+            }
+        }
+        (got, errored)
+    }
+
+    fn dispatch(&self, msg: async_nats::jetstream::Message, permit: OwnedSemaphorePermit) {
         let delivery = Delivery::new(msg, Some(self.release.clone()));
-        let Some(permit) = free.split(1) else {
-            // Cannot happen (we never ask for more than we hold); hand it back regardless.
-            drop(delivery);
-            return;
-        };
-        if self.stop_fetching.is_cancelled() && self.stop_jobs.is_cancelled() {
+        if self.stop_jobs.is_cancelled() {
             drop(delivery);
             return;
         }
@@ -213,25 +274,28 @@ impl Fetcher {
         });
     }
 
-    async fn consumers(&self) -> Option<[PullConsumer; 3]> {
+    async fn pullers(&self) -> Option<[Puller; 3]> {
         let w = &self.shared.cfg.worker;
         let settings = ConsumerSettings {
             ack_wait: Duration::from_secs(w.ack_wait_s),
             max_attempts: w.max_attempts,
         };
+        let queue = &self.shared.queue;
+        let stream = queue.subjects().jobs_stream();
         let mut delay = Duration::from_millis(200);
         loop {
             let attempt = async {
-                self.shared.queue.ensure_streams().await?;
+                queue.ensure_streams().await?;
                 let mut out = Vec::with_capacity(3);
                 for p in Priority::ALL {
-                    out.push(self.shared.queue.ensure_consumer(p, settings).await?);
+                    queue.ensure_consumer(p, settings).await?;
+                    out.push(Puller::new(queue, &stream, &queue.subjects().consumer(p)).await?);
                 }
                 Ok::<_, sluice_queue::QueueError>(out)
             };
             match attempt.await {
                 Ok(v) => {
-                    if let Ok(arr) = <[PullConsumer; 3]>::try_from(v) {
+                    if let Ok(arr) = <[Puller; 3]>::try_from(v) {
                         return Some(arr);
                     }
                 }
@@ -245,6 +309,15 @@ impl Fetcher {
         }
     }
 }
+
+/// Longest wait for the answer to a no-wait fetch.
+const FETCH_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long a worker keeps its doorbell subscription through continuous work.
+const DOORBELL_LINGER: Duration = Duration::from_millis(200);
+
+/// How long a busy fetch loop may wait to gather a batch of free slots.
+const BATCH_GATHER: Duration = Duration::from_millis(2);
 
 fn index(p: Priority) -> usize {
     match p {

@@ -51,7 +51,11 @@ pub async fn admit(
     if let Some(key) = id_header(headers, IDEMPOTENCY_HEADER)? {
         let key_hash = hex::encode(Sha256::digest(key.as_bytes()));
         let body_hash = hex::encode(Sha256::digest(body));
-        match state.gov.claim_idempotency(&tenant.id, &key_hash, &body_hash, job).await {
+        match state
+            .gov
+            .claim_idempotency(&tenant.id, &key_hash, &body_hash, job)
+            .await
+        {
             Ok(Claim::New) => admitted.idempotency = Some((key_hash, body_hash)),
             Ok(Claim::Replay(first)) => {
                 admitted.replay = Some(first);
@@ -62,12 +66,17 @@ pub async fn admit(
         }
     }
 
-    let mut request: Value = serde_json::from_slice(&sub.request).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut request: Value =
+        serde_json::from_slice(&sub.request).map_err(|e| ApiError::Internal(e.to_string()))?;
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
         request["stream_options"]["include_usage"] = Value::Bool(true);
-        sub.request = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
+        sub.request =
+            serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
     }
-    let prompt = request.get("messages").map(Value::to_string).unwrap_or_default();
+    let prompt = request
+        .get("messages")
+        .map(Value::to_string)
+        .unwrap_or_default();
     let prompt_hash = hex::encode(&Sha256::digest(prompt.as_bytes())[..16]);
     let a = Admission {
         job,
@@ -82,7 +91,8 @@ pub async fn admit(
     let decision = match state.gov.admit(&a, now).await {
         Ok(d) => d,
         Err(e) if gov_cfg.on_store_error == FailPolicy::FailOpen => {
-            metrics::counter!("sluice_governance_store_errors_total", "policy" => "fail_open").increment(1);
+            metrics::counter!("sluice_governance_store_errors_total", "policy" => "fail_open")
+                .increment(1);
             tracing::warn!(error = %e, "admission state unavailable; admitting unchecked (fail_open)");
             return Ok(admitted);
         }
@@ -101,7 +111,8 @@ pub async fn admit(
         }
         Err(refusal) => {
             release(state, tenant, &admitted, job).await;
-            metrics::counter!("sluice_ingest_refused_total", "reason" => refusal.label()).increment(1);
+            metrics::counter!("sluice_ingest_refused_total", "reason" => refusal.label())
+                .increment(1);
             Err(refused(refusal))
         }
     }
@@ -110,33 +121,53 @@ pub async fn admit(
 /// The job could not be published after all: give back its reservation and idempotency key.
 pub async fn undo(state: &AppState, tenant: &Tenant, admitted: &Admitted, job: Uuid, model: &str) {
     release(state, tenant, admitted, job).await;
-    if let Err(e) = state.gov.settle(job, model, estimate::Usage::default(), now_ms()).await {
+    if let Err(e) = state
+        .gov
+        .settle(job, model, estimate::Usage::default(), now_ms())
+        .await
+    {
         tracing::warn!(job = %job, error = %e, "cannot return the reservation of an unpublished job");
     }
 }
 
 async fn release(state: &AppState, tenant: &Tenant, admitted: &Admitted, job: Uuid) {
     if let Some((key_hash, body_hash)) = &admitted.idempotency
-        && let Err(e) = state.gov.release_idempotency(&tenant.id, key_hash, body_hash, job).await
+        && let Err(e) = state
+            .gov
+            .release_idempotency(&tenant.id, key_hash, body_hash, job)
+            .await
     {
         tracing::warn!(error = %e, "cannot release an idempotency key; it expires with its window");
     }
 }
 
 fn unavailable(state: &AppState, e: sluice_governance::GovernanceError) -> ApiError {
-    metrics::counter!("sluice_governance_store_errors_total", "policy" => "fail_closed").increment(1);
-    ApiError::AdmissionUnavailable { retry_after_s: state.cfg.ingest.retry_after_s, reason: e.to_string() }
+    metrics::counter!("sluice_governance_store_errors_total", "policy" => "fail_closed")
+        .increment(1);
+    ApiError::AdmissionUnavailable {
+        retry_after_s: state.cfg.ingest.retry_after_s,
+        reason: e.to_string(),
+    }
 }
 
 fn refused(r: Refusal) -> ApiError {
     let secs = |ms: u64| ms.div_ceil(1000).max(1);
     match r {
         Refusal::Disabled => ApiError::TenantDisabled,
-        Refusal::Loop { retry_after_ms } => ApiError::LoopDetected { retry_after_s: secs(retry_after_ms) },
-        Refusal::BudgetExhausted { cost, retry_after_ms } => {
-            ApiError::BudgetExhausted { cost, retry_after_s: secs(retry_after_ms) }
-        }
-        Refusal::RateLimited { policy, retry_after_ms } => ApiError::RateLimited {
+        Refusal::Loop { retry_after_ms } => ApiError::LoopDetected {
+            retry_after_s: secs(retry_after_ms),
+        },
+        Refusal::BudgetExhausted {
+            cost,
+            retry_after_ms,
+        } => ApiError::BudgetExhausted {
+            cost,
+            retry_after_s: secs(retry_after_ms),
+        },
+        Refusal::RateLimited {
+            policy,
+            retry_after_ms,
+        } => ApiError::RateLimited {
             dimension: policy.dimension,
             policy: policy.name(),
             retry_after_s: secs(retry_after_ms),
@@ -149,25 +180,42 @@ fn refused(r: Refusal) -> ApiError {
 fn rate_headers(p: &Policy, remaining: u64, reset_ms: u64) -> Vec<(&'static str, String)> {
     let name = p.name();
     vec![
-        ("ratelimit-policy", format!("\"{name}\";q={};w={}", p.limit, p.window_s)),
-        ("ratelimit", format!("\"{name}\";r={remaining};t={}", reset_ms.div_ceil(1000))),
+        (
+            "ratelimit-policy",
+            format!("\"{name}\";q={};w={}", p.limit, p.window_s),
+        ),
+        (
+            "ratelimit",
+            format!("\"{name}\";r={remaining};t={}", reset_ms.div_ceil(1000)),
+        ),
     ]
 }
 
 fn soft_threshold(state: &AppState, tenant: &str, used: u64) {
     let cfg = state.gov.config();
-    let Some(budget) = cfg.tenant_policy(tenant).map(|p| &p.budget) else { return };
+    let Some(budget) = cfg.tenant_policy(tenant).map(|p| &p.budget) else {
+        return;
+    };
     if budget.tokens > 0 && used as f64 >= budget.tokens as f64 * cfg.budget_soft_ratio {
         metrics::counter!("sluice_governance_budget_soft_threshold_total").increment(1);
-        tracing::info!(tenant, used, budget = budget.tokens, "tenant passed its budget's soft threshold");
+        tracing::info!(
+            tenant,
+            used,
+            budget = budget.tokens,
+            "tenant passed its budget's soft threshold"
+        );
     }
 }
 
 /// An identifier header: at most 128 visible ASCII characters.
 fn id_header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
-    let Some(v) = headers.get(name) else { return Ok(None) };
+    let Some(v) = headers.get(name) else {
+        return Ok(None);
+    };
     match v.to_str() {
-        Ok(s) if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(s)),
+        Ok(s) if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(s))
+        }
         _ => Err(ApiError::invalid(
             format!("Header '{name}' must be 1 to 128 visible ASCII characters."),
             Some(name),

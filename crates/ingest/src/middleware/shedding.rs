@@ -65,28 +65,46 @@ impl Backlogs {
         let over = |max: u64, v: u64| max > 0 && v > max;
         let shed = match p {
             Priority::Low => over(cfg.low_max_depth, pending) || over(cfg.low_max_age_ms, age),
-            Priority::Normal => over(cfg.normal_max_depth, pending) || over(cfg.normal_max_age_ms, age),
+            Priority::Normal => {
+                over(cfg.normal_max_depth, pending) || over(cfg.normal_max_age_ms, age)
+            }
             Priority::High => over(cfg.high_max_depth, pending),
         };
         if shed {
             metrics::counter!("sluice_ingest_shed_total", "priority" => p.as_str()).increment(1);
-            return Err(ApiError::Shed { priority: p.as_str(), retry_after_s: 1 + cfg.poll_ms.div_ceil(1000) });
+            return Err(ApiError::Shed {
+                priority: p.as_str(),
+                retry_after_s: 1 + cfg.poll_ms.div_ceil(1000),
+            });
         }
         Ok(())
     }
 }
 
 pub fn enabled(cfg: &Shedding) -> bool {
-    [cfg.low_max_depth, cfg.normal_max_depth, cfg.high_max_depth, cfg.low_max_age_ms, cfg.normal_max_age_ms]
-        .iter()
-        .any(|&v| v > 0)
+    [
+        cfg.low_max_depth,
+        cfg.normal_max_depth,
+        cfg.high_max_depth,
+        cfg.low_max_age_ms,
+        cfg.normal_max_age_ms,
+    ]
+    .iter()
+    .any(|&v| v > 0)
 }
 
 /// Polls the backlog until shutdown.
-pub async fn poll(queue: Queue, backlogs: Arc<Backlogs>, every: Duration, shutdown: CancellationToken) {
+pub async fn poll(
+    queue: Queue,
+    backlogs: Arc<Backlogs>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         for p in Priority::ALL {
-            match tokio::time::timeout(every.max(Duration::from_millis(100)), queue.backlog(p)).await {
+            match tokio::time::timeout(every.max(Duration::from_millis(100)), queue.backlog(p))
+                .await
+            {
                 Ok(Ok(b)) => backlogs.set(p, b.pending, b.oldest_ms),
                 Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the queue backlog"),
                 Err(_) => tracing::debug!("reading the queue backlog timed out"),
@@ -105,11 +123,18 @@ mod tests {
 
     #[test]
     fn low_is_shed_first_then_normal_and_high_only_at_its_hard_limit() {
-        let cfg = Shedding { low_max_depth: 100, normal_max_depth: 500, high_max_depth: 2000, ..Shedding::default() };
+        let cfg = Shedding {
+            low_max_depth: 100,
+            normal_max_depth: 500,
+            high_max_depth: 2000,
+            ..Shedding::default()
+        };
         let b = Backlogs::default();
         let shed = |b: &Backlogs, p| b.check(&cfg, p, 0).is_err();
         b.set(Priority::Normal, 150, None);
-        assert!(shed(&b, Priority::Low) && !shed(&b, Priority::Normal) && !shed(&b, Priority::High));
+        assert!(
+            shed(&b, Priority::Low) && !shed(&b, Priority::Normal) && !shed(&b, Priority::High)
+        );
         b.set(Priority::High, 400, None);
         assert!(shed(&b, Priority::Normal) && !shed(&b, Priority::High));
         b.set(Priority::High, 2001, None);
@@ -122,7 +147,10 @@ mod tests {
 
     #[test]
     fn age_sheds_too() {
-        let cfg = Shedding { low_max_age_ms: 1000, ..Shedding::default() };
+        let cfg = Shedding {
+            low_max_age_ms: 1000,
+            ..Shedding::default()
+        };
         let b = Backlogs::default();
         b.set(Priority::High, 1, Some(10_000));
         assert!(b.check(&cfg, Priority::Low, 10_500).is_ok());

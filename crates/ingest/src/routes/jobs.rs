@@ -80,7 +80,10 @@ impl From<JobRecord> for JobView {
     }
 }
 
-pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn body_or_error(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge { limit }
@@ -102,7 +105,9 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let limits = validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
+    let limits = validate::Limits {
+        max_output_tokens: state.cfg.ingest.max_output_tokens,
+    };
     let mut sub = validate::chat_submission(&body, limits)?;
     let id = Uuid::now_v7();
     let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
@@ -127,7 +132,8 @@ pub async fn submit(
         admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
         return Err(queue_error(&state, e));
     }
-    metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str()).increment(1);
+    metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str())
+        .increment(1);
     // The job is durable from here on. If the record cannot be written, the worker writes
     // it when it starts the job; the client already has the truth: 202.
     if let Err(e) = state.store.record_queued(&env).await {
@@ -174,18 +180,36 @@ async fn replayed(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
         .store
         .get(id)
         .await
-        .map_err(|e| ApiError::StoreUnavailable { retry_after_s: 1, reason: e.to_string() })?;
+        .map_err(|e| ApiError::StoreUnavailable {
+            retry_after_s: 1,
+            reason: e.to_string(),
+        })?;
     let location = format!("/v1/jobs/{id}");
     let replay = HeaderValue::from_static("true");
     Ok(match record {
-        Some(r) => (StatusCode::ACCEPTED, [(LOCATION, location)], [("idempotent-replayed", replay)], Json(JobView::from(r))).into_response(),
+        Some(r) => (
+            StatusCode::ACCEPTED,
+            [(LOCATION, location)],
+            [("idempotent-replayed", replay)],
+            Json(JobView::from(r)),
+        )
+            .into_response(),
         // The first request is still being published: its id is all there is yet.
-        None => (StatusCode::ACCEPTED, [(LOCATION, location)], [("idempotent-replayed", replay)], Json(serde_json::json!({"id": id, "object": "job", "status": "queued"}))).into_response(),
+        None => (
+            StatusCode::ACCEPTED,
+            [(LOCATION, location)],
+            [("idempotent-replayed", replay)],
+            Json(serde_json::json!({"id": id, "object": "job", "status": "queued"})),
+        )
+            .into_response(),
     })
 }
 
 fn queue_error(state: &AppState, e: QueueError) -> ApiError {
-    ApiError::QueueUnavailable { retry_after_s: state.cfg.ingest.retry_after_s, reason: e.to_string() }
+    ApiError::QueueUnavailable {
+        retry_after_s: state.cfg.ingest.retry_after_s,
+        reason: e.to_string(),
+    }
 }
 
 pub async fn get(
@@ -193,13 +217,21 @@ pub async fn get(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let not_found = || ApiError::NotFound(format!("No job with id '{}'.", id.chars().take(64).collect::<String>()));
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "No job with id '{}'.",
+            id.chars().take(64).collect::<String>()
+        ))
+    };
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let record = state
         .store
         .get(uuid)
         .await
-        .map_err(|e| ApiError::StoreUnavailable { retry_after_s: 1, reason: e.to_string() })?;
+        .map_err(|e| ApiError::StoreUnavailable {
+            retry_after_s: 1,
+            reason: e.to_string(),
+        })?;
     match record {
         // Another tenant's job is indistinguishable from a missing one.
         Some(r) if r.tenant == *tenant.id => Ok(Json(JobView::from(r))),
