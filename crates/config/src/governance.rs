@@ -241,3 +241,36 @@ impl GovernanceConfig {
         self.tenants.get(tenant)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn the_readme_example_parses_and_nonsense_is_refused() -> Result<(), crate::ConfigError> {
+        let text = r#"
+[governance]
+admin_key_sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+max_in_flight_per_tenant = 32
+loop_max_per_minute = 20
+tenant = { requests = 600, tokens = 2000000, burst = 0.5 }
+[governance.tenants.acme]
+budget = { period = "month", tokens = 50000000, cost_usd = 200.0 }
+[governance.prices.gpt-4o-mini]
+prompt_per_mtok = 0.15
+completion_per_mtok = 0.6
+[governance.shedding]
+low_max_depth = 50000
+"#;
+        let cfg = Config::from_toml_with_env(text, &[])?;
+        assert_eq!(cfg.governance.tenant.requests, 600);
+        assert_eq!(cfg.governance.tenants["acme"].budget.tokens, 50_000_000);
+        assert_eq!(cfg.governance.shedding.low_max_depth, 50_000);
+        let bad = |t: &str| Config::from_toml_with_env(t, &[]).is_err();
+        assert!(bad("[governance]\ntenant = { requests = 1, burst = 0.0 }\n"));
+        assert!(bad("[governance]\nadmin_key_sha256 = \"abc\"\n"));
+        assert!(bad("[governance.tenants.\"a.b\"]\n"));
+        assert!(bad("[governance]\non_store_error = \"ignore\"\n"));
+        Ok(())
+    }
+}
