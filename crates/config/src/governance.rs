@@ -267,7 +267,9 @@ low_max_depth = 50000
         assert_eq!(cfg.governance.tenants["acme"].budget.tokens, 50_000_000);
         assert_eq!(cfg.governance.shedding.low_max_depth, 50_000);
         let bad = |t: &str| Config::from_toml_with_env(t, &[]).is_err();
-        assert!(bad("[governance]\ntenant = { requests = 1, burst = 0.0 }\n"));
+        assert!(bad(
+            "[governance]\ntenant = { requests = 1, burst = 0.0 }\n"
+        ));
         assert!(bad("[governance]\nadmin_key_sha256 = \"abc\"\n"));
         assert!(bad("[governance.tenants.\"a.b\"]\n"));
         assert!(bad("[governance]\non_store_error = \"ignore\"\n"));
