@@ -104,14 +104,7 @@ impl Governor {
 
     /// `false` if the tenant has no such key.
     pub async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<bool, GovernanceError> {
-        let digest: Option<String> = self
-            .query(
-                redis::cmd("HGET")
-                    .arg(self.keys.tenant_keys(tenant))
-                    .arg(key_id)
-                    .to_owned(),
-            )
-            .await?;
+        let digest = self.key_digest(tenant, key_id).await?;
         let Some(digest) = digest else {
             return Ok(false);
         };
@@ -131,14 +124,7 @@ impl Governor {
         overlap_s: u64,
         now_ms: u64,
     ) -> Result<Option<CreatedKey>, GovernanceError> {
-        let digest: Option<String> = self
-            .query(
-                redis::cmd("HGET")
-                    .arg(self.keys.tenant_keys(tenant))
-                    .arg(key_id)
-                    .to_owned(),
-            )
-            .await?;
+        let digest = self.key_digest(tenant, key_id).await?;
         let Some(digest) = digest else {
             return Ok(None);
         };
@@ -149,6 +135,19 @@ impl Governor {
             .pexpire(self.keys.api_key(&digest), (overlap_s * 1000).max(1) as i64);
         self.run(pipe).await?;
         Ok(Some(created))
+    }
+
+    /// The digest of the tenant's key `key_id`, if it has one.
+    async fn key_digest(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<Option<String>, GovernanceError> {
+        let cmd = redis::cmd("HGET")
+            .arg(self.keys.tenant_keys(tenant))
+            .arg(key_id)
+            .to_owned();
+        self.query(cmd).await
     }
 
     /// The live key with this digest (not revoked, not past its rotation overlap).

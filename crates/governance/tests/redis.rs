@@ -304,66 +304,32 @@ async fn keys_rotate_revoke_and_in_flight_caps() {
     assert!(!a.revoke_key("acme", "key_nope").await.unwrap());
 
     let jobs: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let acq = |tenant: &'static str, job: Uuid, now: u64| {
+        let a = a.clone();
+        async move { a.acquire_in_flight(tenant, job, 10_000, now).await.unwrap() }
+    };
     let ok = |d| Slot::Acquired { deferrals: d };
+    let full = |d| Slot::Full {
+        deferrals: d,
+        waiting: 1,
+        cap: 2,
+    };
+    assert_eq!(acq("acme", jobs[0], NOW).await, ok(0));
+    assert_eq!(acq("acme", jobs[1], NOW).await, ok(0));
+    assert_eq!(acq("acme", jobs[2], NOW).await, full(1));
+    assert_eq!(acq("acme", jobs[2], NOW).await, full(2));
     assert_eq!(
-        a.acquire_in_flight("acme", jobs[0], 10_000, NOW)
-            .await
-            .unwrap(),
-        ok(0)
-    );
-    assert_eq!(
-        a.acquire_in_flight("acme", jobs[1], 10_000, NOW)
-            .await
-            .unwrap(),
-        ok(0)
-    );
-    assert_eq!(
-        a.acquire_in_flight("acme", jobs[2], 10_000, NOW)
-            .await
-            .unwrap(),
-        Slot::Full {
-            deferrals: 1,
-            waiting: 1,
-            cap: 2
-        }
-    );
-    assert_eq!(
-        a.acquire_in_flight("acme", jobs[2], 10_000, NOW)
-            .await
-            .unwrap(),
-        Slot::Full {
-            deferrals: 2,
-            waiting: 1,
-            cap: 2
-        }
-    );
-    assert_eq!(
-        a.acquire_in_flight("acme", jobs[1], 10_000, NOW)
-            .await
-            .unwrap(),
+        acq("acme", jobs[1], NOW).await,
         ok(0),
         "a redelivery renews"
     );
-    assert_eq!(
-        a.acquire_in_flight("other", jobs[2], 10_000, NOW)
-            .await
-            .unwrap(),
-        ok(0),
-        "per tenant"
-    );
+    assert_eq!(acq("other", jobs[2], NOW).await, ok(0), "per tenant");
     a.release_in_flight("acme", jobs[0]).await.unwrap();
     assert_eq!(
-        a.acquire_in_flight("acme", jobs[2], 10_000, NOW)
-            .await
-            .unwrap(),
+        acq("acme", jobs[2], NOW).await,
         ok(2),
         "deferrals are remembered"
     );
     // A dead worker's lease expires.
-    assert_eq!(
-        a.acquire_in_flight("acme", Uuid::now_v7(), 10_000, NOW + 10_001)
-            .await
-            .unwrap(),
-        ok(0)
-    );
+    assert_eq!(acq("acme", Uuid::now_v7(), NOW + 10_001).await, ok(0));
 }

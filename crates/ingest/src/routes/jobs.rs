@@ -6,7 +6,7 @@ use axum::{
     Extension, Json,
     body::Bytes,
     extract::{Path, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header::LOCATION},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header::LOCATION},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -184,25 +184,25 @@ async fn replayed(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
             retry_after_s: 1,
             reason: e.to_string(),
         })?;
-    let location = format!("/v1/jobs/{id}");
-    let replay = HeaderValue::from_static("true");
-    Ok(match record {
-        Some(r) => (
-            StatusCode::ACCEPTED,
-            [(LOCATION, location)],
-            [("idempotent-replayed", replay)],
-            Json(JobView::from(r)),
-        )
-            .into_response(),
+    let view = match record {
+        Some(r) => {
+            serde_json::to_value(JobView::from(r)).map_err(|e| ApiError::Internal(e.to_string()))?
+        }
         // The first request is still being published: its id is all there is yet.
-        None => (
-            StatusCode::ACCEPTED,
-            [(LOCATION, location)],
-            [("idempotent-replayed", replay)],
-            Json(serde_json::json!({"id": id, "object": "job", "status": "queued"})),
-        )
-            .into_response(),
-    })
+        None => serde_json::json!({"id": id, "object": "job", "status": "queued"}),
+    };
+    let headers = [
+        (
+            LOCATION,
+            HeaderValue::try_from(format!("/v1/jobs/{id}"))
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        ),
+        (
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        ),
+    ];
+    Ok((StatusCode::ACCEPTED, headers, Json(view)).into_response())
 }
 
 fn queue_error(state: &AppState, e: QueueError) -> ApiError {
