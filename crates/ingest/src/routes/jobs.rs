@@ -176,14 +176,7 @@ pub async fn submit(
 
 /// An idempotent retry: the first request's job as it is now, marked as a replay.
 async fn replayed(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
-    let record = state
-        .store
-        .get(id)
-        .await
-        .map_err(|e| ApiError::StoreUnavailable {
-            retry_after_s: 1,
-            reason: e.to_string(),
-        })?;
+    let record = state.store.get(id).await.map_err(store_unavailable)?;
     let view = match record {
         Some(r) => {
             serde_json::to_value(JobView::from(r)).map_err(|e| ApiError::Internal(e.to_string()))?
@@ -205,6 +198,13 @@ async fn replayed(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, headers, Json(view)).into_response())
 }
 
+fn store_unavailable(e: sluice_store::StoreError) -> ApiError {
+    ApiError::StoreUnavailable {
+        retry_after_s: 1,
+        reason: e.to_string(),
+    }
+}
+
 fn queue_error(state: &AppState, e: QueueError) -> ApiError {
     ApiError::QueueUnavailable {
         retry_after_s: state.cfg.ingest.retry_after_s,
@@ -224,14 +224,7 @@ pub async fn get(
         ))
     };
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let record = state
-        .store
-        .get(uuid)
-        .await
-        .map_err(|e| ApiError::StoreUnavailable {
-            retry_after_s: 1,
-            reason: e.to_string(),
-        })?;
+    let record = state.store.get(uuid).await.map_err(store_unavailable)?;
     match record {
         // Another tenant's job is indistinguishable from a missing one.
         Some(r) if r.tenant == *tenant.id => Ok(Json(JobView::from(r))),
