@@ -78,11 +78,23 @@ impl Subjects {
         format!("{}jobs.{}.>", self.subject_prefix(), priority.as_str())
     }
 
-    /// The priority class of a job subject (`[ns.]jobs.<priority>.<tenant>`).
+    /// The doorbell subject of a class (`[ns.]ring.<priority>`): a tiny core-NATS message
+    /// published after each job, so idle workers fetch at once instead of polling.
+    pub fn ring(&self, priority: Priority) -> String {
+        format!("{}ring.{}", self.subject_prefix(), priority.as_str())
+    }
+
+    pub fn ring_wildcard(&self) -> String {
+        format!("{}ring.*", self.subject_prefix())
+    }
+
+    /// The priority class of a job subject (`[ns.]jobs.<priority>.<tenant>`) or a doorbell
+    /// subject (`[ns.]ring.<priority>`).
     pub fn priority_of(&self, subject: &str) -> Option<Priority> {
-        let rest = subject
-            .strip_prefix(&self.subject_prefix())?
-            .strip_prefix("jobs.")?;
+        let rest = subject.strip_prefix(&self.subject_prefix())?;
+        let rest = rest
+            .strip_prefix("jobs.")
+            .or_else(|| rest.strip_prefix("ring."))?;
         Priority::parse(rest.split('.').next()?)
     }
 
@@ -127,6 +139,8 @@ mod tests {
         assert_eq!(s.job(Priority::Low, "a"), "t1.jobs.low.a");
         assert_eq!(s.dlq_stream(), "t1_DLQ");
         assert_eq!(s.priority_of("t1.jobs.low.a"), Some(Priority::Low));
+        assert_eq!(s.ring(Priority::High), "t1.ring.high");
+        assert_eq!(s.priority_of(&s.ring(Priority::High)), Some(Priority::High));
         assert_eq!(s.priority_of("jobs.low.a"), None, "another namespace");
         assert_eq!(
             Subjects::new("").priority_of("jobs.high.x"),

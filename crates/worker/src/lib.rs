@@ -114,25 +114,61 @@ struct Fetcher {
 }
 
 impl Fetcher {
-    /// Rounds ask every class in priority order for as many messages as there are free
-    /// slots. When a round finds nothing the loop goes idle: it listens on a core-NATS
-    /// subscription to the job subjects (the doorbell), so a new job is fetched the moment it
-    /// is published, without holding slots or polling. The doorbell is dropped again after
-    /// a while of continuous work, so a busy worker does not receive a copy of every job.
+    /// Rounds ask the classes that may have work, in priority order, for as many messages as
+    /// there are free slots. Which classes may have work is known from the doorbell: ingest
+    /// rings `ring.<priority>` after every publish, and a fetch that comes back short marks
+    /// its class empty until the next ring. So an idle worker fetches the moment a job is
+    /// published, and a busy one does not ask empty classes over and over. A periodic
+    /// re-check covers rings lost to a reconnect.
     async fn run(self) {
         let Some(mut pullers) = self.pullers().await else {
             return;
+        };
+        let queue = &self.shared.queue;
+        let mut doorbell = match queue
+            .client()
+            .subscribe(queue.subjects().ring_wildcard())
+            .await
+        {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to the doorbell; polling instead");
+                None
+            }
         };
         let w = &self.shared.cfg.worker;
         self.slots.add_permits(w.concurrency);
         let recheck = Duration::from_millis(w.idle_poll_ms.max(10));
         let batch_target = (w.concurrency / 8).clamp(1, 64);
+        let mut maybe = [true; 3];
         let mut round: u64 = 0;
         let mut failures: u32 = 0;
         let mut backlog = false;
-        let mut doorbell: Option<async_nats::Subscriber> = None;
-        let mut busy_since: Option<tokio::time::Instant> = None;
+        let mut last_recheck = tokio::time::Instant::now();
         loop {
+            self.drain_rings(&mut doorbell, &mut maybe);
+            if last_recheck.elapsed() >= recheck {
+                maybe = [true; 3];
+                last_recheck = tokio::time::Instant::now();
+            }
+            if !maybe.iter().any(|m| *m) {
+                // Nothing to do until a ring (or the periodic re-check).
+                let rang = async {
+                    match doorbell.as_mut() {
+                        Some(sub) => sub.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    msg = rang => match msg {
+                        Some(m) => self.mark(&m.subject, &mut maybe),
+                        None => doorbell = None,
+                    },
+                    _ = tokio::time::sleep_until(last_recheck + recheck) => {}
+                    _ = self.stop_fetching.cancelled() => break,
+                }
+                continue;
+            }
             let first = tokio::select! {
                 p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = self.stop_fetching.cancelled() => break,
@@ -160,7 +196,7 @@ impl Fetcher {
             }
             let asked = free.num_permits();
             round += 1;
-            let (got, errored) = self.round(&mut pullers, free, round).await;
+            let (got, errored) = self.round(&mut pullers, &mut maybe, free, round).await;
             if errored {
                 failures = failures.saturating_add(1);
                 let pause = Duration::from_millis(100 * u64::from(failures.min(20)));
@@ -168,79 +204,59 @@ impl Fetcher {
                     _ = tokio::time::sleep(pause) => {}
                     _ = self.stop_fetching.cancelled() => break,
                 }
+                maybe = [true; 3];
                 continue;
             }
             failures = 0;
             backlog = got == asked;
-            if got > 0 {
-                let since = *busy_since.get_or_insert_with(tokio::time::Instant::now);
-                if doorbell.is_some() && since.elapsed() > DOORBELL_LINGER {
-                    doorbell = None;
+        }
+    }
+
+    /// Applies every ring already received, without waiting.
+    fn drain_rings(&self, doorbell: &mut Option<async_nats::Subscriber>, maybe: &mut [bool; 3]) {
+        let Some(sub) = doorbell.as_mut() else { return };
+        for _ in 0..100_000 {
+            match sub.next().now_or_never() {
+                Some(Some(m)) => self.mark(&m.subject, maybe),
+                Some(None) => {
+                    *doorbell = None;
+                    return;
                 }
-                continue;
-            }
-            busy_since = None;
-            // Idle. Listen first, then look once more, so a job published in between is not
-            // missed; then wait for the doorbell (or a periodic re-check).
-            if doorbell.is_none() {
-                match self
-                    .shared
-                    .queue
-                    .client()
-                    .subscribe(self.shared.queue.subjects().jobs_wildcard())
-                    .await
-                {
-                    Ok(sub) => {
-                        doorbell = Some(sub);
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot subscribe to the job subjects; polling")
-                    }
-                }
-            }
-            if let Some(sub) = doorbell.as_mut() {
-                // Rings buffered while busy may be for jobs published after the last round:
-                // if there were any, look again instead of waiting.
-                let mut buffered = 0usize;
-                while buffered < 100_000 && matches!(sub.next().now_or_never(), Some(Some(_))) {
-                    buffered += 1;
-                }
-                if buffered > 0 {
-                    continue;
-                }
-            }
-            let rang = async {
-                match doorbell.as_mut() {
-                    Some(sub) => sub.next().await.is_some(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                open = rang => if !open { doorbell = None },
-                _ = tokio::time::sleep(recheck) => {}
-                _ = self.stop_fetching.cancelled() => break,
+                None => return,
             }
         }
     }
 
-    /// One round: each class in this round's order, as many as the free slots allow.
-    /// Returns how many messages were dispatched and whether a fetch failed.
+    fn mark(&self, subject: &str, maybe: &mut [bool; 3]) {
+        match self.shared.queue.subjects().priority_of(subject) {
+            Some(p) => maybe[index(p)] = true,
+            None => *maybe = [true; 3],
+        }
+    }
+
+    /// One round: each class that may have work, in this round's order, as many as the free
+    /// slots allow. Returns how many messages were dispatched and whether a fetch failed.
     async fn round(
         &self,
         pullers: &mut [Puller; 3],
+        maybe: &mut [bool; 3],
         mut free: OwnedSemaphorePermit,
         round: u64,
     ) -> (usize, bool) {
         let mut got = 0usize;
         let mut errored = false;
         for p in schedule::fetch_order(round, self.shared.cfg.worker.low_share_every) {
+            let i = index(p);
             let want = free.num_permits();
             if want == 0 {
                 break;
             }
-            match pullers[index(p)].fetch(want, FETCH_LIMIT).await {
+            if !maybe[i] {
+                continue;
+            }
+            match pullers[i].fetch(want, FETCH_LIMIT).await {
                 Ok(msgs) => {
+                    maybe[i] = msgs.len() == want;
                     got += msgs.len();
                     for m in msgs {
                         if let Some(slot) = free.split(1) {
@@ -312,9 +328,6 @@ impl Fetcher {
 
 /// Longest wait for the answer to a no-wait fetch.
 const FETCH_LIMIT: Duration = Duration::from_secs(2);
-
-/// How long a worker keeps its doorbell subscription through continuous work.
-const DOORBELL_LINGER: Duration = Duration::from_millis(200);
 
 /// How long a busy fetch loop may wait to gather a batch of free slots.
 const BATCH_GATHER: Duration = Duration::from_millis(2);
