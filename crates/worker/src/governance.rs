@@ -85,6 +85,11 @@ pub async fn finish(shared: &Shared, env: &JobEnvelope, outcome: &Outcome) {
     if let Err(e) = shared.gov.release_in_flight(&env.tenant, env.id).await {
         tracing::debug!(job = %env.id, error = %e, "cannot release the in-flight slot; its lease expires");
     }
+    if shared.gov.in_flight_cap(&env.tenant) > 0 {
+        // A slot of this tenant is free: its deferred jobs that are due may run now, so wake
+        // the workers that found the class empty (they would otherwise wait for a re-check).
+        shared.queue.ring(env.priority).await;
+    }
 }
 
 /// The job completed with `response`: settle its actual usage.
