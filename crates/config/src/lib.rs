@@ -9,11 +9,13 @@
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
 mod env;
+mod governance;
 mod secret;
 mod sections;
 
 use std::path::Path;
 
+pub use governance::*;
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
 

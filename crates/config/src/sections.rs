@@ -15,6 +15,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub upstream: UpstreamConfig,
     pub tenants: Vec<TenantConfig>,
+    pub governance: crate::GovernanceConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,6 +214,7 @@ impl Config {
         {
             return bad("upstream.base_url must be an http(s) URL");
         }
+        self.governance.validate()?;
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
         for t in &self.tenants {

@@ -8,6 +8,7 @@
 //!   (ack, NAK with delay, progress, terminate).
 //! - [`dead_letter`]: moving a message to the dead-letter stream with its reason.
 
+pub mod backlog;
 pub mod consumer;
 pub mod dead_letter;
 pub mod publisher;

@@ -12,8 +12,10 @@ use crate::{Queue, QueueError, broker};
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerSettings {
     pub ack_wait: Duration,
-    /// The worker dead-letters a job after this many deliveries; the server's own limit is a
-    /// little higher, only as a backstop if a worker dies on the last attempt.
+    /// The worker dead-letters a job after this many attempts. The server sets no delivery
+    /// limit: deliveries deferred at a tenant's in-flight cap are not attempts, and the
+    /// worker counts attempts itself (a worker that dies on the last attempt is caught on
+    /// the next delivery).
     pub max_attempts: u32,
 }
 
@@ -73,7 +75,7 @@ impl Queue {
                 filter_subject: self.subjects.priority_filter(priority),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: settings.ack_wait,
-                max_deliver: i64::from(settings.max_attempts) + 2,
+                max_deliver: -1,
                 max_ack_pending: 100_000,
                 ..Default::default()
             })

@@ -102,11 +102,11 @@ impl Store {
         }
     }
 
-    pub(crate) async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+    pub async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
         Ok(self.pool.get().await?)
     }
 
-    pub(crate) async fn timed<T>(
+    pub async fn timed<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {

@@ -32,10 +32,11 @@ pub enum Outcome {
     },
     /// Shutting down: hand it back to the broker at once.
     Release,
+    /// The tenant is at its in-flight cap: redeliver after `delay` (see [`crate::governance`]).
+    Defer { delay: Duration },
 }
 
 pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken) -> Outcome {
-    let attempt = delivery.delivered();
     let env = match JobEnvelope::decode(delivery.payload()) {
         Ok(env) => env,
         Err(e) => {
@@ -47,11 +48,30 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
             };
         }
     };
+    // Deliveries that were deferrals at the tenant's in-flight cap are not attempts.
+    let deferrals = match crate::governance::acquire(shared, &env).await {
+        crate::governance::Gate::Run { deferrals } => deferrals,
+        crate::governance::Gate::Defer { delay } => return Outcome::Defer { delay },
+    };
+    let attempt = delivery.delivered().saturating_sub(deferrals).max(1);
     let max_attempts = u64::from(shared.cfg.worker.max_attempts);
-    if attempt > max_attempts {
-        return exhausted(shared, &env, attempt, "the job failed on every attempt").await;
-    }
-    match shared.store.record_started(&env, attempt).await {
+    let outcome = if attempt > max_attempts {
+        exhausted(shared, &env, attempt, "the job failed on every attempt").await
+    } else {
+        started(shared, delivery, stop, &env, attempt).await
+    };
+    crate::governance::finish(shared, &env, &outcome).await;
+    outcome
+}
+
+async fn started(
+    shared: &Shared,
+    delivery: &Delivery,
+    stop: &CancellationToken,
+    env: &JobEnvelope,
+    attempt: u64,
+) -> Outcome {
+    match shared.store.record_started(env, attempt).await {
         Ok(Transition::Applied) => {}
         Ok(Transition::Refused { current }) if current.is_terminal() => {
             // A redelivery of a job whose outcome is already recorded (the earlier ack was lost).
@@ -71,7 +91,7 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
             kind: "expired".into(),
             code: "deadline_exceeded".into(),
         };
-        return record_end(shared, &env, attempt, JobStatus::Expired, &err, "expired").await;
+        return record_end(shared, env, attempt, JobStatus::Expired, &err, "expired").await;
     }
 
     let body = Bytes::from(env.request.clone());
@@ -88,14 +108,17 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
         _ = stop.cancelled() => return Outcome::Release,
     };
     match result {
-        Ok(response) => match shared.store.record_completed(&env, &response).await {
-            Ok(_) => Outcome::Done { label: "completed" },
+        Ok(response) => match shared.store.record_completed(env, &response).await {
+            Ok(_) => {
+                crate::governance::completed(shared, env, &response).await;
+                Outcome::Done { label: "completed" }
+            }
             Err(e) => {
                 tracing::warn!(job = %env.id, error = %e, "cannot record the result; retrying later");
                 retry_later(shared, attempt, None, "store_unavailable")
             }
         },
-        Err(e) => upstream_failed(shared, &env, attempt, e).await,
+        Err(e) => upstream_failed(shared, env, attempt, e).await,
     }
 }
 

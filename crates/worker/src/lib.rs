@@ -10,6 +10,7 @@
 //! finish, then are released to the broker for another replica.
 
 pub mod backoff;
+pub mod governance;
 pub mod job;
 pub mod schedule;
 pub mod settle;
@@ -36,6 +37,7 @@ pub struct Shared {
     pub queue: Queue,
     pub store: Store,
     pub provider: OpenAiProvider,
+    pub gov: sluice_governance::Governor,
 }
 
 /// A running worker replica.
@@ -58,11 +60,13 @@ impl Worker {
         };
         let provider = OpenAiProvider::new(&cfg.upstream, api_key)?;
         let grace = Duration::from_secs(cfg.worker.shutdown_grace_s);
+        let gov = sluice_governance::Governor::new(store.clone(), cfg.governance.clone());
         let shared = Arc::new(Shared {
             cfg,
             queue,
             store,
             provider,
+            gov,
         });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),

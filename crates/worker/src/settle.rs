@@ -17,6 +17,7 @@ pub async fn settle(shared: &Shared, delivery: Delivery, outcome: Outcome) {
             delivery.nak(delay).await
         }
         Outcome::Release => delivery.nak(Duration::ZERO).await,
+        Outcome::Defer { delay } => delivery.nak(delay).await,
         Outcome::DeadLetter {
             reason,
             error,

@@ -31,9 +31,16 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         "not_ready"
     };
+    // Whether limits are being enforced, or which policy applies while Redis is away.
+    let limits = match (redis, state.cfg.governance.on_store_error) {
+        (true, _) => "enforced",
+        (false, sluice_config::FailPolicy::FailClosed) => "fail_closed",
+        (false, sluice_config::FailPolicy::FailOpen) => "fail_open",
+    };
+    metrics::gauge!("sluice_governance_degraded").set(if redis { 0.0 } else { 1.0 });
     (
         status,
-        Json(json!({ "status": word, "nats": nats, "redis": redis })),
+        Json(json!({ "status": word, "nats": nats, "redis": redis, "limits": limits })),
     )
 }
 
