@@ -56,6 +56,8 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:$INGEST_PORT/readyz" >/dev/null || die "ingest not ready"
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+TICKS_PER_S="$(getconf CLK_TCK)"
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 NAMES=(nats redis sim ingest worker1 worker2)
@@ -73,10 +75,24 @@ sample_memory() { # every 5 s: one line of RSS (MiB) per process
 run() { # run RATE DURATION
   log "open loop: $1 jobs/s for $2 s (plus 3 s warm-up)"
   sample_memory > "$RUN_DIR/mem-$1.txt" &
-  local sampler=$!
+  local sampler=$! i
+  local before=()
+  for i in "${!PROCS[@]}"; do before+=("$(cpu_ticks "${PROCS[$i]}")"); done
   "$BIN/sluice-bench" --url "http://127.0.0.1:$INGEST_PORT" --api-key sk-sluice-dev-local-key \
     --rate "$1" --duration "$2" --warmup 3 --e2e-sample 20000 --quiet | tee "$RUN_DIR/bench-$1.txt"
   kill "$sampler" 2>/dev/null || true
+  local jobs
+  jobs="$(grep -oE '^RESULT .* ok=[0-9]+' "$RUN_DIR/bench-$1.txt" | grep -oE 'ok=[0-9]+$' | cut -d= -f2)"
+  if [ -n "$jobs" ] && [ "$jobs" -gt 0 ]; then
+    echo "CPU time per accepted job over the whole run, warm-up and drain included (µs):"
+    local line="  " total=0 used
+    for i in "${!PROCS[@]}"; do
+      used=$(( ($(cpu_ticks "${PROCS[$i]}") - ${before[$i]}) * 1000000 / TICKS_PER_S / jobs ))
+      total=$(( total + used ))
+      line+="${NAMES[$i]}=$used "
+    done
+    echo "$line total=$total"
+  fi
   echo "memory over the run (RSS, MiB, every 5 s):"
   sed 's/^/  /' "$RUN_DIR/mem-$1.txt"
 }

@@ -13,10 +13,15 @@ command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-test.XXXXXX")"
 PIDS=()
 cleanup() {
-  local pid
+  local status=$? pid i
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$RUN_DIR"
+  # The servers were started from a subshell, so `wait` cannot see them: poll (bounded) until
+  # they are gone, or removing their data races with their last writes.
+  for pid in "${PIDS[@]}"; do
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
+  rm -rf "$RUN_DIR" 2>/dev/null || true
+  exit "$status"
 }
 trap cleanup EXIT INT TERM
 

@@ -10,10 +10,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use sluice_e2e::{ACME_KEY, Api, TestEnv, chat_body, wait_until};
 use sluice_protocol::Priority;
-use sluice_queue::{
-    dlq::{DlqFilter, ReplayOptions},
-    setup::ConsumerSettings,
-};
+use sluice_queue::dlq::{DlqFilter, ReplayOptions};
 use sluice_sim::SimConfig;
 
 const LONG: Duration = Duration::from_secs(40);
@@ -133,26 +130,48 @@ async fn poison_messages_are_listed_and_shown_but_never_replayed() -> Result<()>
     Ok(())
 }
 
-/// Delivers the job three times to "workers" that die without settling (simulated with
-/// NAKs); with `max_attempts = 1` the server's `max_deliver` is 3, so it gives up after that.
-async fn strand(env: &TestEnv, api: &Api) -> Result<(String, sluice_queue::consumer::PullConsumer)> {
+type Pull = async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>;
+
+/// One pull of at most one message, waiting up to `wait`.
+async fn pull_one(consumer: &Pull, wait: Duration) -> Result<Option<async_nats::jetstream::Message>> {
+    let mut batch = consumer.batch().max_messages(1).expires(wait).messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(match batch.next().await {
+        Some(Ok(m)) => Some(m),
+        _ => None,
+    })
+}
+
+/// Workers count attempts themselves and their consumers set no server delivery limit; an
+/// operator may still set one (`max_deliver`), and then the server gives up on a message
+/// on its own. This sets it to 3 and delivers the job three times to "workers" that die
+/// without settling (simulated with NAKs).
+async fn strand(env: &TestEnv, api: &Api) -> Result<(String, Pull)> {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
     let queue = env.queue().await?;
-    let settings = ConsumerSettings { ack_wait: Duration::from_secs(5), max_attempts: 1 };
-    let consumer = queue.ensure_consumer(Priority::Normal, settings).await?;
+    let stream = queue.jetstream().get_stream(queue.subjects().jobs_stream()).await?;
+    let name = queue.subjects().consumer(Priority::Normal);
+    let consumer: Pull = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.clone()),
+            name: Some(name),
+            filter_subject: queue.subjects().priority_filter(Priority::Normal),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            max_deliver: 3,
+            ..Default::default()
+        })
+        .await?;
     let id = api.submit_ok(&chat_body("stranded")).await?;
     for delivery in 1..=3 {
-        let mut batch = sluice_queue::consumer::fetch_wait(&consumer, 1, Duration::from_secs(5)).await?;
-        let m = batch.next().await.ok_or_else(|| anyhow::anyhow!("no delivery {delivery}"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let m = pull_one(&consumer, Duration::from_secs(5)).await?.ok_or_else(|| anyhow::anyhow!("no delivery {delivery}"))?;
         assert_eq!(m.info().map_err(|e| anyhow::anyhow!("{e}"))?.delivered, delivery);
         m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    assert_eq!(queue.queued_messages().await?, 1, "still in the work queue, but never delivered again");
+    assert_eq!(queue.queued_messages().await?, 1, "still in the work queue");
     Ok((id, consumer))
 }
 
-/// Starts a worker and checks it moves the stranded job `id` to the dead letters.
-async fn assert_moved(env: &TestEnv, ingest: sluice_ingest::Server, api: &Api, id: &str) -> Result<()> {
-    let worker = env.worker().await?;
+async fn assert_moved(env: &TestEnv, api: &Api, id: &str) -> Result<()> {
     let queue = env.queue().await?;
     let job = api.wait_status(id, &["failed", "completed"], LONG).await?;
     assert_eq!(job["status"], "failed", "{job}");
@@ -162,42 +181,47 @@ async fn assert_moved(env: &TestEnv, ingest: sluice_ingest::Server, api: &Api, i
     assert_eq!(entries[0].reason, "max_deliveries");
     assert_eq!(entries[0].job_id.as_deref(), Some(id));
     assert_eq!(entries[0].attempts, 3);
-    worker.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_server_gave_up_on_is_moved_by_the_advisory_handler() -> Result<()> {
+    let env = TestEnv::new();
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let (id, consumer) = strand(&env, &api).await?;
+
+    let queue = env.queue().await?;
+    let sub = sluice_worker::advisory::subscribe(&queue).await.ok_or_else(|| anyhow::anyhow!("no subscription"))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handler = tokio::spawn(sluice_worker::advisory::run(sub, queue, env.store()?, stop.clone()));
+    // The next pull makes the server give up on the message and publish the advisory.
+    assert!(pull_one(&consumer, Duration::from_millis(500)).await?.is_none(), "delivered a fourth time");
+    assert_moved(&env, &api, &id).await?;
+
+    stop.cancel();
+    handler.await?;
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 
-/// An environment with `max_attempts = 1` (the server's `max_deliver` is then 3).
-async fn strict_env() -> Result<(TestEnv, sluice_sim::SimHandle, sluice_ingest::Server, Api)> {
-    let mut env = TestEnv::new();
-    env.cfg.worker.max_attempts = 1;
-    let sim = env.sim(SimConfig::default()).await?;
-    let ingest = env.ingest().await?;
-    let api = Api::new(ingest.base_url(), ACME_KEY);
-    Ok((env, sim, ingest, api))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_left_behind_after_max_deliveries_is_moved_by_the_advisory() -> Result<()> {
-    let (env, _sim, ingest, api) = strict_env().await?;
-    let (id, _consumer) = strand(&env, &api).await?;
-
-    // A worker starts later; its first fetch makes the server give up on the message and
-    // publish the advisory, which the worker handles.
-    assert_moved(&env, ingest, &api, &id).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_advisory_nobody_heard_is_moved_by_the_sweep() -> Result<()> {
-    let (env, _sim, ingest, api) = strict_env().await?;
+    let env = TestEnv::new();
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
     let (id, consumer) = strand(&env, &api).await?;
-    // This pull makes the server give up while no worker listens for the advisory.
-    let mut batch = sluice_queue::consumer::fetch_wait(&consumer, 1, Duration::from_millis(500)).await?;
-    while let Some(m) = batch.next().await {
-        anyhow::ensure!(m.is_err(), "the message was delivered a fourth time");
-    }
-    assert_eq!(env.queue().await?.queued_messages().await?, 1);
-    assert_moved(&env, ingest, &api, &id).await
+    // The server gives up while nobody listens for the advisory.
+    assert!(pull_one(&consumer, Duration::from_millis(500)).await?.is_none(), "delivered a fourth time");
+    let queue = env.queue().await?;
+    assert_eq!(queue.queued_messages().await?, 1);
+
+    assert_eq!(sluice_worker::advisory::sweep(&queue, &env.store()?).await?, 1);
+    assert_moved(&env, &api, &id).await?;
+    assert_eq!(sluice_worker::advisory::sweep(&queue, &env.store()?).await?, 0, "nothing left to move");
+
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

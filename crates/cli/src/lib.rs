@@ -1,6 +1,13 @@
-//! The sluice operators' command line: one module per command group, each exposing a clap
-//! subcommand type and a `run` function, so `main.rs` only dispatches.
+//! The sluice operators' command line.
 //!
-//! - [`dlq`]: `sluice dlq list | show | replay`.
+//! # Layout
+//! - `main.rs`: the `sluice` binary — global options and one enum variant per command group.
+//! - [`admin`]: the HTTP client of ingest's admin API (`/v1/admin/...`, admin key).
+//! - [`keys`]: `sluice keys create|list|revoke|rotate|hash`.
+//! - [`tenants`]: `sluice tenants list|disable|enable` (the kill switch).
+//! - [`dlq`]: `sluice dlq list|show|replay` (straight to NATS and Redis).
 
+pub mod admin;
 pub mod dlq;
+pub mod keys;
+pub mod tenants;

@@ -1,31 +1,69 @@
-//! `sluice`: the operators' command line. Wiring only; each command group is a module.
+//! `sluice`: the operators' command line. One enum variant per command group; a new group
+//! is a module with its own `Subcommand` enum and one line in [`Command`].
 
-use std::path::PathBuf;
-
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+use sluice_cli::{admin::AdminClient, keys::KeysCmd, tenants::TenantsCmd};
 
-#[derive(Parser)]
-#[command(version, about = "Sluice operators' tool")]
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Operate a Sluice deployment")]
 struct Cli {
-    /// TOML config file (SLUICE_… environment variables override it).
-    #[arg(long, env = "SLUICE_CONFIG", global = true)]
-    config: Option<PathBuf>,
+    /// Base URL of an ingest replica.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// The admin key (its SHA-256 is `governance.admin_key_sha256`).
+    #[arg(long, global = true, env = "SLUICE_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// TOML config file, for commands that talk to NATS and Redis directly (`dlq`).
+    #[arg(long, global = true, env = "SLUICE_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Command {
+    /// API keys: create, list, revoke, rotate, hash.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Tenants and their kill switch.
+    #[command(subcommand)]
+    Tenants(TenantsCmd),
     /// Dead letters: list, show, replay.
     #[command(subcommand)]
     Dlq(sluice_cli::dlq::DlqCommand),
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let cfg = sluice_config::Config::load(cli.config.as_deref())?;
+    let admin = match &cli.admin_key {
+        Some(k) => Some(AdminClient::new(&cli.url, k)?),
+        None => None,
+    };
+    let need = || {
+        admin
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("set --admin-key or SLUICE_ADMIN_KEY"))
+    };
     match cli.command {
-        Command::Dlq(cmd) => sluice_cli::dlq::run(&cfg, cmd).await,
+        Command::Keys(cmd) => {
+            let a = if cmd.needs_server() {
+                Some(need()?)
+            } else {
+                None
+            };
+            cmd.run(a).await
+        }
+        Command::Tenants(cmd) => cmd.run(need()?).await,
+        Command::Dlq(cmd) => {
+            let cfg = sluice_config::Config::load(cli.config.as_deref())?;
+            sluice_cli::dlq::run(&cfg, cmd).await
+        }
     }
 }

@@ -10,7 +10,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "Sluice ingest: authenticates, validates and enqueues AI jobs")]
+#[command(
+    version,
+    about = "Sluice ingest: authenticates, validates and enqueues AI jobs"
+)]
 struct Args {
     /// TOML config file (SLUICE_… environment variables override it).
     #[arg(long, env = "SLUICE_CONFIG")]

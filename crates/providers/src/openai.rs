@@ -101,8 +101,15 @@ impl OpenAiProvider {
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         if !status.is_success() {
-            let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-            return Err(ProviderError::Status { status: status.as_u16(), retry_after });
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            return Err(ProviderError::Status {
+                status: status.as_u16(),
+                retry_after,
+            });
         }
         Ok(resp)
     }
@@ -111,7 +118,9 @@ impl OpenAiProvider {
         let resp = self.send(path, body).await?;
         let bytes = resp.bytes().await.map_err(transport)?;
         // The result is stored and served as JSON; refuse anything that is not an object.
-        if bytes.first() != Some(&b'{') || serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+        if bytes.first() != Some(&b'{')
+            || serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err()
+        {
             return Err(ProviderError::InvalidResponse);
         }
         Ok(bytes)

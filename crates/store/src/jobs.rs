@@ -61,7 +61,9 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub(crate) fn new() -> Scripts {
-        Scripts { transition: Script::new(TRANSITION) }
+        Scripts {
+            transition: Script::new(TRANSITION),
+        }
     }
 }
 
@@ -70,7 +72,9 @@ impl Scripts {
 pub enum Transition {
     Applied,
     /// The record was already in `current`, which may not become the requested status.
-    Refused { current: JobStatus },
+    Refused {
+        current: JobStatus,
+    },
 }
 
 /// The error recorded on a failed job, in OpenAI's error vocabulary. It never carries raw
@@ -90,14 +94,28 @@ impl Store {
     }
 
     /// Worker: attempt `attempt` (1-based delivery count) starts.
-    pub async fn record_started(&self, env: &JobEnvelope, attempt: u64) -> Result<Transition, StoreError> {
-        self.transition(env, JobStatus::InProgress, &[("attempts", attempt.to_string())]).await
+    pub async fn record_started(
+        &self,
+        env: &JobEnvelope,
+        attempt: u64,
+    ) -> Result<Transition, StoreError> {
+        self.transition(
+            env,
+            JobStatus::InProgress,
+            &[("attempts", attempt.to_string())],
+        )
+        .await
     }
 
     /// Worker: the upstream answered; `result` is the JSON response body.
-    pub async fn record_completed(&self, env: &JobEnvelope, result: &[u8]) -> Result<Transition, StoreError> {
+    pub async fn record_completed(
+        &self,
+        env: &JobEnvelope,
+        result: &[u8],
+    ) -> Result<Transition, StoreError> {
         let result = String::from_utf8_lossy(result).into_owned();
-        self.transition(env, JobStatus::Completed, &[("result", result)]).await
+        self.transition(env, JobStatus::Completed, &[("result", result)])
+            .await
     }
 
     /// Worker or ingest: the job ended in `status` (failed, cancelled, expired) with `error`.
@@ -107,7 +125,8 @@ impl Store {
         status: JobStatus,
         error: &JobError,
     ) -> Result<Transition, StoreError> {
-        let error = serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let error =
+            serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
         self.transition(env, status, &[("error", error)]).await
     }
 
@@ -117,7 +136,8 @@ impl Store {
         status: JobStatus,
         set: &[(&str, String)],
     ) -> Result<Transition, StoreError> {
-        let metadata = serde_json::to_string(&env.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let metadata = serde_json::to_string(&env.metadata)
+            .map_err(|e| StoreError::Protocol(e.to_string()))?;
         let kind = match env.kind {
             sluice_protocol::JobKind::ChatCompletion => "chat_completion",
             sluice_protocol::JobKind::Embedding => "embedding",
@@ -132,7 +152,10 @@ impl Store {
         ];
         let mut inv = self.scripts.transition.key(self.keys.job(env.id));
         inv.key(self.keys.job_events(env.id));
-        inv.arg(status.as_str()).arg(now_ms()).arg(self.ttl_s).arg(base.len());
+        inv.arg(status.as_str())
+            .arg(now_ms())
+            .arg(self.ttl_s)
+            .arg(base.len());
         for (k, v) in &base {
             inv.arg(*k).arg(v);
         }
@@ -145,16 +168,22 @@ impl Store {
         if applied == 1 {
             return Ok(Transition::Applied);
         }
-        let current = JobStatus::parse(&current)
-            .ok_or_else(|| StoreError::Protocol(format!("unknown status {current:?} in a job record")))?;
+        let current = JobStatus::parse(&current).ok_or_else(|| {
+            StoreError::Protocol(format!("unknown status {current:?} in a job record"))
+        })?;
         Ok(Transition::Refused { current })
     }
 
     /// The job record, if it exists (and has not expired).
     pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
         let mut conn = self.conn().await?;
-        let fields: Vec<(String, String)> =
-            self.timed(redis::cmd("HGETALL").arg(self.keys.job(id)).query_async(&mut conn)).await?;
+        let fields: Vec<(String, String)> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.job(id))
+                    .query_async(&mut conn),
+            )
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -165,7 +194,11 @@ impl Store {
     pub async fn events_after(&self, id: Uuid, after: u64) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
         self.timed(
-            redis::cmd("LRANGE").arg(self.keys.job_events(id)).arg(after).arg(-1).query_async(&mut conn),
+            redis::cmd("LRANGE")
+                .arg(self.keys.job_events(id))
+                .arg(after)
+                .arg(-1)
+                .query_async(&mut conn),
         )
         .await
     }

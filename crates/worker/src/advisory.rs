@@ -1,11 +1,12 @@
 //! Nothing stays stranded: the backstop for messages the server stopped delivering.
 //!
-//! The worker dead-letters a job itself on its last attempt, but a worker that dies during
-//! that attempt leaves the message in the work queue after the server's `max_deliver`. The
-//! server then publishes a `MAX_DELIVERIES` advisory; this task (one per replica, in a queue
-//! group so one replica handles each advisory) looks the message up by sequence — it is
-//! still there however late the advisory arrives — records the job `failed`, copies the
-//! message to the dead-letter stream and deletes the original.
+//! The worker consumers set no server delivery limit (the worker counts attempts itself and
+//! dead-letters on the last one), but an operator may set `max_deliver` on a consumer, and
+//! then the server gives up on a message on its own and leaves it in the work queue. It
+//! publishes a `MAX_DELIVERIES` advisory; this task (one per replica, in a queue group so
+//! one replica handles each advisory) looks the message up by sequence — it is still there
+//! however late the advisory arrives — records the job `failed`, copies the message to the
+//! dead-letter stream and deletes the original.
 //!
 //! An advisory nobody heard (no worker running at that moment) is covered by a sweep, at
 //! start and every [`SWEEP_EVERY`]: a message of a class still in the work queue that the

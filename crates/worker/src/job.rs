@@ -18,15 +18,24 @@ pub enum Outcome {
     /// The outcome is durably recorded (or was already): acknowledge.
     Done { label: &'static str },
     /// Try again later.
-    Retry { delay: Duration, label: &'static str },
+    Retry {
+        delay: Duration,
+        label: &'static str,
+    },
     /// Give up on the message: dead-letter it, then terminate it.
-    DeadLetter { reason: &'static str, error: String, tenant: String, job_id: Option<String> },
+    DeadLetter {
+        reason: &'static str,
+        error: String,
+        tenant: String,
+        job_id: Option<String>,
+    },
     /// Shutting down: hand it back to the broker at once.
     Release,
+    /// The tenant is at its in-flight cap: redeliver after `delay` (see [`crate::governance`]).
+    Defer { delay: Duration },
 }
 
 pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken) -> Outcome {
-    let attempt = delivery.delivered();
     let env = match JobEnvelope::decode(delivery.payload()) {
         Ok(env) => env,
         Err(e) => {
@@ -38,15 +47,36 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
             };
         }
     };
+    // Deliveries that were deferrals at the tenant's in-flight cap are not attempts.
+    let deferrals = match crate::governance::acquire(shared, &env).await {
+        crate::governance::Gate::Run { deferrals } => deferrals,
+        crate::governance::Gate::Defer { delay } => return Outcome::Defer { delay },
+    };
+    let attempt = delivery.delivered().saturating_sub(deferrals).max(1);
     let max_attempts = u64::from(shared.cfg.worker.max_attempts);
-    if attempt > max_attempts {
-        return exhausted(shared, &env, attempt, "the job failed on every attempt").await;
-    }
-    match shared.store.record_started(&env, attempt).await {
+    let outcome = if attempt > max_attempts {
+        exhausted(shared, &env, attempt, "the job failed on every attempt").await
+    } else {
+        started(shared, delivery, stop, &env, attempt).await
+    };
+    crate::governance::finish(shared, &env, &outcome).await;
+    outcome
+}
+
+async fn started(
+    shared: &Shared,
+    delivery: &Delivery,
+    stop: &CancellationToken,
+    env: &JobEnvelope,
+    attempt: u64,
+) -> Outcome {
+    match shared.store.record_started(env, attempt).await {
         Ok(Transition::Applied) => {}
         Ok(Transition::Refused { current }) if current.is_terminal() => {
             // A redelivery of a job whose outcome is already recorded (the earlier ack was lost).
-            return Outcome::Done { label: "already_done" };
+            return Outcome::Done {
+                label: "already_done",
+            };
         }
         Ok(Transition::Refused { .. }) => {}
         Err(e) => {
@@ -60,24 +90,28 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
             kind: "expired".into(),
             code: "deadline_exceeded".into(),
         };
-        return record_end(shared, &env, attempt, JobStatus::Expired, &err, "expired").await;
+        return record_end(shared, env, attempt, JobStatus::Expired, &err, "expired").await;
     }
 
-    let call = crate::call::upstream(shared, &env, attempt);
-    let heartbeat_every = Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
+    let call = crate::call::upstream(shared, env, attempt);
+    let heartbeat_every =
+        Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
     let result = tokio::select! {
         r = with_heartbeats(call, delivery, heartbeat_every) => r,
         _ = stop.cancelled() => return Outcome::Release,
     };
     match result {
-        Ok(answer) => match shared.store.record_completed(&env, &answer.body).await {
-            Ok(_) => Outcome::Done { label: "completed" },
+        Ok(answer) => match shared.store.record_completed(env, &answer.body).await {
+            Ok(_) => {
+                crate::governance::completed(shared, env, &answer.body).await;
+                Outcome::Done { label: "completed" }
+            }
             Err(e) => {
                 tracing::warn!(job = %env.id, error = %e, "cannot record the result; retrying later");
                 retry_later(shared, attempt, None, "store_unavailable")
             }
         },
-        Err(e) => upstream_failed(shared, &env, attempt, e).await,
+        Err(e) => upstream_failed(shared, env, attempt, e).await,
     }
 }
 
@@ -99,7 +133,12 @@ where
     }
 }
 
-async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: CallError) -> Outcome {
+async fn upstream_failed(
+    shared: &Shared,
+    env: &JobEnvelope,
+    attempt: u64,
+    e: CallError,
+) -> Outcome {
     metrics::counter!("sluice_worker_upstream_errors_total", "code" => e.code()).increment(1);
     tracing::info!(job = %env.id, tenant = %env.tenant, model = %env.model, attempt, code = e.code(), "upstream call failed");
     match e.class() {
@@ -121,11 +160,18 @@ async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: Ca
 /// Records `failed` after the last attempt, then dead-letters the message.
 async fn exhausted(shared: &Shared, env: &JobEnvelope, attempt: u64, last: &str) -> Outcome {
     let err = JobError {
-        message: format!("The job failed after {} attempts (last error: {last}).", attempt.min(u64::from(shared.cfg.worker.max_attempts))),
+        message: format!(
+            "The job failed after {} attempts (last error: {last}).",
+            attempt.min(u64::from(shared.cfg.worker.max_attempts))
+        ),
         kind: "upstream_error".into(),
         code: "max_attempts_exceeded".into(),
     };
-    match shared.store.record_ended(env, JobStatus::Failed, &err).await {
+    match shared
+        .store
+        .record_ended(env, JobStatus::Failed, &err)
+        .await
+    {
         Ok(_) => Outcome::DeadLetter {
             reason: "max_attempts",
             error: err.message,
@@ -156,7 +202,12 @@ async fn record_end(
     }
 }
 
-fn retry_later(shared: &Shared, attempt: u64, retry_after: Option<Duration>, label: &'static str) -> Outcome {
+fn retry_later(
+    shared: &Shared,
+    attempt: u64,
+    retry_after: Option<Duration>,
+    label: &'static str,
+) -> Outcome {
     let w = &shared.cfg.worker;
     let delay = redelivery_delay(
         attempt,

@@ -11,7 +11,10 @@ use axum::{Router, routing::get};
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "Sluice worker: runs queued AI jobs against the providers")]
+#[command(
+    version,
+    about = "Sluice worker: runs queued AI jobs against the providers"
+)]
 struct Args {
     /// TOML config file (SLUICE_… environment variables override it).
     #[arg(long, env = "SLUICE_CONFIG")]
@@ -31,9 +34,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         let listener = tokio::net::TcpListener::bind(&metrics_listen).await?;
         let app = Router::new()
-            .route("/metrics", get(|| async { sluice_telemetry::render_metrics() }))
+            .route(
+                "/metrics",
+                get(|| async { sluice_telemetry::render_metrics() }),
+            )
             .route("/healthz", get(|| async { "ok" }));
-        Some(tokio::spawn(async move { axum::serve(listener, app).await }))
+        Some(tokio::spawn(
+            async move { axum::serve(listener, app).await },
+        ))
     };
     tracing::info!("worker running");
     sluice_telemetry::shutdown_signal().await;

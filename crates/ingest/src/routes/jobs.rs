@@ -6,7 +6,7 @@ use axum::{
     Extension, Json,
     body::Bytes,
     extract::{Path, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode, header::LOCATION},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header::LOCATION},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -15,7 +15,7 @@ use sluice_queue::QueueError;
 use sluice_store::{JobRecord, now_ms};
 use uuid::Uuid;
 
-use crate::{AppState, auth::Tenant, error::ApiError, validate};
+use crate::{AppState, auth::Tenant, error::ApiError, middleware::admission, validate};
 
 /// The job as the API shows it. Timestamps are Unix seconds like OpenAI's objects, with
 /// millisecond precision in `timings_ms`.
@@ -84,7 +84,10 @@ impl From<JobRecord> for JobView {
     }
 }
 
-pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn body_or_error(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge { limit }
@@ -106,11 +109,18 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let limits = validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
-    let sub = validate::chat_submission(&body, limits)?;
+    let limits = validate::Limits {
+        max_output_tokens: state.cfg.ingest.max_output_tokens,
+    };
+    let mut sub = validate::chat_submission(&body, limits)?;
+    let id = Uuid::now_v7();
+    let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
+    if let Some(first) = admitted.replay {
+        return replayed(&state, first).await;
+    }
     let env = JobEnvelope {
         schema: SCHEMA_VERSION,
-        id: Uuid::now_v7(),
+        id,
         tenant: tenant.id.to_string(),
         priority: sub.priority,
         kind: JobKind::ChatCompletion,
@@ -122,8 +132,12 @@ pub async fn submit(
         traceparent: traceparent(&headers),
         metadata: sub.metadata,
     };
-    state.queue.publish_job(&env).await.map_err(|e| queue_error(&state, e))?;
-    metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str()).increment(1);
+    if let Err(e) = state.queue.publish_job(&env).await {
+        admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
+        return Err(queue_error(&state, e));
+    }
+    metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str())
+        .increment(1);
     // The job is durable from here on. If the record cannot be written, the worker writes
     // it when it starts the job; the client already has the truth: 202.
     if let Err(e) = state.store.record_queued(&env).await {
@@ -156,11 +170,51 @@ pub async fn submit(
         },
     };
     let location = format!("/v1/jobs/{}", env.id);
-    Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
+    let mut resp = (StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response();
+    for (name, value) in admitted.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// An idempotent retry: the first request's job as it is now, marked as a replay.
+async fn replayed(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
+    let record = state.store.get(id).await.map_err(store_unavailable)?;
+    let view = match record {
+        Some(r) => {
+            serde_json::to_value(JobView::from(r)).map_err(|e| ApiError::Internal(e.to_string()))?
+        }
+        // The first request is still being published: its id is all there is yet.
+        None => serde_json::json!({"id": id, "object": "job", "status": "queued"}),
+    };
+    let headers = [
+        (
+            LOCATION,
+            HeaderValue::try_from(format!("/v1/jobs/{id}"))
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        ),
+        (
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        ),
+    ];
+    Ok((StatusCode::ACCEPTED, headers, Json(view)).into_response())
+}
+
+fn store_unavailable(e: sluice_store::StoreError) -> ApiError {
+    ApiError::StoreUnavailable {
+        retry_after_s: 1,
+        reason: e.to_string(),
+    }
 }
 
 fn queue_error(state: &AppState, e: QueueError) -> ApiError {
-    ApiError::QueueUnavailable { retry_after_s: state.cfg.ingest.retry_after_s, reason: e.to_string() }
+    ApiError::QueueUnavailable {
+        retry_after_s: state.cfg.ingest.retry_after_s,
+        reason: e.to_string(),
+    }
 }
 
 pub async fn get(
@@ -168,13 +222,14 @@ pub async fn get(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let not_found = || ApiError::NotFound(format!("No job with id '{}'.", id.chars().take(64).collect::<String>()));
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "No job with id '{}'.",
+            id.chars().take(64).collect::<String>()
+        ))
+    };
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let record = state
-        .store
-        .get(uuid)
-        .await
-        .map_err(|e| ApiError::StoreUnavailable { retry_after_s: 1, reason: e.to_string() })?;
+    let record = state.store.get(uuid).await.map_err(store_unavailable)?;
     match record {
         // Another tenant's job is indistinguishable from a missing one.
         Some(r) if r.tenant == *tenant.id => Ok(Json(JobView::from(r))),

@@ -1,4 +1,5 @@
 //! HTTP handlers, one module per route group.
 
+pub mod admin;
 pub mod jobs;
 pub mod ops;
