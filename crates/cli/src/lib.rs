@@ -5,7 +5,9 @@
 //! - [`admin`]: the HTTP client of ingest's admin API (`/v1/admin/...`, admin key).
 //! - [`keys`]: `sluice keys create|list|revoke|rotate|hash`.
 //! - [`tenants`]: `sluice tenants list|disable|enable` (the kill switch).
+//! - [`dlq`]: `sluice dlq list|show|replay` (straight to NATS and Redis).
 
 pub mod admin;
+pub mod dlq;
 pub mod keys;
 pub mod tenants;

@@ -1,5 +1,5 @@
 //! `sluice`: the operators' command line. One enum variant per command group; a new group
-//! (say `dlq`) is a module with its own `Subcommand` enum and one line in [`Command`].
+//! is a module with its own `Subcommand` enum and one line in [`Command`].
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -19,6 +19,9 @@ struct Cli {
     /// The admin key (its SHA-256 is `governance.admin_key_sha256`).
     #[arg(long, global = true, env = "SLUICE_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// TOML config file, for commands that talk to NATS and Redis directly (`dlq`).
+    #[arg(long, global = true, env = "SLUICE_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +34,9 @@ enum Command {
     /// Tenants and their kill switch.
     #[command(subcommand)]
     Tenants(TenantsCmd),
+    /// Dead letters: list, show, replay.
+    #[command(subcommand)]
+    Dlq(sluice_cli::dlq::DlqCommand),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -55,5 +61,9 @@ async fn main() -> Result<()> {
             cmd.run(a).await
         }
         Command::Tenants(cmd) => cmd.run(need()?).await,
+        Command::Dlq(cmd) => {
+            let cfg = sluice_config::Config::load(cli.config.as_deref())?;
+            sluice_cli::dlq::run(&cfg, cmd).await
+        }
     }
 }

@@ -10,12 +10,14 @@
 
 mod env;
 mod governance;
+mod models;
 mod secret;
 mod sections;
 
 use std::path::Path;
 
 pub use governance::*;
+pub use models::*;
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
 

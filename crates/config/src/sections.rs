@@ -14,6 +14,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub worker: WorkerConfig,
     pub upstream: UpstreamConfig,
+    pub models: crate::ModelsConfig,
     pub tenants: Vec<TenantConfig>,
     pub governance: crate::GovernanceConfig,
 }
@@ -215,6 +216,7 @@ impl Config {
             return bad("upstream.base_url must be an http(s) URL");
         }
         self.governance.validate()?;
+        self.models.validate()?;
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
         for t in &self.tenants {

@@ -12,7 +12,7 @@ pub enum ErrorClass {
     Permanent,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     #[error("upstream timed out")]
     Timeout,

@@ -1,50 +1,74 @@
-//! An OpenAI-compatible deployment reached over HTTP.
+//! An OpenAI-compatible deployment reached over HTTP, in OpenAI's URL and header style
+//! (`{base}/chat/completions`, `Authorization: Bearer`) or Azure OpenAI's
+//! (`{base}/openai/deployments/{name}/chat/completions?api-version=…`, `api-key`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
-use sluice_config::UpstreamConfig;
+use sluice_config::{ApiStyle, DeploymentConfig, UpstreamConfig};
+
+use futures_util::{Stream, StreamExt};
 
 use crate::error::{ProviderError, parse_retry_after};
+
+/// An upstream response body as it arrives.
+pub type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ProviderError>> + Send>>;
 
 /// One deployment with its own connection pool.
 #[derive(Clone)]
 pub struct OpenAiProvider {
     http: reqwest::Client,
     base_url: String,
-    auth: Option<HeaderValue>,
+    /// `?api-version=…` for Azure, empty otherwise.
+    query: String,
+    auth: Option<(HeaderName, HeaderValue)>,
 }
 
 impl OpenAiProvider {
-    pub fn new(
-        cfg: &UpstreamConfig,
-        api_key: Option<SecretString>,
-    ) -> Result<OpenAiProvider, ProviderError> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            .timeout(Duration::from_secs(cfg.timeout_s))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|_| ProviderError::Transport)?;
-        let auth = match api_key {
-            Some(k) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose_secret()))
-                    .map_err(|_| ProviderError::Transport)?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-            None => None,
-        };
+    /// The implicit deployment of the `[upstream]` section.
+    pub fn new(cfg: &UpstreamConfig, api_key: Option<SecretString>) -> Result<OpenAiProvider, ProviderError> {
+        let http = client(cfg.pool_max_idle_per_host, cfg.connect_timeout_ms, cfg.timeout_s)?;
         Ok(OpenAiProvider {
             http,
             base_url: cfg.base_url.trim_end_matches('/').to_string(),
-            auth,
+            query: String::new(),
+            auth: bearer(api_key)?,
         })
+    }
+
+    /// One deployment of a model pool, with its own connection pool.
+    pub fn for_deployment(d: &DeploymentConfig, api_key: Option<SecretString>) -> Result<OpenAiProvider, ProviderError> {
+        let http = client(d.max_concurrency.min(1024), 2_000, d.timeout_s)?;
+        let base = d.base_url.trim_end_matches('/');
+        Ok(match d.style {
+            ApiStyle::Openai => {
+                OpenAiProvider { http, base_url: base.to_string(), query: String::new(), auth: bearer(api_key)? }
+            }
+            ApiStyle::Azure => {
+                let name = d.azure_deployment.as_deref().unwrap_or_default();
+                let auth = match api_key {
+                    Some(k) => {
+                        let mut v = HeaderValue::from_str(k.expose_secret()).map_err(|_| ProviderError::Transport)?;
+                        v.set_sensitive(true);
+                        Some((HeaderName::from_static("api-key"), v))
+                    }
+                    None => None,
+                };
+                OpenAiProvider {
+                    http,
+                    base_url: format!("{base}/openai/deployments/{name}"),
+                    query: format!("?api-version={}", d.azure_api_version),
+                    auth,
+                }
+            }
+        })
+    }
+
+    /// The URL a call to `path` goes to (for tests and logs; holds no secret).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}{}", self.base_url, path, self.query)
     }
 
     /// `POST {base}/chat/completions` with the client's (validated) body; returns the JSON
@@ -58,14 +82,21 @@ impl OpenAiProvider {
         self.post_json("/embeddings", body).await
     }
 
-    async fn post_json(&self, path: &str, body: Bytes) -> Result<Bytes, ProviderError> {
+    /// `POST {base}/chat/completions` with `"stream": true` in `body`: once the upstream
+    /// answered 2xx, its server-sent events as they arrive.
+    pub async fn chat_completion_stream(&self, body: Bytes) -> Result<ByteStream, ProviderError> {
+        let resp = self.send("/chat/completions", body).await?;
+        Ok(Box::pin(resp.bytes_stream().map(|r| r.map_err(transport))))
+    }
+
+    async fn send(&self, path: &str, body: Bytes) -> Result<reqwest::Response, ProviderError> {
         let mut req = self
             .http
-            .post(format!("{}{}", self.base_url, path))
+            .post(self.url(path))
             .header(CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(auth) = &self.auth {
-            req = req.header(AUTHORIZATION, auth.clone());
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name.clone(), value.clone());
         }
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
@@ -80,6 +111,11 @@ impl OpenAiProvider {
                 retry_after,
             });
         }
+        Ok(resp)
+    }
+
+    async fn post_json(&self, path: &str, body: Bytes) -> Result<Bytes, ProviderError> {
+        let resp = self.send(path, body).await?;
         let bytes = resp.bytes().await.map_err(transport)?;
         // The result is stored and served as JSON; refuse anything that is not an object.
         if bytes.first() != Some(&b'{')
@@ -91,6 +127,29 @@ impl OpenAiProvider {
     }
 }
 
+fn client(pool_idle: usize, connect_timeout_ms: u64, timeout_s: u64) -> Result<reqwest::Client, ProviderError> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(pool_idle)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_millis(connect_timeout_ms))
+        .timeout(Duration::from_secs(timeout_s))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|_| ProviderError::Transport)
+}
+
+fn bearer(api_key: Option<SecretString>) -> Result<Option<(HeaderName, HeaderValue)>, ProviderError> {
+    match api_key {
+        Some(k) => {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose_secret())).map_err(|_| ProviderError::Transport)?;
+            v.set_sensitive(true);
+            Ok(Some((AUTHORIZATION, v)))
+        }
+        None => Ok(None),
+    }
+}
+
 fn transport(e: reqwest::Error) -> ProviderError {
     if e.is_timeout() {
         ProviderError::Timeout
@@ -98,5 +157,28 @@ fn transport(e: reqwest::Error) -> ProviderError {
         ProviderError::Connect
     } else {
         ProviderError::Transport
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn azure_urls_carry_the_deployment_and_api_version() {
+        let d: DeploymentConfig = toml::from_str(
+            "name = \"az\"\nbase_url = \"https://x.openai.azure.com/\"\nstyle = \"azure\"\nazure_deployment = \"gpt4o\"\n",
+        )
+        .unwrap();
+        let p = OpenAiProvider::for_deployment(&d, Some(SecretString::from("k"))).unwrap();
+        assert_eq!(
+            p.url("/chat/completions"),
+            "https://x.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(p.auth.as_ref().map(|(n, _)| n.as_str()), Some("api-key"));
+        let d: DeploymentConfig = toml::from_str("name = \"o\"\nbase_url = \"http://h/v1\"\n").unwrap();
+        let p = OpenAiProvider::for_deployment(&d, None).unwrap();
+        assert_eq!(p.url("/embeddings"), "http://h/v1/embeddings");
     }
 }

@@ -7,10 +7,12 @@
 //! - [`consumer`]: fetching deliveries sized to the caller's free capacity, and settling them
 //!   (ack, NAK with delay, progress, terminate).
 //! - [`dead_letter`]: moving a message to the dead-letter stream with its reason.
+//! - [`dlq`]: listing, showing and replaying dead letters.
 
 pub mod backlog;
 pub mod consumer;
 pub mod dead_letter;
+pub mod dlq;
 pub mod publisher;
 pub mod puller;
 pub mod setup;

@@ -5,10 +5,12 @@
 //! - [`jobs`]: reading and transitioning job records (one Lua script does every transition
 //!   atomically, so ingest and any number of workers can race safely).
 //! - [`record`]: the typed job record read back from Redis.
+//! - [`replay`]: the audited operator replay (failed → queued) and the routing record.
 
 pub mod jobs;
 pub mod keys;
 pub mod record;
+pub mod replay;
 
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use sluice_config::RedisConfig;
 pub use jobs::{JobError, Transition};
 pub use keys::Keys;
 pub use record::JobRecord;
+pub use replay::Replay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -28,6 +28,10 @@ pub struct JobRecord {
     pub result: Option<serde_json::Value>,
     /// The error object when failed, cancelled or expired.
     pub error: Option<serde_json::Value>,
+    /// The model router's decision, when the job asked for a routed alias.
+    pub route: Option<serde_json::Value>,
+    /// How many times an operator replayed the job.
+    pub replays: u64,
 }
 
 impl JobRecord {
@@ -64,6 +68,8 @@ impl JobRecord {
                 .unwrap_or_default(),
             result: json("result"),
             error: json("error"),
+            route: json("route"),
+            replays: ms("replays").unwrap_or(0),
         })
     }
 }

@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use sluice_protocol::{JobEnvelope, JobKind, JobStatus};
-use sluice_providers::{ErrorClass, ProviderError};
+use sluice_protocol::{JobEnvelope, JobStatus};
+use sluice_providers::{CallError, ErrorClass};
 use sluice_queue::Delivery;
 use sluice_store::{JobError, Transition, now_ms};
 use tokio_util::sync::CancellationToken;
@@ -94,13 +93,7 @@ async fn started(
         return record_end(shared, env, attempt, JobStatus::Expired, &err, "expired").await;
     }
 
-    let body = Bytes::from(env.request.clone());
-    let call = async {
-        match env.kind {
-            JobKind::ChatCompletion => shared.provider.chat_completion(body).await,
-            JobKind::Embedding => shared.provider.embeddings(body).await,
-        }
-    };
+    let call = crate::call::upstream(shared, env, attempt);
     let heartbeat_every =
         Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
     let result = tokio::select! {
@@ -108,9 +101,9 @@ async fn started(
         _ = stop.cancelled() => return Outcome::Release,
     };
     match result {
-        Ok(response) => match shared.store.record_completed(env, &response).await {
+        Ok(answer) => match shared.store.record_completed(env, &answer.body).await {
             Ok(_) => {
-                crate::governance::completed(shared, env, &response).await;
+                crate::governance::completed(shared, env, &answer.body).await;
                 Outcome::Done { label: "completed" }
             }
             Err(e) => {
@@ -144,7 +137,7 @@ async fn upstream_failed(
     shared: &Shared,
     env: &JobEnvelope,
     attempt: u64,
-    e: ProviderError,
+    e: CallError,
 ) -> Outcome {
     metrics::counter!("sluice_worker_upstream_errors_total", "code" => e.code()).increment(1);
     tracing::info!(job = %env.id, tenant = %env.tenant, model = %env.model, attempt, code = e.code(), "upstream call failed");

@@ -9,7 +9,9 @@
 //! On shutdown the loop stops fetching; in-flight jobs get `worker.shutdown_grace_s` to
 //! finish, then are released to the broker for another replica.
 
+pub mod advisory;
 pub mod backoff;
+pub mod call;
 pub mod governance;
 pub mod job;
 pub mod schedule;
@@ -20,7 +22,7 @@ use std::{sync::Arc, time::Duration};
 use futures_util::{FutureExt, StreamExt};
 use sluice_config::Config;
 use sluice_protocol::Priority;
-use sluice_providers::OpenAiProvider;
+use sluice_providers::Pools;
 use sluice_queue::{
     Delivery, Queue,
     consumer::{Releaser, releaser},
@@ -36,7 +38,7 @@ pub struct Shared {
     pub cfg: Config,
     pub queue: Queue,
     pub store: Store,
-    pub provider: OpenAiProvider,
+    pub pools: Pools,
     pub gov: sluice_governance::Governor,
 }
 
@@ -54,18 +56,14 @@ impl Worker {
     pub async fn start(cfg: Config) -> anyhow::Result<Worker> {
         let queue = Queue::connect(&cfg.nats, "sluice-worker").await?;
         let store = Store::new(&cfg.redis)?;
-        let api_key = match &cfg.upstream.api_key {
-            Some(r) => Some(r.resolve()?),
-            None => None,
-        };
-        let provider = OpenAiProvider::new(&cfg.upstream, api_key)?;
+        let pools = Pools::new(&cfg)?;
         let grace = Duration::from_secs(cfg.worker.shutdown_grace_s);
         let gov = sluice_governance::Governor::new(store.clone(), cfg.governance.clone());
         let shared = Arc::new(Shared {
             cfg,
             queue,
             store,
-            provider,
+            pools,
             gov,
         });
         let worker = Worker {
@@ -74,6 +72,9 @@ impl Worker {
             tasks: TaskTracker::new(),
             grace,
         };
+        if let Some(sub) = advisory::subscribe(&shared.queue).await {
+            worker.tasks.spawn(advisory::run(sub, shared.queue.clone(), shared.store.clone(), worker.stop_fetching.clone()));
+        }
         let (release, release_task) = releaser(4096);
         worker.tasks.spawn(release_task);
         let fetcher = Fetcher {

@@ -36,6 +36,9 @@ pub struct JobView {
     pub metadata: BTreeMap<String, String>,
     pub result: Option<serde_json::Value>,
     pub error: Option<serde_json::Value>,
+    /// The model router's decision (`model: "auto"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<serde_json::Value>,
     pub timings_ms: Timings,
 }
 
@@ -68,6 +71,7 @@ impl From<JobRecord> for JobView {
             metadata: r.metadata,
             result: r.result,
             error: r.error,
+            route: r.route,
             timings_ms: Timings {
                 queued_at: r.queued_at_ms.unwrap_or(r.created_at_ms),
                 in_progress_at: r.in_progress_at_ms,
@@ -155,6 +159,7 @@ pub async fn submit(
         metadata: env.metadata,
         result: None,
         error: None,
+        route: None,
         timings_ms: Timings {
             queued_at: env.created_at_ms,
             in_progress_at: None,
