@@ -150,3 +150,17 @@ async fn racing_writers_record_exactly_one_outcome() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tombstoned_job_never_starts() -> Result<()> {
+    let env = TestEnv::new();
+    let store = env.store()?;
+    let job = envelope();
+    store.record_rejected(job.id).await?;
+    assert_eq!(store.record_started(&job, 1).await?, Transition::Rejected);
+    assert_eq!(store.get(job.id).await?, None, "no record is created");
+    // An accepted job is not affected by another job's tombstone.
+    let other = envelope();
+    assert_eq!(store.record_started(&other, 1).await?, Transition::Applied);
+    Ok(())
+}

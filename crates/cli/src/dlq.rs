@@ -87,8 +87,16 @@ impl FilterArgs {
             tenant: self.tenant.clone(),
             reason: self.reason.clone(),
             model: self.model.clone(),
-            since_ms: self.since.as_deref().map(|s| instant_ms(s, now)).transpose()?,
-            until_ms: self.until.as_deref().map(|s| instant_ms(s, now)).transpose()?,
+            since_ms: self
+                .since
+                .as_deref()
+                .map(|s| instant_ms(s, now))
+                .transpose()?,
+            until_ms: self
+                .until
+                .as_deref()
+                .map(|s| instant_ms(s, now))
+                .transpose()?,
             sequences,
             limit: self.limit,
         })
@@ -131,22 +139,43 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<()> {
                     println!("{}", serde_json::to_string(e)?);
                 }
             } else {
-                println!("{:>8}  {:<14}  {:<12}  {:<12}  {:>3}  job / error", "seq", "reason", "tenant", "model", "att");
+                println!(
+                    "{:>8}  {:<14}  {:<12}  {:<12}  {:>3}  job / error",
+                    "seq", "reason", "tenant", "model", "att"
+                );
                 for e in &entries {
                     println!("{}", line(e));
                 }
-                println!("{} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+                println!(
+                    "{} entr{}",
+                    entries.len(),
+                    if entries.len() == 1 { "y" } else { "ies" }
+                );
             }
         }
         DlqCommand::Show { seq } => match queue.dlq_show(seq).await? {
             Some(e) => println!("{}", serde_json::to_string_pretty(&e)?),
             None => bail!("no dead letter with sequence {seq}"),
         },
-        DlqCommand::Replay { filter, sequences, rate, dry_run } => {
+        DlqCommand::Replay {
+            filter,
+            sequences,
+            rate,
+            dry_run,
+        } => {
             let store = Store::new(&cfg.redis)?;
-            let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
-            let opts = ReplayOptions { rate_per_s: rate, dry_run, actor };
-            let report = queue.dlq_replay(&store, &filter.to_filter(sequences)?, &opts).await?;
+            let actor = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
+            let opts = ReplayOptions {
+                rate_per_s: rate,
+                dry_run,
+                actor,
+            };
+            let report = queue
+                .dlq_replay(&store, &filter.to_filter(sequences)?, &opts)
+                .await?;
             let verb = if dry_run { "would replay" } else { "replayed" };
             for (seq, job) in &report.replayed {
                 println!("{verb} {seq} (job {job})");
@@ -154,7 +183,11 @@ pub async fn run(cfg: &Config, cmd: DlqCommand) -> Result<()> {
             for (seq, why) in &report.skipped {
                 println!("skipped {seq}: {why}");
             }
-            println!("{} {verb}, {} skipped", report.replayed.len(), report.skipped.len());
+            println!(
+                "{} {verb}, {} skipped",
+                report.replayed.len(),
+                report.skipped.len()
+            );
         }
     }
     Ok(())
@@ -167,7 +200,10 @@ mod tests {
 
     #[test]
     fn relative_and_absolute_times() {
-        assert_eq!(instant_ms("2h", 10_000_000).unwrap(), 10_000_000 - 7_200_000);
+        assert_eq!(
+            instant_ms("2h", 10_000_000).unwrap(),
+            10_000_000 - 7_200_000
+        );
         assert_eq!(instant_ms("1700000000000", 5).unwrap(), 1_700_000_000_000);
         assert!(instant_ms("2 weeks", 5).is_err());
     }

@@ -171,7 +171,11 @@ pub struct HedgeConfig {
 
 impl Default for HedgeConfig {
     fn default() -> Self {
-        HedgeConfig { enabled: false, after_ms: 0, max_share: 0.1 }
+        HedgeConfig {
+            enabled: false,
+            after_ms: 0,
+            max_share: 0.1,
+        }
     }
 }
 
@@ -192,7 +196,13 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { window_s: 10, min_calls: 10, failure_ratio: 0.5, open_s: 5, half_open_probes: 2 }
+        BreakerConfig {
+            window_s: 10,
+            min_calls: 10,
+            failure_ratio: 0.5,
+            open_s: 5,
+            half_open_probes: 2,
+        }
     }
 }
 
@@ -220,7 +230,12 @@ impl Default for RoutingConfig {
             cheap_model: "sim-small".into(),
             strong_model: "sim-large".into(),
             strong_if_chars_over: 2_000,
-            strong_keywords: vec!["step by step".into(), "prove".into(), "analyze".into(), "analyse".into()],
+            strong_keywords: vec![
+                "step by step".into(),
+                "prove".into(),
+                "analyze".into(),
+                "analyse".into(),
+            ],
             classifier_url: String::new(),
             classifier_timeout_ms: 300,
         }
@@ -239,14 +254,23 @@ impl ModelsConfig {
             return bad("models.max_calls_per_attempt must be between 1 and 10".into());
         }
         let non_negative = |v: f64| v.is_finite() && v >= 0.0;
-        if !non_negative(self.retry_budget_ratio) || !non_negative(self.retry_budget_min_per_s) || self.retry_budget_window_s == 0 {
-            return bad("models.retry_budget_* must be non-negative and the window positive".into());
+        if !non_negative(self.retry_budget_ratio)
+            || !non_negative(self.retry_budget_min_per_s)
+            || self.retry_budget_window_s == 0
+        {
+            return bad(
+                "models.retry_budget_* must be non-negative and the window positive".into(),
+            );
         }
         if !fraction(self.quota_headroom) {
             return bad("models.quota_headroom must be a fraction".into());
         }
         let b = &self.breaker;
-        if b.window_s == 0 || b.open_s == 0 || b.half_open_probes == 0 || !(fraction(b.failure_ratio) && b.failure_ratio > 0.0) {
+        if b.window_s == 0
+            || b.open_s == 0
+            || b.half_open_probes == 0
+            || !(fraction(b.failure_ratio) && b.failure_ratio > 0.0)
+        {
             return bad("models.breaker: window_s, open_s, half_open_probes positive; failure_ratio in (0, 1]".into());
         }
         let mut aliases = HashSet::new();
@@ -258,7 +282,10 @@ impl ModelsConfig {
                 return bad(format!("model pool {:?} has no deployments", p.alias));
             }
             if !fraction(p.hedge.max_share) {
-                return bad(format!("model pool {:?}: hedge.max_share must be a fraction", p.alias));
+                return bad(format!(
+                    "model pool {:?}: hedge.max_share must be a fraction",
+                    p.alias
+                ));
             }
             if p.fallback_model.as_deref() == Some(p.alias.as_str()) {
                 return bad(format!("model pool {:?} falls back to itself", p.alias));
@@ -266,16 +293,30 @@ impl ModelsConfig {
             let mut names = HashSet::new();
             for d in &p.deployments {
                 if !names.insert(d.name.as_str()) {
-                    return bad(format!("deployment {:?} of pool {:?} is listed twice", d.name, p.alias));
+                    return bad(format!(
+                        "deployment {:?} of pool {:?} is listed twice",
+                        d.name, p.alias
+                    ));
                 }
                 if !(d.base_url.starts_with("http://") || d.base_url.starts_with("https://")) {
-                    return bad(format!("deployment {:?}: base_url must be an http(s) URL", d.name));
+                    return bad(format!(
+                        "deployment {:?}: base_url must be an http(s) URL",
+                        d.name
+                    ));
                 }
                 if d.weight == 0 || d.max_concurrency == 0 || d.timeout_s == 0 {
-                    return bad(format!("deployment {:?}: weight, max_concurrency and timeout_s must be positive", d.name));
+                    return bad(format!(
+                        "deployment {:?}: weight, max_concurrency and timeout_s must be positive",
+                        d.name
+                    ));
                 }
-                if d.style == ApiStyle::Azure && d.azure_deployment.as_deref().is_none_or(str::is_empty) {
-                    return bad(format!("deployment {:?}: style = \"azure\" needs azure_deployment", d.name));
+                if d.style == ApiStyle::Azure
+                    && d.azure_deployment.as_deref().is_none_or(str::is_empty)
+                {
+                    return bad(format!(
+                        "deployment {:?}: style = \"azure\" needs azure_deployment",
+                        d.name
+                    ));
                 }
             }
         }

@@ -12,7 +12,10 @@ use crate::deployment::{Deployment, Slot, Unavailable};
 /// The outcome of a pick: a reserved slot, or the shortest time until one may be free.
 pub enum Pick {
     Slot(Slot),
-    None { retry_in: Option<std::time::Duration>, reason: &'static str },
+    None {
+        retry_in: Option<std::time::Duration>,
+        reason: &'static str,
+    },
 }
 
 /// Picks among `deps` minus `exclude` (indices already tried in this job attempt).
@@ -49,7 +52,11 @@ pub fn pick(deps: &[Arc<Deployment>], exclude: &[usize], tokens: f64) -> (Option
         } else {
             let rest: Vec<usize> = eligible.iter().copied().filter(|&i| i != a).collect();
             let b = weighted(deps, &rest, &mut rng);
-            if deps[b].score() < deps[a].score() { b } else { a }
+            if deps[b].score() < deps[a].score() {
+                b
+            } else {
+                a
+            }
         };
         match deps[chosen].reserve(now, tokens) {
             Ok(slot) => return (Some(chosen), Pick::Slot(slot)),
@@ -88,7 +95,13 @@ mod tests {
             toml::from_str(&format!("name = \"{name}\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmax_concurrency = {max_concurrency}\nrpm = {rpm}\n"))
                 .unwrap();
         let client = OpenAiProvider::for_deployment(&d, None).unwrap();
-        let breaker = BreakerConfig { window_s: 10, min_calls: 2, failure_ratio: 0.5, open_s: 5, half_open_probes: 1 };
+        let breaker = BreakerConfig {
+            window_s: 10,
+            min_calls: 2,
+            failure_ratio: 0.5,
+            open_s: 5,
+            half_open_probes: 1,
+        };
         Deployment::from_config(&d, client, &breaker, 0.1)
     }
 
@@ -105,7 +118,13 @@ mod tests {
         let held: Vec<Slot> = (0..4).map(|_| slot(pick(&deps, &[], 1.0).1)).collect();
         // Two choices among two: always the one with fewer calls outstanding.
         assert_eq!((deps[0].outstanding(), deps[1].outstanding()), (2, 2));
-        assert!(matches!(pick(&deps, &[], 1.0).1, Pick::None { reason: "deployments_busy", .. }));
+        assert!(matches!(
+            pick(&deps, &[], 1.0).1,
+            Pick::None {
+                reason: "deployments_busy",
+                ..
+            }
+        ));
         drop(held);
         assert_eq!(deps[0].outstanding() + deps[1].outstanding(), 0);
         let (i, _s) = pick(&deps, &[0], 1.0);
@@ -115,7 +134,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_429_sidelines_a_deployment_for_its_retry_after() {
         let deps = vec![dep("a", 8, 0)];
-        slot(pick(&deps, &[], 1.0).1).failed(ProviderError::Status { status: 429, retry_after: Some(Duration::from_secs(3)) });
+        slot(pick(&deps, &[], 1.0).1).failed(ProviderError::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(3)),
+        });
         match pick(&deps, &[], 1.0).1 {
             Pick::None { reason, retry_in } => {
                 assert_eq!(reason, "rate_limited");
@@ -131,7 +153,9 @@ mod tests {
     async fn a_deployment_near_its_quota_is_skipped() {
         let deps = vec![dep("limited", 100, 10), dep("free", 100, 0)];
         // Keep `free` busy so the balancer would prefer `limited` while it has quota.
-        let _busy: Vec<Slot> = (0..50).map(|_| deps[1].reserve(Instant::now(), 1.0).unwrap()).collect();
+        let _busy: Vec<Slot> = (0..50)
+            .map(|_| deps[1].reserve(Instant::now(), 1.0).unwrap())
+            .collect();
         let mut to_limited = 0;
         for _ in 0..20 {
             let (i, s) = pick(&deps, &[], 1.0);
@@ -147,12 +171,24 @@ mod tests {
     async fn an_open_breaker_takes_no_traffic_until_a_probe_succeeds() {
         let deps = vec![dep("a", 8, 0)];
         for _ in 0..2 {
-            slot(pick(&deps, &[], 1.0).1).failed(ProviderError::Status { status: 503, retry_after: None });
+            slot(pick(&deps, &[], 1.0).1).failed(ProviderError::Status {
+                status: 503,
+                retry_after: None,
+            });
         }
-        assert!(matches!(pick(&deps, &[], 1.0).1, Pick::None { reason: "breaker_open", .. }));
+        assert!(matches!(
+            pick(&deps, &[], 1.0).1,
+            Pick::None {
+                reason: "breaker_open",
+                ..
+            }
+        ));
         tokio::time::advance(Duration::from_secs(5)).await;
         let probe = slot(pick(&deps, &[], 1.0).1);
-        assert!(matches!(pick(&deps, &[], 1.0).1, Pick::None { .. }), "one probe at a time");
+        assert!(
+            matches!(pick(&deps, &[], 1.0).1, Pick::None { .. }),
+            "one probe at a time"
+        );
         probe.succeeded(None);
         assert!(matches!(pick(&deps, &[], 1.0).1, Pick::Slot(_)));
     }

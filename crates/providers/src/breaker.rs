@@ -15,8 +15,13 @@ use crate::window::Window;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
-    Open { until: Instant },
-    HalfOpen { probes_in_flight: u32, successes: u32 },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        probes_in_flight: u32,
+        successes: u32,
+    },
 }
 
 impl BreakerState {
@@ -64,7 +69,10 @@ impl Breaker {
         if let BreakerState::Open { until } = self.state
             && now >= until
         {
-            self.state = BreakerState::HalfOpen { probes_in_flight: 0, successes: 0 };
+            self.state = BreakerState::HalfOpen {
+                probes_in_flight: 0,
+                successes: 0,
+            };
         }
         self.state
     }
@@ -74,7 +82,10 @@ impl Breaker {
         match self.state(now) {
             BreakerState::Closed => true,
             BreakerState::Open { .. } => false,
-            BreakerState::HalfOpen { probes_in_flight, successes } => probes_in_flight + successes < self.probes,
+            BreakerState::HalfOpen {
+                probes_in_flight,
+                successes,
+            } => probes_in_flight + successes < self.probes,
         }
     }
 
@@ -83,9 +94,15 @@ impl Breaker {
         match self.state(now) {
             BreakerState::Closed => Some(Admission::Normal),
             BreakerState::Open { .. } => None,
-            BreakerState::HalfOpen { probes_in_flight, successes } => {
+            BreakerState::HalfOpen {
+                probes_in_flight,
+                successes,
+            } => {
                 if probes_in_flight + successes < self.probes {
-                    self.state = BreakerState::HalfOpen { probes_in_flight: probes_in_flight + 1, successes };
+                    self.state = BreakerState::HalfOpen {
+                        probes_in_flight: probes_in_flight + 1,
+                        successes,
+                    };
                     Some(Admission::Probe)
                 } else {
                     None
@@ -99,24 +116,43 @@ impl Breaker {
     pub fn record(&mut self, now: Instant, admission: Admission, success: Option<bool>) -> bool {
         let was_open = matches!(self.state, BreakerState::Open { .. });
         match (admission, self.state) {
-            (Admission::Probe, BreakerState::HalfOpen { probes_in_flight, successes }) => {
+            (
+                Admission::Probe,
+                BreakerState::HalfOpen {
+                    probes_in_flight,
+                    successes,
+                },
+            ) => {
                 let in_flight = probes_in_flight.saturating_sub(1);
                 self.state = match success {
                     Some(true) if successes + 1 >= self.probes => {
                         self.window.clear();
                         BreakerState::Closed
                     }
-                    Some(true) => BreakerState::HalfOpen { probes_in_flight: in_flight, successes: successes + 1 },
-                    Some(false) => BreakerState::Open { until: now + self.open_for },
-                    None => BreakerState::HalfOpen { probes_in_flight: in_flight, successes },
+                    Some(true) => BreakerState::HalfOpen {
+                        probes_in_flight: in_flight,
+                        successes: successes + 1,
+                    },
+                    Some(false) => BreakerState::Open {
+                        until: now + self.open_for,
+                    },
+                    None => BreakerState::HalfOpen {
+                        probes_in_flight: in_flight,
+                        successes,
+                    },
                 };
             }
             (Admission::Normal, BreakerState::Closed) => {
                 let Some(ok) = success else { return false };
                 self.window.add(now, 1, u64::from(!ok));
                 let (calls, failures) = self.window.totals(now);
-                if calls >= self.min_calls && calls > 0 && failures as f64 / calls as f64 >= self.failure_ratio {
-                    self.state = BreakerState::Open { until: now + self.open_for };
+                if calls >= self.min_calls
+                    && calls > 0
+                    && failures as f64 / calls as f64 >= self.failure_ratio
+                {
+                    self.state = BreakerState::Open {
+                        until: now + self.open_for,
+                    };
                 }
             }
             // A call admitted in an earlier state: its outcome is stale.
@@ -132,7 +168,13 @@ mod tests {
     use super::*;
 
     fn cfg() -> BreakerConfig {
-        BreakerConfig { window_s: 10, min_calls: 4, failure_ratio: 0.5, open_s: 5, half_open_probes: 2 }
+        BreakerConfig {
+            window_s: 10,
+            min_calls: 4,
+            failure_ratio: 0.5,
+            open_s: 5,
+            half_open_probes: 2,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -148,7 +190,11 @@ mod tests {
         let a = b.admit(now()).unwrap();
         b.record(now(), a, Some(true));
         // 3 failures / 4 calls ≥ 0.5.
-        assert!(matches!(b.state(now()), BreakerState::Open { .. }), "{:?}", b.state(now()));
+        assert!(
+            matches!(b.state(now()), BreakerState::Open { .. }),
+            "{:?}",
+            b.state(now())
+        );
         assert!(b.admit(now()).is_none());
 
         tokio::time::advance(Duration::from_secs(5)).await;

@@ -21,7 +21,11 @@ impl RetryBudget {
     pub fn new(ratio: f64, min_per_s: f64, window: Duration, now: Instant) -> RetryBudget {
         let window = Window::new(window, now);
         let floor = min_per_s * window.len().as_secs_f64();
-        RetryBudget { ratio, floor, window }
+        RetryBudget {
+            ratio,
+            floor,
+            window,
+        }
     }
 
     /// Counts a first attempt (live traffic).
@@ -66,6 +70,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_floor_allows_a_few_retries_without_traffic() {
         let mut b = RetryBudget::new(0.1, 0.5, Duration::from_secs(4), Instant::now());
-        assert_eq!((0..10).filter(|_| b.try_withdraw(Instant::now())).count(), 2);
+        assert_eq!(
+            (0..10).filter(|_| b.try_withdraw(Instant::now())).count(),
+            2
+        );
     }
 }

@@ -114,7 +114,8 @@ impl Deployment {
         let mut v: Vec<f64> = s.recent.iter().copied().collect();
         v.sort_by(f64::total_cmp);
         let i = ((v.len() as f64) * 0.95).ceil() as usize;
-        v.get(i.saturating_sub(1).min(v.len() - 1)).map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        v.get(i.saturating_sub(1).min(v.len() - 1))
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
     }
 
     /// Reserves a call: checks again under the lock, then counts it against concurrency,
@@ -131,12 +132,20 @@ impl Deployment {
             b.take(now, tokens);
         }
         self.gauges(&mut s, now);
-        Ok(Slot { dep: self.clone(), admission, started: now, tokens, outcome: None })
+        Ok(Slot {
+            dep: self.clone(),
+            admission,
+            started: now,
+            tokens,
+            outcome: None,
+        })
     }
 
     fn gauges(&self, s: &mut State, now: Instant) {
-        metrics::gauge!("sluice_deployment_outstanding", "deployment" => self.name.clone()).set(s.outstanding as f64);
-        metrics::gauge!("sluice_breaker_state", "deployment" => self.name.clone()).set(s.breaker.state(now).gauge());
+        metrics::gauge!("sluice_deployment_outstanding", "deployment" => self.name.clone())
+            .set(s.outstanding as f64);
+        metrics::gauge!("sluice_breaker_state", "deployment" => self.name.clone())
+            .set(s.breaker.state(now).gauge());
     }
 
     /// Sets a cool-down (after a 429), so the balancer sends nothing here until it ends.
@@ -148,7 +157,13 @@ impl Deployment {
     }
 }
 
-fn check(s: &mut State, now: Instant, tokens: f64, headroom: f64, max_concurrency: usize) -> Result<(), Unavailable> {
+fn check(
+    s: &mut State,
+    now: Instant,
+    tokens: f64,
+    headroom: f64,
+    max_concurrency: usize,
+) -> Result<(), Unavailable> {
     if let Some(until) = s.cooldown_until {
         if now < until {
             return Err(Unavailable::CoolingDown(until - now));
@@ -221,7 +236,11 @@ impl Drop for Slot {
                 s.breaker.record(now, self.admission, Some(true));
             }
             Some(Err(e)) => {
-                if let ProviderError::Status { status: 429, retry_after } = e {
+                if let ProviderError::Status {
+                    status: 429,
+                    retry_after,
+                } = e
+                {
                     let until = now + retry_after.unwrap_or(Duration::from_secs(1));
                     if s.cooldown_until.is_none_or(|u| u < until) {
                         s.cooldown_until = Some(until);

@@ -22,7 +22,10 @@ pub struct StaleCache {
 
 impl StaleCache {
     pub fn new(capacity: usize) -> StaleCache {
-        StaleCache { capacity, inner: Mutex::new((HashMap::new(), VecDeque::new())) }
+        StaleCache {
+            capacity,
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+        }
     }
 
     fn key(model: &str, body: &[u8]) -> Key {
@@ -52,7 +55,12 @@ impl StaleCache {
 
     pub fn get(&self, model: &str, body: &[u8]) -> Option<Bytes> {
         let key = Self::key(model, body);
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).0.get(&key).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .get(&key)
+            .cloned()
     }
 }
 
@@ -61,7 +69,10 @@ pub fn mark_stale(answer: &[u8]) -> Option<Bytes> {
     let mut v: Value = serde_json::from_slice(answer).ok()?;
     let obj = v.as_object_mut()?;
     obj.insert("degraded".into(), Value::Bool(true));
-    obj.insert("degraded_reason".into(), Value::String("stale_cache".into()));
+    obj.insert(
+        "degraded_reason".into(),
+        Value::String("stale_cache".into()),
+    );
     obj.insert("stale".into(), Value::Bool(true));
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
@@ -100,7 +111,14 @@ mod tests {
         assert!(c.get("other", b"b").is_none());
         let stale = mark_stale(&c.get("m", b"b").unwrap()).unwrap();
         let v: Value = serde_json::from_slice(&stale).unwrap();
-        assert_eq!((v["x"].as_i64(), v["degraded"].as_bool(), v["stale"].as_bool()), (Some(2), Some(true), Some(true)));
+        assert_eq!(
+            (
+                v["x"].as_i64(),
+                v["degraded"].as_bool(),
+                v["stale"].as_bool()
+            ),
+            (Some(2), Some(true), Some(true))
+        );
         let d: Value = serde_json::from_slice(&degraded_completion("m", "busy")).unwrap();
         assert_eq!(d["choices"][0]["message"]["content"], "busy");
         assert_eq!(d["degraded"], true);

@@ -28,8 +28,15 @@ pub struct OpenAiProvider {
 
 impl OpenAiProvider {
     /// The implicit deployment of the `[upstream]` section.
-    pub fn new(cfg: &UpstreamConfig, api_key: Option<SecretString>) -> Result<OpenAiProvider, ProviderError> {
-        let http = client(cfg.pool_max_idle_per_host, cfg.connect_timeout_ms, cfg.timeout_s)?;
+    pub fn new(
+        cfg: &UpstreamConfig,
+        api_key: Option<SecretString>,
+    ) -> Result<OpenAiProvider, ProviderError> {
+        let http = client(
+            cfg.pool_max_idle_per_host,
+            cfg.connect_timeout_ms,
+            cfg.timeout_s,
+        )?;
         Ok(OpenAiProvider {
             http,
             base_url: cfg.base_url.trim_end_matches('/').to_string(),
@@ -39,18 +46,25 @@ impl OpenAiProvider {
     }
 
     /// One deployment of a model pool, with its own connection pool.
-    pub fn for_deployment(d: &DeploymentConfig, api_key: Option<SecretString>) -> Result<OpenAiProvider, ProviderError> {
+    pub fn for_deployment(
+        d: &DeploymentConfig,
+        api_key: Option<SecretString>,
+    ) -> Result<OpenAiProvider, ProviderError> {
         let http = client(d.max_concurrency.min(1024), 2_000, d.timeout_s)?;
         let base = d.base_url.trim_end_matches('/');
         Ok(match d.style {
-            ApiStyle::Openai => {
-                OpenAiProvider { http, base_url: base.to_string(), query: String::new(), auth: bearer(api_key)? }
-            }
+            ApiStyle::Openai => OpenAiProvider {
+                http,
+                base_url: base.to_string(),
+                query: String::new(),
+                auth: bearer(api_key)?,
+            },
             ApiStyle::Azure => {
                 let name = d.azure_deployment.as_deref().unwrap_or_default();
                 let auth = match api_key {
                     Some(k) => {
-                        let mut v = HeaderValue::from_str(k.expose_secret()).map_err(|_| ProviderError::Transport)?;
+                        let mut v = HeaderValue::from_str(k.expose_secret())
+                            .map_err(|_| ProviderError::Transport)?;
                         v.set_sensitive(true);
                         Some((HeaderName::from_static("api-key"), v))
                     }
@@ -127,7 +141,11 @@ impl OpenAiProvider {
     }
 }
 
-fn client(pool_idle: usize, connect_timeout_ms: u64, timeout_s: u64) -> Result<reqwest::Client, ProviderError> {
+fn client(
+    pool_idle: usize,
+    connect_timeout_ms: u64,
+    timeout_s: u64,
+) -> Result<reqwest::Client, ProviderError> {
     reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(pool_idle)
@@ -139,10 +157,13 @@ fn client(pool_idle: usize, connect_timeout_ms: u64, timeout_s: u64) -> Result<r
         .map_err(|_| ProviderError::Transport)
 }
 
-fn bearer(api_key: Option<SecretString>) -> Result<Option<(HeaderName, HeaderValue)>, ProviderError> {
+fn bearer(
+    api_key: Option<SecretString>,
+) -> Result<Option<(HeaderName, HeaderValue)>, ProviderError> {
     match api_key {
         Some(k) => {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose_secret())).map_err(|_| ProviderError::Transport)?;
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose_secret()))
+                .map_err(|_| ProviderError::Transport)?;
             v.set_sensitive(true);
             Ok(Some((AUTHORIZATION, v)))
         }
@@ -177,7 +198,8 @@ mod tests {
             "https://x.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
         );
         assert_eq!(p.auth.as_ref().map(|(n, _)| n.as_str()), Some("api-key"));
-        let d: DeploymentConfig = toml::from_str("name = \"o\"\nbase_url = \"http://h/v1\"\n").unwrap();
+        let d: DeploymentConfig =
+            toml::from_str("name = \"o\"\nbase_url = \"http://h/v1\"\n").unwrap();
         let p = OpenAiProvider::for_deployment(&d, None).unwrap();
         assert_eq!(p.url("/embeddings"), "http://h/v1/embeddings");
     }

@@ -88,7 +88,10 @@ pub enum CallError {
     #[error(transparent)]
     Upstream(#[from] ProviderError),
     #[error("no deployment can take the call now ({reason})")]
-    Unavailable { reason: &'static str, retry_in: Option<Duration> },
+    Unavailable {
+        reason: &'static str,
+        retry_in: Option<Duration>,
+    },
     #[error("the retry budget is spent")]
     BudgetExhausted,
 }
@@ -113,8 +116,14 @@ impl CallError {
     pub fn code(&self) -> &'static str {
         match self {
             CallError::Upstream(e) => e.code(),
-            CallError::Unavailable { reason: "breaker_open", .. } => "upstream_circuit_open",
-            CallError::Unavailable { reason: "rate_limited" | "quota", .. } => "upstream_rate_limited",
+            CallError::Unavailable {
+                reason: "breaker_open",
+                ..
+            } => "upstream_circuit_open",
+            CallError::Unavailable {
+                reason: "rate_limited" | "quota",
+                ..
+            } => "upstream_rate_limited",
             CallError::Unavailable { .. } => "upstream_unavailable",
             CallError::BudgetExhausted => "retry_budget_exhausted",
         }
@@ -152,9 +161,17 @@ impl Pools {
     pub fn new(cfg: &Config) -> Result<Pools, BuildError> {
         let m = &cfg.models;
         let now = Instant::now();
-        let pool = |deps: Vec<Arc<Deployment>>, fallback_model, degraded_message, hedge: HedgeConfig| Pool {
+        let pool = |deps: Vec<Arc<Deployment>>,
+                    fallback_model,
+                    degraded_message,
+                    hedge: HedgeConfig| Pool {
             // At least one hedge per window, otherwise max_share of calls.
-            hedges: Mutex::new(RetryBudget::new(hedge.max_share, 0.1, Duration::from_secs(10), now)),
+            hedges: Mutex::new(RetryBudget::new(
+                hedge.max_share,
+                0.1,
+                Duration::from_secs(10),
+                now,
+            )),
             deps,
             fallback_model,
             degraded_message,
@@ -165,21 +182,41 @@ impl Pools {
             let mut deps = Vec::with_capacity(p.deployments.len());
             for d in &p.deployments {
                 let key = d.api_key.as_ref().map(|r| r.resolve()).transpose()?;
-                let client = OpenAiProvider::for_deployment(d, key).map_err(|_| BuildError::Client(d.name.clone()))?;
-                deps.push(Deployment::from_config(d, client, &m.breaker, m.quota_headroom));
+                let client = OpenAiProvider::for_deployment(d, key)
+                    .map_err(|_| BuildError::Client(d.name.clone()))?;
+                deps.push(Deployment::from_config(
+                    d,
+                    client,
+                    &m.breaker,
+                    m.quota_headroom,
+                ));
             }
-            pools.insert(p.alias.clone(), pool(deps, p.fallback_model.clone(), p.degraded_message.clone(), p.hedge.clone()));
+            pools.insert(
+                p.alias.clone(),
+                pool(
+                    deps,
+                    p.fallback_model.clone(),
+                    p.degraded_message.clone(),
+                    p.hedge.clone(),
+                ),
+            );
         }
         let up = &cfg.upstream;
         let key = up.api_key.as_ref().map(|r| r.resolve()).transpose()?;
-        let client = OpenAiProvider::new(up, key).map_err(|_| BuildError::Client("upstream".into()))?;
+        let client =
+            OpenAiProvider::new(up, key).map_err(|_| BuildError::Client("upstream".into()))?;
         let implicit_cfg = DeploymentConfig {
             max_concurrency: 1_000_000,
             timeout_s: up.timeout_s,
             ..DeploymentConfig::new("upstream", &up.base_url)
         };
         let implicit = pool(
-            vec![Deployment::from_config(&implicit_cfg, client, &m.breaker, m.quota_headroom)],
+            vec![Deployment::from_config(
+                &implicit_cfg,
+                client,
+                &m.breaker,
+                m.quota_headroom,
+            )],
             None,
             None,
             HedgeConfig::default(),
@@ -241,20 +278,27 @@ impl Pools {
         let mut calls = 0u32;
         let mut last = None;
         for (i, model) in chain.iter().enumerate() {
-            match self.call_pool(self.pool(model), model, req, tokens, &mut calls).await {
+            match self
+                .call_pool(self.pool(model), model, req, tokens, &mut calls)
+                .await
+            {
                 Ok(mut a) => {
                     if i > 0 {
                         a.served = Served::FallbackModel;
                     }
                     self.stale.put(req.model, req.body, &a.body);
-                    metrics::counter!("sluice_answers_total", "served" => a.served.as_str()).increment(1);
+                    metrics::counter!("sluice_answers_total", "served" => a.served.as_str())
+                        .increment(1);
                     return Ok(a);
                 }
                 Err(e) if e.class() == ErrorClass::Permanent => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
-        let err = last.unwrap_or(CallError::Unavailable { reason: "no_deployment", retry_in: None });
+        let err = last.unwrap_or(CallError::Unavailable {
+            reason: "no_deployment",
+            retry_in: None,
+        });
         self.last_resort(req, err)
     }
 
@@ -263,15 +307,29 @@ impl Pools {
         if !req.final_attempt || err.class() == ErrorClass::Permanent {
             return Err(err);
         }
-        let (body, served) = if let Some(b) = self.stale.get(req.model, req.body).and_then(|b| fallback::mark_stale(&b)) {
+        let (body, served) = if let Some(b) = self
+            .stale
+            .get(req.model, req.body)
+            .and_then(|b| fallback::mark_stale(&b))
+        {
             (b, Served::Stale)
-        } else if let (Some(msg), CallKind::Chat) = (&self.pool(req.model).degraded_message, req.kind) {
-            (fallback::degraded_completion(req.model, msg), Served::Degraded)
+        } else if let (Some(msg), CallKind::Chat) =
+            (&self.pool(req.model).degraded_message, req.kind)
+        {
+            (
+                fallback::degraded_completion(req.model, msg),
+                Served::Degraded,
+            )
         } else {
             return Err(err);
         };
         metrics::counter!("sluice_answers_total", "served" => served.as_str()).increment(1);
-        Ok(Answer { body, model: req.model.to_string(), deployment: String::new(), served })
+        Ok(Answer {
+            body,
+            model: req.model.to_string(),
+            deployment: String::new(),
+            served,
+        })
     }
 
     async fn call_pool(
@@ -309,13 +367,19 @@ impl Pools {
             }
             tried.extend(idx);
             *calls += 1;
-            match self.attempt(pool, model, req, tokens, slot, &mut tried, calls).await {
+            match self
+                .attempt(pool, model, req, tokens, slot, &mut tried, calls)
+                .await
+            {
                 Ok(a) => return Ok(a),
                 Err(e) if e.class() == ErrorClass::Permanent => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(CallError::Unavailable { reason: "no_deployment", retry_in: None }))
+        Err(last.unwrap_or(CallError::Unavailable {
+            reason: "no_deployment",
+            retry_in: None,
+        }))
     }
 
     /// One call, hedged on another deployment when it runs past the threshold.
@@ -345,11 +409,15 @@ impl Pools {
             r = &mut first => return r,
             _ = tokio::time::sleep(after) => {}
         }
-        if *calls >= self.cfg.max_calls_per_attempt || !pool.hedges.lock().await.try_withdraw(Instant::now()) {
+        if *calls >= self.cfg.max_calls_per_attempt
+            || !pool.hedges.lock().await.try_withdraw(Instant::now())
+        {
             return first.await;
         }
         let (idx, pick) = balance::pick(&pool.deps, tried, tokens);
-        let Pick::Slot(second_slot) = pick else { return first.await };
+        let Pick::Slot(second_slot) = pick else {
+            return first.await;
+        };
         tried.extend(idx);
         *calls += 1;
         metrics::counter!("sluice_hedges_total", "event" => "started").increment(1);
@@ -404,8 +472,15 @@ impl Pools {
                 let body = with_model(req.body, dep.upstream_model.as_deref().unwrap_or(model));
                 match dep.client.chat_completion_stream(body).await {
                     Ok(inner) => {
-                        let stream = Box::pin(SlotStream { inner, slot: Some(slot) });
-                        return Ok(StreamAnswer { model: model.clone(), deployment: dep.name.clone(), stream });
+                        let stream = Box::pin(SlotStream {
+                            inner,
+                            slot: Some(slot),
+                        });
+                        return Ok(StreamAnswer {
+                            model: model.clone(),
+                            deployment: dep.name.clone(),
+                            stream,
+                        });
                     }
                     Err(e) => {
                         slot.failed(e.clone());
@@ -417,7 +492,10 @@ impl Pools {
                 }
             }
         }
-        Err(last.unwrap_or(CallError::Unavailable { reason: "no_deployment", retry_in: None }))
+        Err(last.unwrap_or(CallError::Unavailable {
+            reason: "no_deployment",
+            retry_in: None,
+        }))
     }
 }
 
@@ -468,7 +546,9 @@ async fn send(slot: Slot, model: &str, req: &CallRequest<'_>) -> Result<Answer, 
         }
     };
     let result = match req.deadline {
-        Some(d) => tokio::time::timeout_at(d, call).await.unwrap_or(Err(ProviderError::Timeout)),
+        Some(d) => tokio::time::timeout_at(d, call)
+            .await
+            .unwrap_or(Err(ProviderError::Timeout)),
         None => call.await,
     };
     let outcome = match &result {
@@ -479,7 +559,12 @@ async fn send(slot: Slot, model: &str, req: &CallRequest<'_>) -> Result<Answer, 
     match result {
         Ok(body) => {
             slot.succeeded(used_tokens(&body));
-            Ok(Answer { body, model: model.to_string(), deployment: dep.name.clone(), served: Served::Upstream })
+            Ok(Answer {
+                body,
+                model: model.to_string(),
+                deployment: dep.name.clone(),
+                served: Served::Upstream,
+            })
         }
         Err(e) => {
             slot.failed(e.clone());
@@ -497,7 +582,9 @@ fn with_model(body: &[u8], model: &str) -> Bytes {
         return Bytes::copy_from_slice(body);
     }
     v.insert("model".into(), Value::String(model.to_string()));
-    serde_json::to_vec(&v).map(Bytes::from).unwrap_or_else(|_| Bytes::copy_from_slice(body))
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| Bytes::copy_from_slice(body))
 }
 
 /// A token estimate for the quota: prompt bytes / 4 plus the output allowance.
@@ -523,7 +610,10 @@ fn used_tokens(body: &[u8]) -> Option<u64> {
     struct Resp {
         usage: Option<Usage>,
     }
-    serde_json::from_slice::<Resp>(body).ok()?.usage?.total_tokens
+    serde_json::from_slice::<Resp>(body)
+        .ok()?
+        .usage?
+        .total_tokens
 }
 
 #[cfg(test)]
@@ -536,14 +626,24 @@ mod tests {
 
     #[tokio::test]
     async fn streaming_moves_to_another_deployment_until_one_answers_then_passes_events_through() {
-        let down = sluice_sim::SimConfig { error_rate: 1.0, ..Default::default() };
-        let bad = sluice_sim::start(down, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let good = sluice_sim::start(Default::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let down = sluice_sim::SimConfig {
+            error_rate: 1.0,
+            ..Default::default()
+        };
+        let bad = sluice_sim::start(down, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let good = sluice_sim::start(Default::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let mut cfg = Config::default();
         cfg.models.pools = vec![PoolConfig {
             alias: "sim-small".into(),
             deployments: vec![
-                DeploymentConfig { weight: 100, ..DeploymentConfig::new("bad", &bad.base_url()) },
+                DeploymentConfig {
+                    weight: 100,
+                    ..DeploymentConfig::new("bad", &bad.base_url())
+                },
                 DeploymentConfig::new("good", &good.base_url()),
             ],
             fallback_model: None,
@@ -551,7 +651,8 @@ mod tests {
             hedge: HedgeConfig::default(),
         }];
         let pools = Pools::new(&cfg).unwrap();
-        let body = br#"{"model":"sim-small","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let body =
+            br#"{"model":"sim-small","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
         let req = CallRequest {
             kind: CallKind::Chat,
             model: "sim-small",
@@ -567,9 +668,16 @@ mod tests {
             text.extend_from_slice(&chunk.unwrap());
         }
         let text = String::from_utf8(text).unwrap();
-        assert!(text.starts_with("data: ") && text.trim_end().ends_with("data: [DONE]"), "{text}");
+        assert!(
+            text.starts_with("data: ") && text.trim_end().ends_with("data: [DONE]"),
+            "{text}"
+        );
         assert_eq!(bad.counters().injected_errors, 1);
-        assert_eq!(pools.pool("sim-small").deps[1].outstanding(), 0, "the slot is settled at the end");
+        assert_eq!(
+            pools.pool("sim-small").deps[1].outstanding(),
+            0,
+            "the slot is settled at the end"
+        );
     }
 
     #[test]

@@ -48,7 +48,15 @@ impl Router {
                     .ok()
             })
             .flatten();
-        Router { cfg: cfg.clone(), keywords: cfg.strong_keywords.iter().map(|k| k.to_lowercase()).collect(), http }
+        Router {
+            cfg: cfg.clone(),
+            keywords: cfg
+                .strong_keywords
+                .iter()
+                .map(|k| k.to_lowercase())
+                .collect(),
+            http,
+        }
     }
 
     /// `Some` when `model` is the routed alias.
@@ -68,7 +76,8 @@ impl Router {
             Tier::Cheap => self.cfg.cheap_model.clone(),
             Tier::Strong => self.cfg.strong_model.clone(),
         };
-        metrics::counter!("sluice_route_decisions_total", "tier" => tier.as_str(), "rule" => rule).increment(1);
+        metrics::counter!("sluice_route_decisions_total", "tier" => tier.as_str(), "rule" => rule)
+            .increment(1);
         Some(RouteDecision { model, tier, rule })
     }
 
@@ -77,22 +86,34 @@ impl Router {
         let text = |m: &Value| -> String {
             match m.get("content") {
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => {
-                    parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
-                }
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 _ => String::new(),
             }
         };
-        let total: usize = messages.map(|ms| ms.iter().map(|m| text(m).chars().count()).sum()).unwrap_or(0);
+        let total: usize = messages
+            .map(|ms| ms.iter().map(|m| text(m).chars().count()).sum())
+            .unwrap_or(0);
         if total > self.cfg.strong_if_chars_over {
             return Some((Tier::Strong, "length"));
         }
         let last_user = messages
-            .and_then(|ms| ms.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")))
+            .and_then(|ms| {
+                ms.iter()
+                    .rev()
+                    .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            })
             .map(text)
             .unwrap_or_default()
             .to_lowercase();
-        if self.keywords.iter().any(|k| !k.is_empty() && last_user.contains(k.as_str())) {
+        if self
+            .keywords
+            .iter()
+            .any(|k| !k.is_empty() && last_user.contains(k.as_str()))
+        {
             return Some((Tier::Strong, "keyword"));
         }
         None
@@ -126,16 +147,29 @@ mod tests {
     use super::*;
 
     fn body(text: &str) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({"model":"auto","messages":[{"role":"user","content":text}]})).unwrap()
+        serde_json::to_vec(
+            &serde_json::json!({"model":"auto","messages":[{"role":"user","content":text}]}),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
     async fn cheap_by_default_strong_for_long_or_hard_prompts() {
-        let cfg = RoutingConfig { strong_if_chars_over: 50, ..RoutingConfig::default() };
+        let cfg = RoutingConfig {
+            strong_if_chars_over: 50,
+            ..RoutingConfig::default()
+        };
         let r = Router::new(&cfg);
-        assert_eq!(r.route("sim-small", &body("hi")).await, None, "only the routed alias is routed");
+        assert_eq!(
+            r.route("sim-small", &body("hi")).await,
+            None,
+            "only the routed alias is routed"
+        );
         let d = r.route("auto", &body("hi there")).await.unwrap();
-        assert_eq!((d.model.as_str(), d.tier, d.rule), ("sim-small", Tier::Cheap, "default"));
+        assert_eq!(
+            (d.model.as_str(), d.tier, d.rule),
+            ("sim-small", Tier::Cheap, "default")
+        );
         let d = r.route("auto", &body("Please PROVE this")).await.unwrap();
         assert_eq!((d.model.as_str(), d.rule), ("sim-large", "keyword"));
         let d = r.route("auto", &body(&"x".repeat(51))).await.unwrap();

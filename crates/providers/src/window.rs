@@ -16,7 +16,11 @@ pub struct Window {
 impl Window {
     pub fn new(len: Duration, now: Instant) -> Window {
         let len_s = len.as_secs().max(1);
-        Window { origin: now, len_s, buckets: VecDeque::with_capacity(len_s as usize + 1) }
+        Window {
+            origin: now,
+            len_s,
+            buckets: VecDeque::with_capacity(len_s as usize + 1),
+        }
     }
 
     fn second(&self, now: Instant) -> u64 {
@@ -50,7 +54,9 @@ impl Window {
     /// Both counters summed over the window.
     pub fn totals(&mut self, now: Instant) -> (u64, u64) {
         self.expire(now);
-        self.buckets.iter().fold((0, 0), |(a, b), &(_, x, y)| (a + x, b + y))
+        self.buckets
+            .iter()
+            .fold((0, 0), |(a, b), &(_, x, y)| (a + x, b + y))
     }
 
     pub fn clear(&mut self) {

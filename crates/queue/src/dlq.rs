@@ -80,13 +80,21 @@ fn header(h: &HeaderMap, name: &str) -> String {
 }
 
 impl DlqEntry {
-    fn from_parts(seq: u64, headers: &HeaderMap, payload: Bytes, at_nanos: i128, subject: &str) -> DlqEntry {
+    fn from_parts(
+        seq: u64,
+        headers: &HeaderMap,
+        payload: Bytes,
+        at_nanos: i128,
+        subject: &str,
+    ) -> DlqEntry {
         let env = JobEnvelope::decode(&payload).ok();
         // dlq.<reason>.<tenant>, maybe behind a namespace token.
         let mut tokens = subject.rsplit('.');
         let tenant = tokens.next().unwrap_or_default().to_string();
         let reason_token = tokens.next().unwrap_or_default().to_string();
-        let reason = Some(header(headers, "Sluice-Reason")).filter(|r| !r.is_empty()).unwrap_or(reason_token);
+        let reason = Some(header(headers, "Sluice-Reason"))
+            .filter(|r| !r.is_empty())
+            .unwrap_or(reason_token);
         DlqEntry {
             seq,
             reason,
@@ -104,7 +112,9 @@ impl DlqEntry {
     }
 
     fn matches(&self, f: &DlqFilter) -> bool {
-        f.model.as_ref().is_none_or(|m| self.model.as_ref() == Some(m))
+        f.model
+            .as_ref()
+            .is_none_or(|m| self.model.as_ref() == Some(m))
             && f.since_ms.is_none_or(|s| self.dead_lettered_at_ms >= s)
             && f.until_ms.is_none_or(|u| self.dead_lettered_at_ms < u)
             && (f.sequences.is_empty() || f.sequences.contains(&self.seq))
@@ -121,7 +131,9 @@ impl Queue {
         let limit = f.limit.clamp(1, MAX_LIMIT);
         let token = |v: &Option<String>| match v {
             Some(t) if sluice_protocol::subjects::is_token(t) => Ok(t.clone()),
-            Some(_) => Err(QueueError::Broker("a tenant or reason filter must be one subject token".into())),
+            Some(_) => Err(QueueError::Broker(
+                "a tenant or reason filter must be one subject token".into(),
+            )),
             None => Ok("*".to_string()),
         };
         let filter_subject = self.subjects.dlq(&token(&f.reason)?, &token(&f.tenant)?);
@@ -140,7 +152,10 @@ impl Queue {
             return Ok(Vec::new());
         }
         let consumer = stream
-            .create_consumer(OrderedConfig { filter_subject, ..Default::default() })
+            .create_consumer(OrderedConfig {
+                filter_subject,
+                ..Default::default()
+            })
             .await
             .map_err(broker)?;
         let mut messages = consumer.messages().await.map_err(broker)?;
@@ -148,17 +163,28 @@ impl Queue {
         loop {
             // Nothing (more) matching: the ordered consumer just waits, so a short timeout
             // ends the listing; `pending == 0` ends it early.
-            let next = match tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+            let next = match tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+            {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => return Err(broker(e)),
                 Ok(None) | Err(_) => break,
             };
             let (seq, pending, at) = match next.info() {
-                Ok(i) => (i.stream_sequence, i.pending, i.published.unix_timestamp_nanos()),
+                Ok(i) => (
+                    i.stream_sequence,
+                    i.pending,
+                    i.published.unix_timestamp_nanos(),
+                ),
                 Err(_) => continue,
             };
             let headers = next.headers.clone().unwrap_or_default();
-            let entry = DlqEntry::from_parts(seq, &headers, next.payload.clone(), at, next.subject.as_str());
+            let entry = DlqEntry::from_parts(
+                seq,
+                &headers,
+                next.payload.clone(),
+                at,
+                next.subject.as_str(),
+            );
             if entry.matches(f) {
                 out.push(entry);
             }
@@ -171,7 +197,11 @@ impl Queue {
 
     /// One entry by DLQ sequence.
     pub async fn dlq_show(&self, seq: u64) -> Result<Option<DlqEntry>, QueueError> {
-        let stream = self.js.get_stream(self.subjects.dlq_stream()).await.map_err(broker)?;
+        let stream = self
+            .js
+            .get_stream(self.subjects.dlq_stream())
+            .await
+            .map_err(broker)?;
         match stream.get_raw_message(seq).await {
             Ok(m) => Ok(Some(DlqEntry::from_parts(
                 seq,
@@ -180,22 +210,42 @@ impl Queue {
                 m.time.unix_timestamp_nanos(),
                 m.subject.as_str(),
             ))),
-            Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(broker(e)),
         }
     }
 
     /// Replays the entries matching `f` (see the module docs).
-    pub async fn dlq_replay(&self, store: &Store, f: &DlqFilter, opts: &ReplayOptions) -> Result<ReplayReport, QueueError> {
+    pub async fn dlq_replay(
+        &self,
+        store: &Store,
+        f: &DlqFilter,
+        opts: &ReplayOptions,
+    ) -> Result<ReplayReport, QueueError> {
         let entries = self.dlq_list(f).await?;
-        let mut report = ReplayReport { dry_run: opts.dry_run, ..Default::default() };
+        let mut report = ReplayReport {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
         let every = Duration::from_secs_f64(1.0 / opts.rate_per_s.max(0.1));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stream = self.js.get_stream(self.subjects.dlq_stream()).await.map_err(broker)?;
+        let stream = self
+            .js
+            .get_stream(self.subjects.dlq_stream())
+            .await
+            .map_err(broker)?;
         for entry in entries {
             let Some(mut env) = entry.envelope() else {
-                report.skipped.push((entry.seq, "undecodable message; it cannot be replayed".into()));
+                report.skipped.push((
+                    entry.seq,
+                    "undecodable message; it cannot be replayed".into(),
+                ));
                 continue;
             };
             if opts.dry_run {
@@ -203,8 +253,13 @@ impl Queue {
                 continue;
             }
             tick.tick().await;
-            match store.record_replay(env.id, &opts.actor, &entry.seq.to_string()).await {
-                Ok(Replay::Applied { replays }) => env.replays = u32::try_from(replays).unwrap_or(u32::MAX),
+            match store
+                .record_replay(env.id, &opts.actor, &entry.seq.to_string())
+                .await
+            {
+                Ok(Replay::Applied { replays }) => {
+                    env.replays = u32::try_from(replays).unwrap_or(u32::MAX)
+                }
                 Ok(Replay::Refused { current }) => {
                     let why = match current {
                         Some(s) => format!("the job is {s}"),

@@ -22,6 +22,9 @@ local new = ARGV[1]
 local now = ARGV[2]
 local ttl = ARGV[3]
 local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur and redis.call('EXISTS', KEYS[3]) == 1 then
+  return {0, 'rejected'}
+end
 if cur then
   local rc, rn = rank[cur], rank[new]
   if rc == 2 or rn < rc or (rn == rc and rn ~= 1) then
@@ -75,6 +78,9 @@ pub enum Transition {
     Refused {
         current: JobStatus,
     },
+    /// Ingest answered the client 503 for this job (its publish was not acknowledged), yet
+    /// the broker stored it after all: it must never run.
+    Rejected,
 }
 
 /// The error recorded on a failed job, in OpenAI's error vocabulary. It never carries raw
@@ -152,6 +158,7 @@ impl Store {
         ];
         let mut inv = self.scripts.transition.key(self.keys.job(env.id));
         inv.key(self.keys.job_events(env.id));
+        inv.key(self.keys.rejected(env.id));
         inv.arg(status.as_str())
             .arg(now_ms())
             .arg(self.ttl_s)
@@ -168,10 +175,29 @@ impl Store {
         if applied == 1 {
             return Ok(Transition::Applied);
         }
+        if current == "rejected" {
+            return Ok(Transition::Rejected);
+        }
         let current = JobStatus::parse(&current).ok_or_else(|| {
             StoreError::Protocol(format!("unknown status {current:?} in a job record"))
         })?;
         Ok(Transition::Refused { current })
+    }
+
+    /// Ingest: the publish of this job was not acknowledged and the client got a 503. The
+    /// broker may still have stored it (a publish buffered across a reconnect); the tombstone
+    /// makes any worker drop it instead of running a job nobody knows about.
+    pub async fn record_rejected(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("SET")
+                .arg(self.keys.rejected(id))
+                .arg(1)
+                .arg("EX")
+                .arg(self.ttl_s)
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     /// The job record, if it exists (and has not expired).

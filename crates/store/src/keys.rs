@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `{p}job:{id}` | hash | job record: tenant, status, timestamps, attempts, result, error |
 //! | `{p}job:{id}:events` | list | event history (JSON), index + 1 is the event id |
+//! | `{p}rejected:{id}` | string | tombstone: the publish was answered 503, never run the job |
 //!
 //! Both expire `redis.result_ttl_s` after the job's last change.
 
@@ -27,6 +28,11 @@ impl Keys {
 
     pub fn job(&self, id: Uuid) -> String {
         format!("{}job:{}", self.prefix, id)
+    }
+
+    /// Tombstone of a job whose publish was answered 503 (see `Store::record_rejected`).
+    pub fn rejected(&self, id: Uuid) -> String {
+        format!("{}rejected:{}", self.prefix, id)
     }
 
     pub fn job_events(&self, id: Uuid) -> String {

@@ -57,21 +57,40 @@ impl Store {
     /// Resets a failed or expired job to `queued` for a replay by `actor`. `token` names the
     /// replayed dead letter: repeating the call with the same token (a replay whose publish
     /// failed and is retried) applies again without a second reset.
-    pub async fn record_replay(&self, id: Uuid, actor: &str, token: &str) -> Result<Replay, StoreError> {
+    pub async fn record_replay(
+        &self,
+        id: Uuid,
+        actor: &str,
+        token: &str,
+    ) -> Result<Replay, StoreError> {
         let mut inv = REPLAY_SCRIPT.key(self.keys.job(id));
-        inv.key(self.keys.job_events(id)).arg(now_ms()).arg(actor).arg(self.ttl_s).arg(token);
+        inv.key(self.keys.job_events(id))
+            .arg(now_ms())
+            .arg(actor)
+            .arg(self.ttl_s)
+            .arg(token);
         let mut conn = self.conn().await?;
         let (applied, value): (i64, String) = self.timed(inv.invoke_async(&mut conn)).await?;
         if applied == 1 {
-            return Ok(Replay::Applied { replays: value.parse().unwrap_or(1) });
+            return Ok(Replay::Applied {
+                replays: value.parse().unwrap_or(1),
+            });
         }
-        Ok(Replay::Refused { current: JobStatus::parse(&value) })
+        Ok(Replay::Refused {
+            current: JobStatus::parse(&value),
+        })
     }
 
     /// Records the routing decision (a JSON object) on the job and in its history.
-    pub async fn record_route(&self, id: Uuid, route: &serde_json::Value) -> Result<(), StoreError> {
+    pub async fn record_route(
+        &self,
+        id: Uuid,
+        route: &serde_json::Value,
+    ) -> Result<(), StoreError> {
         let mut inv = ROUTE_SCRIPT.key(self.keys.job(id));
-        inv.key(self.keys.job_events(id)).arg(route.to_string()).arg(now_ms());
+        inv.key(self.keys.job_events(id))
+            .arg(route.to_string())
+            .arg(now_ms());
         let mut conn = self.conn().await?;
         let _: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
         Ok(())

@@ -17,13 +17,13 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::Deserialize;
 use sluice_protocol::Priority;
 use sluice_protocol::{JobEnvelope, JobStatus};
 use sluice_queue::{DeadLetter, Queue, QueueError};
 use sluice_store::{JobError, Store};
 use tokio_util::sync::CancellationToken;
-use futures_util::StreamExt;
 
 #[derive(Debug, Deserialize)]
 struct MaxDeliveries {
@@ -34,12 +34,19 @@ struct MaxDeliveries {
 
 /// The advisory subject for the jobs stream.
 pub fn subject(queue: &Queue) -> String {
-    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*", queue.subjects().jobs_stream())
+    format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+        queue.subjects().jobs_stream()
+    )
 }
 
 /// Subscribes (before the worker's first fetch, which may trigger an advisory).
 pub async fn subscribe(queue: &Queue) -> Option<async_nats::Subscriber> {
-    match queue.client().queue_subscribe(subject(queue), "sluice-dlq-mover".into()).await {
+    match queue
+        .client()
+        .queue_subscribe(subject(queue), "sluice-dlq-mover".into())
+        .await
+    {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "cannot subscribe to max-deliveries advisories");
@@ -53,7 +60,12 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const SWEEP_SCAN: u64 = 10_000;
 
 /// Handles advisories (and sweeps) until `stop`.
-pub async fn run(mut sub: async_nats::Subscriber, queue: Queue, store: Store, stop: CancellationToken) {
+pub async fn run(
+    mut sub: async_nats::Subscriber,
+    queue: Queue,
+    store: Store,
+    stop: CancellationToken,
+) {
     let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         let msg = tokio::select! {
@@ -68,11 +80,18 @@ pub async fn run(mut sub: async_nats::Subscriber, queue: Queue, store: Store, st
             }
             _ = stop.cancelled() => return,
         };
-        let Ok(adv) = serde_json::from_slice::<MaxDeliveries>(&msg.payload) else { continue };
+        let Ok(adv) = serde_json::from_slice::<MaxDeliveries>(&msg.payload) else {
+            continue;
+        };
         match strand_to_dead_letter(&queue, &store, adv.stream_seq, adv.deliveries).await {
-            Ok(true) => metrics::counter!("sluice_worker_dead_letters_total", "reason" => "max_deliveries").increment(1),
+            Ok(true) => {
+                metrics::counter!("sluice_worker_dead_letters_total", "reason" => "max_deliveries")
+                    .increment(1)
+            }
             Ok(false) => {}
-            Err(e) => tracing::warn!(seq = adv.stream_seq, error = %e, "cannot move a max-delivered message"),
+            Err(e) => {
+                tracing::warn!(seq = adv.stream_seq, error = %e, "cannot move a max-delivered message")
+            }
         }
     }
 }
@@ -80,17 +99,34 @@ pub async fn run(mut sub: async_nats::Subscriber, queue: Queue, store: Store, st
 /// Moves every message the server gave up on but nobody moved; returns how many.
 pub async fn sweep(queue: &Queue, store: &Store) -> Result<usize, QueueError> {
     let broker = |e: &dyn std::fmt::Display| QueueError::Broker(e.to_string());
-    let mut stream = queue.jetstream().get_stream(queue.subjects().jobs_stream()).await.map_err(|e| broker(&e))?;
-    let first = stream.info().await.map_err(|e| broker(&e))?.state.first_sequence;
+    let mut stream = queue
+        .jetstream()
+        .get_stream(queue.subjects().jobs_stream())
+        .await
+        .map_err(|e| broker(&e))?;
+    let first = stream
+        .info()
+        .await
+        .map_err(|e| broker(&e))?
+        .state
+        .first_sequence;
     let mut moved = 0;
     for p in Priority::ALL {
         // A class whose consumer does not exist yet has nothing delivered to sweep.
-        let Ok(mut consumer) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&queue.subjects().consumer(p)).await
+        let Ok(mut consumer) = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                &queue.subjects().consumer(p),
+            )
+            .await
         else {
             continue;
         };
         let info = consumer.info().await.map_err(|e| broker(&e))?;
-        let floor = if info.num_ack_pending == 0 { info.delivered.stream_sequence } else { info.ack_floor.stream_sequence };
+        let floor = if info.num_ack_pending == 0 {
+            info.delivered.stream_sequence
+        } else {
+            info.ack_floor.stream_sequence
+        };
         let max_deliver = u64::try_from(info.config.max_deliver).unwrap_or(0);
         let class_prefix = queue.subjects().priority_filter(p);
         let class_prefix = class_prefix.trim_end_matches('>');
@@ -103,7 +139,9 @@ pub async fn sweep(queue: &Queue, store: &Store) -> Result<usize, QueueError> {
                     }
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
                 Err(e) => return Err(broker(&e)),
             }
         }
@@ -112,23 +150,47 @@ pub async fn sweep(queue: &Queue, store: &Store) -> Result<usize, QueueError> {
 }
 
 /// Moves the message at `seq` of the jobs stream to the dead letters; `false` if it is gone.
-pub async fn strand_to_dead_letter(queue: &Queue, store: &Store, seq: u64, deliveries: u64) -> Result<bool, QueueError> {
+pub async fn strand_to_dead_letter(
+    queue: &Queue,
+    store: &Store,
+    seq: u64,
+    deliveries: u64,
+) -> Result<bool, QueueError> {
     let broker = |e: &dyn std::fmt::Display| QueueError::Broker(e.to_string());
-    let stream = queue.jetstream().get_stream(queue.subjects().jobs_stream()).await.map_err(|e| broker(&e))?;
+    let stream = queue
+        .jetstream()
+        .get_stream(queue.subjects().jobs_stream())
+        .await
+        .map_err(|e| broker(&e))?;
     let msg = match stream.get_raw_message(seq).await {
         Ok(m) => m,
-        Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => return Ok(false),
+        Err(e)
+            if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+        {
+            return Ok(false);
+        }
         Err(e) => return Err(broker(&e)),
     };
     let env = JobEnvelope::decode(&msg.payload).ok();
     let (reason, tenant, job_id) = match &env {
-        Some(env) => ("max_deliveries", env.tenant.as_str(), Some(env.id.to_string())),
+        Some(env) => (
+            "max_deliveries",
+            env.tenant.as_str(),
+            Some(env.id.to_string()),
+        ),
         None => ("undecodable", "unknown", None),
     };
     let error = format!("The server stopped delivering the message after {deliveries} deliveries.");
     if let Some(env) = &env {
-        let err = JobError { message: error.clone(), kind: "upstream_error".into(), code: "max_attempts_exceeded".into() };
-        store.record_ended(env, JobStatus::Failed, &err).await.map_err(|e| broker(&e))?;
+        let err = JobError {
+            message: error.clone(),
+            kind: "upstream_error".into(),
+            code: "max_attempts_exceeded".into(),
+        };
+        store
+            .record_ended(env, JobStatus::Failed, &err)
+            .await
+            .map_err(|e| broker(&e))?;
     }
     let dl = DeadLetter {
         reason,

@@ -12,7 +12,11 @@ use tokio::time::Instant;
 
 use crate::Shared;
 
-pub async fn upstream(shared: &Shared, env: &JobEnvelope, attempt: u64) -> Result<Answer, CallError> {
+pub async fn upstream(
+    shared: &Shared,
+    env: &JobEnvelope,
+    attempt: u64,
+) -> Result<Answer, CallError> {
     let route = shared.pools.router().route(&env.model, &env.request).await;
     if let Some(d) = &route {
         let rec = json!({ "requested": env.model, "model": d.model, "tier": d.tier.as_str(), "rule": d.rule });
@@ -20,8 +24,12 @@ pub async fn upstream(shared: &Shared, env: &JobEnvelope, attempt: u64) -> Resul
             tracing::debug!(job = %env.id, error = %e, "cannot record the routing decision");
         }
     }
-    let model = route.as_ref().map_or(env.model.as_str(), |d| d.model.as_str());
-    let deadline = env.deadline_ms.map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now_ms())));
+    let model = route
+        .as_ref()
+        .map_or(env.model.as_str(), |d| d.model.as_str());
+    let deadline = env
+        .deadline_ms
+        .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now_ms())));
     let req = CallRequest {
         kind: match env.kind {
             JobKind::ChatCompletion => CallKind::Chat,

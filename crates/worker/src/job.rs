@@ -79,6 +79,12 @@ async fn started(
             };
         }
         Ok(Transition::Refused { .. }) => {}
+        Ok(Transition::Rejected) => {
+            tracing::warn!(job = %env.id, tenant = %env.tenant, "dropping a job whose publish was answered 503");
+            return Outcome::Done {
+                label: "rejected_publish",
+            };
+        }
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot record the job start; retrying later");
             return retry_later(shared, attempt, None, "store_unavailable");

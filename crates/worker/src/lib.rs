@@ -73,7 +73,12 @@ impl Worker {
             grace,
         };
         if let Some(sub) = advisory::subscribe(&shared.queue).await {
-            worker.tasks.spawn(advisory::run(sub, shared.queue.clone(), shared.store.clone(), worker.stop_fetching.clone()));
+            worker.tasks.spawn(advisory::run(
+                sub,
+                shared.queue.clone(),
+                shared.store.clone(),
+                worker.stop_fetching.clone(),
+            ));
         }
         let (release, release_task) = releaser(4096);
         worker.tasks.spawn(release_task);

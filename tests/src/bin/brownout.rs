@@ -26,7 +26,11 @@ use sluice_e2e::{ACME_KEY, Api, TestEnv, chat_body};
 use sluice_sim::{Latency, SimConfig, SimHandle};
 
 fn deployment(name: &str, sim: &SimHandle) -> DeploymentConfig {
-    DeploymentConfig { max_concurrency: 64, timeout_s: 30, ..DeploymentConfig::new(name, &sim.base_url()) }
+    DeploymentConfig {
+        max_concurrency: 64,
+        timeout_s: 30,
+        ..DeploymentConfig::new(name, &sim.base_url())
+    }
 }
 
 struct Figures {
@@ -42,7 +46,14 @@ struct Figures {
 
 async fn scenario(outage: bool, resilient: bool, rate: f64, seconds: f64) -> Result<Figures> {
     let mut env = TestEnv::new();
-    let healthy = SimConfig { latency: Latency { p50_ms: 40.0, p95_ms: 120.0, p99_ms: 250.0 }, ..SimConfig::default() };
+    let healthy = SimConfig {
+        latency: Latency {
+            p50_ms: 40.0,
+            p95_ms: 120.0,
+            p99_ms: 250.0,
+        },
+        ..SimConfig::default()
+    };
     let sims = [
         sluice_sim::start(healthy.clone(), "127.0.0.1:0".parse()?).await?,
         sluice_sim::start(healthy.clone(), "127.0.0.1:0".parse()?).await?,
@@ -50,7 +61,11 @@ async fn scenario(outage: bool, resilient: bool, rate: f64, seconds: f64) -> Res
     ];
     env.cfg.models.pools = vec![PoolConfig {
         alias: "sim-small".into(),
-        deployments: vec![deployment("a", &sims[0]), deployment("b", &sims[1]), deployment("c", &sims[2])],
+        deployments: vec![
+            deployment("a", &sims[0]),
+            deployment("b", &sims[1]),
+            deployment("c", &sims[2]),
+        ],
         fallback_model: None,
         degraded_message: Some("busy".into()),
         hedge: HedgeConfig::default(),
@@ -76,7 +91,10 @@ async fn scenario(outage: bool, resilient: bool, rate: f64, seconds: f64) -> Res
         tick.tick().await;
         if outage && i == total / 3 {
             for s in &sims {
-                s.set_config(SimConfig { error_rate: 1.0, ..healthy.clone() })?;
+                s.set_config(SimConfig {
+                    error_rate: 1.0,
+                    ..healthy.clone()
+                })?;
             }
         }
         if outage && i == 2 * total / 3 {
@@ -87,12 +105,23 @@ async fn scenario(outage: bool, resilient: bool, rate: f64, seconds: f64) -> Res
         if !outage && i == total / 4 {
             sims[0].set_config(SimConfig {
                 error_rate: 0.5,
-                latency: Latency { p50_ms: 200.0, p95_ms: 800.0, p99_ms: 1500.0 },
+                latency: Latency {
+                    p50_ms: 200.0,
+                    p95_ms: 800.0,
+                    p99_ms: 1500.0,
+                },
                 ..SimConfig::default()
             })?;
-            sims[1].set_config(SimConfig { rate_429: 0.3, retry_after_s: 1, ..healthy.clone() })?;
+            sims[1].set_config(SimConfig {
+                rate_429: 0.3,
+                retry_after_s: 1,
+                ..healthy.clone()
+            })?;
         }
-        match api.submit_ok(&chat_body(&format!("brownout job {i}"))).await {
+        match api
+            .submit_ok(&chat_body(&format!("brownout job {i}")))
+            .await
+        {
             Ok(id) => ids.push(id),
             Err(e) => eprintln!("submit failed: {e}"),
         }
@@ -100,7 +129,9 @@ async fn scenario(outage: bool, resilient: bool, rate: f64, seconds: f64) -> Res
     let (mut completed, mut failed, mut degraded) = (0, 0, 0);
     let mut latencies = Vec::with_capacity(ids.len());
     for id in &ids {
-        let job = api.wait_status(id, &["completed", "failed"], Duration::from_secs(120)).await?;
+        let job = api
+            .wait_status(id, &["completed", "failed"], Duration::from_secs(120))
+            .await?;
         if job["status"] == "completed" {
             completed += 1;
             if job["result"]["degraded"] == true {
@@ -110,24 +141,47 @@ async fn scenario(outage: bool, resilient: bool, rate: f64, seconds: f64) -> Res
             failed += 1;
         }
         let t = &job["timings_ms"];
-        let end = t["completed_at"].as_u64().or(t["failed_at"].as_u64()).unwrap_or(0);
+        let end = t["completed_at"]
+            .as_u64()
+            .or(t["failed_at"].as_u64())
+            .unwrap_or(0);
         latencies.push(end.saturating_sub(t["queued_at"].as_u64().unwrap_or(end)));
     }
     let wall = start.elapsed();
     latencies.sort_unstable();
-    let q = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
-    let upstream_calls = sims.iter().map(|s| s.counters().per_endpoint.chat_completions).sum();
+    let q = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let upstream_calls = sims
+        .iter()
+        .map(|s| s.counters().per_endpoint.chat_completions)
+        .sum();
     worker.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
     // Leave the broker as found: streams reserve their max_bytes of JetStream storage.
     let queue = env.queue().await?;
-    for name in [queue.subjects().jobs_stream(), queue.subjects().dlq_stream()] {
+    for name in [
+        queue.subjects().jobs_stream(),
+        queue.subjects().dlq_stream(),
+    ] {
         let _ = queue.jetstream().delete_stream(name).await;
     }
     for s in sims {
         s.shutdown().await;
     }
-    Ok(Figures { jobs: ids.len(), completed, failed, degraded, upstream_calls, wall, p50_ms: q(0.5), p95_ms: q(0.95) })
+    Ok(Figures {
+        jobs: ids.len(),
+        completed,
+        failed,
+        degraded,
+        upstream_calls,
+        wall,
+        p50_ms: q(0.5),
+        p95_ms: q(0.95),
+    })
 }
 
 #[tokio::main]
@@ -136,10 +190,25 @@ async fn main() -> Result<()> {
     let rate: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(40.0);
     let seconds: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10.0);
     println!("{rate} jobs/s for {seconds} s per run; 3 deployments; max_attempts 5");
-    println!("{:<9} {:<10} {:>6} {:>9} {:>6} {:>8} {:>10} {:>13} {:>8} {:>8}", "scenario", "policy", "jobs", "completed", "failed", "degraded", "jobs/s", "calls per job", "p50 ms", "p95 ms");
-    for (scenario_name, outage, name, resilient) in
-        [("brownout", false, "resilient", true), ("brownout", false, "naive", false), ("outage", true, "resilient", true), ("outage", true, "naive", false)]
-    {
+    println!(
+        "{:<9} {:<10} {:>6} {:>9} {:>6} {:>8} {:>10} {:>13} {:>8} {:>8}",
+        "scenario",
+        "policy",
+        "jobs",
+        "completed",
+        "failed",
+        "degraded",
+        "jobs/s",
+        "calls per job",
+        "p50 ms",
+        "p95 ms"
+    );
+    for (scenario_name, outage, name, resilient) in [
+        ("brownout", false, "resilient", true),
+        ("brownout", false, "naive", false),
+        ("outage", true, "resilient", true),
+        ("outage", true, "naive", false),
+    ] {
         let f = scenario(outage, resilient, rate, seconds).await?;
         println!(
             "{:<9} {:<10} {:>6} {:>9} {:>6} {:>8} {:>10.1} {:>13.2} {:>8} {:>8}",

@@ -133,6 +133,11 @@ pub async fn submit(
         metadata: sub.metadata,
     };
     if let Err(e) = state.queue.publish_job(&env).await {
+        // The broker may still store it (a publish buffered across a reconnect): leave a
+        // tombstone so no worker runs a job whose client was told 503.
+        if let Err(se) = state.store.record_rejected(env.id).await {
+            tracing::warn!(job = %env.id, error = %se, "cannot record a rejected publish");
+        }
         admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
         return Err(queue_error(&state, e));
     }
