@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", post(routes::jobs::submit))
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .merge(routes::admin::router())
+        .merge(routes::admin_dlq::router())
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
