@@ -5,6 +5,8 @@
 //! Each [`TestEnv`] isolates itself with a unique NATS namespace and Redis key prefix, so
 //! tests run in parallel against the same servers.
 
+pub mod sse;
+
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -46,6 +48,9 @@ impl TestEnv {
         let mut cfg = Config::default();
         cfg.nats.url = nats_url();
         cfg.nats.namespace = ns.clone();
+        // JetStream reserves a stream's max_bytes from its storage limit; with the 2 GiB
+        // default a server runs out after a couple of dozen tests' streams.
+        cfg.nats.max_queue_bytes = 64 * 1024 * 1024;
         cfg.redis.url = redis_url();
         cfg.redis.prefix = format!("{ns}:");
         cfg.redis.result_ttl_s = 600;
@@ -102,6 +107,7 @@ impl TestEnv {
             .env("RUST_LOG", "warn")
             .env("SLUICE_NATS__URL", &c.nats.url)
             .env("SLUICE_NATS__NAMESPACE", &c.nats.namespace)
+            .env("SLUICE_NATS__MAX_QUEUE_BYTES", c.nats.max_queue_bytes.to_string())
             .env("SLUICE_REDIS__URL", &c.redis.url)
             .env("SLUICE_REDIS__PREFIX", format!("\"{}\"", c.redis.prefix))
             .env("SLUICE_UPSTREAM__BASE_URL", &c.upstream.base_url)
@@ -232,4 +238,17 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// Waits until the JOBS stream holds no message (every job acknowledged or terminated).
+pub async fn wait_jobs_settled(queue: &sluice_queue::Queue, limit: Duration) -> Result<()> {
+    let mut stream = queue.jetstream().get_stream(queue.subjects().jobs_stream()).await?;
+    let start = Instant::now();
+    while stream.info().await?.state.messages > 0 {
+        if start.elapsed() > limit {
+            bail!("jobs not settled within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
 }

@@ -8,12 +8,14 @@
 //! a secret field holds `env::NAME` and is resolved from the environment into a
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
+mod delivery;
 mod env;
 mod secret;
 mod sections;
 
 use std::path::Path;
 
+pub use delivery::DeliveryConfig;
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
 

@@ -15,6 +15,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub upstream: UpstreamConfig,
     pub tenants: Vec<TenantConfig>,
+    pub delivery: crate::DeliveryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +210,7 @@ impl Config {
         if !(self.upstream.base_url.starts_with("http://") || self.upstream.base_url.starts_with("https://")) {
             return bad("upstream.base_url must be an http(s) URL");
         }
+        self.delivery.validate()?;
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
         for t in &self.tenants {

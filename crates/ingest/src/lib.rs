@@ -5,15 +5,21 @@
 //! but NATS and Redis, so any number can run behind a load balancer.
 //!
 //! # Layout
-//! - [`routes`]: `jobs` (submit, read) and `ops` (health, readiness, metrics).
+//! - [`routes`]: `jobs` (submit, read), `cancel`, `events` (SSE), `openai` (chat
+//!   completions, embeddings, models) and `ops` (health, readiness, metrics).
+//! - [`watch`]: following a job's event history (Redis) woken by broker notifications.
+//! - [`cancel`]: cancelling a job, on request or when a synchronous client leaves.
 //! - [`auth`]: API keys and the open-route allowlist.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
 pub mod auth;
+pub mod cancel;
+pub mod embeddings;
 pub mod error;
 pub mod routes;
 pub mod validate;
+pub mod watch;
 
 use std::{
     net::SocketAddr,
@@ -49,6 +55,8 @@ pub struct AppState {
     /// Set once the JetStream streams are known to exist.
     pub streams_ready: Arc<AtomicBool>,
     in_flight: Arc<Semaphore>,
+    /// Background work requests leave behind (cancelling an abandoned job).
+    pub background: TaskTracker,
 }
 
 impl AppState {
@@ -58,7 +66,8 @@ impl AppState {
         let keys = Arc::new(KeyTable::from_config(&cfg.tenants));
         let in_flight = Arc::new(Semaphore::new(cfg.ingest.max_concurrent_requests));
         let streams_ready = Arc::new(AtomicBool::new(false));
-        Ok(AppState { cfg: Arc::new(cfg), queue, store, keys, streams_ready, in_flight })
+        let background = TaskTracker::new();
+        Ok(AppState { cfg: Arc::new(cfg), queue, store, keys, streams_ready, in_flight, background })
     }
 }
 
@@ -69,6 +78,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/jobs", post(routes::jobs::submit))
         .route("/v1/jobs/{id}", get(routes::jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(routes::cancel::cancel))
+        .route("/v1/jobs/{id}/events", get(routes::events::events))
+        .route("/v1/chat/completions", post(routes::openai::chat_completions))
+        .route("/v1/embeddings", post(routes::openai::embeddings))
+        .route("/v1/models", get(routes::openai::models))
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
@@ -113,6 +127,7 @@ pub struct Server {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    background: TaskTracker,
 }
 
 impl Server {
@@ -123,6 +138,7 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(ensure_streams_until_ready(state.queue.clone(), state.streams_ready.clone(), shutdown.clone()));
+        let background = state.background.clone();
         let app = router(state);
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -135,7 +151,7 @@ impl Server {
             }
         });
         tasks.close();
-        Ok(Server { addr, shutdown, tasks })
+        Ok(Server { addr, shutdown, tasks, background })
     }
 
     pub fn base_url(&self) -> String {
@@ -146,5 +162,7 @@ impl Server {
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        self.background.close();
+        let _ = tokio::time::timeout(grace, self.background.wait()).await;
     }
 }

@@ -46,12 +46,30 @@ impl OpenAiProvider {
         self.post_json("/chat/completions", body).await
     }
 
+    /// `POST {base}/chat/completions` for a body with `stream: true`: the answer as a stream
+    /// of chunks once the upstream accepted the request.
+    pub async fn chat_completion_stream(&self, body: Bytes) -> Result<crate::stream::ChunkStream, ProviderError> {
+        let resp = self.send("/chat/completions", body).await?;
+        Ok(crate::stream::ChunkStream::new(resp))
+    }
+
     /// `POST {base}/embeddings`.
     pub async fn embeddings(&self, body: Bytes) -> Result<Bytes, ProviderError> {
         self.post_json("/embeddings", body).await
     }
 
     async fn post_json(&self, path: &str, body: Bytes) -> Result<Bytes, ProviderError> {
+        let resp = self.send(path, body).await?;
+        let bytes = resp.bytes().await.map_err(transport)?;
+        // The result is stored and served as JSON; refuse anything that is not an object.
+        if bytes.first() != Some(&b'{') || serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+            return Err(ProviderError::InvalidResponse);
+        }
+        Ok(bytes)
+    }
+
+    /// Sends the request; a non-2xx answer becomes a [`ProviderError::Status`].
+    async fn send(&self, path: &str, body: Bytes) -> Result<reqwest::Response, ProviderError> {
         let mut req = self
             .http
             .post(format!("{}{}", self.base_url, path))
@@ -66,16 +84,11 @@ impl OpenAiProvider {
             let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
             return Err(ProviderError::Status { status: status.as_u16(), retry_after });
         }
-        let bytes = resp.bytes().await.map_err(transport)?;
-        // The result is stored and served as JSON; refuse anything that is not an object.
-        if bytes.first() != Some(&b'{') || serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
-            return Err(ProviderError::InvalidResponse);
-        }
-        Ok(bytes)
+        Ok(resp)
     }
 }
 
-fn transport(e: reqwest::Error) -> ProviderError {
+pub(crate) fn transport(e: reqwest::Error) -> ProviderError {
     if e.is_timeout() {
         ProviderError::Timeout
     } else if e.is_connect() {

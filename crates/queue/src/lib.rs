@@ -7,9 +7,11 @@
 //! - [`consumer`]: fetching deliveries sized to the caller's free capacity, and settling them
 //!   (ack, NAK with delay, progress, terminate).
 //! - [`dead_letter`]: moving a message to the dead-letter stream with its reason.
+//! - [`notify`]: core NATS job-event notifications and cancellation broadcasts.
 
 pub mod consumer;
 pub mod dead_letter;
+pub mod notify;
 pub mod publisher;
 pub mod setup;
 

@@ -11,7 +11,11 @@ use sluice_queue::Delivery;
 use sluice_store::{JobError, Transition, now_ms};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Shared, backoff::redelivery_delay};
+use crate::{
+    Shared,
+    backoff::redelivery_delay,
+    streamed::{self, StreamError},
+};
 
 /// What to do with the delivery once the job's fate is decided.
 #[derive(Debug)]
@@ -43,8 +47,10 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
     if attempt > max_attempts {
         return exhausted(shared, &env, attempt, "the job failed on every attempt").await;
     }
+    // Registered before the start is recorded, so a cancel landing in between is seen.
+    let tracked = shared.running.track(env.id);
     match shared.store.record_started(&env, attempt).await {
-        Ok(Transition::Applied) => {}
+        Ok(Transition::Applied) => shared.queue.notify_job_event(env.id, "in_progress").await,
         Ok(Transition::Refused { current }) if current.is_terminal() => {
             // A redelivery of a job whose outcome is already recorded (the earlier ack was lost).
             return Outcome::Done { label: "already_done" };
@@ -67,18 +73,34 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
     let body = Bytes::from(env.request.clone());
     let call = async {
         match env.kind {
-            JobKind::ChatCompletion => shared.provider.chat_completion(body).await,
-            JobKind::Embedding => shared.provider.embeddings(body).await,
+            JobKind::ChatCompletion if env.stream => streamed::run(shared, &env).await,
+            JobKind::ChatCompletion => Ok(shared.provider.chat_completion(body).await?),
+            JobKind::Embedding => Ok(shared.provider.embeddings(body).await?),
         }
     };
     let heartbeat_every = Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
+    // Dropping the call on cancellation closes the upstream connection mid-generation.
     let result = tokio::select! {
         r = with_heartbeats(call, delivery, heartbeat_every) => r,
+        _ = tracked.token.cancelled() => return Outcome::Done { label: "cancelled" },
         _ = stop.cancelled() => return Outcome::Release,
+    };
+    let result = match result {
+        Ok(r) => Ok(r),
+        Err(StreamError::Upstream(e)) => Err(e),
+        Err(StreamError::Store(e)) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot record streamed chunks; retrying later");
+            return retry_later(shared, attempt, None, "store_unavailable");
+        }
     };
     match result {
         Ok(response) => match shared.store.record_completed(&env, &response).await {
-            Ok(_) => Outcome::Done { label: "completed" },
+            Ok(t) => {
+                if t == Transition::Applied {
+                    shared.queue.notify_job_event(env.id, "completed").await;
+                }
+                Outcome::Done { label: "completed" }
+            }
             Err(e) => {
                 tracing::warn!(job = %env.id, error = %e, "cannot record the result; retrying later");
                 retry_later(shared, attempt, None, "store_unavailable")
@@ -127,18 +149,26 @@ async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: Pr
 
 /// Records `failed` after the last attempt, then dead-letters the message.
 async fn exhausted(shared: &Shared, env: &JobEnvelope, attempt: u64, last: &str) -> Outcome {
+    // A provider that kept rate limiting is reported as such, so a synchronous client gets
+    // a 429 it knows how to handle.
+    let code = if last == "upstream_rate_limited" { last } else { "max_attempts_exceeded" };
     let err = JobError {
         message: format!("The job failed after {} attempts (last error: {last}).", attempt.min(u64::from(shared.cfg.worker.max_attempts))),
         kind: "upstream_error".into(),
-        code: "max_attempts_exceeded".into(),
+        code: code.into(),
     };
     match shared.store.record_ended(env, JobStatus::Failed, &err).await {
-        Ok(_) => Outcome::DeadLetter {
+        Ok(t) => {
+            if t == Transition::Applied {
+                shared.queue.notify_job_event(env.id, "failed").await;
+            }
+            Outcome::DeadLetter {
             reason: "max_attempts",
             error: err.message,
             tenant: env.tenant.clone(),
             job_id: Some(env.id.to_string()),
-        },
+            }
+        }
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot record the failure; retrying later");
             retry_later(shared, attempt, None, "store_unavailable")
@@ -155,7 +185,12 @@ async fn record_end(
     label: &'static str,
 ) -> Outcome {
     match shared.store.record_ended(env, status, err).await {
-        Ok(_) => Outcome::Done { label },
+        Ok(t) => {
+            if t == Transition::Applied {
+                shared.queue.notify_job_event(env.id, status.as_str()).await;
+            }
+            Outcome::Done { label }
+        }
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot record the job's end; retrying later");
             retry_later(shared, attempt, None, "store_unavailable")

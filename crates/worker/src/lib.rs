@@ -10,9 +10,11 @@
 //! finish, then are released to the broker for another replica.
 
 pub mod backoff;
+pub mod cancel;
 pub mod job;
 pub mod schedule;
 pub mod settle;
+pub mod streamed;
 
 use std::{sync::Arc, time::Duration};
 
@@ -35,6 +37,8 @@ pub struct Shared {
     pub queue: Queue,
     pub store: Store,
     pub provider: OpenAiProvider,
+    /// Running jobs' cancellation tokens ([`cancel`]).
+    pub running: Arc<cancel::Running>,
 }
 
 /// A running worker replica.
@@ -57,7 +61,8 @@ impl Worker {
         };
         let provider = OpenAiProvider::new(&cfg.upstream, api_key)?;
         let grace = Duration::from_secs(cfg.worker.shutdown_grace_s);
-        let shared = Arc::new(Shared { cfg, queue, store, provider });
+        let running = cancel::Running::new(cfg.delivery.max_tracked_jobs);
+        let shared = Arc::new(Shared { cfg, queue, store, provider, running });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),
             stop_jobs: CancellationToken::new(),
@@ -66,6 +71,11 @@ impl Worker {
         };
         let (release, release_task) = releaser(4096);
         worker.tasks.spawn(release_task);
+        worker.tasks.spawn(cancel::listen(
+            shared.queue.clone(),
+            shared.running.clone(),
+            worker.stop_fetching.clone(),
+        ));
         let fetcher = Fetcher {
             shared,
             slots: Arc::new(Semaphore::new(0)),

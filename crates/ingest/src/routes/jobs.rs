@@ -1,4 +1,5 @@
-//! `POST /v1/jobs` and `GET /v1/jobs/{id}`.
+//! `POST /v1/jobs` and `GET /v1/jobs/{id}`, and the submission steps the OpenAI-compatible
+//! endpoints share with them.
 
 use std::collections::BTreeMap;
 
@@ -104,7 +105,16 @@ pub async fn submit(
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
     let limits = validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
     let sub = validate::chat_submission(&body, limits)?;
-    let env = JobEnvelope {
+    let env = chat_envelope(&tenant, sub, &headers);
+    enqueue(&state, &env).await?;
+    let location = format!("/v1/jobs/{}", env.id);
+    Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(queued_view(env))).into_response())
+}
+
+/// The envelope of a validated chat submission.
+pub(crate) fn chat_envelope(tenant: &Tenant, sub: validate::ChatSubmission, headers: &HeaderMap) -> JobEnvelope {
+    let created_at_ms = now_ms();
+    JobEnvelope {
         schema: SCHEMA_VERSION,
         id: Uuid::now_v7(),
         tenant: tenant.id.to_string(),
@@ -112,20 +122,30 @@ pub async fn submit(
         kind: JobKind::ChatCompletion,
         model: sub.model,
         request: sub.request,
-        created_at_ms: now_ms(),
-        deadline_ms: None,
+        created_at_ms,
+        deadline_ms: sub.deadline_s.map(|s| created_at_ms.saturating_add(s.saturating_mul(1000))),
         replays: 0,
-        traceparent: traceparent(&headers),
+        traceparent: traceparent(headers),
         metadata: sub.metadata,
-    };
-    state.queue.publish_job(&env).await.map_err(|e| queue_error(&state, e))?;
+        stream: sub.stream,
+    }
+}
+
+/// Publishes the job and records it as queued: after `Ok` the job is durable.
+pub(crate) async fn enqueue(state: &AppState, env: &JobEnvelope) -> Result<(), ApiError> {
+    state.queue.publish_job(env).await.map_err(|e| queue_error(state, e))?;
     metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str()).increment(1);
     // The job is durable from here on. If the record cannot be written, the worker writes
     // it when it starts the job; the client already has the truth: 202.
-    if let Err(e) = state.store.record_queued(&env).await {
+    if let Err(e) = state.store.record_queued(env).await {
         tracing::warn!(job = %env.id, error = %e, "job accepted but its queued record was not written");
     }
-    let view = JobView {
+    Ok(())
+}
+
+/// The view of a job that was just queued (without reading it back).
+pub(crate) fn queued_view(env: JobEnvelope) -> JobView {
+    JobView {
         id: env.id,
         object: "job",
         status: "queued",
@@ -149,9 +169,7 @@ pub async fn submit(
             cancelled_at: None,
             expired_at: None,
         },
-    };
-    let location = format!("/v1/jobs/{}", env.id);
-    Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
+    }
 }
 
 fn queue_error(state: &AppState, e: QueueError) -> ApiError {
@@ -163,16 +181,21 @@ pub async fn get(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
+    let (_, record) = owned_job(&state, &tenant, &id).await?;
+    Ok(Json(JobView::from(record)))
+}
+
+/// The caller's job `id`; another tenant's job is indistinguishable from a missing one.
+pub(crate) async fn owned_job(state: &AppState, tenant: &Tenant, id: &str) -> Result<(Uuid, JobRecord), ApiError> {
     let not_found = || ApiError::NotFound(format!("No job with id '{}'.", id.chars().take(64).collect::<String>()));
-    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let record = state
-        .store
-        .get(uuid)
-        .await
-        .map_err(|e| ApiError::StoreUnavailable { retry_after_s: 1, reason: e.to_string() })?;
+    let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
+    let record = state.store.get(uuid).await.map_err(store_error)?;
     match record {
-        // Another tenant's job is indistinguishable from a missing one.
-        Some(r) if r.tenant == *tenant.id => Ok(Json(JobView::from(r))),
+        Some(r) if r.tenant == *tenant.id => Ok((uuid, r)),
         _ => Err(not_found()),
     }
+}
+
+pub(crate) fn store_error(e: sluice_store::StoreError) -> ApiError {
+    ApiError::StoreUnavailable { retry_after_s: 1, reason: e.to_string() }
 }

@@ -1,4 +1,7 @@
 //! HTTP handlers, one module per route group.
 
+pub mod cancel;
+pub mod events;
 pub mod jobs;
+pub mod openai;
 pub mod ops;
