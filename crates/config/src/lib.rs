@@ -12,12 +12,14 @@ mod delivery;
 mod env;
 mod secret;
 mod sections;
+mod webhooks;
 
 use std::path::Path;
 
 pub use delivery::DeliveryConfig;
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
+pub use webhooks::WebhooksConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

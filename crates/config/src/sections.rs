@@ -16,6 +16,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub tenants: Vec<TenantConfig>,
     pub delivery: crate::DeliveryConfig,
+    pub webhooks: crate::WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +212,7 @@ impl Config {
             return bad("upstream.base_url must be an http(s) URL");
         }
         self.delivery.validate()?;
+        self.webhooks.validate()?;
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
         for t in &self.tenants {

@@ -6,6 +6,7 @@
 //! job's SSE subscribers are notified and every worker is told, so the one running it drops
 //! the upstream call.
 
+use sluice_protocol::JobStatus;
 use sluice_store::{JobError, StoreError, Transition};
 use uuid::Uuid;
 
@@ -18,6 +19,11 @@ pub async fn cancel_job(state: &AppState, id: Uuid, why: &str) -> Result<Option<
     if t == Some(Transition::Applied) {
         metrics::counter!("sluice_jobs_cancelled_total").increment(1);
         state.queue.notify_job_event(id, "cancelled").await;
+        if let Some(tenant) = state.store.get(id).await.ok().flatten().map(|r| r.tenant)
+            && let Err(e) = sluice_webhooks::emit::emit(&state.queue, &state.store, id, &tenant, JobStatus::Cancelled).await
+        {
+            tracing::warn!(job = %id, error = %e, "job.cancelled webhooks not enqueued");
+        }
         if let Err(e) = state.queue.broadcast_cancel(id).await {
             // The record already says cancelled: a worker that starts it acks without running
             // it, one already running it finishes and its result is refused.

@@ -145,6 +145,23 @@ fn job_failure_status(code: &str) -> StatusCode {
     }
 }
 
+impl From<sluice_webhooks::HookError> for ApiError {
+    fn from(e: sluice_webhooks::HookError) -> ApiError {
+        use sluice_webhooks::HookError;
+        match e {
+            HookError::BadUrl(why) => ApiError::invalid(format!("Invalid webhook URL: {why}."), Some("url"), "invalid_url"),
+            HookError::Forbidden => ApiError::invalid(
+                "The webhook URL resolves to an internal address, which is not allowed.",
+                Some("url"),
+                "url_not_allowed",
+            ),
+            HookError::Store(e) => ApiError::StoreUnavailable { retry_after_s: 1, reason: e.to_string() },
+            HookError::Queue(e) => ApiError::QueueUnavailable { retry_after_s: 1, reason: e.to_string() },
+            HookError::Encode(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!("sluice_ingest_errors_total", "kind" => self.label()).increment(1);

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`routes`]: `jobs` (submit, read), `cancel`, `events` (SSE), `openai` (chat
-//!   completions, embeddings, models) and `ops` (health, readiness, metrics).
+//!   completions, embeddings, models), `webhooks` (endpoints, rotation, delivery logs) and
+//!   `ops` (health, readiness, metrics).
 //! - [`watch`]: following a job's event history (Redis) woken by broker notifications.
 //! - [`cancel`]: cancelling a job, on request or when a synchronous client leaves.
 //! - [`auth`]: API keys and the open-route allowlist.
@@ -83,6 +84,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(routes::openai::chat_completions))
         .route("/v1/embeddings", post(routes::openai::embeddings))
         .route("/v1/models", get(routes::openai::models))
+        .route("/v1/webhooks", post(routes::webhooks::create).get(routes::webhooks::list))
+        .route("/v1/webhooks/{id}", axum::routing::delete(routes::webhooks::delete))
+        .route("/v1/webhooks/{id}/rotate", post(routes::webhooks::rotate))
+        .route("/v1/webhooks/{id}/deliveries", get(routes::webhooks::deliveries))
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))

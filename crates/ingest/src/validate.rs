@@ -23,7 +23,7 @@ const OPENAI_FIELDS: &[&str] = &[
 ];
 
 /// Sluice's own fields, consumed by ingest and not forwarded.
-const SLUICE_FIELDS: &[&str] = &["priority", "metadata", "deadline_s"];
+const SLUICE_FIELDS: &[&str] = &["priority", "metadata", "deadline_s", "webhook"];
 
 /// Longest accepted `deadline_s` (a week).
 pub const MAX_DEADLINE_S: i64 = 7 * 24 * 3600;
@@ -45,6 +45,8 @@ pub struct ChatSubmission {
     pub deadline_s: Option<u64>,
     /// The client asked for a streamed answer.
     pub stream: bool,
+    /// `webhook: {url}`: where to deliver the job's terminal event (checked by ingest).
+    pub webhook_url: Option<String>,
     /// The upstream request body (JSON), without Sluice's fields.
     pub request: Vec<u8>,
 }
@@ -89,6 +91,14 @@ pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, Ap
             o.get("deadline_s").and_then(Value::as_u64)
         }
     };
+    let webhook_url = match obj.remove("webhook") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(w)) => match (w.len(), w.get("url")) {
+            (1, Some(Value::String(u))) => Some(u.clone()),
+            _ => return Err(wrong_type("webhook", "an object {\"url\": \"https://…\"}")),
+        },
+        Some(_) => return Err(wrong_type("webhook", "an object {\"url\": \"https://…\"}")),
+    };
     let model = model(&obj)?;
     messages(&obj)?;
     numbers(&obj, limits)?;
@@ -96,7 +106,7 @@ pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, Ap
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let request = serde_json::to_vec(&Value::Object(obj))
         .map_err(|e| ApiError::Internal(format!("re-encoding a validated request: {e}")))?;
-    Ok(ChatSubmission { model, priority, metadata, deadline_s, stream, request })
+    Ok(ChatSubmission { model, priority, metadata, deadline_s, stream, webhook_url, request })
 }
 
 pub(crate) fn json_error_kind(e: &serde_json::Error) -> String {

@@ -78,6 +78,25 @@ impl Subjects {
         format!("{}cancel", self.subject_prefix())
     }
 
+    /// The HOOKS stream: one message per webhook delivery to make.
+    pub fn hooks_stream(&self) -> String {
+        format!("{}HOOKS", self.stream_prefix())
+    }
+
+    pub fn hooks_wildcard(&self) -> String {
+        format!("{}hooks.>", self.subject_prefix())
+    }
+
+    /// `hooks.<tenant>`: a delivery for one of the tenant's endpoints or job webhooks.
+    pub fn hook(&self, tenant: &str) -> String {
+        format!("{}hooks.{}", self.subject_prefix(), tenant)
+    }
+
+    /// The dispatcher's durable consumer.
+    pub fn hooks_consumer(&self) -> String {
+        format!("{}dispatcher", self.stream_prefix())
+    }
+
     /// `dlq.<reason>.<tenant>`; an undecodable message has tenant `unknown`.
     pub fn dlq(&self, reason: &str, tenant: &str) -> String {
         format!("{}dlq.{}.{}", self.subject_prefix(), reason, tenant)

@@ -5,10 +5,12 @@
 //! - [`jobs`]: reading and transitioning job records (one Lua script does every transition
 //!   atomically, so ingest and any number of workers can race safely).
 //! - [`record`]: the typed job record read back from Redis.
+//! - [`webhooks`]: webhook endpoints, per-job webhook targets and delivery logs.
 
 pub mod jobs;
 pub mod keys;
 pub mod record;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use sluice_config::RedisConfig;
 pub use jobs::{JobError, Transition};
 pub use keys::Keys;
 pub use record::JobRecord;
+pub use webhooks::{Endpoint, HookTargets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

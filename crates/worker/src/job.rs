@@ -52,7 +52,12 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
     match shared.store.record_started(&env, attempt).await {
         Ok(Transition::Applied) => shared.queue.notify_job_event(env.id, "in_progress").await,
         Ok(Transition::Refused { current }) if current.is_terminal() => {
-            // A redelivery of a job whose outcome is already recorded (the earlier ack was lost).
+            // A redelivery of a job whose outcome is already recorded (the earlier ack was lost,
+            // or the webhook emission failed): emit again (deduplicated by id), then ack.
+            // A job cancelled through ingest was emitted there.
+            if current != JobStatus::Cancelled && !finished(shared, &env, current).await {
+                return retry_later(shared, attempt, None, "webhook_emit");
+            }
             return Outcome::Done { label: "already_done" };
         }
         Ok(Transition::Refused { .. }) => {}
@@ -96,8 +101,8 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
     match result {
         Ok(response) => match shared.store.record_completed(&env, &response).await {
             Ok(t) => {
-                if t == Transition::Applied {
-                    shared.queue.notify_job_event(env.id, "completed").await;
+                if t == Transition::Applied && !finished(shared, &env, JobStatus::Completed).await {
+                    return retry_later(shared, attempt, None, "webhook_emit");
                 }
                 Outcome::Done { label: "completed" }
             }
@@ -159,8 +164,8 @@ async fn exhausted(shared: &Shared, env: &JobEnvelope, attempt: u64, last: &str)
     };
     match shared.store.record_ended(env, JobStatus::Failed, &err).await {
         Ok(t) => {
-            if t == Transition::Applied {
-                shared.queue.notify_job_event(env.id, "failed").await;
+            if t == Transition::Applied && !finished(shared, env, JobStatus::Failed).await {
+                return retry_later(shared, attempt, None, "webhook_emit");
             }
             Outcome::DeadLetter {
             reason: "max_attempts",
@@ -186,14 +191,28 @@ async fn record_end(
 ) -> Outcome {
     match shared.store.record_ended(env, status, err).await {
         Ok(t) => {
-            if t == Transition::Applied {
-                shared.queue.notify_job_event(env.id, status.as_str()).await;
+            if t == Transition::Applied && !finished(shared, env, status).await {
+                return retry_later(shared, attempt, None, "webhook_emit");
             }
             Outcome::Done { label }
         }
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot record the job's end; retrying later");
             retry_later(shared, attempt, None, "store_unavailable")
+        }
+    }
+}
+
+/// After a terminal transition: tells SSE and synchronous waiters, and enqueues the
+/// webhooks. `false` when the webhooks could not be enqueued (the caller retries; the
+/// emission is idempotent).
+async fn finished(shared: &Shared, env: &JobEnvelope, status: JobStatus) -> bool {
+    shared.queue.notify_job_event(env.id, status.as_str()).await;
+    match sluice_webhooks::emit::emit(&shared.queue, &shared.store, env.id, &env.tenant, status).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot enqueue the job's webhooks; retrying later");
+            false
         }
     }
 }

@@ -71,6 +71,14 @@ impl Worker {
         };
         let (release, release_task) = releaser(4096);
         worker.tasks.spawn(release_task);
+        if shared.cfg.webhooks.dispatcher {
+            worker.tasks.spawn(sluice_webhooks::dispatcher::run(
+                shared.cfg.webhooks.clone(),
+                shared.queue.clone(),
+                shared.store.clone(),
+                worker.stop_fetching.clone(),
+            ));
+        }
         worker.tasks.spawn(cancel::listen(
             shared.queue.clone(),
             shared.running.clone(),

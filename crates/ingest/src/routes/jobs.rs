@@ -104,11 +104,28 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
     let limits = validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
-    let sub = validate::chat_submission(&body, limits)?;
+    let mut sub = validate::chat_submission(&body, limits)?;
+    let hook_url = sub.webhook_url.take();
     let env = chat_envelope(&tenant, sub, &headers);
+    // The job's own webhook: checked (SSRF) and stored with a fresh secret before the job
+    // exists, so the dispatcher always finds it; the secret is shown once, here.
+    let hook = match hook_url {
+        Some(url) => {
+            let policy = sluice_webhooks::ssrf::Policy::new(&state.cfg.webhooks.allow_private);
+            let url = policy.check_url(&url).await?.to_string();
+            let secret = sluice_webhooks::sign::new_secret();
+            state.store.set_job_hook(env.id, &url, &secret).await.map_err(store_error)?;
+            Some(serde_json::json!({ "url": url, "secret": secret }))
+        }
+        None => None,
+    };
     enqueue(&state, &env).await?;
     let location = format!("/v1/jobs/{}", env.id);
-    Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(queued_view(env))).into_response())
+    let mut view = serde_json::to_value(queued_view(env)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let (Some(hook), Some(obj)) = (hook, view.as_object_mut()) {
+        obj.insert("webhook".into(), hook);
+    }
+    Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
 }
 
 /// The envelope of a validated chat submission.

@@ -5,3 +5,4 @@ pub mod events;
 pub mod jobs;
 pub mod openai;
 pub mod ops;
+pub mod webhooks;
