@@ -60,6 +60,11 @@ backoff_base_ms = 50
 backoff_max_ms = 200
 idle_poll_ms = 100
 
+[webhooks]
+allow_private = ["127.0.0.1"]
+schedule_ms = [100, 100, 100]
+jitter = 0.0
+
 [upstream]
 base_url = "http://127.0.0.1:$SIM_PORT/v1"
 
