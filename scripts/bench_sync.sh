@@ -16,15 +16,7 @@ REDIS_BIN="$(ensure_redis_server)"
 cargo build --release --quiet -p sluice-ingest -p sluice-worker -p sluice-sim -p sluice-bench
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
-RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$RUN_DIR"
-}
-trap cleanup EXIT INT TERM
+new_run_dir sluice-bench
 
 NATS_PORT="$(free_port)"; REDIS_PORT="$(free_port)"; SIM_PORT="$(free_port)"; INGEST_PORT="$(free_port)"
 NATS_PID="$(start_nats "$NATS_BIN" "$NATS_PORT" "$RUN_DIR/nats" "$RUN_DIR/nats.log")"; PIDS+=("$NATS_PID")

@@ -26,15 +26,7 @@ for b in sluice-sim sluice-ingest sluice-worker; do
   [ -x "$BIN/$b" ] || die "$BIN/$b not built; run cargo build --bins"
 done
 
-RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-sdk.XXXXXX")"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$RUN_DIR"
-}
-trap cleanup EXIT INT TERM
+new_run_dir sluice-sdk
 
 KEY="sk-sdk-test-$RANDOM$RANDOM"
 HASH="$(printf '%s' "$KEY" | sha256sum | cut -d' ' -f1)"

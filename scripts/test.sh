@@ -10,15 +10,7 @@ NATS_BIN="$(ensure_nats_server)"
 REDIS_BIN="$(ensure_redis_server)"
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 
-RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-test.XXXXXX")"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$RUN_DIR"
-}
-trap cleanup EXIT INT TERM
+new_run_dir sluice-test
 
 NATS_PORT="$(free_port)"
 REDIS_PORT="$(free_port)"

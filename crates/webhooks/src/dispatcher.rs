@@ -214,7 +214,7 @@ async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
         if ep.disabled {
             return Ok(Attempt::Skipped("endpoint disabled"));
         }
-        if !ep.events.is_empty() && !ep.events.iter().any(|e| *e == d.kind) {
+        if !ep.events.is_empty() && !ep.events.contains(&d.kind) {
             return Ok(Attempt::Skipped("endpoint not subscribed to this event"));
         }
         let mut secrets = vec![ep.secret];

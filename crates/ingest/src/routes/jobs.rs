@@ -102,9 +102,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let limits = validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
-    let mut sub = validate::chat_submission(&body, limits)?;
+    let mut sub = read_chat(&state, body)?;
     let hook_url = sub.webhook_url.take();
     let env = chat_envelope(&tenant, sub, &headers);
     // The job's own webhook: checked (SSRF) and stored with a fresh secret before the job
@@ -126,6 +124,13 @@ pub async fn submit(
         obj.insert("webhook".into(), hook);
     }
     Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
+}
+
+/// Reads and validates a chat-completions body (with Sluice's fields).
+pub(crate) fn read_chat(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<validate::ChatSubmission, ApiError> {
+    let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
+    let limits = validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
+    validate::chat_submission(&body, limits)
 }
 
 /// The envelope of a validated chat submission.

@@ -35,8 +35,7 @@ use crate::{
     cancel::CancelOnDrop,
     embeddings::embedding_submission,
     error::ApiError,
-    routes::jobs::{JobView, body_or_error, chat_envelope, enqueue, queued_view, store_error},
-    validate,
+    routes::jobs::{JobView, body_or_error, chat_envelope, enqueue, queued_view, read_chat, store_error},
     watch::{JobEvent, JobWatch, Outcome},
 };
 
@@ -46,9 +45,11 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let limits = validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
-    let mut sub = validate::chat_submission(&body, limits)?;
+    let mut sub = read_chat(&state, body)?;
+    if sub.webhook_url.is_some() {
+        // The answer comes back on this connection; a job webhook belongs to POST /v1/jobs.
+        return Err(ApiError::invalid("'webhook' is only accepted by POST /v1/jobs.", Some("webhook"), "unknown_parameter"));
+    }
     if let Some(p) = header_priority(&headers)? {
         sub.priority = p;
     }
