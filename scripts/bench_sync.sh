@@ -33,6 +33,9 @@ pool_size = 64
 listen = "127.0.0.1:$INGEST_PORT"
 [worker]
 concurrency = 256
+# The fetch loop long-polls each class for idle_poll_ms when all were empty; a short poll
+# keeps a closed loop from waiting on the other classes' polls (see the report).
+idle_poll_ms = 10
 [upstream]
 base_url = "http://127.0.0.1:$SIM_PORT/v1"
 [[tenants]]
@@ -59,9 +62,13 @@ log "closed loop, concurrency 64, ${DURATION}s: Sluice /v1/chat/completions"
 "$BIN/sluice-bench" --mode sync --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" --concurrency 64 \
   --duration 2 --warmup 0 --quiet >/dev/null  # warm pools and JIT-free caches
 T0="$(ticks "${SLUICE_PIDS[@]}")"
+P0=(); for p in "${SLUICE_PIDS[@]}"; do P0+=("$(ticks "$p")"); done
 "$BIN/sluice-bench" --mode sync --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" --concurrency 64 \
   --duration "$DURATION" --warmup 0 --quiet --json "$RUN_DIR/sync.json" | tee "$RUN_DIR/sync.txt"
 T1="$(ticks "${SLUICE_PIDS[@]}")"
+i=0; for name in ingest worker nats redis; do
+  echo "  cpu $name: $(( ($(ticks "${SLUICE_PIDS[$i]}") - ${P0[$i]}) * 1000 / HZ )) ms"; i=$((i + 1))
+done
 python3 - "$RUN_DIR/sync.json" "$((T1 - T0))" "$HZ" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); ticks = int(sys.argv[2]); hz = int(sys.argv[3])
