@@ -10,7 +10,20 @@ NATS_BIN="$(ensure_nats_server)"
 REDIS_BIN="$(ensure_redis_server)"
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 
-new_run_dir sluice-test
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-test.XXXXXX")"
+PIDS=()
+cleanup() {
+  local status=$? pid i
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # The servers were started from a subshell, so `wait` cannot see them: poll (bounded) until
+  # they are gone, or removing their data races with their last writes.
+  for pid in "${PIDS[@]}"; do
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
+  rm -rf "$RUN_DIR" 2>/dev/null || true
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
 
 NATS_PORT="$(free_port)"
 REDIS_PORT="$(free_port)"

@@ -32,7 +32,14 @@ pub fn redis_url() -> String {
 
 /// A unique name for this test's streams and keys.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::now_v7().simple().to_string().get(20..).unwrap_or("x"))
+    format!(
+        "{prefix}{}",
+        uuid::Uuid::now_v7()
+            .simple()
+            .to_string()
+            .get(20..)
+            .unwrap_or("x")
+    )
 }
 
 /// One isolated Sluice deployment for one test.
@@ -49,9 +56,9 @@ impl TestEnv {
         let mut cfg = Config::default();
         cfg.nats.url = nats_url();
         cfg.nats.namespace = ns.clone();
-        // JetStream reserves a stream's max_bytes from its storage limit; with the 2 GiB
-        // default a server runs out after a couple of dozen tests' streams.
-        cfg.nats.max_queue_bytes = 64 * 1024 * 1024;
+        // JetStream reserves a stream's max_bytes up front; keep test streams small so a
+        // long-lived server is not exhausted by the streams of earlier runs.
+        cfg.nats.max_queue_bytes = 8 * 1024 * 1024;
         cfg.redis.url = redis_url();
         cfg.redis.prefix = format!("{ns}:");
         cfg.redis.result_ttl_s = 600;
@@ -65,14 +72,23 @@ impl TestEnv {
         cfg.tenants = vec![
             TenantConfig {
                 id: "acme".into(),
-                keys: vec![KeyConfig { id: "acme-1".into(), sha256: hash_api_key(ACME_KEY) }],
+                keys: vec![KeyConfig {
+                    id: "acme-1".into(),
+                    sha256: hash_api_key(ACME_KEY),
+                }],
             },
             TenantConfig {
                 id: "other".into(),
-                keys: vec![KeyConfig { id: "other-1".into(), sha256: hash_api_key(OTHER_KEY) }],
+                keys: vec![KeyConfig {
+                    id: "other-1".into(),
+                    sha256: hash_api_key(OTHER_KEY),
+                }],
             },
         ];
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
         TestEnv { cfg, http }
     }
 
@@ -89,7 +105,12 @@ impl TestEnv {
         let server = sluice_ingest::Server::start(self.cfg.clone(), listener).await?;
         let url = format!("{}/readyz", server.base_url());
         wait_until(Duration::from_secs(20), || async {
-            Ok(self.http.get(&url).send().await.is_ok_and(|r| r.status() == 200))
+            Ok(self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200))
         })
         .await?;
         Ok(server)
@@ -112,9 +133,19 @@ impl TestEnv {
             .env("SLUICE_REDIS__URL", &c.redis.url)
             .env("SLUICE_REDIS__PREFIX", format!("\"{}\"", c.redis.prefix))
             .env("SLUICE_UPSTREAM__BASE_URL", &c.upstream.base_url)
-            .env("SLUICE_WORKER__CONCURRENCY", c.worker.concurrency.to_string())
+            .env(
+                "SLUICE_WORKER__CONCURRENCY",
+                c.worker.concurrency.to_string(),
+            )
             .env("SLUICE_WORKER__ACK_WAIT_S", c.worker.ack_wait_s.to_string())
-            .env("SLUICE_WORKER__IDLE_POLL_MS", c.worker.idle_poll_ms.to_string())
+            .env(
+                "SLUICE_WORKER__IDLE_POLL_MS",
+                c.worker.idle_poll_ms.to_string(),
+            )
+            .env(
+                "SLUICE_WORKER__SHUTDOWN_GRACE_S",
+                c.worker.shutdown_grace_s.to_string(),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -140,17 +171,33 @@ impl Default for TestEnv {
     }
 }
 
+/// Sends SIGTERM to a child process.
+pub fn terminate(child: &tokio::process::Child) -> Result<()> {
+    let pid = child.id().context("child already exited")?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+    Ok(())
+}
+
 /// Path of a workspace binary built next to the test executable (`scripts/test.sh` builds
 /// them before running the tests).
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("test executable has no folder")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("test executable has no folder")?
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
     let path = dir.join(name);
     if !path.exists() {
-        bail!("{} not found; run `cargo build --bins` first", path.display());
+        bail!(
+            "{} not found; run `cargo build --bins` first",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -187,15 +234,25 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: String, key: &str) -> Api {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
-        Api { base, key: key.to_string(), http }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Api {
+            base,
+            key: key.to_string(),
+            http,
+        }
     }
 
     pub async fn submit(&self, body: &Value) -> Result<(u16, reqwest::header::HeaderMap, Value)> {
         self.submit_raw(serde_json::to_vec(body)?).await
     }
 
-    pub async fn submit_raw(&self, body: Vec<u8>) -> Result<(u16, reqwest::header::HeaderMap, Value)> {
+    pub async fn submit_raw(
+        &self,
+        body: Vec<u8>,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Value)> {
         let resp = self
             .http
             .post(format!("{}/v1/jobs", self.base))
@@ -216,11 +273,19 @@ impl Api {
         if status != 202 {
             bail!("submit answered {status}: {json}");
         }
-        json["id"].as_str().map(str::to_string).context("no id in 202 body")
+        json["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("no id in 202 body")
     }
 
     pub async fn job(&self, id: &str) -> Result<(u16, Value)> {
-        let resp = self.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(&self.key).send().await?;
+        let resp = self
+            .http
+            .get(format!("{}/v1/jobs/{id}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
         let status = resp.status().as_u16();
         Ok((status, resp.json::<Value>().await.unwrap_or(Value::Null)))
     }

@@ -18,14 +18,15 @@ async fn submit_poll_completed_with_the_simulators_answer() -> Result<()> {
     let api = Api::new(ingest.base_url(), ACME_KEY);
 
     let body = chat_body("What is a sluice?");
-    let (status, headers, accepted) = api.submit(&json!({
-        "model": "sim-small",
-        "messages": body["messages"],
-        "max_tokens": 32,
-        "priority": "high",
-        "metadata": { "order": "42" },
-    }))
-    .await?;
+    let (status, headers, accepted) = api
+        .submit(&json!({
+            "model": "sim-small",
+            "messages": body["messages"],
+            "max_tokens": 32,
+            "priority": "high",
+            "metadata": { "order": "42" },
+        }))
+        .await?;
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap_or_default().to_string();
     assert_eq!(accepted["status"], "queued");
@@ -38,8 +39,14 @@ async fn submit_poll_completed_with_the_simulators_answer() -> Result<()> {
     assert_eq!(job["attempts"], 1);
     let result = &job["result"];
     assert_eq!(result["object"], "chat.completion");
-    assert!(result["usage"]["prompt_tokens"].as_u64().unwrap_or(0) > 0, "{result}");
-    assert!(result["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{result}");
+    assert!(
+        result["usage"]["prompt_tokens"].as_u64().unwrap_or(0) > 0,
+        "{result}"
+    );
+    assert!(
+        result["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "{result}"
+    );
     let t = &job["timings_ms"];
     assert!(t["queued_at"].as_u64() <= t["in_progress_at"].as_u64());
     assert!(t["in_progress_at"].as_u64() <= t["completed_at"].as_u64());
@@ -53,8 +60,15 @@ async fn submit_poll_completed_with_the_simulators_answer() -> Result<()> {
         .await?
         .json()
         .await?;
-    assert_eq!(result["choices"][0]["message"]["content"], direct["choices"][0]["message"]["content"]);
-    assert_eq!(sim.counters().per_model.get("sim-small").copied(), Some(2), "one call for the job, one direct");
+    assert_eq!(
+        result["choices"][0]["message"]["content"],
+        direct["choices"][0]["message"]["content"]
+    );
+    assert_eq!(
+        sim.counters().per_model.get("sim-small").copied(),
+        Some(2),
+        "one call for the job, one direct"
+    );
 
     // Another tenant cannot see it; an unknown id is 404 too.
     let other = Api::new(ingest.base_url(), OTHER_KEY);
@@ -75,7 +89,9 @@ async fn a_permanent_upstream_error_fails_the_job_without_leaking_upstream_text(
     let worker = env.worker().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
 
-    let id = api.submit_ok(&chat_body("refuse this [[sim:status=400]]")).await?;
+    let id = api
+        .submit_ok(&chat_body("refuse this [[sim:status=400]]"))
+        .await?;
     let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "upstream_rejected");
@@ -84,7 +100,9 @@ async fn a_permanent_upstream_error_fails_the_job_without_leaking_upstream_text(
     assert_eq!(sim.counters().per_model.get("sim-small").copied(), Some(1));
 
     // A retryable error is retried and then succeeds.
-    let id = api.submit_ok(&chat_body("flaky [[sim:fail_first=2:flaky-1]]")).await?;
+    let id = api
+        .submit_ok(&chat_body("flaky [[sim:fail_first=2:flaky-1]]"))
+        .await?;
     let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["attempts"], 3);
@@ -103,7 +121,9 @@ async fn retries_are_bounded_and_end_in_the_dead_letter_stream() -> Result<()> {
     let worker = env.worker().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
 
-    let id = api.submit_ok(&chat_body("always down [[sim:status=503]]")).await?;
+    let id = api
+        .submit_ok(&chat_body("always down [[sim:status=503]]"))
+        .await?;
     let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "max_attempts_exceeded");
@@ -118,10 +138,21 @@ async fn retries_are_bounded_and_end_in_the_dead_letter_stream() -> Result<()> {
         Ok(s.info().await?.state.messages == 1)
     })
     .await?;
-    let msg = js.get_stream(&dlq).await?.get_last_raw_message_by_subject(&queue.subjects().dlq("max_attempts", "acme")).await?;
+    let msg = js
+        .get_stream(&dlq)
+        .await?
+        .get_last_raw_message_by_subject(&queue.subjects().dlq("max_attempts", "acme"))
+        .await?;
     let headers = msg.headers;
-    assert_eq!(headers.get("Sluice-Job-Id").map(|v| v.to_string()), Some(id.clone()));
-    assert_eq!(queue.queued_messages().await?, 0, "the original is removed from the work queue");
+    assert_eq!(
+        headers.get("Sluice-Job-Id").map(|v| v.to_string()),
+        Some(id.clone())
+    );
+    assert_eq!(
+        queue.queued_messages().await?,
+        0,
+        "the original is removed from the work queue"
+    );
 
     worker.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
@@ -158,28 +189,53 @@ async fn bad_input_is_refused_with_openai_errors_and_nothing_is_published() -> R
         let (status, _, json) = api.submit_raw(body).await?;
         assert_eq!(status, want, "{shown} → {json}");
         let err = &json["error"];
-        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{shown} → {json}");
-        assert!(err.get("type").is_some() && err.get("param").is_some() && err.get("code").is_some(), "{json}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{shown} → {json}"
+        );
+        assert!(
+            err.get("type").is_some() && err.get("param").is_some() && err.get("code").is_some(),
+            "{json}"
+        );
         if let Some(p) = param {
             assert_eq!(err["param"], p, "{shown} → {json}");
         }
     }
 
     // Authentication: missing, wrong, and malformed keys.
-    let resp = env.http.post(format!("{}/v1/jobs", ingest.base_url())).json(&chat_body("x")).send().await?;
+    let resp = env
+        .http
+        .post(format!("{}/v1/jobs", ingest.base_url()))
+        .json(&chat_body("x"))
+        .send()
+        .await?;
     assert_eq!(resp.status(), 401);
     let body: Value = resp.json().await?;
     assert_eq!(body["error"]["code"], "invalid_api_key");
     let wrong = Api::new(ingest.base_url(), "sk-wrong");
     assert_eq!(wrong.submit(&chat_body("x")).await?.0, 401);
     // Unknown routes and methods answer in the same error shape.
-    let resp = env.http.get(format!("{}/v1/nope", ingest.base_url())).bearer_auth(ACME_KEY).send().await?;
+    let resp = env
+        .http
+        .get(format!("{}/v1/nope", ingest.base_url()))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await?;
     assert_eq!(resp.status(), 404);
     assert!(resp.json::<Value>().await?["error"]["message"].is_string());
-    let resp = env.http.delete(format!("{}/v1/jobs", ingest.base_url())).bearer_auth(ACME_KEY).send().await?;
+    let resp = env
+        .http
+        .delete(format!("{}/v1/jobs", ingest.base_url()))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await?;
     assert_eq!(resp.status(), 405);
 
-    assert_eq!(queue.queued_messages().await?, 0, "nothing reached the broker");
+    assert_eq!(
+        queue.queued_messages().await?,
+        0,
+        "nothing reached the broker"
+    );
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
@@ -189,8 +245,24 @@ async fn health_and_readiness() -> Result<()> {
     let env = TestEnv::new();
     let ingest = env.ingest().await?;
     let base = ingest.base_url();
-    assert_eq!(env.http.get(format!("{base}/healthz")).send().await?.status(), 200);
-    wait_until(LONG, || async { Ok(env.http.get(format!("{base}/readyz")).send().await?.status() == 200) }).await?;
+    assert_eq!(
+        env.http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await?
+            .status(),
+        200
+    );
+    wait_until(LONG, || async {
+        Ok(env
+            .http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await?
+            .status()
+            == 200)
+    })
+    .await?;
     let metrics = env.http.get(format!("{base}/metrics")).send().await?;
     assert_eq!(metrics.status(), 200, "metrics are open");
     ingest.shutdown(Duration::from_secs(5)).await;

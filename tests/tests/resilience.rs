@@ -13,7 +13,10 @@ const LONG: Duration = Duration::from_secs(40);
 async fn events(env: &TestEnv, id: &str) -> Result<Vec<Value>> {
     let store = env.store()?;
     let raw = store.events_after(uuid::Uuid::parse_str(id)?, 0).await?;
-    Ok(raw.iter().filter_map(|e| serde_json::from_str(e).ok()).collect())
+    Ok(raw
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +30,9 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_result_is_recorded_once()
     let api = Api::new(ingest.base_url(), ACME_KEY);
 
     let mut doomed = env.worker_process()?;
-    let id = api.submit_ok(&chat_body("slow one [[sim:sleep=3000]]")).await?;
+    let id = api
+        .submit_ok(&chat_body("slow one [[sim:sleep=3000]]"))
+        .await?;
     api.wait_status(&id, &["in_progress"], LONG).await?;
     wait_until(LONG, || async { Ok(sim.counters().in_flight == 1) }).await?;
     doomed.start_kill()?;
@@ -36,7 +41,10 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_result_is_recorded_once()
     let survivor = env.worker().await?;
     let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
     assert_eq!(job["status"], "completed", "{job}");
-    assert_eq!(job["attempts"], 2, "one redelivery after the kill, none caused by the slow call: {job}");
+    assert_eq!(
+        job["attempts"], 2,
+        "one redelivery after the kill, none caused by the slow call: {job}"
+    );
 
     // Give a stray redelivery time to show up, then check the record holds one outcome.
     let queue = env.queue().await?;
@@ -44,7 +52,11 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_result_is_recorded_once()
     let evs = events(&env, &id).await?;
     let completed = evs.iter().filter(|e| e["status"] == "completed").count();
     assert_eq!(completed, 1, "{evs:?}");
-    let started: Vec<_> = evs.iter().filter(|e| e["status"] == "in_progress").map(|e| e["attempt"].clone()).collect();
+    let started: Vec<_> = evs
+        .iter()
+        .filter(|e| e["status"] == "in_progress")
+        .map(|e| e["attempt"].clone())
+        .collect();
     assert_eq!(started, vec![json!(1), json!(2)]);
     assert_eq!(sim.counters().per_model.get("sim-small").copied(), Some(2));
 
@@ -64,7 +76,14 @@ struct OwnNats {
 impl OwnNats {
     async fn start(&mut self) -> Result<()> {
         let child = tokio::process::Command::new(&self.bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -72,7 +91,10 @@ impl OwnNats {
             .spawn()?;
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
-        wait_until(LONG, || async { Ok(tokio::net::TcpStream::connect(&addr).await.is_ok()) }).await
+        wait_until(LONG, || async {
+            Ok(tokio::net::TcpStream::connect(&addr).await.is_ok())
+        })
+        .await
     }
 
     async fn stop(&mut self) -> Result<()> {
@@ -89,9 +111,16 @@ async fn broker_down_answers_503_then_service_resumes_without_restart() -> Resul
     let Ok(bin) = std::env::var("SLUICE_TEST_NATS_BIN") else {
         anyhow::bail!("SLUICE_TEST_NATS_BIN is not set; run the suite with scripts/test.sh");
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let dir = std::env::temp_dir().join(sluice_e2e::unique("sluice-nats-"));
-    let mut nats = OwnNats { bin, port, dir: dir.clone(), child: None };
+    let mut nats = OwnNats {
+        bin,
+        port,
+        dir: dir.clone(),
+        child: None,
+    };
     nats.start().await?;
 
     let mut env = TestEnv::new();
@@ -104,14 +133,20 @@ async fn broker_down_answers_503_then_service_resumes_without_restart() -> Resul
     nats.stop().await?;
     let mut refused = 0;
     for i in 0..5 {
-        let (status, headers, body) = api.submit(&chat_body(&format!("during the outage {i}"))).await?;
+        let (status, headers, body) = api
+            .submit(&chat_body(&format!("during the outage {i}")))
+            .await?;
         assert_eq!(status, 503, "{body}");
         assert!(headers.get("retry-after").is_some());
         assert_eq!(body["error"]["code"], "queue_unavailable");
         refused += 1;
     }
     assert_eq!(refused, 5);
-    let ready = env.http.get(format!("{}/readyz", ingest.base_url())).send().await?;
+    let ready = env
+        .http
+        .get(format!("{}/readyz", ingest.base_url()))
+        .send()
+        .await?;
     assert_eq!(ready.status(), 503, "not ready while the broker is down");
 
     nats.start().await?;
@@ -121,17 +156,31 @@ async fn broker_down_answers_503_then_service_resumes_without_restart() -> Resul
         if status == 202 {
             break body["id"].as_str().map(str::to_string).unwrap_or_default();
         }
-        anyhow::ensure!(started.elapsed() < LONG, "ingest did not resume after the broker came back");
+        anyhow::ensure!(
+            started.elapsed() < LONG,
+            "ingest did not resume after the broker came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
     // No phantom jobs: the store holds exactly the two accepted ones.
-    let mut redis = redis::Client::open(env.cfg.redis.url.as_str())?.get_multiplexed_async_connection().await?;
+    let mut redis = redis::Client::open(env.cfg.redis.url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
     let pattern = format!("{}job:*", env.cfg.redis.prefix);
-    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await?;
-    let mut jobs: Vec<String> = keys.into_iter().filter(|k| !k.ends_with(":events")).collect();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut redis)
+        .await?;
+    let mut jobs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| !k.ends_with(":events"))
+        .collect();
     jobs.sort();
-    let mut want = vec![format!("{}job:{before}", env.cfg.redis.prefix), format!("{}job:{after}", env.cfg.redis.prefix)];
+    let mut want = vec![
+        format!("{}job:{before}", env.cfg.redis.prefix),
+        format!("{}job:{after}", env.cfg.redis.prefix),
+    ];
     want.sort();
     assert_eq!(jobs, want);
     // Both are durably queued, the first one across the broker restart.
@@ -154,9 +203,19 @@ async fn a_poison_message_is_dead_lettered_and_counted_and_the_worker_carries_on
     let queue = env.queue().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
 
-    let subject = queue.subjects().job(sluice_protocol::Priority::Normal, "acme");
-    for garbage in [&b"\xc1\xc1 definitely not msgpack"[..], b"", b"{\"json\":\"instead\"}"] {
-        queue.jetstream().publish(subject.clone(), garbage.to_vec().into()).await?.await?;
+    let subject = queue
+        .subjects()
+        .job(sluice_protocol::Priority::Normal, "acme");
+    for garbage in [
+        &b"\xc1\xc1 definitely not msgpack"[..],
+        b"",
+        b"{\"json\":\"instead\"}",
+    ] {
+        queue
+            .jetstream()
+            .publish(subject.clone(), garbage.to_vec().into())
+            .await?
+            .await?;
     }
     let id = api.submit_ok(&chat_body("after the poison")).await?;
     let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
@@ -169,13 +228,30 @@ async fn a_poison_message_is_dead_lettered_and_counted_and_the_worker_carries_on
         Ok(s.info().await?.state.messages == 3)
     })
     .await?;
-    let last = js.get_stream(&dlq).await?.get_last_raw_message_by_subject(&queue.subjects().dlq("undecodable", "unknown")).await?;
-    assert_eq!(last.headers.get("Sluice-Reason").map(|v| v.to_string()).as_deref(), Some("undecodable"));
-    assert_eq!(last.headers.get("Sluice-Original-Subject").map(|v| v.to_string()), Some(subject));
+    let last = js
+        .get_stream(&dlq)
+        .await?
+        .get_last_raw_message_by_subject(&queue.subjects().dlq("undecodable", "unknown"))
+        .await?;
+    assert_eq!(
+        last.headers
+            .get("Sluice-Reason")
+            .map(|v| v.to_string())
+            .as_deref(),
+        Some("undecodable")
+    );
+    assert_eq!(
+        last.headers
+            .get("Sluice-Original-Subject")
+            .map(|v| v.to_string()),
+        Some(subject)
+    );
     assert_eq!(queue.queued_messages().await?, 0);
     let metrics = sluice_telemetry::render_metrics();
     assert!(
-        metrics.lines().any(|l| l.starts_with("sluice_worker_dead_letters_total{reason=\"undecodable\"}")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_worker_dead_letters_total{reason=\"undecodable\"}")),
         "{metrics}"
     );
 
@@ -193,7 +269,9 @@ async fn with_the_worker_saturated_high_jobs_start_before_earlier_low_ones() -> 
     let worker = env.worker().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
 
-    let blocker = api.submit_ok(&chat_body("blocker [[sim:sleep=1500]]")).await?;
+    let blocker = api
+        .submit_ok(&chat_body("blocker [[sim:sleep=1500]]"))
+        .await?;
     api.wait_status(&blocker, &["in_progress"], LONG).await?;
     let mut lows = Vec::new();
     for i in 0..5 {
@@ -208,9 +286,18 @@ async fn with_the_worker_saturated_high_jobs_start_before_earlier_low_ones() -> 
         highs.push(api.submit_ok(&b).await?);
     }
     let mut started = Vec::new();
-    for (id, class) in lows.iter().map(|i| (i, "low")).chain(highs.iter().map(|i| (i, "high"))) {
+    for (id, class) in lows
+        .iter()
+        .map(|i| (i, "low"))
+        .chain(highs.iter().map(|i| (i, "high")))
+    {
         let job = api.wait_status(id, &["completed"], LONG).await?;
-        started.push((job["timings_ms"]["in_progress_at"].as_u64().unwrap_or(u64::MAX), class));
+        started.push((
+            job["timings_ms"]["in_progress_at"]
+                .as_u64()
+                .unwrap_or(u64::MAX),
+            class,
+        ));
     }
     started.sort();
     let order: Vec<&str> = started.iter().map(|(_, c)| *c).collect();
@@ -220,6 +307,56 @@ async fn with_the_worker_saturated_high_jobs_start_before_earlier_low_ones() -> 
     assert!(lows_before <= 1, "start order {order:?}");
 
     worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_jobs_finish_within_the_grace_period() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.shutdown_grace_s = 20;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    let mut worker = env.worker_process()?;
+    let id = api
+        .submit_ok(&chat_body("finish me [[sim:sleep=1500]]"))
+        .await?;
+    api.wait_status(&id, &["in_progress"], LONG).await?;
+    sluice_e2e::terminate(&worker)?;
+    let status = tokio::time::timeout(LONG, worker.wait()).await??;
+    assert!(status.success(), "worker exited with {status}");
+    // It finished the job before exiting, on the first attempt.
+    let (_, job) = api.job(&id).await?;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 1);
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_jobs_that_outlast_the_grace_period() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.shutdown_grace_s = 1;
+    let sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    let mut worker = env.worker_process()?;
+    let id = api
+        .submit_ok(&chat_body("too long [[sim:sleep=4000]]"))
+        .await?;
+    api.wait_status(&id, &["in_progress"], LONG).await?;
+    sluice_e2e::terminate(&worker)?;
+    tokio::time::timeout(LONG, worker.wait()).await??;
+    // Released, not lost: the upstream call was aborted and another worker finishes it.
+    wait_until(LONG, || async { Ok(sim.counters().aborted == 1) }).await?;
+    let survivor = env.worker().await?;
+    let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 2);
+    survivor.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -10,6 +10,7 @@
 
 mod delivery;
 mod env;
+mod governance;
 mod secret;
 mod sections;
 mod webhooks;
@@ -17,6 +18,7 @@ mod webhooks;
 use std::path::Path;
 
 pub use delivery::DeliveryConfig;
+pub use governance::*;
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
 pub use webhooks::WebhooksConfig;
@@ -24,7 +26,10 @@ pub use webhooks::WebhooksConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid config: {0}")]
     Parse(String),
     #[error("invalid config: {0}")]
@@ -42,17 +47,27 @@ impl Config {
     }
 
     /// Like [`Config::load`] with an explicit environment (for tests).
-    pub fn load_with_env(path: Option<&Path>, vars: &[(String, String)]) -> Result<Config, ConfigError> {
+    pub fn load_with_env(
+        path: Option<&Path>,
+        vars: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
             None => String::new(),
         };
         Self::from_toml_with_env(&text, vars)
     }
 
-    pub fn from_toml_with_env(text: &str, vars: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    pub fn from_toml_with_env(
+        text: &str,
+        vars: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         env::overlay(&mut table, vars)?;
         let cfg: Config = toml::Value::Table(table)
             .try_into()
@@ -76,7 +91,10 @@ mod tests {
     #[test]
     fn environment_overrides_the_file() {
         let vars = vec![
-            ("SLUICE_NATS__URL".to_string(), "nats://10.0.0.1:4333".to_string()),
+            (
+                "SLUICE_NATS__URL".to_string(),
+                "nats://10.0.0.1:4333".to_string(),
+            ),
             ("SLUICE_WORKER__CONCURRENCY".to_string(), "7".to_string()),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
@@ -89,8 +107,15 @@ mod tests {
     fn unknown_keys_are_refused_with_their_name() {
         let err = Config::from_toml_with_env("[worker]\nconcurency = 3\n", &[]).unwrap_err();
         assert!(err.to_string().contains("concurency"), "{err}");
-        let err = Config::from_toml_with_env("", &[("SLUICE_NOPE__X".into(), "1".into())]).unwrap_err();
+        let err =
+            Config::from_toml_with_env("", &[("SLUICE_NOPE__X".into(), "1".into())]).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+        // Variables that are not SECTION__KEY overrides are left alone.
+        let vars = [
+            ("SLUICE_CONFIG".to_string(), "x.toml".to_string()),
+            ("SLUICE_LOG_FORMAT".into(), "json".into()),
+        ];
+        assert!(Config::from_toml_with_env("", &vars).is_ok());
     }
 
     #[test]

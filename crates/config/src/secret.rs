@@ -17,7 +17,9 @@ impl TryFrom<String> for SecretRef {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         match s.strip_prefix("env::") {
-            Some(var) if !var.is_empty() => Ok(SecretRef { var: var.to_string() }),
+            Some(var) if !var.is_empty() => Ok(SecretRef {
+                var: var.to_string(),
+            }),
             _ => Err("a secret must be written as env::VARIABLE_NAME, never inline".to_string()),
         }
     }
@@ -37,7 +39,9 @@ impl SecretRef {
     pub fn resolve(&self) -> Result<SecretString, ConfigError> {
         std::env::var(&self.var)
             .map(SecretString::from)
-            .map_err(|_| ConfigError::MissingSecret { name: self.var.clone() })
+            .map_err(|_| ConfigError::MissingSecret {
+                name: self.var.clone(),
+            })
     }
 }
 

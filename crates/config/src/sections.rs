@@ -17,6 +17,7 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     pub delivery: crate::DeliveryConfig,
     pub webhooks: crate::WebhooksConfig,
+    pub governance: crate::GovernanceConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,7 +124,7 @@ pub struct WorkerConfig {
     pub low_share_every: u32,
     /// Where the worker serves `/metrics` and `/healthz` (empty: not served).
     pub metrics_listen: String,
-    /// Idle long-poll length when every class is empty.
+    /// Expiry of the one-message long-poll each idle class keeps open (re-armed when it ends).
     pub idle_poll_ms: u64,
 }
 
@@ -138,7 +139,7 @@ impl Default for WorkerConfig {
             shutdown_grace_s: 20,
             low_share_every: 10,
             metrics_listen: String::new(),
-            idle_poll_ms: 500,
+            idle_poll_ms: 2_000,
         }
     }
 }
@@ -197,7 +198,9 @@ impl Config {
             return bad("redis.pool_size and redis.result_ttl_s must be positive");
         }
         if self.ingest.max_body_bytes < 1024 || self.ingest.max_concurrent_requests == 0 {
-            return bad("ingest.max_body_bytes must be at least 1024 and max_concurrent_requests positive");
+            return bad(
+                "ingest.max_body_bytes must be at least 1024 and max_concurrent_requests positive",
+            );
         }
         if self.worker.concurrency == 0 || self.worker.concurrency > 100_000 {
             return bad("worker.concurrency must be between 1 and 100000");
@@ -208,11 +211,14 @@ impl Config {
         if self.worker.low_share_every < 2 {
             return bad("worker.low_share_every must be at least 2");
         }
-        if !(self.upstream.base_url.starts_with("http://") || self.upstream.base_url.starts_with("https://")) {
+        if !(self.upstream.base_url.starts_with("http://")
+            || self.upstream.base_url.starts_with("https://"))
+        {
             return bad("upstream.base_url must be an http(s) URL");
         }
         self.delivery.validate()?;
         self.webhooks.validate()?;
+        self.governance.validate()?;
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
         for t in &self.tenants {
@@ -223,7 +229,10 @@ impl Config {
                 )));
             }
             if !tenants.insert(t.id.as_str()) {
-                return Err(ConfigError::Invalid(format!("tenant {:?} is listed twice", t.id)));
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {:?} is listed twice",
+                    t.id
+                )));
             }
             for k in &t.keys {
                 let ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
@@ -234,7 +243,10 @@ impl Config {
                     )));
                 }
                 if !keys.insert(k.sha256.to_ascii_lowercase()) {
-                    return Err(ConfigError::Invalid(format!("key {:?} is configured twice", k.id)));
+                    return Err(ConfigError::Invalid(format!(
+                        "key {:?} is configured twice",
+                        k.id
+                    )));
                 }
             }
         }

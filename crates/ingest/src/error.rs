@@ -9,11 +9,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
+use sluice_governance::Dimension;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    InvalidRequest { message: String, param: Option<String>, code: &'static str },
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("{0}")]
@@ -36,11 +41,43 @@ pub enum ApiError {
     JobFailed { code: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("rate limit {policy} exceeded")]
+    RateLimited {
+        dimension: Dimension,
+        policy: String,
+        retry_after_s: u64,
+        headers: Vec<(&'static str, String)>,
+    },
+    #[error("budget exhausted")]
+    BudgetExhausted { cost: bool, retry_after_s: u64 },
+    #[error("loop detected")]
+    LoopDetected { retry_after_s: u64 },
+    #[error("tenant disabled")]
+    TenantDisabled,
+    #[error("{priority} work is being shed")]
+    Shed {
+        priority: &'static str,
+        retry_after_s: u64,
+    },
+    #[error("idempotency key reused with a different body")]
+    IdempotencyConflict,
+    #[error("admission state unavailable: {reason}")]
+    AdmissionUnavailable { retry_after_s: u64, reason: String },
+    #[error("admin key required")]
+    Forbidden,
 }
 
 impl ApiError {
-    pub fn invalid(message: impl Into<String>, param: Option<&str>, code: &'static str) -> ApiError {
-        ApiError::InvalidRequest { message: message.into(), param: param.map(str::to_string), code }
+    pub fn invalid(
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: &'static str,
+    ) -> ApiError {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_string),
+            code,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -50,12 +87,19 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueUnavailable { .. } | ApiError::StoreUnavailable { .. } | ApiError::Overloaded { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::QueueUnavailable { .. }
+            | ApiError::StoreUnavailable { .. }
+            | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::JobFailed { code, .. } => job_failure_status(code),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RateLimited { .. }
+            | ApiError::BudgetExhausted { .. }
+            | ApiError::LoopDetected { .. }
+            | ApiError::Shed { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TenantDisabled | ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::AdmissionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -73,21 +117,41 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::JobFailed { .. } => "job_failed",
             ApiError::Internal(_) => "internal",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::BudgetExhausted { .. } => "budget_exhausted",
+            ApiError::LoopDetected { .. } => "loop_detected",
+            ApiError::TenantDisabled => "tenant_disabled",
+            ApiError::Shed { .. } => "shed",
+            ApiError::IdempotencyConflict => "idempotency_conflict",
+            ApiError::AdmissionUnavailable { .. } => "admission_unavailable",
+            ApiError::Forbidden => "forbidden",
         }
     }
 
     fn body(&self) -> serde_json::Value {
         let (message, kind, param, code): (String, &str, Option<&str>, Option<&str>) = match self {
-            ApiError::InvalidRequest { message, param, code } => {
-                (message.clone(), "invalid_request_error", param.as_deref(), Some(code))
-            }
+            ApiError::InvalidRequest {
+                message,
+                param,
+                code,
+            } => (
+                message.clone(),
+                "invalid_request_error",
+                param.as_deref(),
+                Some(code),
+            ),
             ApiError::Unauthorized => (
                 "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.".into(),
                 "invalid_request_error",
                 None,
                 Some("invalid_api_key"),
             ),
-            ApiError::NotFound(what) => (what.clone(), "invalid_request_error", None, Some("not_found")),
+            ApiError::NotFound(what) => (
+                what.clone(),
+                "invalid_request_error",
+                None,
+                Some("not_found"),
+            ),
             ApiError::MethodNotAllowed => (
                 "Method not allowed for this URL.".into(),
                 "invalid_request_error",
@@ -101,7 +165,8 @@ impl ApiError {
                 Some("request_too_large"),
             ),
             ApiError::QueueUnavailable { .. } => (
-                "The queue is not accepting work right now; retry after the indicated delay.".into(),
+                "The queue is not accepting work right now; retry after the indicated delay."
+                    .into(),
                 "server_error",
                 None,
                 Some("queue_unavailable"),
@@ -127,7 +192,67 @@ impl ApiError {
                 };
                 (message.clone(), kind, None, Some(code.as_str()))
             }
-            ApiError::Internal(_) => ("Internal error.".into(), "server_error", None, Some("internal_error")),
+            ApiError::Internal(_) => (
+                "Internal error.".into(),
+                "server_error",
+                None,
+                Some("internal_error"),
+            ),
+            ApiError::RateLimited {
+                dimension, policy, ..
+            } => (
+                format!("Rate limit '{policy}' exceeded; retry after the indicated delay."),
+                "rate_limit_error",
+                None,
+                Some(rate_code(dimension)),
+            ),
+            ApiError::BudgetExhausted { cost, .. } => (
+                format!(
+                    "The tenant's {} budget for this period is exhausted; it resets after the indicated delay.",
+                    if *cost { "cost" } else { "token" }
+                ),
+                "rate_limit_error",
+                None,
+                Some("budget_exhausted"),
+            ),
+            ApiError::LoopDetected { .. } => (
+                "The same prompt was sent too many times in the last minute on this chain.".into(),
+                "rate_limit_error",
+                None,
+                Some("loop_detected"),
+            ),
+            ApiError::TenantDisabled => (
+                "This tenant is disabled.".into(),
+                "permission_error",
+                None,
+                Some("tenant_disabled"),
+            ),
+            ApiError::Shed { priority, .. } => (
+                format!(
+                    "The queue is saturated; '{priority}' priority work is not being accepted right now."
+                ),
+                "rate_limit_error",
+                Some("priority"),
+                Some("queue_saturated"),
+            ),
+            ApiError::IdempotencyConflict => (
+                "This Idempotency-Key was already used with a different request body.".into(),
+                "invalid_request_error",
+                None,
+                Some("idempotency_key_reused"),
+            ),
+            ApiError::AdmissionUnavailable { .. } => (
+                "Rate limits cannot be checked right now; retry after the indicated delay.".into(),
+                "server_error",
+                None,
+                Some("admission_unavailable"),
+            ),
+            ApiError::Forbidden => (
+                "This route needs the admin key.".into(),
+                "permission_error",
+                None,
+                Some("admin_key_required"),
+            ),
         };
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
     }
@@ -172,14 +297,43 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::QueueUnavailable { retry_after_s, .. }
             | ApiError::StoreUnavailable { retry_after_s, .. }
-            | ApiError::Overloaded { retry_after_s } => Some(*retry_after_s),
+            | ApiError::Overloaded { retry_after_s }
+            | ApiError::RateLimited { retry_after_s, .. }
+            | ApiError::BudgetExhausted { retry_after_s, .. }
+            | ApiError::LoopDetected { retry_after_s }
+            | ApiError::Shed { retry_after_s, .. }
+            | ApiError::AdmissionUnavailable { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
         };
+        if let ApiError::RateLimited { dimension, .. } = &self {
+            metrics::counter!("sluice_ingest_rate_limited_total", "dimension" => dimension.as_str()).increment(1);
+        }
+        let extra = match &self {
+            ApiError::RateLimited { headers, .. } => headers.clone(),
+            _ => Vec::new(),
+        };
         let mut resp = (status, Json(self.body())).into_response();
+        for (name, value) in extra {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
         if let Some(s) = retry_after {
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
         }
         resp
+    }
+}
+
+/// The error `code` of a rate-limit refusal names its dimension.
+fn rate_code(dimension: &Dimension) -> &'static str {
+    match dimension {
+        Dimension::Global => "rate_limit_global",
+        Dimension::Tenant => "rate_limit_tenant",
+        Dimension::Key => "rate_limit_key",
+        Dimension::Model => "rate_limit_model",
+        Dimension::Agent => "rate_limit_agent",
+        Dimension::Chain => "rate_limit_chain",
     }
 }
 
@@ -206,7 +360,11 @@ mod tests {
 
     #[test]
     fn unavailable_carries_retry_after() {
-        let resp = ApiError::QueueUnavailable { retry_after_s: 3, reason: "x".into() }.into_response();
+        let resp = ApiError::QueueUnavailable {
+            retry_after_s: 3,
+            reason: "x".into(),
+        }
+        .into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[RETRY_AFTER], "3");
     }

@@ -6,11 +6,12 @@
 //!
 //! # Layout
 //! - [`routes`]: `jobs` (submit, read), `cancel`, `events` (SSE), `openai` (chat
-//!   completions, embeddings, models), `webhooks` (endpoints, rotation, delivery logs) and
-//!   `ops` (health, readiness, metrics).
+//!   completions, embeddings, models), `webhooks` (endpoints, rotation, delivery logs),
+//!   `admin` and `ops` (health, readiness, metrics).
 //! - [`watch`]: following a job's event history (Redis) woken by broker notifications.
 //! - [`cancel`]: cancelling a job, on request or when a synchronous client leaves.
-//! - [`auth`]: API keys and the open-route allowlist.
+//! - [`auth`]: API keys (config and Redis), the admin scope and the open-route allowlist.
+//! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod cancel;
 pub mod embeddings;
 pub mod error;
+pub mod middleware;
 pub mod routes;
 pub mod validate;
 pub mod watch;
@@ -34,7 +36,7 @@ use std::{
 use axum::{
     Router,
     extract::{DefaultBodyLimit, Request, State},
-    middleware::{self, Next},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -53,6 +55,9 @@ pub struct AppState {
     pub queue: Queue,
     pub store: Store,
     pub keys: Arc<KeyTable>,
+    pub gov: sluice_governance::Governor,
+    pub key_cache: sluice_governance::apikeys::KeyCache,
+    pub backlogs: Arc<middleware::shedding::Backlogs>,
     /// Set once the JetStream streams are known to exist.
     pub streams_ready: Arc<AtomicBool>,
     in_flight: Arc<Semaphore>,
@@ -67,8 +72,25 @@ impl AppState {
         let keys = Arc::new(KeyTable::from_config(&cfg.tenants));
         let in_flight = Arc::new(Semaphore::new(cfg.ingest.max_concurrent_requests));
         let streams_ready = Arc::new(AtomicBool::new(false));
-        let background = TaskTracker::new();
-        Ok(AppState { cfg: Arc::new(cfg), queue, store, keys, streams_ready, in_flight, background })
+        let g = &cfg.governance;
+        let key_cache = sluice_governance::apikeys::KeyCache::new(
+            Duration::from_millis(g.key_cache_ttl_ms),
+            g.key_cache_capacity,
+        );
+        let gov = sluice_governance::Governor::new(store.clone(), g.clone());
+        let backlogs = Arc::new(middleware::shedding::Backlogs::default());
+        Ok(AppState {
+            cfg: Arc::new(cfg),
+            queue,
+            store,
+            keys,
+            gov,
+            key_cache,
+            backlogs,
+            streams_ready,
+            in_flight,
+            background: TaskTracker::new(),
+        })
     }
 }
 
@@ -88,14 +110,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}", axum::routing::delete(routes::webhooks::delete))
         .route("/v1/webhooks/{id}/rotate", post(routes::webhooks::rotate))
         .route("/v1/webhooks/{id}/deliveries", get(routes::webhooks::deliveries))
+        .merge(routes::admin::router())
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
-        .layer(middleware::from_fn_with_state(state.clone(), shed_load))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            shed_load,
+        ))
         .with_state(state)
 }
 
@@ -109,7 +138,11 @@ async fn shed_load(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// Makes sure the streams exist, retrying in the background while the broker is away.
-pub async fn ensure_streams_until_ready(queue: Queue, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+pub async fn ensure_streams_until_ready(
+    queue: Queue,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let mut delay = Duration::from_millis(200);
     loop {
         match queue.ensure_streams().await {
@@ -142,7 +175,22 @@ impl Server {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(ensure_streams_until_ready(state.queue.clone(), state.streams_ready.clone(), shutdown.clone()));
+        tasks.spawn(ensure_streams_until_ready(
+            state.queue.clone(),
+            state.streams_ready.clone(),
+            shutdown.clone(),
+        ));
+        let shedding = &state.cfg.governance.shedding;
+        if middleware::shedding::enabled(shedding) {
+            let every = Duration::from_millis(shedding.poll_ms);
+            tasks.spawn(middleware::shedding::poll(
+                state.queue.clone(),
+                state.backlogs.clone(),
+                every,
+                shutdown.clone(),
+            ));
+        }
+        routes::admin::seed_tenants(&state).await;
         let background = state.background.clone();
         let app = router(state);
         let listener = listener.tap_io(|tcp| {
@@ -150,13 +198,20 @@ impl Server {
         });
         let token = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "ingest server stopped");
             }
         });
         tasks.close();
-        Ok(Server { addr, shutdown, tasks, background })
+        Ok(Server {
+            addr,
+            shutdown,
+            tasks,
+            background,
+        })
     }
 
     pub fn base_url(&self) -> String {

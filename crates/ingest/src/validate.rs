@@ -14,11 +14,38 @@ use crate::error::ApiError;
 
 /// OpenAI chat-completions parameters that are forwarded upstream.
 const OPENAI_FIELDS: &[&str] = &[
-    "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias",
-    "logprobs", "max_completion_tokens", "max_tokens", "modalities", "n", "parallel_tool_calls",
-    "prediction", "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format",
-    "safety_identifier", "seed", "service_tier", "stop", "store", "stream", "stream_options",
-    "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
+    "model",
+    "messages",
+    "audio",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "modalities",
+    "n",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "verbosity",
     "web_search_options",
 ];
 
@@ -28,7 +55,14 @@ const SLUICE_FIELDS: &[&str] = &["priority", "metadata", "deadline_s", "webhook"
 /// Longest accepted `deadline_s` (a week).
 pub const MAX_DEADLINE_S: i64 = 7 * 24 * 3600;
 
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 pub const MAX_MESSAGES: usize = 4096;
 pub const MAX_METADATA_PAIRS: usize = 16;
@@ -59,17 +93,30 @@ pub struct Limits {
 pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(
-            format!("The request body is not valid JSON ({}).", json_error_kind(&e)),
+            format!(
+                "The request body is not valid JSON ({}).",
+                json_error_kind(&e)
+            ),
             None,
             "invalid_json",
         )
     })?;
     let Value::Object(mut obj) = value else {
-        return Err(ApiError::invalid("The request body must be a JSON object.", None, "invalid_json"));
-    };
-    if let Some(unknown) = obj.keys().find(|k| !OPENAI_FIELDS.contains(&k.as_str()) && !SLUICE_FIELDS.contains(&k.as_str())) {
         return Err(ApiError::invalid(
-            format!("Unrecognized request argument supplied: '{}'.", truncate(unknown, 64)),
+            "The request body must be a JSON object.",
+            None,
+            "invalid_json",
+        ));
+    };
+    if let Some(unknown) = obj
+        .keys()
+        .find(|k| !OPENAI_FIELDS.contains(&k.as_str()) && !SLUICE_FIELDS.contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(
+            format!(
+                "Unrecognized request argument supplied: '{}'.",
+                truncate(unknown, 64)
+            ),
             Some(unknown),
             "unknown_parameter",
         ));
@@ -77,7 +124,11 @@ pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, Ap
     let priority = match obj.remove("priority") {
         None | Some(Value::Null) => Priority::Normal,
         Some(Value::String(s)) => Priority::parse(&s).ok_or_else(|| {
-            ApiError::invalid("Invalid 'priority': expected 'high', 'normal' or 'low'.", Some("priority"), "invalid_value")
+            ApiError::invalid(
+                "Invalid 'priority': expected 'high', 'normal' or 'low'.",
+                Some("priority"),
+                "invalid_value",
+            )
         })?,
         Some(_) => return Err(wrong_type("priority", "a string")),
     };
@@ -128,7 +179,11 @@ pub(crate) fn wrong_type(param: &str, expected: &str) -> ApiError {
 }
 
 fn out_of_range(param: &str, range: &str) -> ApiError {
-    ApiError::invalid(format!("Invalid value for '{param}': must be {range}."), Some(param), "invalid_value")
+    ApiError::invalid(
+        format!("Invalid value for '{param}': must be {range}."),
+        Some(param),
+        "invalid_value",
+    )
 }
 
 pub(crate) fn model(obj: &Map<String, Value>) -> Result<String, ApiError> {
@@ -138,8 +193,13 @@ pub(crate) fn model(obj: &Map<String, Value>) -> Result<String, ApiError> {
             Some("model"),
             "missing_required_parameter",
         )),
-        Some(Value::String(s)) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => {
-            Err(out_of_range("model", "a model name of 1 to 256 printable characters"))
+        Some(Value::String(s))
+            if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) =>
+        {
+            Err(out_of_range(
+                "model",
+                "a model name of 1 to 256 printable characters",
+            ))
         }
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(wrong_type("model", "a string")),
@@ -159,7 +219,10 @@ fn messages(obj: &Map<String, Value>) -> Result<(), ApiError> {
         Some(_) => return Err(wrong_type("messages", "an array")),
     };
     if list.is_empty() || list.len() > MAX_MESSAGES {
-        return Err(out_of_range("messages", &format!("an array of 1 to {MAX_MESSAGES} messages")));
+        return Err(out_of_range(
+            "messages",
+            &format!("an array of 1 to {MAX_MESSAGES} messages"),
+        ));
     }
     for (i, m) in list.iter().enumerate() {
         let Value::Object(m) = m else {
@@ -178,7 +241,10 @@ fn messages(obj: &Map<String, Value>) -> Result<(), ApiError> {
         };
         if !ROLES.contains(&role) {
             return Err(ApiError::invalid(
-                format!("Invalid value for 'messages[{i}].role': expected one of {}.", ROLES.join(", ")),
+                format!(
+                    "Invalid value for 'messages[{i}].role': expected one of {}.",
+                    ROLES.join(", ")
+                ),
                 Some(&format!("messages[{i}].role")),
                 "invalid_value",
             ));
@@ -187,9 +253,15 @@ fn messages(obj: &Map<String, Value>) -> Result<(), ApiError> {
             Some(Value::String(_)) => {}
             Some(Value::Array(parts)) => {
                 for (j, p) in parts.iter().enumerate() {
-                    let ok = p.as_object().and_then(|o| o.get("type")).is_some_and(Value::is_string);
+                    let ok = p
+                        .as_object()
+                        .and_then(|o| o.get("type"))
+                        .is_some_and(Value::is_string);
                     if !ok {
-                        return Err(wrong_type(&format!("messages[{i}].content[{j}]"), "an object with a 'type'"));
+                        return Err(wrong_type(
+                            &format!("messages[{i}].content[{j}]"),
+                            "an object with a 'type'",
+                        ));
                     }
                 }
             }
@@ -201,7 +273,12 @@ fn messages(obj: &Map<String, Value>) -> Result<(), ApiError> {
                     "missing_required_parameter",
                 ));
             }
-            Some(_) => return Err(wrong_type(&format!("messages[{i}].content"), "a string or an array of parts")),
+            Some(_) => {
+                return Err(wrong_type(
+                    &format!("messages[{i}].content"),
+                    "a string or an array of parts",
+                ));
+            }
         }
         if role == "tool" && !m.get("tool_call_id").is_some_and(Value::is_string) {
             return Err(ApiError::invalid(
@@ -230,8 +307,14 @@ fn integer(obj: &Map<String, Value>, name: &str, min: i64, max: i64) -> Result<(
         None | Some(Value::Null) => Ok(()),
         Some(Value::Number(n)) => match n.as_i64() {
             Some(x) if x >= min && x <= max => Ok(()),
-            Some(_) => Err(out_of_range(name, &format!("an integer between {min} and {max}"))),
-            None if n.is_u64() => Err(out_of_range(name, &format!("an integer between {min} and {max}"))),
+            Some(_) => Err(out_of_range(
+                name,
+                &format!("an integer between {min} and {max}"),
+            )),
+            None if n.is_u64() => Err(out_of_range(
+                name,
+                &format!("an integer between {min} and {max}"),
+            )),
             None => Err(wrong_type(name, "an integer")),
         },
         Some(_) => Err(wrong_type(name, "an integer")),
@@ -270,9 +353,18 @@ fn others(obj: &Map<String, Value>) -> Result<(), ApiError> {
     match obj.get("stop") {
         None | Some(Value::Null) | Some(Value::String(_)) => {}
         Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => {}
-        Some(_) => return Err(wrong_type("stop", "a string or an array of up to 4 strings")),
+        Some(_) => {
+            return Err(wrong_type(
+                "stop",
+                "a string or an array of up to 4 strings",
+            ));
+        }
     }
-    if obj.get("tools").and_then(Value::as_array).is_some_and(|t| t.len() > 128) {
+    if obj
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| t.len() > 128)
+    {
         return Err(out_of_range("tools", "an array of at most 128 tools"));
     }
     Ok(())
@@ -285,18 +377,30 @@ fn metadata(v: Option<Value>) -> Result<BTreeMap<String, String>, ApiError> {
         Some(_) => return Err(wrong_type("metadata", "an object of string values")),
     };
     if obj.len() > MAX_METADATA_PAIRS {
-        return Err(out_of_range("metadata", &format!("at most {MAX_METADATA_PAIRS} key-value pairs")));
+        return Err(out_of_range(
+            "metadata",
+            &format!("at most {MAX_METADATA_PAIRS} key-value pairs"),
+        ));
     }
     let mut out = BTreeMap::new();
     for (k, v) in obj {
         if k.is_empty() || k.chars().count() > MAX_METADATA_KEY {
-            return Err(out_of_range("metadata", &format!("keys of 1 to {MAX_METADATA_KEY} characters")));
+            return Err(out_of_range(
+                "metadata",
+                &format!("keys of 1 to {MAX_METADATA_KEY} characters"),
+            ));
         }
         let Value::String(v) = v else {
-            return Err(wrong_type(&format!("metadata.{}", truncate(&k, MAX_METADATA_KEY)), "a string"));
+            return Err(wrong_type(
+                &format!("metadata.{}", truncate(&k, MAX_METADATA_KEY)),
+                "a string",
+            ));
         };
         if v.chars().count() > MAX_METADATA_VALUE {
-            return Err(out_of_range("metadata", &format!("values of at most {MAX_METADATA_VALUE} characters")));
+            return Err(out_of_range(
+                "metadata",
+                &format!("values of at most {MAX_METADATA_VALUE} characters"),
+            ));
         }
         out.insert(k, v);
     }
@@ -307,11 +411,17 @@ fn metadata(v: Option<Value>) -> Result<BTreeMap<String, String>, ApiError> {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_output_tokens: 100_000 };
+    const LIMITS: Limits = Limits {
+        max_output_tokens: 100_000,
+    };
 
     fn err(body: &str) -> (String, Option<String>, &'static str) {
         match chat_submission(body.as_bytes(), LIMITS) {
-            Err(ApiError::InvalidRequest { message, param, code }) => (message, param, code),
+            Err(ApiError::InvalidRequest {
+                message,
+                param,
+                code,
+            }) => (message, param, code),
             other => panic!("expected a 400 for {body}, got {other:?}"),
         }
     }
@@ -342,7 +452,8 @@ mod tests {
 
     #[test]
     fn names_the_unknown_field() {
-        let (_, param, code) = err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temprature":1}"#);
+        let (_, param, code) =
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temprature":1}"#);
         assert_eq!(param.as_deref(), Some("temprature"));
         assert_eq!(code, "unknown_parameter");
     }
@@ -353,7 +464,11 @@ mod tests {
         assert_eq!(err("[]").2, "invalid_json");
         assert_eq!(err("").2, "invalid_json");
         let (_, _, code) = match chat_submission(b"{\"model\":\"\xff\"}", LIMITS) {
-            Err(ApiError::InvalidRequest { message, param, code }) => (message, param, code),
+            Err(ApiError::InvalidRequest {
+                message,
+                param,
+                code,
+            }) => (message, param, code),
             other => panic!("{other:?}"),
         };
         assert_eq!(code, "invalid_json", "invalid UTF-8 is malformed JSON");
@@ -361,10 +476,21 @@ mod tests {
 
     #[test]
     fn required_fields_types_and_ranges() {
-        assert_eq!(err(r#"{"messages":[{"role":"user","content":"x"}]}"#).1.as_deref(), Some("model"));
+        assert_eq!(
+            err(r#"{"messages":[{"role":"user","content":"x"}]}"#)
+                .1
+                .as_deref(),
+            Some("model")
+        );
         assert_eq!(err(r#"{"model":"m"}"#).1.as_deref(), Some("messages"));
-        assert_eq!(err(r#"{"model":"m","messages":[]}"#).1.as_deref(), Some("messages"));
-        assert_eq!(err(r#"{"model":5,"messages":[{"role":"user","content":"x"}]}"#).2, "invalid_type");
+        assert_eq!(
+            err(r#"{"model":"m","messages":[]}"#).1.as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            err(r#"{"model":5,"messages":[{"role":"user","content":"x"}]}"#).2,
+            "invalid_type"
+        );
         let base = r#""model":"m","messages":[{"role":"user","content":"x"}]"#;
         for (extra, param) in [
             (r#""temperature":3"#, "temperature"),
@@ -385,25 +511,54 @@ mod tests {
 
     #[test]
     fn message_roles_and_content() {
-        assert_eq!(err(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).1.as_deref(), Some("messages[0].role"));
-        assert_eq!(err(r#"{"model":"m","messages":[{"content":"x"}]}"#).1.as_deref(), Some("messages[0].role"));
-        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user"}]}"#).1.as_deref(), Some("messages[0].content"));
-        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":7}]}"#).1.as_deref(), Some("messages[0].content"));
-        assert_eq!(err(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#).1.as_deref(), Some("messages[0].tool_call_id"));
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#)
+                .1
+                .as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"content":"x"}]}"#)
+                .1
+                .as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user"}]}"#)
+                .1
+                .as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":7}]}"#)
+                .1
+                .as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#)
+                .1
+                .as_deref(),
+            Some("messages[0].tool_call_id")
+        );
         let ok = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]},{"role":"assistant","content":null,"tool_calls":[]}]}"#;
         assert!(chat_submission(ok.as_bytes(), LIMITS).is_ok());
     }
 
     #[test]
     fn huge_numbers_are_refused_not_overflowed() {
-        let body = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":1e400}"#;
+        let body =
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":1e400}"#;
         assert_eq!(err(body).2, "invalid_json");
     }
 
     #[test]
     fn metadata_limits() {
         let many: Vec<String> = (0..17).map(|i| format!("\"k{i}\":\"v\"")).collect();
-        let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"metadata":{{{}}}}}"#, many.join(","));
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"metadata":{{{}}}}}"#,
+            many.join(",")
+        );
         assert_eq!(err(&body).1.as_deref(), Some("metadata"));
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use sluice_protocol::JobStatus;
 use uuid::Uuid;
 
-use crate::{AppState, error::ApiError, routes::jobs::store_error};
+use crate::{AppState, error::ApiError, routes::jobs::store_unavailable};
 
 /// Most history entries read at once.
 const PAGE: u64 = 256;
@@ -110,7 +110,7 @@ impl JobWatch {
                 }
             }
             self.fresh = false;
-            if let Some((status, result, error)) = self.state.store.outcome(self.id).await.map_err(store_error)?
+            if let Some((status, result, error)) = self.state.store.outcome(self.id).await.map_err(store_unavailable)?
                 && status.is_terminal()
             {
                 return Ok(Outcome { status, result, error });
@@ -126,7 +126,7 @@ impl JobWatch {
     }
 
     async fn read(&mut self) -> Result<Vec<JobEvent>, ApiError> {
-        let raw = self.state.store.events_page(self.id, self.cursor, PAGE).await.map_err(store_error)?;
+        let raw = self.state.store.events_page(self.id, self.cursor, PAGE).await.map_err(store_unavailable)?;
         // A full page means more may be waiting: the next call reads again without waiting.
         self.fresh = raw.len() as u64 == PAGE;
         let mut out = Vec::with_capacity(raw.len());

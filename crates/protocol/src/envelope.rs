@@ -107,7 +107,8 @@ mod tests {
             priority: Priority::High,
             kind: JobKind::ChatCompletion,
             model: "sim-small".into(),
-            request: br#"{"model":"sim-small","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+            request: br#"{"model":"sim-small","messages":[{"role":"user","content":"hi"}]}"#
+                .to_vec(),
             created_at_ms: 1_700_000_000_000,
             deadline_ms: Some(1_700_000_060_000),
             replays: 0,
@@ -126,11 +127,17 @@ mod tests {
 
     #[test]
     fn refuses_garbage_and_future_schemas() {
-        assert!(matches!(JobEnvelope::decode(b"\xc1not msgpack"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            JobEnvelope::decode(b"\xc1not msgpack"),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut env = sample();
         env.schema = SCHEMA_VERSION + 1;
         let bytes = env.encode().unwrap();
-        assert!(matches!(JobEnvelope::decode(&bytes), Err(DecodeError::UnknownSchema(_))));
+        assert!(matches!(
+            JobEnvelope::decode(&bytes),
+            Err(DecodeError::UnknownSchema(_))
+        ));
     }
 
     #[test]
@@ -143,7 +150,11 @@ mod tests {
             future_field: &'a str,
         }
         let env = sample();
-        let bytes = rmp_serde::to_vec_named(&Newer { env: &env, future_field: "x" }).unwrap();
+        let bytes = rmp_serde::to_vec_named(&Newer {
+            env: &env,
+            future_field: "x",
+        })
+        .unwrap();
         assert_eq!(JobEnvelope::decode(&bytes).unwrap(), env);
     }
 }

@@ -46,7 +46,10 @@ impl JobStatus {
         match self {
             JobStatus::Queued => 0,
             JobStatus::InProgress => 1,
-            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Expired => 2,
+            JobStatus::Completed
+            | JobStatus::Failed
+            | JobStatus::Cancelled
+            | JobStatus::Expired => 2,
         }
     }
 
@@ -79,13 +82,19 @@ mod tests {
     fn transitions_only_move_forward() {
         assert!(Queued.may_become(InProgress));
         assert!(Queued.may_become(Completed));
-        assert!(InProgress.may_become(InProgress), "a redelivery restarts the attempt");
+        assert!(
+            InProgress.may_become(InProgress),
+            "a redelivery restarts the attempt"
+        );
         assert!(InProgress.may_become(Failed));
         assert!(!InProgress.may_become(Queued));
         assert!(!Queued.may_become(Queued));
         for terminal in [Completed, Failed, Cancelled, Expired] {
             for next in [Queued, InProgress, Completed, Failed, Cancelled, Expired] {
-                assert!(!terminal.may_become(next), "{terminal} must not become {next}");
+                assert!(
+                    !terminal.may_become(next),
+                    "{terminal} must not become {next}"
+                );
             }
         }
     }

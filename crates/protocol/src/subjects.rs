@@ -16,11 +16,14 @@ impl Subjects {
     /// `namespace` may be empty; otherwise it must be a single subject token
     /// (`[A-Za-z0-9_-]+`), which [`Subjects::valid_namespace`] checks.
     pub fn new(namespace: impl Into<String>) -> Self {
-        Subjects { namespace: namespace.into() }
+        Subjects {
+            namespace: namespace.into(),
+        }
     }
 
     pub fn valid_namespace(ns: &str) -> bool {
-        ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        ns.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     }
 
     pub fn namespace(&self) -> &str {
@@ -28,11 +31,19 @@ impl Subjects {
     }
 
     fn subject_prefix(&self) -> String {
-        if self.namespace.is_empty() { String::new() } else { format!("{}.", self.namespace) }
+        if self.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", self.namespace)
+        }
     }
 
     fn stream_prefix(&self) -> String {
-        if self.namespace.is_empty() { String::new() } else { format!("{}_", self.namespace) }
+        if self.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{}_", self.namespace)
+        }
     }
 
     pub fn jobs_stream(&self) -> String {
@@ -54,12 +65,37 @@ impl Subjects {
 
     /// `jobs.<priority>.<tenant>`; tenant ids are validated to be one subject token.
     pub fn job(&self, priority: Priority, tenant: &str) -> String {
-        format!("{}jobs.{}.{}", self.subject_prefix(), priority.as_str(), tenant)
+        format!(
+            "{}jobs.{}.{}",
+            self.subject_prefix(),
+            priority.as_str(),
+            tenant
+        )
     }
 
     /// Filter for one priority class: `jobs.<priority>.>`.
     pub fn priority_filter(&self, priority: Priority) -> String {
         format!("{}jobs.{}.>", self.subject_prefix(), priority.as_str())
+    }
+
+    /// The doorbell subject of a class (`[ns.]ring.<priority>`): a tiny core-NATS message
+    /// published after each job, so idle workers fetch at once instead of polling.
+    pub fn ring(&self, priority: Priority) -> String {
+        format!("{}ring.{}", self.subject_prefix(), priority.as_str())
+    }
+
+    pub fn ring_wildcard(&self) -> String {
+        format!("{}ring.*", self.subject_prefix())
+    }
+
+    /// The priority class of a job subject (`[ns.]jobs.<priority>.<tenant>`) or a doorbell
+    /// subject (`[ns.]ring.<priority>`).
+    pub fn priority_of(&self, subject: &str) -> Option<Priority> {
+        let rest = subject.strip_prefix(&self.subject_prefix())?;
+        let rest = rest
+            .strip_prefix("jobs.")
+            .or_else(|| rest.strip_prefix("ring."))?;
+        Priority::parse(rest.split('.').next()?)
     }
 
     /// Durable consumer name for one priority class.
@@ -105,7 +141,10 @@ impl Subjects {
 
 /// Whether `s` can be used as a single NATS subject token (tenant ids, reasons).
 pub fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -129,6 +168,15 @@ mod tests {
         assert_eq!(s.jobs_wildcard(), "t1.jobs.>");
         assert_eq!(s.job(Priority::Low, "a"), "t1.jobs.low.a");
         assert_eq!(s.dlq_stream(), "t1_DLQ");
+        assert_eq!(s.priority_of("t1.jobs.low.a"), Some(Priority::Low));
+        assert_eq!(s.ring(Priority::High), "t1.ring.high");
+        assert_eq!(s.priority_of(&s.ring(Priority::High)), Some(Priority::High));
+        assert_eq!(s.priority_of("jobs.low.a"), None, "another namespace");
+        assert_eq!(
+            Subjects::new("").priority_of("jobs.high.x"),
+            Some(Priority::High)
+        );
+        assert_eq!(Subjects::new("").priority_of("jobs.urgent.x"), None);
     }
 
     #[test]

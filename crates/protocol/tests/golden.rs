@@ -4,6 +4,8 @@
 //! To add a sample for a new schema, write it with `SLUICE_BLESS=1 cargo test -p
 //! sluice-protocol --test golden` and commit the new file; never rewrite an existing one.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{collections::BTreeMap, path::PathBuf};
 
 use sluice_protocol::{JobEnvelope, JobKind, Priority, SCHEMA_VERSION};
@@ -59,7 +61,8 @@ fn check(name: &str, expected: JobEnvelope) {
         std::fs::write(&path, expected.encode().unwrap()).unwrap();
     }
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let decoded = JobEnvelope::decode(&bytes).unwrap_or_else(|e| panic!("{name} no longer decodes: {e}"));
+    let decoded =
+        JobEnvelope::decode(&bytes).unwrap_or_else(|e| panic!("{name} no longer decodes: {e}"));
     assert_eq!(decoded, expected, "{name} decodes to something else");
     assert!(decoded.schema <= SCHEMA_VERSION);
 }

@@ -19,7 +19,10 @@ pub enum ProviderError {
     #[error("could not connect to upstream")]
     Connect,
     #[error("upstream answered {status}")]
-    Status { status: u16, retry_after: Option<Duration> },
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     #[error("upstream response was not valid JSON")]
     InvalidResponse,
     #[error("upstream request failed")]
@@ -29,7 +32,9 @@ pub enum ProviderError {
 impl ProviderError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            ProviderError::Timeout | ProviderError::Connect | ProviderError::Transport => ErrorClass::Retryable,
+            ProviderError::Timeout | ProviderError::Connect | ProviderError::Transport => {
+                ErrorClass::Retryable
+            }
             ProviderError::Status { status, .. } => match status {
                 408 | 409 | 429 => ErrorClass::Retryable,
                 s if *s >= 500 => ErrorClass::Retryable,
@@ -74,13 +79,19 @@ mod tests {
 
     #[test]
     fn classification() {
-        let s = |status| ProviderError::Status { status, retry_after: None };
+        let s = |status| ProviderError::Status {
+            status,
+            retry_after: None,
+        };
         assert_eq!(s(429).class(), ErrorClass::Retryable);
         assert_eq!(s(503).class(), ErrorClass::Retryable);
         assert_eq!(s(400).class(), ErrorClass::Permanent);
         assert_eq!(s(404).class(), ErrorClass::Permanent);
         assert_eq!(ProviderError::Timeout.class(), ErrorClass::Retryable);
-        assert_eq!(ProviderError::InvalidResponse.class(), ErrorClass::Permanent);
+        assert_eq!(
+            ProviderError::InvalidResponse.class(),
+            ErrorClass::Permanent
+        );
     }
 
     #[test]

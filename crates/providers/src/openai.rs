@@ -18,7 +18,10 @@ pub struct OpenAiProvider {
 }
 
 impl OpenAiProvider {
-    pub fn new(cfg: &UpstreamConfig, api_key: Option<SecretString>) -> Result<OpenAiProvider, ProviderError> {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        api_key: Option<SecretString>,
+    ) -> Result<OpenAiProvider, ProviderError> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
@@ -37,7 +40,11 @@ impl OpenAiProvider {
             }
             None => None,
         };
-        Ok(OpenAiProvider { http, base_url: cfg.base_url.trim_end_matches('/').to_string(), auth })
+        Ok(OpenAiProvider {
+            http,
+            base_url: cfg.base_url.trim_end_matches('/').to_string(),
+            auth,
+        })
     }
 
     /// `POST {base}/chat/completions` with the client's (validated) body; returns the JSON
@@ -81,8 +88,15 @@ impl OpenAiProvider {
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         if !status.is_success() {
-            let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-            return Err(ProviderError::Status { status: status.as_u16(), retry_after });
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            return Err(ProviderError::Status {
+                status: status.as_u16(),
+                retry_after,
+            });
         }
         Ok(resp)
     }

@@ -1,23 +1,16 @@
 //! Fetching and settling deliveries.
 //!
-//! Workers ask for exactly as many messages as they have free slots ([`fetch_now`] with
-//! `no_wait`, or [`fetch_wait`] as an idle long-poll), so nothing piles up unacknowledged on
-//! the client. A [`Delivery`] that is dropped without being settled is handed to a
+//! Workers ask for exactly as many messages as they have free slots (see
+//! [`crate::puller`]), so nothing piles up unacknowledged on the client. A [`Delivery`] that is dropped without being settled is handed to a
 //! [`Releaser`], which NAKs it so the broker redelivers it promptly; no early return can leak
 //! a message until `ack_wait`.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    self, AckKind,
-    consumer::{Consumer, pull},
-};
-use futures_util::StreamExt;
+use async_nats::jetstream::{self, AckKind};
 use tokio::sync::mpsc;
 
 use crate::{QueueError, broker};
-
-pub type PullConsumer = Consumer<pull::Config>;
 
 /// Takes unsettled deliveries and NAKs them (see [`releaser`]).
 #[derive(Clone)]
@@ -47,19 +40,30 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(msg: jetstream::Message, release: Option<Releaser>) -> Delivery {
-        Delivery { msg: Some(msg), release }
+        Delivery {
+            msg: Some(msg),
+            release,
+        }
     }
 
     fn msg(&self) -> Result<&jetstream::Message, QueueError> {
-        self.msg.as_ref().ok_or_else(|| QueueError::Broker("delivery already settled".into()))
+        self.msg
+            .as_ref()
+            .ok_or_else(|| QueueError::Broker("delivery already settled".into()))
     }
 
     pub fn payload(&self) -> &[u8] {
-        self.msg.as_ref().map(|m| m.payload.as_ref()).unwrap_or_default()
+        self.msg
+            .as_ref()
+            .map(|m| m.payload.as_ref())
+            .unwrap_or_default()
     }
 
     pub fn subject(&self) -> &str {
-        self.msg.as_ref().map(|m| m.subject.as_str()).unwrap_or_default()
+        self.msg
+            .as_ref()
+            .map(|m| m.subject.as_str())
+            .unwrap_or_default()
     }
 
     /// 1-based delivery count (1 when the broker did not say).
@@ -72,12 +76,19 @@ impl Delivery {
     }
 
     pub fn stream_sequence(&self) -> u64 {
-        self.msg.as_ref().and_then(|m| m.info().ok()).map(|i| i.stream_sequence).unwrap_or(0)
+        self.msg
+            .as_ref()
+            .and_then(|m| m.info().ok())
+            .map(|i| i.stream_sequence)
+            .unwrap_or(0)
     }
 
     /// Tells the broker the job is still being worked on (extends `ack_wait`).
     pub async fn progress(&self) -> Result<(), QueueError> {
-        self.msg()?.ack_with(AckKind::Progress).await.map_err(broker)
+        self.msg()?
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(broker)
     }
 
     pub async fn ack(mut self) -> Result<(), QueueError> {
@@ -95,7 +106,10 @@ impl Delivery {
     }
 
     async fn settle(&mut self, kind: AckKind) -> Result<(), QueueError> {
-        let msg = self.msg.take().ok_or_else(|| QueueError::Broker("delivery already settled".into()))?;
+        let msg = self
+            .msg
+            .take()
+            .ok_or_else(|| QueueError::Broker("delivery already settled".into()))?;
         msg.ack_with(kind).await.map_err(broker)
     }
 }
@@ -107,30 +121,4 @@ impl Drop for Delivery {
             let _ = release.tx.try_send(msg);
         }
     }
-}
-
-/// Up to `max` messages that are available right now (`no_wait`).
-pub async fn fetch_now(consumer: &PullConsumer, max: usize) -> Result<Vec<jetstream::Message>, QueueError> {
-    let mut batch = consumer.fetch().max_messages(max).messages().await.map_err(broker)?;
-    let mut out = Vec::with_capacity(max.min(256));
-    while let Some(item) = batch.next().await {
-        match item {
-            Ok(m) => out.push(m),
-            Err(e) => {
-                tracing::debug!(error = %e, "fetch ended with an error");
-                break;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A long-poll pull request for up to `max` messages that ends after `expires`; messages are
-/// yielded as they arrive.
-pub async fn fetch_wait(
-    consumer: &PullConsumer,
-    max: usize,
-    expires: Duration,
-) -> Result<pull::Batch, QueueError> {
-    consumer.batch().max_messages(max).expires(expires).messages().await.map_err(broker)
 }

@@ -24,10 +24,17 @@ impl Queue {
     /// Publishes the dead letter and waits for the ack. The message id is derived from the
     /// original stream sequence, so a retried move is stored once.
     pub async fn dead_letter(&self, dl: &DeadLetter<'_>) -> Result<(), QueueError> {
-        let tenant = if sluice_protocol::subjects::is_token(dl.tenant) { dl.tenant } else { "unknown" };
+        let tenant = if sluice_protocol::subjects::is_token(dl.tenant) {
+            dl.tenant
+        } else {
+            "unknown"
+        };
         let subject = self.subjects.dlq(dl.reason, tenant);
         let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", format!("dlq-{}-{}", self.subjects.jobs_stream(), dl.stream_sequence).as_str());
+        h.insert(
+            "Nats-Msg-Id",
+            format!("dlq-{}-{}", self.subjects.jobs_stream(), dl.stream_sequence).as_str(),
+        );
         h.insert("Sluice-Reason", dl.reason);
         h.insert("Sluice-Original-Subject", dl.original_subject);
         h.insert("Sluice-Attempts", dl.attempts.to_string().as_str());

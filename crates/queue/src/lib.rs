@@ -9,10 +9,12 @@
 //! - [`dead_letter`]: moving a message to the dead-letter stream with its reason.
 //! - [`notify`]: core NATS job-event notifications and cancellation broadcasts.
 
+pub mod backlog;
 pub mod consumer;
 pub mod dead_letter;
 pub mod notify;
 pub mod publisher;
+pub mod puller;
 pub mod setup;
 
 use std::time::Duration;
@@ -62,7 +64,12 @@ impl Queue {
             .map_err(|e| QueueError::Broker(e.to_string()))?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(cfg.publish_timeout_ms));
-        Ok(Queue { client, js, subjects: Subjects::new(cfg.namespace.clone()), cfg: cfg.clone() })
+        Ok(Queue {
+            client,
+            js,
+            subjects: Subjects::new(cfg.namespace.clone()),
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn subjects(&self) -> &Subjects {
@@ -82,7 +89,10 @@ impl Queue {
     }
 
     pub fn is_connected(&self) -> bool {
-        matches!(self.client.connection_state(), async_nats::connection::State::Connected)
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
     }
 }
 

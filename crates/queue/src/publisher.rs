@@ -12,7 +12,8 @@ impl Queue {
     ///
     /// The job id is the JetStream message id, so a publish retried within the duplicate
     /// window is stored once. When the client is not connected the call fails at once
-    /// rather than buffering the job in memory behind a dead connection.
+    /// rather than buffering the job in memory behind a dead connection. After the ack it
+    /// rings the class's doorbell (see [`Queue::ring`]).
     pub async fn publish_job(&self, env: &JobEnvelope) -> Result<(), QueueError> {
         if !self.is_connected() {
             return Err(QueueError::NotConnected);
@@ -31,9 +32,24 @@ impl Queue {
             ack.await.map_err(|e| QueueError::Refused(e.to_string()))
         };
         match tokio::time::timeout(timeout, send).await {
-            Ok(Ok(_ack)) => Ok(()),
+            Ok(Ok(_ack)) => {
+                self.ring(env.priority).await;
+                Ok(())
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(QueueError::Timeout),
+        }
+    }
+
+    /// Tells idle workers that a class has work. Best effort: a lost ring only delays the
+    /// job until a worker's periodic re-check, it never loses it.
+    pub async fn ring(&self, priority: sluice_protocol::Priority) {
+        if let Err(e) = self
+            .client
+            .publish(self.subjects.ring(priority), bytes::Bytes::new())
+            .await
+        {
+            tracing::debug!(error = %e, "doorbell publish failed");
         }
     }
 }

@@ -12,8 +12,10 @@ use crate::{Queue, QueueError, broker};
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerSettings {
     pub ack_wait: Duration,
-    /// The worker dead-letters a job after this many deliveries; the server's own limit is a
-    /// little higher, only as a backstop if a worker dies on the last attempt.
+    /// The worker dead-letters a job after this many attempts. The server sets no delivery
+    /// limit: deliveries deferred at a tenant's in-flight cap are not attempts, and the
+    /// worker counts attempts itself (a worker that dies on the last attempt is caught on
+    /// the next delivery).
     pub max_attempts: u32,
 }
 
@@ -60,7 +62,11 @@ impl Queue {
         priority: Priority,
         settings: ConsumerSettings,
     ) -> Result<consumer::Consumer<consumer::pull::Config>, QueueError> {
-        let stream = self.js.get_stream(self.subjects.jobs_stream()).await.map_err(broker)?;
+        let stream = self
+            .js
+            .get_stream(self.subjects.jobs_stream())
+            .await
+            .map_err(broker)?;
         let name = self.subjects.consumer(priority);
         stream
             .create_consumer(consumer::pull::Config {
@@ -69,7 +75,7 @@ impl Queue {
                 filter_subject: self.subjects.priority_filter(priority),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: settings.ack_wait,
-                max_deliver: i64::from(settings.max_attempts) + 2,
+                max_deliver: -1,
                 max_ack_pending: 100_000,
                 ..Default::default()
             })
@@ -79,7 +85,11 @@ impl Queue {
 
     /// Messages waiting in the JOBS stream (all classes).
     pub async fn queued_messages(&self) -> Result<u64, QueueError> {
-        let mut stream = self.js.get_stream(self.subjects.jobs_stream()).await.map_err(broker)?;
+        let mut stream = self
+            .js
+            .get_stream(self.subjects.jobs_stream())
+            .await
+            .map_err(broker)?;
         Ok(stream.info().await.map_err(broker)?.state.messages)
     }
 }

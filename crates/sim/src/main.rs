@@ -2,6 +2,11 @@
 //!
 //! Configuration: defaults, then `--config <file.toml>`, then the flags below.
 
+/// mimalloc: the request path allocates many small, short-lived buffers, where glibc's
+/// allocator showed up as a fifth of the CPU profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -6,8 +6,8 @@
 //! job that already completed. The script refuses any backward or repeated terminal move and
 //! reports the current status, so the caller can act on it (a worker simply acks).
 //!
-//! The descriptive fields (tenant, model, priority, …) are written with `HSETNX` by every
-//! transition, so whichever process writes first creates a complete record.
+//! Every transition carries the descriptive fields (tenant, model, priority, …) and writes
+//! them when it creates the record, so whichever process writes first creates a complete one.
 
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -33,22 +33,23 @@ if cur then
 end
 local i = 5
 local nbase = tonumber(ARGV[4])
-for _ = 1, nbase do
-  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
+if not cur then
+  local base = {}
+  for j = i, i + 2 * nbase - 1 do base[#base + 1] = ARGV[j] end
+  redis.call('HSET', KEYS[1], unpack(base))
 end
+i = i + 2 * nbase
 local nset = tonumber(ARGV[i])
 i = i + 1
-for _ = 1, nset do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
+local set = {'status', new, new .. '_at', now}
+for j = i, i + 2 * nset - 1 do set[#set + 1] = ARGV[j] end
 if not cur and new ~= 'queued' then
   local created = redis.call('HGET', KEYS[1], 'created_at')
-  redis.call('HSETNX', KEYS[1], 'queued_at', created)
+  set[#set + 1] = 'queued_at'
+  set[#set + 1] = created
   redis.call('RPUSH', KEYS[2], cjson.encode({type = 'status', status = 'queued', at = tonumber(created)}))
 end
-redis.call('HSET', KEYS[1], 'status', new, new .. '_at', now)
+redis.call('HSET', KEYS[1], unpack(set))
 local ev = {type = 'status', status = new, at = tonumber(now)}
 if new == 'in_progress' then ev.attempt = tonumber(redis.call('HGET', KEYS[1], 'attempts')) end
 redis.call('RPUSH', KEYS[2], cjson.encode(ev))
@@ -63,7 +64,9 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub(crate) fn new() -> Scripts {
-        Scripts { transition: Script::new(TRANSITION) }
+        Scripts {
+            transition: Script::new(TRANSITION),
+        }
     }
 }
 
@@ -72,7 +75,9 @@ impl Scripts {
 pub enum Transition {
     Applied,
     /// The record was already in `current`, which may not become the requested status.
-    Refused { current: JobStatus },
+    Refused {
+        current: JobStatus,
+    },
 }
 
 /// The error recorded on a failed job, in OpenAI's error vocabulary. It never carries raw
@@ -92,14 +97,28 @@ impl Store {
     }
 
     /// Worker: attempt `attempt` (1-based delivery count) starts.
-    pub async fn record_started(&self, env: &JobEnvelope, attempt: u64) -> Result<Transition, StoreError> {
-        self.transition(env, JobStatus::InProgress, &[("attempts", attempt.to_string())]).await
+    pub async fn record_started(
+        &self,
+        env: &JobEnvelope,
+        attempt: u64,
+    ) -> Result<Transition, StoreError> {
+        self.transition(
+            env,
+            JobStatus::InProgress,
+            &[("attempts", attempt.to_string())],
+        )
+        .await
     }
 
     /// Worker: the upstream answered; `result` is the JSON response body.
-    pub async fn record_completed(&self, env: &JobEnvelope, result: &[u8]) -> Result<Transition, StoreError> {
+    pub async fn record_completed(
+        &self,
+        env: &JobEnvelope,
+        result: &[u8],
+    ) -> Result<Transition, StoreError> {
         let result = String::from_utf8_lossy(result).into_owned();
-        self.transition(env, JobStatus::Completed, &[("result", result)]).await
+        self.transition(env, JobStatus::Completed, &[("result", result)])
+            .await
     }
 
     /// Worker or ingest: the job ended in `status` (failed, cancelled, expired) with `error`.
@@ -109,7 +128,8 @@ impl Store {
         status: JobStatus,
         error: &JobError,
     ) -> Result<Transition, StoreError> {
-        let error = serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let error =
+            serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
         self.transition(env, status, &[("error", error)]).await
     }
 
@@ -147,7 +167,8 @@ impl Store {
         status: JobStatus,
         set: &[(&str, String)],
     ) -> Result<Transition, StoreError> {
-        let metadata = serde_json::to_string(&env.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let metadata = serde_json::to_string(&env.metadata)
+            .map_err(|e| StoreError::Protocol(e.to_string()))?;
         let kind = match env.kind {
             sluice_protocol::JobKind::ChatCompletion => "chat_completion",
             sluice_protocol::JobKind::Embedding => "embedding",
@@ -162,7 +183,10 @@ impl Store {
         ];
         let mut inv = self.scripts.transition.key(self.keys.job(env.id));
         inv.key(self.keys.job_events(env.id));
-        inv.arg(status.as_str()).arg(now_ms()).arg(self.ttl_s).arg(base.len());
+        inv.arg(status.as_str())
+            .arg(now_ms())
+            .arg(self.ttl_s)
+            .arg(base.len());
         for (k, v) in &base {
             inv.arg(*k).arg(v);
         }
@@ -203,8 +227,13 @@ impl Store {
     /// The job record, if it exists (and has not expired).
     pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
         let mut conn = self.conn().await?;
-        let fields: Vec<(String, String)> =
-            self.timed(redis::cmd("HGETALL").arg(self.keys.job(id)).query_async(&mut conn)).await?;
+        let fields: Vec<(String, String)> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.job(id))
+                    .query_async(&mut conn),
+            )
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -225,7 +254,11 @@ impl Store {
     pub async fn events_after(&self, id: Uuid, after: u64) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
         self.timed(
-            redis::cmd("LRANGE").arg(self.keys.job_events(id)).arg(after).arg(-1).query_async(&mut conn),
+            redis::cmd("LRANGE")
+                .arg(self.keys.job_events(id))
+                .arg(after)
+                .arg(-1)
+                .query_async(&mut conn),
         )
         .await
     }

@@ -40,7 +40,11 @@ impl From<deadpool_redis::PoolError> for StoreError {
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+        {
             StoreError::Unavailable(e.to_string())
         } else {
             StoreError::Protocol(e.to_string())
@@ -66,7 +70,11 @@ impl Store {
         let mut pcfg = deadpool_redis::Config::from_url(cfg.url.clone());
         pcfg.pool = Some(PoolConfig {
             max_size: cfg.pool_size,
-            timeouts: Timeouts { wait: Some(timeout), create: Some(timeout), recycle: Some(timeout) },
+            timeouts: Timeouts {
+                wait: Some(timeout),
+                create: Some(timeout),
+                recycle: Some(timeout),
+            },
             ..PoolConfig::default()
         });
         let pool = pcfg
@@ -87,15 +95,21 @@ impl Store {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        let pong: String = self.timed(redis::cmd("PING").query_async(&mut conn)).await?;
-        if pong == "PONG" { Ok(()) } else { Err(StoreError::Protocol(pong)) }
+        let pong: String = self
+            .timed(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Protocol(pong))
+        }
     }
 
-    pub(crate) async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+    pub async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
         Ok(self.pool.get().await?)
     }
 
-    pub(crate) async fn timed<T>(
+    pub async fn timed<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {

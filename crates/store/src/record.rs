@@ -31,7 +31,10 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    pub(crate) fn from_fields(id: Uuid, fields: Vec<(String, String)>) -> Result<JobRecord, StoreError> {
+    pub(crate) fn from_fields(
+        id: Uuid,
+        fields: Vec<(String, String)>,
+    ) -> Result<JobRecord, StoreError> {
         let map: BTreeMap<String, String> = fields.into_iter().collect();
         let get = |k: &str| map.get(k).map(String::as_str);
         let ms = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
@@ -43,7 +46,9 @@ impl JobRecord {
             id,
             tenant: get("tenant").unwrap_or_default().to_string(),
             status,
-            priority: get("priority").and_then(Priority::parse).unwrap_or_default(),
+            priority: get("priority")
+                .and_then(Priority::parse)
+                .unwrap_or_default(),
             model: get("model").unwrap_or_default().to_string(),
             kind: get("kind").unwrap_or("chat_completion").to_string(),
             created_at_ms: ms("created_at").unwrap_or(0),
@@ -54,7 +59,9 @@ impl JobRecord {
             cancelled_at_ms: ms("cancelled_at"),
             expired_at_ms: ms("expired_at"),
             attempts: ms("attempts").unwrap_or(0),
-            metadata: get("metadata").and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default(),
+            metadata: get("metadata")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
             result: json("result"),
             error: json("error"),
         })

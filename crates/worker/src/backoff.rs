@@ -6,7 +6,12 @@ use rand::Rng;
 
 /// Delay before delivery `attempt + 1`: uniform in `[0, min(max, base * 2^(attempt-1))]`,
 /// raised to `retry_after` when the upstream asked for more.
-pub fn redelivery_delay(attempt: u64, base: Duration, max: Duration, retry_after: Option<Duration>) -> Duration {
+pub fn redelivery_delay(
+    attempt: u64,
+    base: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+) -> Duration {
     let exp = attempt.saturating_sub(1).min(20) as u32;
     let cap = base.saturating_mul(1u32 << exp).min(max);
     let jittered = Duration::from_secs_f64(rand::rng().random_range(0.0..=1.0) * cap.as_secs_f64());
@@ -35,9 +40,19 @@ mod tests {
 
     #[test]
     fn honours_retry_after_up_to_the_max() {
-        let d = redelivery_delay(1, Duration::from_millis(10), Duration::from_secs(60), Some(Duration::from_secs(3)));
+        let d = redelivery_delay(
+            1,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+            Some(Duration::from_secs(3)),
+        );
         assert!(d >= Duration::from_secs(3));
-        let d = redelivery_delay(1, Duration::from_millis(10), Duration::from_secs(1), Some(Duration::from_secs(30)));
+        let d = redelivery_delay(
+            1,
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+            Some(Duration::from_secs(30)),
+        );
         assert!(d <= Duration::from_secs(1));
     }
 }

@@ -23,15 +23,24 @@ pub enum Outcome {
     /// The outcome is durably recorded (or was already): acknowledge.
     Done { label: &'static str },
     /// Try again later.
-    Retry { delay: Duration, label: &'static str },
+    Retry {
+        delay: Duration,
+        label: &'static str,
+    },
     /// Give up on the message: dead-letter it, then terminate it.
-    DeadLetter { reason: &'static str, error: String, tenant: String, job_id: Option<String> },
+    DeadLetter {
+        reason: &'static str,
+        error: String,
+        tenant: String,
+        job_id: Option<String>,
+    },
     /// Shutting down: hand it back to the broker at once.
     Release,
+    /// The tenant is at its in-flight cap: redeliver after `delay` (see [`crate::governance`]).
+    Defer { delay: Duration },
 }
 
 pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken) -> Outcome {
-    let attempt = delivery.delivered();
     let env = match JobEnvelope::decode(delivery.payload()) {
         Ok(env) => env,
         Err(e) => {
@@ -43,22 +52,43 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
             };
         }
     };
+    // Deliveries that were deferrals at the tenant's in-flight cap are not attempts.
+    let deferrals = match crate::governance::acquire(shared, &env).await {
+        crate::governance::Gate::Run { deferrals } => deferrals,
+        crate::governance::Gate::Defer { delay } => return Outcome::Defer { delay },
+    };
+    let attempt = delivery.delivered().saturating_sub(deferrals).max(1);
     let max_attempts = u64::from(shared.cfg.worker.max_attempts);
-    if attempt > max_attempts {
-        return exhausted(shared, &env, attempt, "the job failed on every attempt").await;
-    }
+    let outcome = if attempt > max_attempts {
+        exhausted(shared, &env, attempt, "the job failed on every attempt").await
+    } else {
+        started(shared, delivery, stop, &env, attempt).await
+    };
+    crate::governance::finish(shared, &env, &outcome).await;
+    outcome
+}
+
+async fn started(
+    shared: &Shared,
+    delivery: &Delivery,
+    stop: &CancellationToken,
+    env: &JobEnvelope,
+    attempt: u64,
+) -> Outcome {
     // Registered before the start is recorded, so a cancel landing in between is seen.
     let tracked = shared.running.track(env.id);
-    match shared.store.record_started(&env, attempt).await {
+    match shared.store.record_started(env, attempt).await {
         Ok(Transition::Applied) => shared.queue.notify_job_event(env.id, "in_progress").await,
         Ok(Transition::Refused { current }) if current.is_terminal() => {
             // A redelivery of a job whose outcome is already recorded (the earlier ack was lost,
             // or the webhook emission failed): emit again (deduplicated by id), then ack.
             // A job cancelled through ingest was emitted there.
-            if current != JobStatus::Cancelled && !finished(shared, &env, current).await {
+            if current != JobStatus::Cancelled && !finished(shared, env, current).await {
                 return retry_later(shared, attempt, None, "webhook_emit");
             }
-            return Outcome::Done { label: "already_done" };
+            return Outcome::Done {
+                label: "already_done",
+            };
         }
         Ok(Transition::Refused { .. }) => {}
         Err(e) => {
@@ -72,18 +102,19 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
             kind: "expired".into(),
             code: "deadline_exceeded".into(),
         };
-        return record_end(shared, &env, attempt, JobStatus::Expired, &err, "expired").await;
+        return record_end(shared, env, attempt, JobStatus::Expired, &err, "expired").await;
     }
 
     let body = Bytes::from(env.request.clone());
     let call = async {
         match env.kind {
-            JobKind::ChatCompletion if env.stream => streamed::run(shared, &env).await,
+            JobKind::ChatCompletion if env.stream => streamed::run(shared, env).await,
             JobKind::ChatCompletion => Ok(shared.provider.chat_completion(body).await?),
             JobKind::Embedding => Ok(shared.provider.embeddings(body).await?),
         }
     };
-    let heartbeat_every = Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
+    let heartbeat_every =
+        Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
     // Dropping the call on cancellation closes the upstream connection mid-generation.
     let result = tokio::select! {
         r = with_heartbeats(call, delivery, heartbeat_every) => r,
@@ -99,11 +130,12 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
         }
     };
     match result {
-        Ok(response) => match shared.store.record_completed(&env, &response).await {
+        Ok(response) => match shared.store.record_completed(env, &response).await {
             Ok(t) => {
-                if t == Transition::Applied && !finished(shared, &env, JobStatus::Completed).await {
+                if t == Transition::Applied && !finished(shared, env, JobStatus::Completed).await {
                     return retry_later(shared, attempt, None, "webhook_emit");
                 }
+                crate::governance::completed(shared, env, &response).await;
                 Outcome::Done { label: "completed" }
             }
             Err(e) => {
@@ -111,7 +143,7 @@ pub async fn run(shared: &Shared, delivery: &Delivery, stop: &CancellationToken)
                 retry_later(shared, attempt, None, "store_unavailable")
             }
         },
-        Err(e) => upstream_failed(shared, &env, attempt, e).await,
+        Err(e) => upstream_failed(shared, env, attempt, e).await,
     }
 }
 
@@ -133,7 +165,12 @@ where
     }
 }
 
-async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: ProviderError) -> Outcome {
+async fn upstream_failed(
+    shared: &Shared,
+    env: &JobEnvelope,
+    attempt: u64,
+    e: ProviderError,
+) -> Outcome {
     metrics::counter!("sluice_worker_upstream_errors_total", "code" => e.code()).increment(1);
     tracing::info!(job = %env.id, tenant = %env.tenant, model = %env.model, attempt, code = e.code(), "upstream call failed");
     match e.class() {
@@ -154,24 +191,30 @@ async fn upstream_failed(shared: &Shared, env: &JobEnvelope, attempt: u64, e: Pr
 
 /// Records `failed` after the last attempt, then dead-letters the message.
 async fn exhausted(shared: &Shared, env: &JobEnvelope, attempt: u64, last: &str) -> Outcome {
-    // A provider that kept rate limiting is reported as such, so a synchronous client gets
-    // a 429 it knows how to handle.
-    let code = if last == "upstream_rate_limited" { last } else { "max_attempts_exceeded" };
     let err = JobError {
-        message: format!("The job failed after {} attempts (last error: {last}).", attempt.min(u64::from(shared.cfg.worker.max_attempts))),
+        message: format!(
+            "The job failed after {} attempts (last error: {last}).",
+            attempt.min(u64::from(shared.cfg.worker.max_attempts))
+        ),
         kind: "upstream_error".into(),
-        code: code.into(),
+        // A provider that kept rate limiting is reported as such, so a synchronous client
+        // gets a 429 it knows how to handle.
+        code: if last == "upstream_rate_limited" { last } else { "max_attempts_exceeded" }.into(),
     };
-    match shared.store.record_ended(env, JobStatus::Failed, &err).await {
+    match shared
+        .store
+        .record_ended(env, JobStatus::Failed, &err)
+        .await
+    {
         Ok(t) => {
             if t == Transition::Applied && !finished(shared, env, JobStatus::Failed).await {
                 return retry_later(shared, attempt, None, "webhook_emit");
             }
             Outcome::DeadLetter {
-            reason: "max_attempts",
-            error: err.message,
-            tenant: env.tenant.clone(),
-            job_id: Some(env.id.to_string()),
+                reason: "max_attempts",
+                error: err.message,
+                tenant: env.tenant.clone(),
+                job_id: Some(env.id.to_string()),
             }
         }
         Err(e) => {
@@ -217,7 +260,12 @@ async fn finished(shared: &Shared, env: &JobEnvelope, status: JobStatus) -> bool
     }
 }
 
-fn retry_later(shared: &Shared, attempt: u64, retry_after: Option<Duration>, label: &'static str) -> Outcome {
+fn retry_later(
+    shared: &Shared,
+    attempt: u64,
+    retry_after: Option<Duration>,
+    label: &'static str,
+) -> Outcome {
     let w = &shared.cfg.worker;
     let delay = redelivery_delay(
         attempt,

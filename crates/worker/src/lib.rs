@@ -11,6 +11,7 @@
 
 pub mod backoff;
 pub mod cancel;
+pub mod governance;
 pub mod job;
 pub mod schedule;
 pub mod settle;
@@ -18,13 +19,14 @@ pub mod streamed;
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sluice_config::Config;
 use sluice_protocol::Priority;
 use sluice_providers::OpenAiProvider;
 use sluice_queue::{
     Delivery, Queue,
-    consumer::{PullConsumer, Releaser, fetch_now, fetch_wait, releaser},
+    consumer::{Releaser, releaser},
+    puller::Puller,
     setup::ConsumerSettings,
 };
 use sluice_store::Store;
@@ -37,6 +39,7 @@ pub struct Shared {
     pub queue: Queue,
     pub store: Store,
     pub provider: OpenAiProvider,
+    pub gov: sluice_governance::Governor,
     /// Running jobs' cancellation tokens ([`cancel`]).
     pub running: Arc<cancel::Running>,
 }
@@ -61,8 +64,16 @@ impl Worker {
         };
         let provider = OpenAiProvider::new(&cfg.upstream, api_key)?;
         let grace = Duration::from_secs(cfg.worker.shutdown_grace_s);
+        let gov = sluice_governance::Governor::new(store.clone(), cfg.governance.clone());
         let running = cancel::Running::new(cfg.delivery.max_tracked_jobs);
-        let shared = Arc::new(Shared { cfg, queue, store, provider, running });
+        let shared = Arc::new(Shared {
+            cfg,
+            queue,
+            store,
+            provider,
+            gov,
+            running,
+        });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),
             stop_jobs: CancellationToken::new(),
@@ -101,7 +112,10 @@ impl Worker {
     pub async fn shutdown(self) {
         self.stop_fetching.cancel();
         self.tasks.close();
-        if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::info!("grace period over; releasing in-flight jobs");
             self.stop_jobs.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
@@ -119,101 +133,168 @@ struct Fetcher {
 }
 
 impl Fetcher {
+    /// Rounds ask the classes that may have work, in priority order, for as many messages as
+    /// there are free slots. Which classes may have work is known from the doorbell: ingest
+    /// rings `ring.<priority>` after every publish, and a fetch that comes back short marks
+    /// its class empty until the next ring. So an idle worker fetches the moment a job is
+    /// published, and a busy one does not ask empty classes over and over. A periodic
+    /// re-check covers rings lost to a reconnect.
     async fn run(self) {
-        let Some(consumers) = self.consumers().await else { return };
-        self.slots.add_permits(self.shared.cfg.worker.concurrency);
-        let every = self.shared.cfg.worker.low_share_every;
-        let idle_poll = Duration::from_millis(self.shared.cfg.worker.idle_poll_ms.max(10));
+        let Some(mut pullers) = self.pullers().await else {
+            return;
+        };
+        let queue = &self.shared.queue;
+        let mut doorbell = match queue
+            .client()
+            .subscribe(queue.subjects().ring_wildcard())
+            .await
+        {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to the doorbell; polling instead");
+                None
+            }
+        };
+        let w = &self.shared.cfg.worker;
+        self.slots.add_permits(w.concurrency);
+        let recheck = Duration::from_millis(w.idle_poll_ms.max(10));
+        let batch_target = (w.concurrency / 8).clamp(1, 64);
+        let mut maybe = [true; 3];
         let mut round: u64 = 0;
         let mut failures: u32 = 0;
+        let mut backlog = false;
+        let mut last_recheck = tokio::time::Instant::now();
         loop {
+            self.drain_rings(&mut doorbell, &mut maybe);
+            if last_recheck.elapsed() >= recheck {
+                maybe = [true; 3];
+                last_recheck = tokio::time::Instant::now();
+            }
+            if !maybe.iter().any(|m| *m) {
+                // Nothing to do until a ring (or the periodic re-check).
+                let rang = async {
+                    match doorbell.as_mut() {
+                        Some(sub) => sub.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    msg = rang => match msg {
+                        Some(m) => self.mark(&m.subject, &mut maybe),
+                        None => doorbell = None,
+                    },
+                    _ = tokio::time::sleep_until(last_recheck + recheck) => {}
+                    _ = self.stop_fetching.cancelled() => break,
+                }
+                continue;
+            }
             let first = tokio::select! {
-                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = self.stop_fetching.cancelled() => return,
+                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = self.stop_fetching.cancelled() => break,
             };
             let mut free = first;
+            if backlog {
+                // The last round found more work than it had room for: gather a few more free
+                // slots before asking, so a busy worker fetches in batches rather than one
+                // round trip per finished job.
+                let deadline = tokio::time::Instant::now() + BATCH_GATHER;
+                while free.num_permits() < batch_target {
+                    match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+                        .await
+                    {
+                        Ok(Ok(p)) => free.merge(p),
+                        _ => break,
+                    }
+                }
+            }
             let more = self.slots.available_permits();
-            if more > 0 && let Ok(p) = self.slots.clone().try_acquire_many_owned(more as u32) {
+            if more > 0
+                && let Ok(p) = self.slots.clone().try_acquire_many_owned(more as u32)
+            {
                 free.merge(p);
             }
+            let asked = free.num_permits();
             round += 1;
-            let mut got = 0usize;
-            let mut errored = false;
-            for class in schedule::fetch_order(round, every) {
-                let want = free.num_permits();
-                if want == 0 {
-                    break;
-                }
-                match fetch_now(&consumers[index(class)], want).await {
-                    Ok(msgs) => {
-                        got += msgs.len();
-                        for m in msgs {
-                            self.dispatch(m, &mut free);
-                        }
-                    }
-                    Err(e) => {
-                        errored = true;
-                        tracing::warn!(class = %class, error = %e, "fetch failed");
-                    }
-                }
-            }
+            let (got, errored) = self.round(&mut pullers, &mut maybe, free, round).await;
             if errored {
                 failures = failures.saturating_add(1);
-                drop(free);
                 let pause = Duration::from_millis(100 * u64::from(failures.min(20)));
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = self.stop_fetching.cancelled() => return,
+                    _ = self.stop_fetching.cancelled() => break,
                 }
+                maybe = [true; 3];
                 continue;
             }
             failures = 0;
-            if got == 0 {
-                self.idle_poll(&consumers, free, idle_poll).await;
+            backlog = got == asked;
+        }
+    }
+
+    /// Applies every ring already received, without waiting.
+    fn drain_rings(&self, doorbell: &mut Option<async_nats::Subscriber>, maybe: &mut [bool; 3]) {
+        let Some(sub) = doorbell.as_mut() else { return };
+        for _ in 0..100_000 {
+            match sub.next().now_or_never() {
+                Some(Some(m)) => self.mark(&m.subject, maybe),
+                Some(None) => {
+                    *doorbell = None;
+                    return;
+                }
+                None => return,
             }
         }
     }
 
-    /// Everything is empty: one long-poll pull per class, sized to the free slots, taking
-    /// messages as they arrive until the polls expire.
-    async fn idle_poll(&self, consumers: &[PullConsumer; 3], mut free: OwnedSemaphorePermit, expires: Duration) {
-        let split = schedule::idle_split(free.num_permits());
-        let mut streams = Vec::new();
-        for (i, want) in split.into_iter().enumerate() {
+    fn mark(&self, subject: &str, maybe: &mut [bool; 3]) {
+        match self.shared.queue.subjects().priority_of(subject) {
+            Some(p) => maybe[index(p)] = true,
+            None => *maybe = [true; 3],
+        }
+    }
+
+    /// One round: each class that may have work, in this round's order, as many as the free
+    /// slots allow. Returns how many messages were dispatched and whether a fetch failed.
+    async fn round(
+        &self,
+        pullers: &mut [Puller; 3],
+        maybe: &mut [bool; 3],
+        mut free: OwnedSemaphorePermit,
+        round: u64,
+    ) -> (usize, bool) {
+        let mut got = 0usize;
+        let mut errored = false;
+        for p in schedule::fetch_order(round, self.shared.cfg.worker.low_share_every) {
+            let i = index(p);
+            let want = free.num_permits();
             if want == 0 {
+                break;
+            }
+            if !maybe[i] {
                 continue;
             }
-            match fetch_wait(&consumers[i], want, expires).await {
-                Ok(s) => streams.push(s),
-                Err(e) => tracing::warn!(error = %e, "long-poll failed"),
+            match pullers[i].fetch(want, FETCH_LIMIT).await {
+                Ok(msgs) => {
+                    maybe[i] = msgs.len() == want;
+                    got += msgs.len();
+                    for m in msgs {
+                        if let Some(slot) = free.split(1) {
+                            self.dispatch(m, slot);
+                        }
+                    }
+                }
+                Err(e) => {
+                    errored = true;
+                    tracing::warn!(class = %p, error = %e, "fetch failed");
+                }
             }
         }
-        if streams.is_empty() {
-            tokio::select! {
-                _ = tokio::time::sleep(expires) => {}
-                _ = self.stop_fetching.cancelled() => {}
-            }
-            return;
-        }
-        let mut merged = futures_util::stream::select_all(streams);
-        // Pull requests already sent must be drained even during shutdown, or the messages
-        // they deliver would wait for ack_wait; they end by themselves at `expires`.
-        while let Some(item) = merged.next().await {
-            match item {
-                Ok(m) => self.dispatch(m, &mut free),
-                Err(e) => tracing::debug!(error = %e, "long-poll ended with an error"),
-            }
-        }
+        (got, errored)
     }
 
-    fn dispatch(&self, msg: async_nats::jetstream::Message, free: &mut OwnedSemaphorePermit) {
+    fn dispatch(&self, msg: async_nats::jetstream::Message, permit: OwnedSemaphorePermit) {
         let delivery = Delivery::new(msg, Some(self.release.clone()));
-        let Some(permit) = free.split(1) else {
-            // Cannot happen (we never ask for more than we hold); hand it back regardless.
-            drop(delivery);
-            return;
-        };
-        if self.stop_fetching.is_cancelled() && self.stop_jobs.is_cancelled() {
+        if self.stop_jobs.is_cancelled() {
             drop(delivery);
             return;
         }
@@ -228,25 +309,28 @@ impl Fetcher {
         });
     }
 
-    async fn consumers(&self) -> Option<[PullConsumer; 3]> {
+    async fn pullers(&self) -> Option<[Puller; 3]> {
         let w = &self.shared.cfg.worker;
         let settings = ConsumerSettings {
             ack_wait: Duration::from_secs(w.ack_wait_s),
             max_attempts: w.max_attempts,
         };
+        let queue = &self.shared.queue;
+        let stream = queue.subjects().jobs_stream();
         let mut delay = Duration::from_millis(200);
         loop {
             let attempt = async {
-                self.shared.queue.ensure_streams().await?;
+                queue.ensure_streams().await?;
                 let mut out = Vec::with_capacity(3);
                 for p in Priority::ALL {
-                    out.push(self.shared.queue.ensure_consumer(p, settings).await?);
+                    queue.ensure_consumer(p, settings).await?;
+                    out.push(Puller::new(queue, &stream, &queue.subjects().consumer(p)).await?);
                 }
                 Ok::<_, sluice_queue::QueueError>(out)
             };
             match attempt.await {
                 Ok(v) => {
-                    if let Ok(arr) = <[PullConsumer; 3]>::try_from(v) {
+                    if let Ok(arr) = <[Puller; 3]>::try_from(v) {
                         return Some(arr);
                     }
                 }
@@ -260,6 +344,12 @@ impl Fetcher {
         }
     }
 }
+
+/// Longest wait for the answer to a no-wait fetch.
+const FETCH_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long a busy fetch loop may wait to gather a batch of free slots.
+const BATCH_GATHER: Duration = Duration::from_millis(2);
 
 fn index(p: Priority) -> usize {
     match p {

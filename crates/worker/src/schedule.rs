@@ -9,7 +9,7 @@ use sluice_protocol::Priority;
 pub fn fetch_order(round: u64, every: u32) -> [Priority; 3] {
     let every = u64::from(every.max(2));
     let half = every / 2;
-    if round % every == 0 {
+    if round.is_multiple_of(every) {
         [Priority::Low, Priority::High, Priority::Normal]
     } else if round % every == half {
         [Priority::Normal, Priority::High, Priority::Low]
@@ -22,7 +22,11 @@ pub fn fetch_order(round: u64, every: u32) -> [Priority; 3] {
 pub fn idle_split(free: usize) -> [usize; 3] {
     let base = free / 3;
     let extra = free % 3;
-    [base + usize::from(extra > 0), base + usize::from(extra > 1), base]
+    [
+        base + usize::from(extra > 0),
+        base + usize::from(extra > 1),
+        base,
+    ]
 }
 
 #[cfg(test)]

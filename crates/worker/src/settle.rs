@@ -17,7 +17,13 @@ pub async fn settle(shared: &Shared, delivery: Delivery, outcome: Outcome) {
             delivery.nak(delay).await
         }
         Outcome::Release => delivery.nak(Duration::ZERO).await,
-        Outcome::DeadLetter { reason, error, tenant, job_id } => {
+        Outcome::Defer { delay } => delivery.nak(delay).await,
+        Outcome::DeadLetter {
+            reason,
+            error,
+            tenant,
+            job_id,
+        } => {
             let dl = DeadLetter {
                 reason,
                 tenant: &tenant,
@@ -30,7 +36,8 @@ pub async fn settle(shared: &Shared, delivery: Delivery, outcome: Outcome) {
             };
             match shared.queue.dead_letter(&dl).await {
                 Ok(()) => {
-                    metrics::counter!("sluice_worker_dead_letters_total", "reason" => reason).increment(1);
+                    metrics::counter!("sluice_worker_dead_letters_total", "reason" => reason)
+                        .increment(1);
                     tracing::warn!(reason, tenant = %tenant, "message dead-lettered");
                     delivery.term().await
                 }

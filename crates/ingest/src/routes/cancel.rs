@@ -12,7 +12,7 @@ use crate::{
     auth::Tenant,
     cancel::cancel_job,
     error::ApiError,
-    routes::jobs::{JobView, owned_job, store_error},
+    routes::jobs::{JobView, owned_job, store_unavailable},
 };
 
 /// Cancels a queued or running job and answers with the job. Cancelling a cancelled job
@@ -23,7 +23,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let (uuid, _) = owned_job(&state, &tenant, &id).await?;
-    match cancel_job(&state, uuid, "The job was cancelled by the client.").await.map_err(store_error)? {
+    match cancel_job(&state, uuid, "The job was cancelled by the client.").await.map_err(store_unavailable)? {
         None => return Err(ApiError::NotFound(format!("No job with id '{uuid}'."))),
         Some(Transition::Applied) | Some(Transition::Refused { current: JobStatus::Cancelled }) => {}
         Some(Transition::Refused { current }) => {

@@ -7,7 +7,7 @@ use axum::{
     Extension, Json,
     body::Bytes,
     extract::{Path, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode, header::LOCATION},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header::LOCATION},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -16,7 +16,7 @@ use sluice_queue::QueueError;
 use sluice_store::{JobRecord, now_ms};
 use uuid::Uuid;
 
-use crate::{AppState, auth::Tenant, error::ApiError, validate};
+use crate::{AppState, auth::Tenant, error::ApiError, middleware::admission, validate};
 
 /// The job as the API shows it. Timestamps are Unix seconds like OpenAI's objects, with
 /// millisecond precision in `timings_ms`.
@@ -81,7 +81,10 @@ impl From<JobRecord> for JobView {
     }
 }
 
-pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn body_or_error(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge { limit }
@@ -102,35 +105,60 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut sub = read_chat(&state, body)?;
+    let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
+    let limits = validate::Limits {
+        max_output_tokens: state.cfg.ingest.max_output_tokens,
+    };
+    let mut sub = validate::chat_submission(&body, limits)?;
+    let id = Uuid::now_v7();
+    let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
+    if let Some(first) = admitted.replay {
+        return replayed(&state, first).await;
+    }
     let hook_url = sub.webhook_url.take();
-    let env = chat_envelope(&tenant, sub, &headers);
+    let mut env = chat_envelope(&tenant, sub, &headers);
+    env.id = id;
     // The job's own webhook: checked (SSRF) and stored with a fresh secret before the job
     // exists, so the dispatcher always finds it; the secret is shown once, here.
     let hook = match hook_url {
         Some(url) => {
             let policy = sluice_webhooks::ssrf::Policy::new(&state.cfg.webhooks.allow_private);
-            let url = policy.check_url(&url).await?.to_string();
+            let checked = match policy.check_url(&url).await {
+                Ok(u) => u.to_string(),
+                Err(e) => {
+                    admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
+                    return Err(e.into());
+                }
+            };
             let secret = sluice_webhooks::sign::new_secret();
-            state.store.set_job_hook(env.id, &url, &secret).await.map_err(store_error)?;
-            Some(serde_json::json!({ "url": url, "secret": secret }))
+            state.store.set_job_hook(env.id, &checked, &secret).await.map_err(store_unavailable)?;
+            Some(serde_json::json!({ "url": checked, "secret": secret }))
         }
         None => None,
     };
-    enqueue(&state, &env).await?;
-    let location = format!("/v1/jobs/{}", env.id);
-    let mut view = serde_json::to_value(queued_view(env)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Err(e) = state.queue.publish_job(&env).await {
+        admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
+        return Err(queue_error(&state, e));
+    }
+    metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str())
+        .increment(1);
+    // The job is durable from here on. If the record cannot be written, the worker writes
+    // it when it starts the job; the client already has the truth: 202.
+    if let Err(e) = state.store.record_queued(&env).await {
+        tracing::warn!(job = %env.id, error = %e, "job accepted but its queued record was not written");
+    }
+    let mut view = serde_json::to_value(queued_view(env.clone())).map_err(|e| ApiError::Internal(e.to_string()))?;
     if let (Some(hook), Some(obj)) = (hook, view.as_object_mut()) {
         obj.insert("webhook".into(), hook);
     }
-    Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
-}
-
-/// Reads and validates a chat-completions body (with Sluice's fields).
-pub(crate) fn read_chat(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<validate::ChatSubmission, ApiError> {
-    let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let limits = validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
-    validate::chat_submission(&body, limits)
+    let location = format!("/v1/jobs/{}", env.id);
+    let mut resp = (StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response();
+    for (name, value) in admitted.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    Ok(resp)
 }
 
 /// The envelope of a validated chat submission.
@@ -157,8 +185,6 @@ pub(crate) fn chat_envelope(tenant: &Tenant, sub: validate::ChatSubmission, head
 pub(crate) async fn enqueue(state: &AppState, env: &JobEnvelope) -> Result<(), ApiError> {
     state.queue.publish_job(env).await.map_err(|e| queue_error(state, e))?;
     metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str()).increment(1);
-    // The job is durable from here on. If the record cannot be written, the worker writes
-    // it when it starts the job; the client already has the truth: 202.
     if let Err(e) = state.store.record_queued(env).await {
         tracing::warn!(job = %env.id, error = %e, "job accepted but its queued record was not written");
     }
@@ -194,8 +220,52 @@ pub(crate) fn queued_view(env: JobEnvelope) -> JobView {
     }
 }
 
+/// The caller's job `id`; another tenant's job is indistinguishable from a missing one.
+pub(crate) async fn owned_job(state: &AppState, tenant: &Tenant, id: &str) -> Result<(Uuid, JobRecord), ApiError> {
+    let not_found = || ApiError::NotFound(format!("No job with id '{}'.", id.chars().take(64).collect::<String>()));
+    let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
+    match state.store.get(uuid).await.map_err(store_unavailable)? {
+        Some(r) if r.tenant == *tenant.id => Ok((uuid, r)),
+        _ => Err(not_found()),
+    }
+}
+
+/// An idempotent retry: the first request's job as it is now, marked as a replay.
+async fn replayed(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
+    let record = state.store.get(id).await.map_err(store_unavailable)?;
+    let view = match record {
+        Some(r) => {
+            serde_json::to_value(JobView::from(r)).map_err(|e| ApiError::Internal(e.to_string()))?
+        }
+        // The first request is still being published: its id is all there is yet.
+        None => serde_json::json!({"id": id, "object": "job", "status": "queued"}),
+    };
+    let headers = [
+        (
+            LOCATION,
+            HeaderValue::try_from(format!("/v1/jobs/{id}"))
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        ),
+        (
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        ),
+    ];
+    Ok((StatusCode::ACCEPTED, headers, Json(view)).into_response())
+}
+
+pub(crate) fn store_unavailable(e: sluice_store::StoreError) -> ApiError {
+    ApiError::StoreUnavailable {
+        retry_after_s: 1,
+        reason: e.to_string(),
+    }
+}
+
 fn queue_error(state: &AppState, e: QueueError) -> ApiError {
-    ApiError::QueueUnavailable { retry_after_s: state.cfg.ingest.retry_after_s, reason: e.to_string() }
+    ApiError::QueueUnavailable {
+        retry_after_s: state.cfg.ingest.retry_after_s,
+        reason: e.to_string(),
+    }
 }
 
 pub async fn get(
@@ -205,19 +275,4 @@ pub async fn get(
 ) -> Result<Json<JobView>, ApiError> {
     let (_, record) = owned_job(&state, &tenant, &id).await?;
     Ok(Json(JobView::from(record)))
-}
-
-/// The caller's job `id`; another tenant's job is indistinguishable from a missing one.
-pub(crate) async fn owned_job(state: &AppState, tenant: &Tenant, id: &str) -> Result<(Uuid, JobRecord), ApiError> {
-    let not_found = || ApiError::NotFound(format!("No job with id '{}'.", id.chars().take(64).collect::<String>()));
-    let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
-    let record = state.store.get(uuid).await.map_err(store_error)?;
-    match record {
-        Some(r) if r.tenant == *tenant.id => Ok((uuid, r)),
-        _ => Err(not_found()),
-    }
-}
-
-pub(crate) fn store_error(e: sluice_store::StoreError) -> ApiError {
-    ApiError::StoreUnavailable { retry_after_s: 1, reason: e.to_string() }
 }

@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per route group.
 
+pub mod admin;
 pub mod cancel;
 pub mod events;
 pub mod jobs;

@@ -35,7 +35,8 @@ use crate::{
     cancel::CancelOnDrop,
     embeddings::embedding_submission,
     error::ApiError,
-    routes::jobs::{JobView, body_or_error, chat_envelope, enqueue, queued_view, read_chat, store_error},
+    middleware::admission,
+    routes::jobs::{JobView, body_or_error, chat_envelope, enqueue, queued_view, store_unavailable},
     watch::{JobEvent, JobWatch, Outcome},
 };
 
@@ -45,7 +46,9 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut sub = read_chat(&state, body)?;
+    let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
+    let limits = crate::validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
+    let mut sub = crate::validate::chat_submission(&body, limits)?;
     if sub.webhook_url.is_some() {
         // The answer comes back on this connection; a job webhook belongs to POST /v1/jobs.
         return Err(ApiError::invalid("'webhook' is only accepted by POST /v1/jobs.", Some("webhook"), "unknown_parameter"));
@@ -53,8 +56,14 @@ pub async fn chat_completions(
     if let Some(p) = header_priority(&headers)? {
         sub.priority = p;
     }
-    let env = chat_envelope(&tenant, sub, &headers);
-    if env.stream { run_streamed(state, env).await } else { run_plain(state, env).await }
+    // The same admission as POST /v1/jobs: shedding, idempotency, rate limits, budgets. An
+    // idempotent retry waits for the first request's job instead of queueing another.
+    let id = Uuid::now_v7();
+    let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
+    let mut env = chat_envelope(&tenant, sub, &headers);
+    env.id = admitted.replay.unwrap_or(id);
+    let admission = Admission { fresh: admitted.replay.is_none(), undo: Some((tenant, admitted)) };
+    if env.stream { run_streamed(state, env, admission).await } else { run_plain(state, env, admission).await }
 }
 
 pub async fn embeddings(
@@ -80,7 +89,14 @@ pub async fn embeddings(
         metadata: Default::default(),
         stream: false,
     };
-    run_plain(state, env).await
+    run_plain(state, env, Admission { fresh: true, undo: None }).await
+}
+
+/// How the job was admitted: whether it still has to be queued (not an idempotent replay),
+/// and what to give back if publishing fails.
+struct Admission {
+    fresh: bool,
+    undo: Option<(Tenant, admission::Admitted)>,
 }
 
 /// `GET /v1/models`: the configured model ids in OpenAI's list format.
@@ -106,14 +122,21 @@ fn header_priority(headers: &HeaderMap) -> Result<Option<Priority>, ApiError> {
 
 /// Enqueues the job with a watch opened first, and a guard that cancels it if the client
 /// leaves.
-async fn submit(state: &AppState, env: &JobEnvelope) -> Result<(JobWatch, CancelOnDrop), ApiError> {
+async fn submit(state: &AppState, env: &JobEnvelope, adm: Admission) -> Result<(JobWatch, CancelOnDrop), ApiError> {
     let watch = JobWatch::open(state, env.id, 0).await?;
-    enqueue(state, env).await?;
+    if adm.fresh
+        && let Err(e) = enqueue(state, env).await
+    {
+        if let Some((tenant, admitted)) = &adm.undo {
+            admission::undo(state, tenant, admitted, env.id, &env.model).await;
+        }
+        return Err(e);
+    }
     Ok((watch, CancelOnDrop::new(state.clone(), env.id)))
 }
 
-async fn run_plain(state: AppState, env: JobEnvelope) -> Result<Response, ApiError> {
-    let (mut watch, mut guard) = submit(&state, &env).await?;
+async fn run_plain(state: AppState, env: JobEnvelope, adm: Admission) -> Result<Response, ApiError> {
+    let (mut watch, mut guard) = submit(&state, &env, adm).await?;
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
     let outcome = tokio::time::timeout(limit, watch.wait_terminal()).await;
     guard.disarm();
@@ -132,15 +155,15 @@ async fn run_plain(state: AppState, env: JobEnvelope) -> Result<Response, ApiErr
 async fn still_running(state: &AppState, env: JobEnvelope) -> Result<Response, ApiError> {
     metrics::counter!("sluice_sync_wait_exceeded_total").increment(1);
     let location = format!("/v1/jobs/{}", env.id);
-    let view = match state.store.get(env.id).await.map_err(store_error)? {
+    let view = match state.store.get(env.id).await.map_err(store_unavailable)? {
         Some(r) => JobView::from(r),
         None => queued_view(env),
     };
     Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
 }
 
-async fn run_streamed(state: AppState, env: JobEnvelope) -> Result<Response, ApiError> {
-    let (mut watch, mut guard) = submit(&state, &env).await?;
+async fn run_streamed(state: AppState, env: JobEnvelope, adm: Admission) -> Result<Response, ApiError> {
+    let (mut watch, mut guard) = submit(&state, &env, adm).await?;
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
     // Wait for the first chunks (or the end) before answering, so a job that fails before
     // streaming anything gets a proper HTTP error the SDK can raise.
@@ -176,7 +199,7 @@ async fn run_streamed(state: AppState, env: JobEnvelope) -> Result<Response, Api
 }
 
 async fn watch_outcome(state: &AppState, id: Uuid, status: JobStatus) -> Result<Outcome, ApiError> {
-    let (status, result, error) = state.store.outcome(id).await.map_err(store_error)?.unwrap_or((status, None, None));
+    let (status, result, error) = state.store.outcome(id).await.map_err(store_unavailable)?.unwrap_or((status, None, None));
     Ok(Outcome { status, result, error })
 }
 

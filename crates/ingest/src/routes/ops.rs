@@ -16,15 +16,39 @@ pub async fn healthz() -> impl IntoResponse {
 
 /// Ready when the broker is connected with its streams in place and the store answers.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let nats = state.queue.is_connected() && state.streams_ready.load(std::sync::atomic::Ordering::Acquire);
+    let nats = state.queue.is_connected()
+        && state
+            .streams_ready
+            .load(std::sync::atomic::Ordering::Acquire);
     let redis = state.store.ping().await.is_ok();
-    let status = if nats && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let word = if status == StatusCode::OK { "ready" } else { "not_ready" };
-    (status, Json(json!({ "status": word, "nats": nats, "redis": redis })))
+    let status = if nats && redis {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = if status == StatusCode::OK {
+        "ready"
+    } else {
+        "not_ready"
+    };
+    // Whether limits are being enforced, or which policy applies while Redis is away.
+    let limits = match (redis, state.cfg.governance.on_store_error) {
+        (true, _) => "enforced",
+        (false, sluice_config::FailPolicy::FailClosed) => "fail_closed",
+        (false, sluice_config::FailPolicy::FailOpen) => "fail_open",
+    };
+    metrics::gauge!("sluice_governance_degraded").set(if redis { 0.0 } else { 1.0 });
+    (
+        status,
+        Json(json!({ "status": word, "nats": nats, "redis": redis, "limits": limits })),
+    )
 }
 
 pub async fn metrics() -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], sluice_telemetry::render_metrics())
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        sluice_telemetry::render_metrics(),
+    )
 }
 
 pub async fn not_found() -> ApiError {

@@ -17,7 +17,7 @@ use crate::{
     AppState,
     auth::Tenant,
     error::ApiError,
-    routes::jobs::{body_or_error, store_error},
+    routes::jobs::{body_or_error, store_unavailable},
 };
 
 fn view(ep: &Endpoint) -> Value {
@@ -67,7 +67,7 @@ pub async fn create(
         disabled: false,
         created_at_ms: now_ms(),
     };
-    if !state.store.create_endpoint(&ep, state.cfg.webhooks.max_endpoints_per_tenant).await.map_err(store_error)? {
+    if !state.store.create_endpoint(&ep, state.cfg.webhooks.max_endpoints_per_tenant).await.map_err(store_unavailable)? {
         return Err(ApiError::Conflict(format!(
             "A tenant may register at most {} webhook endpoints.",
             state.cfg.webhooks.max_endpoints_per_tenant
@@ -79,7 +79,7 @@ pub async fn create(
 }
 
 pub async fn list(State(state): State<AppState>, Extension(tenant): Extension<Tenant>) -> Result<Json<Value>, ApiError> {
-    let eps = state.store.endpoints(&tenant.id).await.map_err(store_error)?;
+    let eps = state.store.endpoints(&tenant.id).await.map_err(store_unavailable)?;
     Ok(Json(json!({ "object": "list", "data": eps.iter().map(view).collect::<Vec<_>>() })))
 }
 
@@ -88,7 +88,7 @@ async fn owned(state: &AppState, tenant: &Tenant, id: &str) -> Result<Endpoint, 
         .store
         .tenant_endpoint(&tenant.id, id)
         .await
-        .map_err(store_error)?
+        .map_err(store_unavailable)?
         .ok_or_else(|| ApiError::NotFound(format!("No webhook endpoint with id '{}'.", id.chars().take(64).collect::<String>())))
 }
 
@@ -98,7 +98,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let ep = owned(&state, &tenant, &id).await?;
-    state.store.delete_endpoint(&tenant.id, &ep.id).await.map_err(store_error)?;
+    state.store.delete_endpoint(&tenant.id, &ep.id).await.map_err(store_unavailable)?;
     Ok(Json(json!({ "id": ep.id, "object": "webhook_endpoint", "deleted": true })))
 }
 
@@ -110,7 +110,7 @@ pub async fn rotate(
     let ep = owned(&state, &tenant, &id).await?;
     let secret = new_secret();
     let until = now_ms() + state.cfg.webhooks.rotation_grace_s * 1000;
-    state.store.rotate_secret(&ep, &secret, until).await.map_err(store_error)?;
+    state.store.rotate_secret(&ep, &secret, until).await.map_err(store_unavailable)?;
     let mut out = view(&ep);
     out["secret"] = json!(secret);
     out["previous_secret_expires_at"] = json!(until / 1000);
@@ -123,7 +123,7 @@ pub async fn deliveries(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let ep = owned(&state, &tenant, &id).await?;
-    let log = state.store.delivery_log(&ep.id).await.map_err(store_error)?;
+    let log = state.store.delivery_log(&ep.id).await.map_err(store_unavailable)?;
     let data: Vec<Value> = log.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     Ok(Json(json!({ "object": "list", "data": data })))
 }

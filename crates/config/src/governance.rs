@@ -1,0 +1,278 @@
+//! `[governance]`: rate limits, budgets, fairness, idempotency, loop detection, load shedding
+//! and the admin key. Every limit of `0` is off.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceConfig {
+    /// What admission does when Redis cannot be asked: refuse (`fail_closed`, 503) or admit
+    /// without limits (`fail_open`). Either way it shows in metrics and `/readyz`.
+    pub on_store_error: FailPolicy,
+    /// Length of every rate-limit window.
+    pub window_s: u64,
+    /// Over all tenants.
+    pub global: Limit,
+    /// Per tenant (overridable in `tenants.<id>.limits`).
+    pub tenant: Limit,
+    /// Per API key.
+    pub key: Limit,
+    /// Per tenant and model (overridable per model in `models`).
+    pub model: Limit,
+    pub models: BTreeMap<String, Limit>,
+    /// Per tenant and `X-Agent-Id` / `X-Chain-Id` header value.
+    pub agent: Limit,
+    pub chain: Limit,
+    /// Per-tenant policies: budgets, kill switch, fair share.
+    pub tenants: BTreeMap<String, TenantPolicy>,
+    /// USD per million tokens, by model, for cost budgets. Models not listed cost nothing.
+    pub prices: BTreeMap<String, Price>,
+    /// Fraction of a budget past which the soft-threshold metric and event fire.
+    pub budget_soft_ratio: f64,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_s: u64,
+    /// Same tenant, chain and prompt more than this many times a minute is a loop (0: off).
+    pub loop_max_per_minute: u64,
+    /// Jobs one tenant may run at once across all workers, unless its policy says otherwise.
+    pub max_in_flight_per_tenant: u64,
+    /// A typical job's duration: a job of a tenant at its in-flight cap is deferred for this
+    /// times the tenant's deferred jobs per slot (up to 30 s).
+    pub defer_ms: u64,
+    /// Hex SHA-256 of the admin key guarding `/v1/admin/...` (absent: admin API off).
+    pub admin_key_sha256: Option<String>,
+    /// How long a key looked up in Redis is trusted before it is read again (revocation
+    /// reaches every replica within this time).
+    pub key_cache_ttl_ms: u64,
+    pub key_cache_capacity: usize,
+    pub shedding: Shedding,
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        GovernanceConfig {
+            on_store_error: FailPolicy::FailClosed,
+            window_s: 60,
+            global: Limit::default(),
+            tenant: Limit::default(),
+            key: Limit::default(),
+            model: Limit::default(),
+            models: BTreeMap::new(),
+            agent: Limit::default(),
+            chain: Limit::default(),
+            tenants: BTreeMap::new(),
+            prices: BTreeMap::new(),
+            budget_soft_ratio: 0.8,
+            idempotency_ttl_s: 24 * 3600,
+            loop_max_per_minute: 0,
+            max_in_flight_per_tenant: 0,
+            defer_ms: 100,
+            admin_key_sha256: None,
+            key_cache_ttl_ms: 2_000,
+            key_cache_capacity: 10_000,
+            shedding: Shedding::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailPolicy {
+    FailClosed,
+    FailOpen,
+}
+
+/// Requests and tokens (prompt estimate plus `max_tokens`) per window. `burst` scales the
+/// capacity: 1.0 lets a whole window's worth through at once, 0.1 a tenth of it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limit {
+    pub requests: u64,
+    pub tokens: u64,
+    pub burst: f64,
+}
+
+impl Default for Limit {
+    fn default() -> Self {
+        Limit {
+            requests: 0,
+            tokens: 0,
+            burst: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantPolicy {
+    /// Replaces `governance.tenant` for this tenant.
+    pub limits: Option<Limit>,
+    pub budget: Budget,
+    /// Kill switch: every request of the tenant is refused (also settable at run time).
+    pub disabled: bool,
+    /// Replaces `governance.max_in_flight_per_tenant` (0: use it).
+    pub max_in_flight: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Budget {
+    pub period: BudgetPeriod,
+    /// Tokens per period (0: no token budget).
+    pub tokens: u64,
+    /// USD per period (0: no cost budget).
+    pub cost_usd: f64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            period: BudgetPeriod::Month,
+            tokens: 0,
+            cost_usd: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Price {
+    pub prompt_per_mtok: f64,
+    pub completion_per_mtok: f64,
+}
+
+/// Admission by queue depth (messages pending per priority class) and age of the oldest
+/// pending message. Past the `low` thresholds `low` is shed, past `normal` also `normal`;
+/// `high` is admitted up to `high_max_depth`. 0 turns a threshold off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shedding {
+    pub low_max_depth: u64,
+    pub normal_max_depth: u64,
+    pub high_max_depth: u64,
+    pub low_max_age_ms: u64,
+    pub normal_max_age_ms: u64,
+    /// How often ingest reads the queue state.
+    pub poll_ms: u64,
+}
+
+impl Default for Shedding {
+    fn default() -> Self {
+        Shedding {
+            low_max_depth: 0,
+            normal_max_depth: 0,
+            high_max_depth: 0,
+            low_max_age_ms: 0,
+            normal_max_age_ms: 0,
+            poll_ms: 500,
+        }
+    }
+}
+
+impl GovernanceConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.window_s == 0 {
+            return bad("governance.window_s must be positive".into());
+        }
+        let limits = [
+            &self.global,
+            &self.tenant,
+            &self.key,
+            &self.model,
+            &self.agent,
+            &self.chain,
+        ];
+        let named = self
+            .models
+            .values()
+            .chain(self.tenants.values().filter_map(|t| t.limits.as_ref()));
+        for l in limits.into_iter().chain(named) {
+            if !(l.burst > 0.0 && l.burst <= 1000.0) {
+                return bad("governance limits: burst must be in (0, 1000]".into());
+            }
+        }
+        if !(self.budget_soft_ratio > 0.0 && self.budget_soft_ratio <= 1.0) {
+            return bad("governance.budget_soft_ratio must be in (0, 1]".into());
+        }
+        for (id, t) in &self.tenants {
+            if !sluice_protocol::subjects::is_token(id) {
+                return bad(format!(
+                    "governance.tenants: {id:?} is not a valid tenant id"
+                ));
+            }
+            if !(t.budget.cost_usd >= 0.0 && t.budget.cost_usd.is_finite()) {
+                return bad(format!(
+                    "governance.tenants.{id}.budget.cost_usd must be a non-negative number"
+                ));
+            }
+        }
+        for (m, p) in &self.prices {
+            if !(p.prompt_per_mtok >= 0.0 && p.completion_per_mtok >= 0.0) {
+                return bad(format!(
+                    "governance.prices.{m:?}: prices must be non-negative"
+                ));
+            }
+        }
+        if let Some(h) = &self.admin_key_sha256
+            && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad("governance.admin_key_sha256 must be 64 hex digits".into());
+        }
+        if self.idempotency_ttl_s == 0 || self.key_cache_capacity == 0 || self.shedding.poll_ms == 0
+        {
+            return bad("governance: idempotency_ttl_s, key_cache_capacity and shedding.poll_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The tenant's policy (the default one when it has none).
+    pub fn tenant_policy(&self, tenant: &str) -> Option<&TenantPolicy> {
+        self.tenants.get(tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn the_readme_example_parses_and_nonsense_is_refused() -> Result<(), crate::ConfigError> {
+        let text = r#"
+[governance]
+admin_key_sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+max_in_flight_per_tenant = 32
+loop_max_per_minute = 20
+tenant = { requests = 600, tokens = 2000000, burst = 0.5 }
+[governance.tenants.acme]
+budget = { period = "month", tokens = 50000000, cost_usd = 200.0 }
+[governance.prices.gpt-4o-mini]
+prompt_per_mtok = 0.15
+completion_per_mtok = 0.6
+[governance.shedding]
+low_max_depth = 50000
+"#;
+        let cfg = Config::from_toml_with_env(text, &[])?;
+        assert_eq!(cfg.governance.tenant.requests, 600);
+        assert_eq!(cfg.governance.tenants["acme"].budget.tokens, 50_000_000);
+        assert_eq!(cfg.governance.shedding.low_max_depth, 50_000);
+        let bad = |t: &str| Config::from_toml_with_env(t, &[]).is_err();
+        assert!(bad(
+            "[governance]\ntenant = { requests = 1, burst = 0.0 }\n"
+        ));
+        assert!(bad("[governance]\nadmin_key_sha256 = \"abc\"\n"));
+        assert!(bad("[governance.tenants.\"a.b\"]\n"));
+        assert!(bad("[governance]\non_store_error = \"ignore\"\n"));
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! Admission: may this request become a job?
+//!
+//! One Lua script, one round trip: it checks the tenant's kill switch, counts the request
+//! for loop detection, evaluates every configured rate limit with GCRA (requests cost 1,
+//! token limits cost the estimate) and the tenant's budgets — and only when everything
+//! passes does it commit the new arrival times, add the estimate to the budget and store the
+//! job's reservation. Redis runs a script atomically, so two replicas admitting at the same
+//! instant see each other's effect: the limit holds exactly, and fifty concurrent first
+//! requests cannot overrun a budget.
+//!
+//! GCRA: a limit of `L` per window `W` spaces arrivals `T = W / L` apart and tolerates
+//! `tau = burst * W` of accumulated credit; an arrival of cost `c` is allowed when
+//! `max(tat, now) + c*T - now <= tau`, and the retry delay is the excess.
+
+use sluice_config::{GovernanceConfig, Limit};
+use uuid::Uuid;
+
+use crate::{GovernanceError, Governor, estimate::Usage, period};
+
+pub(crate) const ADMIT: &str = r#"
+local now = tonumber(ARGV[1])
+if redis.call('HGET', KEYS[1], 'disabled') == '1' then return {1, 0, 0, 0, 0} end
+local loop_max = tonumber(ARGV[2])
+if loop_max > 0 then
+  local n = redis.call('INCR', KEYS[2])
+  if n == 1 then redis.call('PEXPIRE', KEYS[2], 60000) end
+  if n > loop_max then return {2, 0, redis.call('PTTL', KEYS[2]), 0, 0} end
+end
+local nrate = tonumber(ARGV[10])
+local news = {}
+local best, best_ratio, best_rem, best_reset = 0, 2, 0, 0
+local token_dims = {}
+for i = 1, nrate do
+  local b = 10 + (i - 1) * 4
+  local T, tau, cost = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local tat = tonumber(redis.call('GET', KEYS[4 + i]) or '0')
+  if tat < now then tat = now end
+  local new = tat + cost * T
+  if new - now > tau then
+    return {3, i, math.ceil(new - now - tau), 0, 0}
+  end
+  news[i] = new
+  local rem = math.floor((tau - (new - now)) / T)
+  local ratio = (tau - (new - now)) / tau
+  if ratio < best_ratio then best, best_ratio, best_rem, best_reset = i, ratio, rem, math.ceil(new - now) end
+  if ARGV[b + 4] == '1' then table.insert(token_dims, {KEYS[4 + i], T}) end
+end
+local btok, bcost = tonumber(ARGV[3]), tonumber(ARGV[4])
+local etok, ecost = tonumber(ARGV[5]), tonumber(ARGV[6])
+local used_t, used_c = 0, 0
+if btok > 0 or bcost > 0 then
+  used_t = tonumber(redis.call('HGET', KEYS[3], 'tokens') or '0')
+  used_c = tonumber(redis.call('HGET', KEYS[3], 'cost') or '0')
+  if btok > 0 and used_t + etok > btok then return {4, 1, 0, 0, 0} end
+  if bcost > 0 and used_c + ecost > bcost then return {4, 2, 0, 0, 0} end
+  redis.call('HINCRBY', KEYS[3], 'tokens', etok)
+  redis.call('HINCRBY', KEYS[3], 'cost', ecost)
+  redis.call('EXPIRE', KEYS[3], ARGV[8])
+end
+for i = 1, nrate do
+  redis.call('SET', KEYS[4 + i], tostring(news[i]), 'PX', math.ceil(news[i] - now) + 1000)
+end
+if ARGV[9] == '1' then
+  local budget = ''
+  if btok > 0 or bcost > 0 then budget = KEYS[3] end
+  redis.call('HSET', KEYS[4], 'tokens', etok, 'cost', ecost, 'budget', budget, 'rl', cjson.encode(token_dims))
+  redis.call('EXPIRE', KEYS[4], ARGV[7])
+end
+return {0, best, best_reset, best_rem, used_t + etok}
+"#;
+
+/// How long an unsettled reservation is kept (a job that never ends keeps its estimate).
+const RESERVATION_TTL_S: u64 = 7 * 24 * 3600;
+
+/// A rate-limit dimension; its name is the error `code` suffix and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dimension {
+    Global,
+    Tenant,
+    Key,
+    Model,
+    Agent,
+    Chain,
+}
+
+impl Dimension {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Global => "global",
+            Dimension::Tenant => "tenant",
+            Dimension::Key => "key",
+            Dimension::Model => "model",
+            Dimension::Agent => "agent",
+            Dimension::Chain => "chain",
+        }
+    }
+}
+
+/// One request to admit.
+#[derive(Debug, Clone)]
+pub struct Admission<'a> {
+    pub job: Uuid,
+    pub tenant: &'a str,
+    pub key_id: &'a str,
+    pub model: &'a str,
+    pub agent: Option<&'a str>,
+    pub chain: Option<&'a str>,
+    /// Hex digest of the prompt (for loop detection).
+    pub prompt_hash: &'a str,
+    pub estimate: Usage,
+}
+
+/// The limit a quota or refusal refers to (for `RateLimit-Policy` / `RateLimit` headers).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub dimension: Dimension,
+    /// `true` for a tokens-per-window limit, `false` for requests.
+    pub tokens: bool,
+    pub limit: u64,
+    pub window_s: u64,
+}
+
+impl Policy {
+    /// The policy name used in headers: `tenant-requests`, `model-tokens`, …
+    pub fn name(&self) -> String {
+        format!(
+            "{}-{}",
+            self.dimension.as_str(),
+            if self.tokens { "tokens" } else { "requests" }
+        )
+    }
+}
+
+/// Admitted; the tightest limit and what is left of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub quota: Option<(Policy, u64, u64)>,
+    /// Budget tokens in use after this reservation (0 without a budget).
+    pub budget_tokens_used: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Disabled,
+    Loop { retry_after_ms: u64 },
+    RateLimited { policy: Policy, retry_after_ms: u64 },
+    BudgetExhausted { cost: bool, retry_after_ms: u64 },
+}
+
+impl Refusal {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Disabled => "tenant_disabled",
+            Refusal::Loop { .. } => "loop_detected",
+            Refusal::RateLimited { policy, .. } => policy.dimension.as_str(),
+            Refusal::BudgetExhausted { .. } => "budget",
+        }
+    }
+}
+
+struct RateArg {
+    key: String,
+    policy: Policy,
+    t_ms: f64,
+    tau_ms: f64,
+    cost: u64,
+}
+
+impl Governor {
+    /// Checks and, if everything passes, commits the request's limits, budget and
+    /// reservation. `Err` only when Redis could not be asked.
+    pub async fn admit(
+        &self,
+        a: &Admission<'_>,
+        now_ms: u64,
+    ) -> Result<Result<Decision, Refusal>, GovernanceError> {
+        let cfg = self.config();
+        let policy = cfg.tenant_policy(a.tenant);
+        if policy.is_some_and(|p| p.disabled) {
+            return Ok(Err(Refusal::Disabled));
+        }
+        let rates = self.rate_args(cfg, a);
+        let (budget_tokens, budget_cost, period_name, reset_ms) = match policy {
+            Some(p) if p.budget.tokens > 0 || p.budget.cost_usd > 0.0 => {
+                let (name, left) = period::current(p.budget.period, now_ms);
+                (
+                    p.budget.tokens,
+                    (p.budget.cost_usd * 1e6).round() as u64,
+                    name,
+                    left,
+                )
+            }
+            _ => (0, 0, "none".to_string(), 0),
+        };
+        let est_cost = crate::estimate::cost_micro_usd(cfg, a.model, a.estimate);
+        let reserve = budget_tokens > 0 || budget_cost > 0 || rates.iter().any(|r| r.policy.tokens);
+        let chain = a.chain.unwrap_or("-");
+
+        let mut inv = self.scripts.admit.key(self.keys.tenant(a.tenant));
+        inv.key(self.keys.loop_counter(a.tenant, chain, a.prompt_hash))
+            .key(self.keys.budget(a.tenant, &period_name))
+            .key(self.keys.reservation(a.job));
+        for r in &rates {
+            inv.key(&r.key);
+        }
+        inv.arg(now_ms)
+            .arg(cfg.loop_max_per_minute)
+            .arg(budget_tokens)
+            .arg(budget_cost)
+            .arg(a.estimate.total())
+            .arg(est_cost)
+            .arg(RESERVATION_TTL_S)
+            .arg(reset_ms / 1000 + 3600)
+            .arg(if reserve { "1" } else { "0" })
+            .arg(rates.len());
+        for r in &rates {
+            inv.arg(r.t_ms)
+                .arg(r.tau_ms)
+                .arg(r.cost)
+                .arg(if r.policy.tokens { "1" } else { "0" });
+        }
+        let store = self.store();
+        let mut conn = store.conn().await?;
+        let reply: Vec<i64> = store.timed(inv.invoke_async(&mut conn)).await?;
+        let [code, idx, ms, rem, used] = <[i64; 5]>::try_from(reply).map_err(|r| {
+            GovernanceError::Protocol(format!("admission returned {} values", r.len()))
+        })?;
+        let policy_at = |i: i64| {
+            usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| rates.get(i))
+                .map(|r| r.policy)
+                .ok_or_else(|| GovernanceError::Protocol(format!("admission named limit {i}")))
+        };
+        let ms = ms.max(0) as u64;
+        Ok(match code {
+            0 => Ok(Decision {
+                quota: if idx > 0 {
+                    Some((policy_at(idx)?, rem.max(0) as u64, ms))
+                } else {
+                    None
+                },
+                budget_tokens_used: used.max(0) as u64,
+            }),
+            1 => Err(Refusal::Disabled),
+            2 => Err(Refusal::Loop { retry_after_ms: ms }),
+            3 => Err(Refusal::RateLimited {
+                policy: policy_at(idx)?,
+                retry_after_ms: ms,
+            }),
+            4 => Err(Refusal::BudgetExhausted {
+                cost: idx == 2,
+                retry_after_ms: reset_ms,
+            }),
+            other => {
+                return Err(GovernanceError::Protocol(format!(
+                    "admission returned code {other}"
+                )));
+            }
+        })
+    }
+
+    fn rate_args(&self, cfg: &GovernanceConfig, a: &Admission<'_>) -> Vec<RateArg> {
+        let tenant_limit = cfg
+            .tenant_policy(a.tenant)
+            .and_then(|p| p.limits)
+            .unwrap_or(cfg.tenant);
+        let model_limit = cfg.models.get(a.model).copied().unwrap_or(cfg.model);
+        let mut dims: Vec<(Dimension, Limit, String)> = vec![
+            (Dimension::Global, cfg.global, "all".into()),
+            (Dimension::Tenant, tenant_limit, a.tenant.into()),
+            (
+                Dimension::Key,
+                cfg.key,
+                format!("{}:{}", a.tenant, a.key_id),
+            ),
+            (
+                Dimension::Model,
+                model_limit,
+                format!("{}:{}", a.tenant, a.model),
+            ),
+        ];
+        if let Some(agent) = a.agent {
+            dims.push((Dimension::Agent, cfg.agent, format!("{}:{agent}", a.tenant)));
+        }
+        if let Some(chain) = a.chain {
+            dims.push((Dimension::Chain, cfg.chain, format!("{}:{chain}", a.tenant)));
+        }
+        let window_ms = (cfg.window_s * 1000) as f64;
+        let mut out = Vec::with_capacity(dims.len() * 2);
+        for (dim, limit, subject) in dims {
+            for (tokens, per_window, cost) in [
+                (false, limit.requests, 1),
+                (true, limit.tokens, a.estimate.total()),
+            ] {
+                if per_window == 0 {
+                    continue;
+                }
+                out.push(RateArg {
+                    key: self.keys.rate(dim.as_str(), &subject, tokens),
+                    policy: Policy {
+                        dimension: dim,
+                        tokens,
+                        limit: per_window,
+                        window_s: cfg.window_s,
+                    },
+                    t_ms: window_ms / per_window as f64,
+                    tau_ms: limit.burst * window_ms,
+                    cost,
+                });
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,109 @@
+//! The per-tenant cap on jobs running at once, across every worker replica.
+//!
+//! Each running job holds a lease in `{p}inflight:{tenant}` (job id → expiry). Acquiring
+//! drops expired leases (a worker that died), then admits the job if the tenant holds fewer
+//! than its cap; the same job acquiring again (a redelivery) just renews its lease. A worker
+//! that cannot acquire defers the job (see `sluice_worker::governance`), which lets the other
+//! tenants' messages through. Deferrals are counted per job (`{p}deferred:{tenant}`), so the
+//! worker can tell them from failed attempts and back off the deferral delay.
+
+use uuid::Uuid;
+
+use crate::{GovernanceError, Governor};
+
+pub(crate) const ACQUIRE: &str = r#"
+local now = tonumber(ARGV[3])
+local deferred = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[4]))
+  return {1, deferred, 0}
+end
+local all = redis.call('HGETALL', KEYS[1])
+local live = 0
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) < now then redis.call('HDEL', KEYS[1], all[i]) else live = live + 1 end
+end
+if live >= tonumber(ARGV[2]) then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  redis.call('EXPIRE', KEYS[2], 86400)
+  return {0, deferred + 1, redis.call('HLEN', KEYS[2])}
+end
+redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[4]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
+return {1, deferred, 0}
+"#;
+
+/// The answer to [`Governor::acquire_in_flight`]; `deferrals` counts how often the job was
+/// deferred so far (these deliveries are not attempts), `waiting` how many of the tenant's
+/// jobs are currently deferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Acquired {
+        deferrals: u64,
+    },
+    Full {
+        deferrals: u64,
+        waiting: u64,
+        cap: u64,
+    },
+}
+
+impl Governor {
+    /// The tenant's in-flight cap (0: none).
+    pub fn in_flight_cap(&self, tenant: &str) -> u64 {
+        let cfg = self.config();
+        match cfg.tenant_policy(tenant) {
+            Some(p) if p.max_in_flight > 0 => p.max_in_flight,
+            _ => cfg.max_in_flight_per_tenant,
+        }
+    }
+
+    /// Takes a slot for `job`, or counts a deferral when the tenant is at its cap.
+    pub async fn acquire_in_flight(
+        &self,
+        tenant: &str,
+        job: Uuid,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Slot, GovernanceError> {
+        let cap = self.in_flight_cap(tenant);
+        if cap == 0 {
+            return Ok(Slot::Acquired { deferrals: 0 });
+        }
+        let mut inv = self
+            .scripts
+            .inflight_acquire
+            .key(self.keys.inflight(tenant));
+        inv.key(self.keys.deferred(tenant))
+            .arg(job.to_string())
+            .arg(cap)
+            .arg(now_ms)
+            .arg(lease_ms);
+        let store = self.store();
+        let mut conn = store.conn().await?;
+        let (ok, deferrals, waiting): (i64, u64, u64) =
+            store.timed(inv.invoke_async(&mut conn)).await?;
+        Ok(if ok == 1 {
+            Slot::Acquired { deferrals }
+        } else {
+            Slot::Full {
+                deferrals,
+                waiting,
+                cap,
+            }
+        })
+    }
+
+    pub async fn release_in_flight(&self, tenant: &str, job: Uuid) -> Result<(), GovernanceError> {
+        if self.in_flight_cap(tenant) == 0 {
+            return Ok(());
+        }
+        let store = self.store();
+        let mut conn = store.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.hdel(self.keys.inflight(tenant), job.to_string())
+            .hdel(self.keys.deferred(tenant), job.to_string());
+        let _: redis::Value = store.timed(pipe.query_async(&mut conn)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,91 @@
+//! Traffic governance: everything that decides whether a tenant's request may become a job,
+//! kept in Redis so that it holds exactly across any number of ingest and worker replicas.
+//!
+//! # Layout
+//! - [`keys`]: the governance part of the Redis key schema (under the store's prefix).
+//! - [`admission`]: one Lua script per request checks the kill switch, loop detection, every
+//!   rate-limit dimension (GCRA for requests and tokens) and the budgets, and only if all
+//!   pass commits them together and records the job's token/cost reservation.
+//! - [`settle`]: when a job ends, its reservation is settled against the actual `usage`
+//!   (plain or streamed response) exactly once per job id.
+//! - [`estimate`]: prompt-token estimate and cost of a request.
+//! - [`period`]: budget periods (UTC day or month) and their reset times.
+//! - [`apikeys`]: tenants and API keys stored in Redis (create, list, revoke, rotate) with a
+//!   short-TTL bounded cache, so a revocation reaches every replica within seconds.
+//! - [`idempotency`]: `Idempotency-Key` → first job id, per tenant, with the body hash.
+//! - [`inflight`]: the per-tenant cap on jobs running across all workers.
+
+pub mod admission;
+pub mod apikeys;
+pub mod estimate;
+pub mod idempotency;
+pub mod inflight;
+pub mod keys;
+pub mod period;
+pub mod settle;
+
+use std::sync::Arc;
+
+use sluice_config::GovernanceConfig;
+use sluice_store::{Store, StoreError};
+
+pub use admission::{Admission, Decision, Dimension, Refusal};
+pub use keys::GovKeys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GovernanceError {
+    #[error("governance store: {0}")]
+    Store(#[from] StoreError),
+    #[error("governance script returned something unexpected: {0}")]
+    Protocol(String),
+}
+
+impl From<redis::RedisError> for GovernanceError {
+    fn from(e: redis::RedisError) -> Self {
+        GovernanceError::Store(StoreError::from(e))
+    }
+}
+
+/// Handle to the governance state; cheap to clone.
+#[derive(Clone)]
+pub struct Governor {
+    store: Store,
+    keys: GovKeys,
+    cfg: Arc<GovernanceConfig>,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    admit: redis::Script,
+    settle: redis::Script,
+    inflight_acquire: redis::Script,
+}
+
+impl Governor {
+    /// Shares the job store's connection pool and key prefix.
+    pub fn new(store: Store, cfg: GovernanceConfig) -> Governor {
+        let keys = GovKeys::new(store.keys().prefix());
+        Governor {
+            store,
+            keys,
+            cfg: Arc::new(cfg),
+            scripts: Arc::new(Scripts {
+                admit: redis::Script::new(admission::ADMIT),
+                settle: redis::Script::new(settle::SETTLE),
+                inflight_acquire: redis::Script::new(inflight::ACQUIRE),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &GovernanceConfig {
+        &self.cfg
+    }
+
+    pub fn keys(&self) -> &GovKeys {
+        &self.keys
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+}

@@ -1,0 +1,125 @@
+//! Settlement: replacing a job's reservation with what it actually used.
+//!
+//! Admission reserved the estimate in the budget and in every token rate limit. When the job
+//! ends, the script takes the reservation (and deletes it, atomically), adds
+//! `actual - reserved` to the budget counters and moves each token limit's arrival time by
+//! the same difference. A job whose reservation is already gone — a redelivered message, a
+//! second worker — changes nothing, so each job settles exactly once. A failed job settles
+//! with zero usage, returning its reservation.
+//!
+//! Usage is read from the upstream response: the `usage` object of a plain response, or of
+//! the last chunk of a streamed one (ingest asks for it with `stream_options.include_usage`),
+//! so a streamed job settles exactly what the same job unstreamed would.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{GovernanceError, Governor, estimate::Usage};
+
+pub(crate) const SETTLE: &str = r#"
+local r = redis.call('HGETALL', KEYS[1])
+if #r == 0 then return 0 end
+local h = {}
+for i = 1, #r, 2 do h[r[i]] = r[i + 1] end
+redis.call('DEL', KEYS[1])
+local now = tonumber(ARGV[3])
+local dt = tonumber(ARGV[1]) - tonumber(h.tokens)
+local dc = tonumber(ARGV[2]) - tonumber(h.cost)
+if h.budget ~= '' and redis.call('EXISTS', h.budget) == 1 then
+  redis.call('HINCRBY', h.budget, 'tokens', dt)
+  redis.call('HINCRBY', h.budget, 'cost', dc)
+end
+for _, e in ipairs(cjson.decode(h.rl)) do
+  local tat = tonumber(redis.call('GET', e[1]) or '0')
+  if tat > 0 then
+    local new = tat + dt * e[2]
+    if new > now then
+      redis.call('SET', e[1], tostring(new), 'PX', math.ceil(new - now) + 1000)
+    else
+      redis.call('DEL', e[1])
+    end
+  end
+end
+return 1
+"#;
+
+impl Governor {
+    /// Settles job `job` of `model` against `usage`. `Ok(true)` if this call settled it,
+    /// `Ok(false)` if it was already settled (or never reserved).
+    pub async fn settle(
+        &self,
+        job: Uuid,
+        model: &str,
+        usage: Usage,
+        now_ms: u64,
+    ) -> Result<bool, GovernanceError> {
+        let cost = crate::estimate::cost_micro_usd(self.config(), model, usage);
+        let mut inv = self.scripts.settle.key(self.keys.reservation(job));
+        inv.arg(usage.total()).arg(cost).arg(now_ms);
+        let store = self.store();
+        let mut conn = store.conn().await?;
+        let settled: i64 = store.timed(inv.invoke_async(&mut conn)).await?;
+        if settled == 1 {
+            metrics::counter!("sluice_governance_settled_tokens_total").increment(usage.total());
+        }
+        Ok(settled == 1)
+    }
+}
+
+/// The `usage` of an OpenAI response body: a JSON object, or a server-sent event stream
+/// whose chunks may carry it (the last one does with `include_usage`).
+pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return usage_of(&v);
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| usage_of(&v))
+}
+
+fn usage_of(v: &Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    let prompt = u.get("prompt_tokens").and_then(Value::as_u64)?;
+    let completion = u
+        .get("completion_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_usage_from_plain_and_streamed_bodies() {
+        let plain =
+            br#"{"id":"x","usage":{"prompt_tokens":7,"completion_tokens":5,"total_tokens":12}}"#;
+        assert_eq!(
+            usage_from_response(plain),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 5
+            })
+        );
+        let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n\
+                   data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}\n\n\
+                   data: [DONE]\n\n";
+        assert_eq!(
+            usage_from_response(sse.as_bytes()),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 5
+            })
+        );
+        assert_eq!(usage_from_response(b"data: [DONE]\n\n"), None);
+    }
+}

@@ -1,0 +1,335 @@
+//! The governance scripts against a real Redis (`SLUICE_TEST_REDIS_URL`), each test under its
+//! own key prefix. Two `Governor`s with separate pools stand in for two replicas.
+
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
+
+use sluice_config::{Budget, BudgetPeriod, GovernanceConfig, Limit, RedisConfig, TenantPolicy};
+use sluice_governance::{
+    Admission, Governor, Refusal, estimate::Usage, idempotency::Claim, inflight::Slot,
+};
+use uuid::Uuid;
+
+fn redis_cfg() -> RedisConfig {
+    RedisConfig {
+        url: std::env::var("SLUICE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        prefix: format!("g{}:", Uuid::now_v7().simple()),
+        ..RedisConfig::default()
+    }
+}
+
+fn replicas(cfg: &GovernanceConfig) -> (Governor, Governor) {
+    let r = redis_cfg();
+    let a = Governor::new(sluice_store::Store::new(&r).unwrap(), cfg.clone());
+    let b = Governor::new(sluice_store::Store::new(&r).unwrap(), cfg.clone());
+    (a, b)
+}
+
+fn req(job: Uuid, tokens: u64) -> Admission<'static> {
+    Admission {
+        job,
+        tenant: "acme",
+        key_id: "k1",
+        model: "m",
+        agent: None,
+        chain: None,
+        prompt_hash: "h",
+        estimate: Usage {
+            prompt_tokens: tokens / 2,
+            completion_tokens: tokens - tokens / 2,
+        },
+    }
+}
+
+const NOW: u64 = 1_795_309_200_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limit_holds_exactly_across_two_replicas() {
+    let mut cfg = GovernanceConfig::default();
+    cfg.tenant = Limit {
+        requests: 25,
+        tokens: 0,
+        burst: 1.0,
+    };
+    let (a, b) = replicas(&cfg);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let g = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move { g.admit(&req(Uuid::now_v7(), 10), NOW).await.unwrap() });
+    }
+    let mut admitted = 0;
+    let mut retry = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(Refusal::RateLimited {
+                policy,
+                retry_after_ms,
+            }) => {
+                assert_eq!(policy.name(), "tenant-requests");
+                retry.push(retry_after_ms);
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(admitted, 25);
+    // One request's worth of credit returns every 60 s / 25 = 2.4 s.
+    assert!(retry.iter().all(|&ms| ms > 0 && ms <= 2400), "{retry:?}");
+    // Time passing refills: 2.4 s later exactly one more fits.
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 10), NOW + 2400)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        b.admit(&req(Uuid::now_v7(), 10), NOW + 2400)
+            .await
+            .unwrap()
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exact() {
+    let mut cfg = GovernanceConfig::default();
+    cfg.tenants.insert(
+        "acme".into(),
+        TenantPolicy {
+            budget: Budget {
+                period: BudgetPeriod::Day,
+                tokens: 1000,
+                cost_usd: 0.0,
+            },
+            ..Default::default()
+        },
+    );
+    let (a, b) = replicas(&cfg);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let g = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move {
+            let job = Uuid::now_v7();
+            (job, g.admit(&req(job, 100), NOW).await.unwrap())
+        });
+    }
+    let mut admitted = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (job, d) = r.unwrap();
+        match d {
+            Ok(_) => admitted.push(job),
+            Err(Refusal::BudgetExhausted {
+                cost: false,
+                retry_after_ms,
+            }) => assert_eq!(retry_after_ms, 23 * 3_600_000),
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(admitted.len(), 10, "1000 tokens / 100 reserved each");
+    // Each job actually used 40 tokens: settling frees 60 each, exactly once.
+    for job in &admitted {
+        assert!(
+            a.settle(
+                *job,
+                "m",
+                Usage {
+                    prompt_tokens: 30,
+                    completion_tokens: 10
+                },
+                NOW
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            !b.settle(
+                *job,
+                "m",
+                Usage {
+                    prompt_tokens: 30,
+                    completion_tokens: 10
+                },
+                NOW
+            )
+            .await
+            .unwrap()
+        );
+    }
+    // 400 used: six more 100-token reservations fit, the seventh does not.
+    for _ in 0..6 {
+        assert!(
+            a.admit(&req(Uuid::now_v7(), 100), NOW)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+    }
+    assert!(matches!(
+        a.admit(&req(Uuid::now_v7(), 100), NOW).await.unwrap(),
+        Err(Refusal::BudgetExhausted { .. })
+    ));
+}
+
+#[tokio::test]
+async fn token_limits_settle_to_actual_usage() {
+    let mut cfg = GovernanceConfig::default();
+    cfg.key = Limit {
+        requests: 0,
+        tokens: 1000,
+        burst: 1.0,
+    };
+    let (a, _) = replicas(&cfg);
+    let first = Uuid::now_v7();
+    assert!(a.admit(&req(first, 900), NOW).await.unwrap().is_ok());
+    match a.admit(&req(Uuid::now_v7(), 200), NOW).await.unwrap() {
+        Err(Refusal::RateLimited { policy, .. }) => assert_eq!(policy.name(), "key-tokens"),
+        other => panic!("{other:?}"),
+    }
+    // It used 100 of the 900 reserved: 900 tokens of room come back at once.
+    assert!(
+        a.settle(
+            first,
+            "m",
+            Usage {
+                prompt_tokens: 50,
+                completion_tokens: 50
+            },
+            NOW
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 800), NOW)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 200), NOW)
+            .await
+            .unwrap()
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn loops_kill_switch_and_idempotency() {
+    let mut cfg = GovernanceConfig::default();
+    cfg.loop_max_per_minute = 3;
+    let (a, _) = replicas(&cfg);
+    let mut chained = req(Uuid::now_v7(), 10);
+    chained.chain = Some("c1");
+    for _ in 0..3 {
+        assert!(a.admit(&chained, NOW).await.unwrap().is_ok());
+    }
+    assert!(
+        matches!(a.admit(&chained, NOW).await.unwrap(), Err(Refusal::Loop { retry_after_ms }) if retry_after_ms <= 60_000)
+    );
+    // Another chain, or another prompt, is not the loop.
+    chained.chain = Some("c2");
+    assert!(a.admit(&chained, NOW).await.unwrap().is_ok());
+
+    a.put_tenant("acme", true, NOW).await.unwrap();
+    assert_eq!(
+        a.admit(&req(Uuid::now_v7(), 10), NOW).await.unwrap(),
+        Err(Refusal::Disabled)
+    );
+    a.put_tenant("acme", false, NOW).await.unwrap();
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 10), NOW)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+
+    let (j1, j2) = (Uuid::now_v7(), Uuid::now_v7());
+    assert_eq!(
+        a.claim_idempotency("acme", "k", "body1", j1).await.unwrap(),
+        Claim::New
+    );
+    assert_eq!(
+        a.claim_idempotency("acme", "k", "body1", j2).await.unwrap(),
+        Claim::Replay(j1)
+    );
+    assert_eq!(
+        a.claim_idempotency("acme", "k", "body2", j2).await.unwrap(),
+        Claim::Conflict
+    );
+    assert_eq!(
+        a.claim_idempotency("other", "k", "body1", j2)
+            .await
+            .unwrap(),
+        Claim::New,
+        "per tenant"
+    );
+    a.release_idempotency("acme", "k", "body1", j1)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.claim_idempotency("acme", "k", "body1", j2).await.unwrap(),
+        Claim::New
+    );
+}
+
+#[tokio::test]
+async fn keys_rotate_revoke_and_in_flight_caps() {
+    let mut cfg = GovernanceConfig::default();
+    cfg.max_in_flight_per_tenant = 2;
+    let (a, _) = replicas(&cfg);
+    let k = a.create_key("acme", NOW).await.unwrap();
+    let digest = sluice_config::hash_api_key(&k.secret);
+    assert_eq!(
+        a.lookup_key(&digest, NOW).await.unwrap().map(|i| i.tenant),
+        Some("acme".into())
+    );
+    let k2 = a
+        .rotate_key("acme", &k.key_id, 60, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        a.lookup_key(&digest, NOW + 59_000).await.unwrap().is_some(),
+        "overlap window"
+    );
+    assert!(a.lookup_key(&digest, NOW + 61_000).await.unwrap().is_none());
+    assert_eq!(a.list_keys("acme").await.unwrap().len(), 2);
+    assert!(a.revoke_key("acme", &k2.key_id).await.unwrap());
+    assert!(
+        a.lookup_key(&sluice_config::hash_api_key(&k2.secret), NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!a.revoke_key("acme", "key_nope").await.unwrap());
+
+    let jobs: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let acq = |tenant: &'static str, job: Uuid, now: u64| {
+        let a = a.clone();
+        async move { a.acquire_in_flight(tenant, job, 10_000, now).await.unwrap() }
+    };
+    let ok = |d| Slot::Acquired { deferrals: d };
+    let full = |d| Slot::Full {
+        deferrals: d,
+        waiting: 1,
+        cap: 2,
+    };
+    assert_eq!(acq("acme", jobs[0], NOW).await, ok(0));
+    assert_eq!(acq("acme", jobs[1], NOW).await, ok(0));
+    assert_eq!(acq("acme", jobs[2], NOW).await, full(1));
+    assert_eq!(acq("acme", jobs[2], NOW).await, full(2));
+    assert_eq!(
+        acq("acme", jobs[1], NOW).await,
+        ok(0),
+        "a redelivery renews"
+    );
+    assert_eq!(acq("other", jobs[2], NOW).await, ok(0), "per tenant");
+    a.release_in_flight("acme", jobs[0]).await.unwrap();
+    assert_eq!(
+        acq("acme", jobs[2], NOW).await,
+        ok(2),
+        "deferrals are remembered"
+    );
+    // A dead worker's lease expires.
+    assert_eq!(acq("acme", Uuid::now_v7(), NOW + 10_001).await, ok(0));
+}

@@ -1,0 +1,13 @@
+//! Admission control, in the order a request meets it.
+//!
+//! The request-level layers wrap every route in [`crate::router`]'s stack: `shed_load`
+//! (bounded concurrency), then `auth::require_key` (tenant keys, the admin scope). The
+//! job-level checks need the validated body (priority, model, token estimate), so the
+//! submit handler runs them right after validation, in this order:
+//!
+//! 1. [`shedding`]: queue depth and oldest age per priority class;
+//! 2. [`admission`]: `Idempotency-Key`, then one Redis round trip for the kill switch, loop
+//!    detection, every rate-limit dimension and the budgets (see `sluice_governance`).
+
+pub mod admission;
+pub mod shedding;

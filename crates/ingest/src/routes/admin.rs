@@ -1,0 +1,164 @@
+//! The admin API (`/v1/admin/...`, admin key only): tenants, their kill switch, and their
+//! API keys (create — the key is shown once —, list, revoke, rotate with an overlap window).
+//! The `sluice` CLI is a client of these routes.
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get, post, put},
+};
+use serde::Deserialize;
+use serde_json::json;
+use sluice_governance::GovernanceError;
+use sluice_store::now_ms;
+
+use crate::{AppState, error::ApiError};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/tenants", get(list_tenants))
+        .route("/v1/admin/tenants/{tenant}", put(put_tenant))
+        .route(
+            "/v1/admin/tenants/{tenant}/keys",
+            get(list_keys).post(create_key),
+        )
+        .route(
+            "/v1/admin/tenants/{tenant}/keys/{key_id}",
+            delete(revoke_key),
+        )
+        .route(
+            "/v1/admin/tenants/{tenant}/keys/{key_id}/rotate",
+            post(rotate_key),
+        )
+}
+
+/// Registers the config file's tenants in Redis, so the admin API lists them. Best effort:
+/// Redis may not be up yet, and nothing depends on it.
+pub async fn seed_tenants(state: &AppState) {
+    let ids = state
+        .cfg
+        .tenants
+        .iter()
+        .map(|t| t.id.as_str())
+        .chain(state.cfg.governance.tenants.keys().map(String::as_str));
+    for id in ids {
+        if let Err(e) = state.gov.seed_tenant(id, now_ms()).await {
+            tracing::info!(error = %e, "cannot seed tenants into Redis yet");
+            return;
+        }
+    }
+}
+
+fn store(e: GovernanceError) -> ApiError {
+    ApiError::StoreUnavailable {
+        retry_after_s: 1,
+        reason: e.to_string(),
+    }
+}
+
+fn tenant_id(id: &str) -> Result<&str, ApiError> {
+    if sluice_protocol::subjects::is_token(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::invalid(
+            "A tenant id is 1-64 letters, digits, '-' or '_'.",
+            Some("tenant"),
+            "invalid_value",
+        ))
+    }
+}
+
+async fn list_tenants(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let tenants = state.gov.list_tenants().await.map_err(store)?;
+    Ok(Json(json!({ "object": "list", "data": tenants })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantBody {
+    #[serde(default)]
+    disabled: bool,
+}
+
+async fn put_tenant(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    body: Option<Json<TenantBody>>,
+) -> Result<Response, ApiError> {
+    let id = tenant_id(&tenant)?;
+    let disabled = body.map(|Json(b)| b.disabled).unwrap_or(false);
+    state
+        .gov
+        .put_tenant(id, disabled, now_ms())
+        .await
+        .map_err(store)?;
+    Ok(Json(json!({ "id": id, "disabled": disabled })).into_response())
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+) -> Result<Response, ApiError> {
+    let keys = state
+        .gov
+        .list_keys(tenant_id(&tenant)?)
+        .await
+        .map_err(store)?;
+    Ok(Json(json!({ "object": "list", "data": keys })).into_response())
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+) -> Result<Response, ApiError> {
+    let created = state
+        .gov
+        .create_key(tenant_id(&tenant)?, now_ms())
+        .await
+        .map_err(store)?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path((tenant, key_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    match state
+        .gov
+        .revoke_key(tenant_id(&tenant)?, &key_id)
+        .await
+        .map_err(store)?
+    {
+        true => Ok(Json(json!({ "key_id": key_id, "revoked": true })).into_response()),
+        false => Err(ApiError::NotFound("No such key for this tenant.".into())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    #[serde(default)]
+    overlap_s: u64,
+}
+
+async fn rotate_key(
+    State(state): State<AppState>,
+    Path((tenant, key_id)): Path<(String, String)>,
+    body: Option<Json<RotateBody>>,
+) -> Result<Response, ApiError> {
+    let overlap = body
+        .map(|Json(b)| b.overlap_s)
+        .unwrap_or(0)
+        .min(30 * 24 * 3600);
+    match state
+        .gov
+        .rotate_key(tenant_id(&tenant)?, &key_id, overlap, now_ms())
+        .await
+        .map_err(store)?
+    {
+        Some(created) => Ok((StatusCode::CREATED, Json(created)).into_response()),
+        None => Err(ApiError::NotFound("No such key for this tenant.".into())),
+    }
+}

@@ -1,0 +1,133 @@
+//! The worker's side of traffic governance: the per-tenant in-flight cap and settling each
+//! job's token/cost reservation (see `sluice_governance`).
+//!
+//! Fair share: before a job starts, it takes one of its tenant's in-flight slots (a lease in
+//! Redis shared by every worker replica). A tenant at its cap has the job *deferred*: NAKed
+//! with a delay of about its expected wait — `governance.defer_ms` (a typical job's time)
+//! times the tenant's deferred jobs per slot, at most [`MAX_DEFER`], spread randomly over
+//! its upper half. JetStream skips a NAKed message until its delay passes, so the consumer
+//! moves on past a flooding tenant's backlog to the other tenants' messages instead of
+//! waiting for its slots, and a large backlog comes back at about the rate its slots free
+//! rather than all the time (redeliveries go before new messages, so too short a delay
+//! would crowd out the other tenants again). Deferrals are counted in Redis and are not attempts (the consumer has no
+//! server-side delivery limit for that reason; the worker dead-letters after
+//! `worker.max_attempts` real attempts).
+//!
+//! Settlement: a job that completed settles against the `usage` in its response (plain or
+//! streamed); any other terminal outcome settles with zero usage, returning the reservation.
+//! Settling is exactly once per job id whatever the number of deliveries.
+
+use std::time::Duration;
+
+use sluice_governance::{estimate::Usage, inflight::Slot, settle::usage_from_response};
+use sluice_protocol::JobEnvelope;
+use sluice_store::now_ms;
+
+use crate::{Shared, job::Outcome};
+
+/// Longest deferral delay.
+pub const MAX_DEFER: Duration = Duration::from_secs(30);
+
+/// Whether the job may start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Run it; it was deferred `deferrals` times before.
+    Run { deferrals: u64 },
+    /// Its tenant is at the in-flight cap: redeliver after `delay`.
+    Defer { delay: Duration },
+}
+
+/// Takes an in-flight slot for the job. When Redis cannot be asked the job runs (the cap is
+/// a fairness device; limits and budgets were enforced at admission).
+pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
+    let lease_ms = (shared.cfg.upstream.timeout_s + shared.cfg.worker.ack_wait_s) * 1000 * 2;
+    match shared
+        .gov
+        .acquire_in_flight(&env.tenant, env.id, lease_ms, now_ms())
+        .await
+    {
+        Ok(Slot::Acquired { deferrals }) => Gate::Run { deferrals },
+        Ok(Slot::Full { waiting, cap, .. }) => {
+            metrics::counter!("sluice_worker_deferred_total").increment(1);
+            Gate::Defer {
+                delay: defer_delay(shared.cfg.governance.defer_ms, waiting, cap),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot check the tenant's in-flight cap; running the job");
+            Gate::Run { deferrals: 0 }
+        }
+    }
+}
+
+/// About the wait for a slot: `job_ms` per round, `waiting / cap` rounds, between `job_ms`
+/// and [`MAX_DEFER`], scaled by a random factor in [0.5, 1] so that jobs deferred together
+/// do not come back together.
+pub fn defer_delay(job_ms: u64, waiting: u64, cap: u64) -> Duration {
+    let rounds = waiting.div_ceil(cap.max(1)).max(1);
+    let full = Duration::from_millis(job_ms.max(1).saturating_mul(rounds)).min(MAX_DEFER);
+    full.mul_f64(1.0 - rand::random::<f64>() * 0.5)
+}
+
+/// After the job's outcome is known: settle a terminal job and free its slot.
+pub async fn finish(shared: &Shared, env: &JobEnvelope, outcome: &Outcome) {
+    let terminal = matches!(outcome, Outcome::Done { .. } | Outcome::DeadLetter { .. });
+    if terminal {
+        let usage = match outcome {
+            // A redelivery of a finished job: its usage is in the stored result.
+            Outcome::Done {
+                label: "already_done",
+            } => recorded_usage(shared, env).await,
+            _ => Usage::default(),
+        };
+        settle(shared, env, usage).await;
+    }
+    if let Err(e) = shared.gov.release_in_flight(&env.tenant, env.id).await {
+        tracing::debug!(job = %env.id, error = %e, "cannot release the in-flight slot; its lease expires");
+    }
+    if shared.gov.in_flight_cap(&env.tenant) > 0 {
+        // A slot of this tenant is free: its deferred jobs that are due may run now, so wake
+        // the workers that found the class empty (they would otherwise wait for a re-check).
+        shared.queue.ring(env.priority).await;
+    }
+}
+
+/// The job completed with `response`: settle its actual usage.
+pub async fn completed(shared: &Shared, env: &JobEnvelope, response: &[u8]) {
+    settle(
+        shared,
+        env,
+        usage_from_response(response).unwrap_or_default(),
+    )
+    .await;
+}
+
+async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) {
+    if let Err(e) = shared.gov.settle(env.id, &env.model, usage, now_ms()).await {
+        tracing::warn!(job = %env.id, error = %e, "cannot settle the job's reservation");
+    }
+}
+
+async fn recorded_usage(shared: &Shared, env: &JobEnvelope) -> Usage {
+    match shared.store.get(env.id).await {
+        Ok(Some(r)) => r
+            .result
+            .and_then(|v| serde_json::to_vec(&v).ok())
+            .and_then(|b| usage_from_response(&b))
+            .unwrap_or_default(),
+        _ => Usage::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferral_delay_follows_the_expected_wait() {
+        let within = |d: Duration, full: Duration| d <= full && d >= full.mul_f64(0.5);
+        assert!(within(defer_delay(100, 1, 8), Duration::from_millis(100)));
+        assert!(within(defer_delay(100, 92, 8), Duration::from_millis(1200)));
+        assert!(within(defer_delay(100, 10_000, 8), MAX_DEFER));
+    }
+}

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The pipeline benchmark: starts its own NATS, Redis, simulator (zero latency), ingest and
+# two workers from a release build, drives ingest with the open-loop generator
+# (constant arrival rate, latency from the scheduled send time: no coordinated omission),
+# and prints throughput, submit and submit-to-completed latency percentiles, and the
+# memory of every process over the run.
+#
+#   scripts/bench.sh                     # 2,000 jobs/s for 30 s, then 5,000 jobs/s for 60 s
+#   scripts/bench.sh 3000 20             # one run: RATE jobs/s for DURATION s
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+NATS_BIN="$(ensure_nats_server)"
+REDIS_BIN="$(ensure_redis_server)"
+log "building (release)"
+cargo build --release --bins --quiet
+BIN="$ROOT/target/release"
+
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$RUN_DIR"
+}
+trap cleanup EXIT INT TERM
+
+NATS_PORT="$(free_port)"; REDIS_PORT="$(free_port)"; SIM_PORT="$(free_port)"; INGEST_PORT="$(free_port)"
+PIDS+=("$(start_nats "$NATS_BIN" "$NATS_PORT" "$RUN_DIR/nats" "$RUN_DIR/nats.log")")
+PIDS+=("$(start_redis "$REDIS_BIN" "$REDIS_PORT" "$RUN_DIR/redis" "$RUN_DIR/redis.log")")
+
+export SLUICE_CONFIG="$ROOT/config/dev.toml"
+export SLUICE_NATS__URL="nats://127.0.0.1:$NATS_PORT"
+export SLUICE_REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
+export SLUICE_REDIS__RESULT_TTL_S=600
+export SLUICE_INGEST__LISTEN="127.0.0.1:$INGEST_PORT"
+export SLUICE_UPSTREAM__BASE_URL="http://127.0.0.1:$SIM_PORT/v1"
+export SLUICE_WORKER__CONCURRENCY="${BENCH_WORKER_CONCURRENCY:-256}"
+export RUST_LOG=warn
+
+"$BIN/sluice-sim" --listen "127.0.0.1:$SIM_PORT" >"$RUN_DIR/sim.log" 2>&1 &
+SIM_PID=$!; PIDS+=($SIM_PID)
+"$BIN/sluice-ingest" >"$RUN_DIR/ingest.log" 2>&1 &
+INGEST_PID=$!; PIDS+=($INGEST_PID)
+"$BIN/sluice-worker" >"$RUN_DIR/worker1.log" 2>&1 &
+W1_PID=$!; PIDS+=($W1_PID)
+"$BIN/sluice-worker" >"$RUN_DIR/worker2.log" 2>&1 &
+W2_PID=$!; PIDS+=($W2_PID)
+NATS_PID="${PIDS[0]}"; REDIS_PID="${PIDS[1]}"
+
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$INGEST_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$INGEST_PORT/readyz" >/dev/null || die "ingest not ready"
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+TICKS_PER_S="$(getconf CLK_TCK)"
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+NAMES=(nats redis sim ingest worker1 worker2)
+PROCS=("$NATS_PID" "$REDIS_PID" "$SIM_PID" "$INGEST_PID" "$W1_PID" "$W2_PID")
+
+sample_memory() { # every 5 s: one line of RSS (MiB) per process
+  while true; do
+    local line="rss_mib" i
+    for i in "${!PROCS[@]}"; do line+=" ${NAMES[$i]}=$(( $(rss_kib "${PROCS[$i]}") / 1024 ))"; done
+    echo "$line"
+    sleep 5
+  done
+}
+
+run() { # run RATE DURATION
+  log "open loop: $1 jobs/s for $2 s (plus 3 s warm-up)"
+  sample_memory > "$RUN_DIR/mem-$1.txt" &
+  local sampler=$! i
+  local before=()
+  for i in "${!PROCS[@]}"; do before+=("$(cpu_ticks "${PROCS[$i]}")"); done
+  "$BIN/sluice-bench" --url "http://127.0.0.1:$INGEST_PORT" --api-key sk-sluice-dev-local-key \
+    --rate "$1" --duration "$2" --warmup 3 --e2e-sample 20000 --quiet | tee "$RUN_DIR/bench-$1.txt"
+  kill "$sampler" 2>/dev/null || true
+  local jobs
+  jobs="$(grep -oE '^RESULT .* ok=[0-9]+' "$RUN_DIR/bench-$1.txt" | grep -oE 'ok=[0-9]+$' | cut -d= -f2)"
+  if [ -n "$jobs" ] && [ "$jobs" -gt 0 ]; then
+    echo "CPU time per accepted job over the whole run, warm-up and drain included (µs):"
+    local line="  " total=0 used
+    for i in "${!PROCS[@]}"; do
+      used=$(( ($(cpu_ticks "${PROCS[$i]}") - ${before[$i]}) * 1000000 / TICKS_PER_S / jobs ))
+      total=$(( total + used ))
+      line+="${NAMES[$i]}=$used "
+    done
+    echo "$line total=$total"
+  fi
+  echo "memory over the run (RSS, MiB, every 5 s):"
+  sed 's/^/  /' "$RUN_DIR/mem-$1.txt"
+}
+
+if [ $# -ge 1 ]; then
+  run "$1" "${2:-30}"
+else
+  run 2000 30
+  run 5000 60
+fi
+
+echo "peak RSS (VmHWM, MiB):"
+for i in "${!PROCS[@]}"; do echo "  ${NAMES[$i]}: $(( $(hwm_kib "${PROCS[$i]}") / 1024 ))"; done

@@ -1,0 +1,60 @@
+//! The long-lived pull inboxes against a real JetStream consumer.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use sluice_e2e::TestEnv;
+use sluice_protocol::Priority;
+use sluice_queue::{puller::Puller, setup::ConsumerSettings};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_returns_what_is_there_at_once_and_counts_exactly() -> Result<()> {
+    let env = TestEnv::new();
+    let queue = env.queue().await?;
+    let settings = ConsumerSettings {
+        ack_wait: Duration::from_secs(30),
+        max_attempts: 3,
+    };
+    queue.ensure_consumer(Priority::Normal, settings).await?;
+    let s = queue.subjects().clone();
+    let mut puller = Puller::new(&queue, &s.jobs_stream(), &s.consumer(Priority::Normal)).await?;
+
+    // Empty: answers at once with nothing.
+    let started = std::time::Instant::now();
+    assert!(puller.fetch(10, Duration::from_secs(5)).await?.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "an empty fetch must not wait for expiry"
+    );
+
+    for i in 0..3 {
+        queue
+            .jetstream()
+            .publish(s.job(Priority::Normal, "acme"), format!("m{i}").into())
+            .await?
+            .await?;
+    }
+    // Fewer than asked: all of them, and the request ends.
+    let got = puller.fetch(10, Duration::from_secs(5)).await?;
+    assert_eq!(got.len(), 3);
+    for m in &got {
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    // Exactly as many as there are: no status needed to end it.
+    for i in 0..2 {
+        queue
+            .jetstream()
+            .publish(s.job(Priority::Normal, "acme"), format!("n{i}").into())
+            .await?
+            .await?;
+    }
+    let got = puller.fetch(2, Duration::from_secs(5)).await?;
+    assert_eq!(got.len(), 2);
+    for m in &got {
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    // And the next request is not confused by anything left over.
+    assert!(puller.fetch(5, Duration::from_secs(5)).await?.is_empty());
+
+    Ok(())
+}
