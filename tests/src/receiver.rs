@@ -40,13 +40,18 @@ impl Receiver {
         let mut r = Receiver::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         r.addr = Some(listener.local_addr()?);
-        let app = Router::new().route("/{path}", axum::routing::post(hook)).with_state(r.clone());
+        let app = Router::new()
+            .route("/{path}", axum::routing::post(hook))
+            .with_state(r.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(r)
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}/{path}", self.addr.map(|a| a.to_string()).unwrap_or_default())
+        format!(
+            "http://{}/{path}",
+            self.addr.map(|a| a.to_string()).unwrap_or_default()
+        )
     }
 
     /// Statuses for the next requests to `path`; the last repeats.
@@ -57,13 +62,27 @@ impl Receiver {
     }
 
     pub fn received(&self, path: &str) -> Vec<Received> {
-        self.inner.lock().map(|i| i.got.iter().filter(|r| r.path == path).cloned().collect()).unwrap_or_default()
+        self.inner
+            .lock()
+            .map(|i| i.got.iter().filter(|r| r.path == path).cloned().collect())
+            .unwrap_or_default()
     }
 }
 
-async fn hook(State(r): State<Receiver>, Path(path): Path<String>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let Ok(mut i) = r.inner.lock() else { return StatusCode::INTERNAL_SERVER_ERROR };
-    i.got.push(Received { path: path.clone(), headers, body });
+async fn hook(
+    State(r): State<Receiver>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let Ok(mut i) = r.inner.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    };
+    i.got.push(Received {
+        path: path.clone(),
+        headers,
+        body,
+    });
     let code = match i.script.get_mut(&path) {
         Some(s) if s.len() > 1 => s.remove(0),
         Some(s) => s.first().copied().unwrap_or(200),

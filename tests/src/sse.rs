@@ -18,7 +18,11 @@ pub struct SseReader {
 
 impl SseReader {
     pub fn new(resp: reqwest::Response) -> SseReader {
-        SseReader { resp, buf: String::new(), comments: 0 }
+        SseReader {
+            resp,
+            buf: String::new(),
+            comments: 0,
+        }
     }
 
     /// The next event, `None` at the end of the body.

@@ -44,13 +44,20 @@ impl Default for DeliveryConfig {
 
 impl DeliveryConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.sync_wait_s == 0 || self.keepalive_s == 0 || self.sse_max_s == 0 || self.recheck_ms == 0 {
+        if self.sync_wait_s == 0
+            || self.keepalive_s == 0
+            || self.sse_max_s == 0
+            || self.recheck_ms == 0
+        {
             return Err(ConfigError::Invalid(
-                "delivery.sync_wait_s, keepalive_s, sse_max_s and recheck_ms must be positive".into(),
+                "delivery.sync_wait_s, keepalive_s, sse_max_s and recheck_ms must be positive"
+                    .into(),
             ));
         }
         if self.max_tracked_jobs == 0 {
-            return Err(ConfigError::Invalid("delivery.max_tracked_jobs must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "delivery.max_tracked_jobs must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -39,7 +39,19 @@ impl Default for WebhooksConfig {
             dispatcher: true,
             allow_private: Vec::new(),
             timeout_ms: 15_000,
-            schedule_ms: vec![5 * s, 300 * s, 1800 * s, 2 * h, 5 * h, 10 * h, 10 * h, 10 * h, 10 * h, 10 * h, 10 * h],
+            schedule_ms: vec![
+                5 * s,
+                300 * s,
+                1800 * s,
+                2 * h,
+                5 * h,
+                10 * h,
+                10 * h,
+                10 * h,
+                10 * h,
+                10 * h,
+                10 * h,
+            ],
             jitter: 0.2,
             rotation_grace_s: 24 * 3600,
             max_endpoints_per_tenant: 16,
@@ -64,7 +76,9 @@ impl WebhooksConfig {
         for a in &self.allow_private {
             let ip = a.split('/').next().unwrap_or_default();
             if ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(ConfigError::Invalid(format!("webhooks.allow_private: {a:?} is not an IP or IP/prefix")));
+                return Err(ConfigError::Invalid(format!(
+                    "webhooks.allow_private: {a:?} is not an IP or IP/prefix"
+                )));
             }
         }
         Ok(())

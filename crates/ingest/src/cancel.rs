@@ -13,14 +13,29 @@ use uuid::Uuid;
 use crate::AppState;
 
 /// Records `cancelled` and tells the workers. `None` when the job does not exist.
-pub async fn cancel_job(state: &AppState, id: Uuid, why: &str) -> Result<Option<Transition>, StoreError> {
-    let err = JobError { message: why.into(), kind: "cancelled".into(), code: "cancelled".into() };
+pub async fn cancel_job(
+    state: &AppState,
+    id: Uuid,
+    why: &str,
+) -> Result<Option<Transition>, StoreError> {
+    let err = JobError {
+        message: why.into(),
+        kind: "cancelled".into(),
+        code: "cancelled".into(),
+    };
     let t = state.store.record_cancelled(id, &err).await?;
     if t == Some(Transition::Applied) {
         metrics::counter!("sluice_jobs_cancelled_total").increment(1);
         state.queue.notify_job_event(id, "cancelled").await;
         if let Some(tenant) = state.store.get(id).await.ok().flatten().map(|r| r.tenant)
-            && let Err(e) = sluice_webhooks::emit::emit(&state.queue, &state.store, id, &tenant, JobStatus::Cancelled).await
+            && let Err(e) = sluice_webhooks::emit::emit(
+                &state.queue,
+                &state.store,
+                id,
+                &tenant,
+                JobStatus::Cancelled,
+            )
+            .await
         {
             tracing::warn!(job = %id, error = %e, "job.cancelled webhooks not enqueued");
         }
@@ -44,7 +59,11 @@ pub struct CancelOnDrop {
 
 impl CancelOnDrop {
     pub fn new(state: AppState, id: Uuid) -> CancelOnDrop {
-        CancelOnDrop { state, id, armed: true }
+        CancelOnDrop {
+            state,
+            id,
+            armed: true,
+        }
     }
 
     /// The client got its answer (or the job id to poll): leave the job alone.
@@ -62,7 +81,13 @@ impl Drop for CancelOnDrop {
         let id = self.id;
         metrics::counter!("sluice_sync_disconnects_total").increment(1);
         self.state.background.spawn(async move {
-            if let Err(e) = cancel_job(&state, id, "The client disconnected before the job finished.").await {
+            if let Err(e) = cancel_job(
+                &state,
+                id,
+                "The client disconnected before the job finished.",
+            )
+            .await
+            {
                 tracing::warn!(job = %id, error = %e, "cannot cancel an abandoned job");
             }
         });

@@ -21,14 +21,28 @@ pub struct EmbeddingSubmission {
 
 pub fn embedding_submission(body: &[u8]) -> Result<EmbeddingSubmission, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(format!("The request body is not valid JSON ({}).", json_error_kind(&e)), None, "invalid_json")
+        ApiError::invalid(
+            format!(
+                "The request body is not valid JSON ({}).",
+                json_error_kind(&e)
+            ),
+            None,
+            "invalid_json",
+        )
     })?;
     let Value::Object(obj) = value else {
-        return Err(ApiError::invalid("The request body must be a JSON object.", None, "invalid_json"));
+        return Err(ApiError::invalid(
+            "The request body must be a JSON object.",
+            None,
+            "invalid_json",
+        ));
     };
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::invalid(
-            format!("Unrecognized request argument supplied: '{}'.", truncate(unknown, 64)),
+            format!(
+                "Unrecognized request argument supplied: '{}'.",
+                truncate(unknown, 64)
+            ),
             Some(unknown),
             "unknown_parameter",
         ));
@@ -43,7 +57,11 @@ pub fn embedding_submission(body: &[u8]) -> Result<EmbeddingSubmission, ApiError
 fn input(obj: &Map<String, Value>) -> Result<(), ApiError> {
     let ok = match obj.get("input") {
         None | Some(Value::Null) => {
-            return Err(ApiError::invalid("Missing required parameter: 'input'.", Some("input"), "missing_required_parameter"));
+            return Err(ApiError::invalid(
+                "Missing required parameter: 'input'.",
+                Some("input"),
+                "missing_required_parameter",
+            ));
         }
         Some(Value::String(s)) => !s.is_empty(),
         Some(Value::Array(items)) => {
@@ -52,13 +70,22 @@ fn input(obj: &Map<String, Value>) -> Result<(), ApiError> {
                 && items.iter().all(|i| match i {
                     Value::String(s) => !s.is_empty(),
                     Value::Number(n) => n.is_u64(),
-                    Value::Array(tokens) => !tokens.is_empty() && tokens.iter().all(|t| t.as_u64().is_some()),
+                    Value::Array(tokens) => {
+                        !tokens.is_empty() && tokens.iter().all(|t| t.as_u64().is_some())
+                    }
                     _ => false,
                 })
         }
         Some(_) => false,
     };
-    if ok { Ok(()) } else { Err(wrong_type("input", "a non-empty string or array of strings or token arrays")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(wrong_type(
+            "input",
+            "a non-empty string or array of strings or token arrays",
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -68,9 +95,18 @@ mod tests {
     #[test]
     fn accepts_strings_and_arrays_and_refuses_the_rest() {
         assert!(embedding_submission(br#"{"model":"e","input":"hi"}"#).is_ok());
-        assert!(embedding_submission(br#"{"model":"e","input":["a","b"],"encoding_format":"float"}"#).is_ok());
+        assert!(
+            embedding_submission(br#"{"model":"e","input":["a","b"],"encoding_format":"float"}"#)
+                .is_ok()
+        );
         assert!(embedding_submission(br#"{"model":"e","input":[[1,2],[3]]}"#).is_ok());
-        for bad in [r#"{"model":"e"}"#, r#"{"model":"e","input":""}"#, r#"{"model":"e","input":[]}"#, r#"{"input":"x"}"#, r#"{"model":"e","input":"x","priority":"high"}"#] {
+        for bad in [
+            r#"{"model":"e"}"#,
+            r#"{"model":"e","input":""}"#,
+            r#"{"model":"e","input":[]}"#,
+            r#"{"input":"x"}"#,
+            r#"{"model":"e","input":"x","priority":"high"}"#,
+        ] {
             assert!(embedding_submission(bad.as_bytes()).is_err(), "{bad}");
         }
     }

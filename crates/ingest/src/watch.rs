@@ -38,7 +38,11 @@ pub struct Outcome {
 impl Outcome {
     /// The error a synchronous client gets for a job that ended without a result.
     pub fn failure(&self) -> ApiError {
-        let err: Value = self.error.as_deref().and_then(|e| serde_json::from_str(e).ok()).unwrap_or(Value::Null);
+        let err: Value = self
+            .error
+            .as_deref()
+            .and_then(|e| serde_json::from_str(e).ok())
+            .unwrap_or(Value::Null);
         let field = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_string);
         ApiError::JobFailed {
             code: field("code").unwrap_or_else(|| self.status.as_str().to_string()),
@@ -58,12 +62,20 @@ pub struct JobEvent {
 
 impl JobEvent {
     pub fn kind(&self) -> &str {
-        self.value.get("type").and_then(Value::as_str).unwrap_or("unknown")
+        self.value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
     }
 
     /// The status of a status event.
     pub fn status(&self) -> Option<JobStatus> {
-        (self.kind() == "status").then(|| self.value.get("status").and_then(Value::as_str).and_then(JobStatus::parse))?
+        (self.kind() == "status").then(|| {
+            self.value
+                .get("status")
+                .and_then(Value::as_str)
+                .and_then(JobStatus::parse)
+        })?
     }
 }
 
@@ -71,13 +83,24 @@ impl JobWatch {
     /// Subscribes to job `id`'s notifications; the first [`JobWatch::next_events`] returns
     /// the history after event `after` at once.
     pub async fn open(state: &AppState, id: Uuid, after: u64) -> Result<JobWatch, ApiError> {
-        let sub = state
-            .queue
-            .subscribe_job_events(id)
-            .await
-            .map_err(|e| ApiError::QueueUnavailable { retry_after_s: state.cfg.ingest.retry_after_s, reason: e.to_string() })?;
+        let sub =
+            state
+                .queue
+                .subscribe_job_events(id)
+                .await
+                .map_err(|e| ApiError::QueueUnavailable {
+                    retry_after_s: state.cfg.ingest.retry_after_s,
+                    reason: e.to_string(),
+                })?;
         let recheck = Duration::from_millis(state.cfg.delivery.recheck_ms);
-        Ok(JobWatch { state: state.clone(), sub, id, cursor: after, recheck, fresh: true })
+        Ok(JobWatch {
+            state: state.clone(),
+            sub,
+            id,
+            cursor: after,
+            recheck,
+            fresh: true,
+        })
     }
 
     pub fn job_id(&self) -> Uuid {
@@ -104,16 +127,28 @@ impl JobWatch {
             if !self.fresh {
                 let woke = tokio::time::timeout(self.recheck, self.sub.next()).await;
                 if let Ok(Some(msg)) = &woke
-                    && !std::str::from_utf8(&msg.payload).ok().and_then(JobStatus::parse).is_some_and(JobStatus::is_terminal)
+                    && !std::str::from_utf8(&msg.payload)
+                        .ok()
+                        .and_then(JobStatus::parse)
+                        .is_some_and(JobStatus::is_terminal)
                 {
                     continue;
                 }
             }
             self.fresh = false;
-            if let Some((status, result, error)) = self.state.store.outcome(self.id).await.map_err(store_unavailable)?
+            if let Some((status, result, error)) = self
+                .state
+                .store
+                .outcome(self.id)
+                .await
+                .map_err(store_unavailable)?
                 && status.is_terminal()
             {
-                return Ok(Outcome { status, result, error });
+                return Ok(Outcome {
+                    status,
+                    result,
+                    error,
+                });
             }
         }
     }
@@ -126,14 +161,23 @@ impl JobWatch {
     }
 
     async fn read(&mut self) -> Result<Vec<JobEvent>, ApiError> {
-        let raw = self.state.store.events_page(self.id, self.cursor, PAGE).await.map_err(store_unavailable)?;
+        let raw = self
+            .state
+            .store
+            .events_page(self.id, self.cursor, PAGE)
+            .await
+            .map_err(store_unavailable)?;
         // A full page means more may be waiting: the next call reads again without waiting.
         self.fresh = raw.len() as u64 == PAGE;
         let mut out = Vec::with_capacity(raw.len());
         for r in raw {
             self.cursor += 1;
             let value = serde_json::from_str(&r).unwrap_or(Value::Null);
-            out.push(JobEvent { id: self.cursor, raw: r, value });
+            out.push(JobEvent {
+                id: self.cursor,
+                raw: r,
+                value,
+            });
         }
         Ok(out)
     }

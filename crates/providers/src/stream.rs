@@ -20,7 +20,11 @@ pub struct ChunkStream {
 
 impl ChunkStream {
     pub(crate) fn new(resp: reqwest::Response) -> ChunkStream {
-        ChunkStream { body: resp.bytes_stream().boxed(), buf: BytesMut::new(), done: false }
+        ChunkStream {
+            body: resp.bytes_stream().boxed(),
+            buf: BytesMut::new(),
+            done: false,
+        }
     }
 
     /// The next chunk's JSON, `None` after `[DONE]` or the end of the body.
@@ -32,7 +36,9 @@ impl ChunkStream {
             while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let line = self.buf.split_to(pos + 1).freeze();
                 let line = trim_eol(&line);
-                let Some(data) = line.strip_prefix(b"data:") else { continue };
+                let Some(data) = line.strip_prefix(b"data:") else {
+                    continue;
+                };
                 let data = data.strip_prefix(b" ").unwrap_or(data);
                 if data == b"[DONE]" {
                     self.done = true;

@@ -23,13 +23,22 @@ impl Queue {
 
     /// Subscribes to job `id`'s notifications. Subscribe before reading the history, so
     /// nothing written in between is missed.
-    pub async fn subscribe_job_events(&self, id: Uuid) -> Result<async_nats::Subscriber, QueueError> {
-        self.client.subscribe(self.subjects.job_events(&id)).await.map_err(broker)
+    pub async fn subscribe_job_events(
+        &self,
+        id: Uuid,
+    ) -> Result<async_nats::Subscriber, QueueError> {
+        self.client
+            .subscribe(self.subjects.job_events(&id))
+            .await
+            .map_err(broker)
     }
 
     /// Tells every worker that job `id` was cancelled.
     pub async fn broadcast_cancel(&self, id: Uuid) -> Result<(), QueueError> {
-        self.client.publish(self.subjects.cancellations(), id.to_string().into()).await.map_err(broker)?;
+        self.client
+            .publish(self.subjects.cancellations(), id.to_string().into())
+            .await
+            .map_err(broker)?;
         // Flush so the cancel leaves now rather than with the next batch of writes.
         tokio::time::timeout(std::time::Duration::from_secs(2), self.client.flush())
             .await

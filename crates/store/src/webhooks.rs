@@ -32,11 +32,25 @@ impl Endpoint {
             id: id.to_string(),
             tenant: f.get("tenant")?.clone(),
             url: f.get("url")?.clone(),
-            events: f.get("events").map(|e| e.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
+            events: f
+                .get("events")
+                .map(|e| {
+                    e.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
             secret: f.get("secret")?.clone(),
-            old_secret: f.get("old_secret").filter(|s| !s.is_empty()).map(|s| (s.clone(), old_until)),
+            old_secret: f
+                .get("old_secret")
+                .filter(|s| !s.is_empty())
+                .map(|s| (s.clone(), old_until)),
             disabled: f.get("disabled").is_some_and(|d| d == "1"),
-            created_at_ms: f.get("created_at").and_then(|v| v.parse().ok()).unwrap_or(0),
+            created_at_ms: f
+                .get("created_at")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         })
     }
 }
@@ -55,7 +69,9 @@ impl Store {
     pub async fn create_endpoint(&self, ep: &Endpoint, max: usize) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         let set = self.keys.tenant_hooks(&ep.tenant);
-        let n: usize = self.timed(redis::cmd("SCARD").arg(&set).query_async(&mut conn)).await?;
+        let n: usize = self
+            .timed(redis::cmd("SCARD").arg(&set).query_async(&mut conn))
+            .await?;
         if n >= max {
             return Ok(false);
         }
@@ -86,20 +102,34 @@ impl Store {
 
     pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
         let mut conn = self.conn().await?;
-        let f: BTreeMap<String, String> =
-            self.timed(redis::cmd("HGETALL").arg(self.keys.hook(id)).query_async(&mut conn)).await?;
+        let f: BTreeMap<String, String> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.hook(id))
+                    .query_async(&mut conn),
+            )
+            .await?;
         Ok(Endpoint::from_fields(id, f))
     }
 
     /// The tenant's endpoint `id`, or `None` (also for another tenant's).
-    pub async fn tenant_endpoint(&self, tenant: &str, id: &str) -> Result<Option<Endpoint>, StoreError> {
+    pub async fn tenant_endpoint(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<Endpoint>, StoreError> {
         Ok(self.endpoint(id).await?.filter(|e| e.tenant == tenant))
     }
 
     pub async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
         let mut conn = self.conn().await?;
-        let mut ids: Vec<String> =
-            self.timed(redis::cmd("SMEMBERS").arg(self.keys.tenant_hooks(tenant)).query_async(&mut conn)).await?;
+        let mut ids: Vec<String> = self
+            .timed(
+                redis::cmd("SMEMBERS")
+                    .arg(self.keys.tenant_hooks(tenant))
+                    .query_async(&mut conn),
+            )
+            .await?;
         ids.sort();
         drop(conn);
         let mut out = Vec::with_capacity(ids.len());
@@ -131,7 +161,12 @@ impl Store {
     }
 
     /// Replaces the secret, keeping the current one valid until `old_until_ms`.
-    pub async fn rotate_secret(&self, ep: &Endpoint, new_secret: &str, old_until_ms: u64) -> Result<(), StoreError> {
+    pub async fn rotate_secret(
+        &self,
+        ep: &Endpoint,
+        new_secret: &str,
+        old_until_ms: u64,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         self.timed(
             redis::cmd("HSET")
@@ -150,8 +185,14 @@ impl Store {
     /// The receiver answered `410 Gone`: no more deliveries.
     pub async fn disable_endpoint(&self, id: &str) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        self.timed(redis::cmd("HSET").arg(self.keys.hook(id)).arg("disabled").arg("1").query_async::<()>(&mut conn))
-            .await
+        self.timed(
+            redis::cmd("HSET")
+                .arg(self.keys.hook(id))
+                .arg("disabled")
+                .arg("1")
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     /// Prepends a delivery attempt (JSON) to the endpoint's log, keeping `max`.
@@ -159,13 +200,28 @@ impl Store {
         let key = self.keys.hook_log(id);
         let mut conn = self.conn().await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("LPUSH").arg(&key).arg(entry).ignore().cmd("LTRIM").arg(&key).arg(0).arg(max.max(1) - 1).ignore();
+        pipe.cmd("LPUSH")
+            .arg(&key)
+            .arg(entry)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(max.max(1) - 1)
+            .ignore();
         self.timed(pipe.query_async::<()>(&mut conn)).await
     }
 
     pub async fn delivery_log(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
-        self.timed(redis::cmd("LRANGE").arg(self.keys.hook_log(id)).arg(0).arg(-1).query_async(&mut conn)).await
+        self.timed(
+            redis::cmd("LRANGE")
+                .arg(self.keys.hook_log(id))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn),
+        )
+        .await
     }
 
     /// Ingest, before publishing: the job's own webhook URL and its signing secret.
@@ -192,7 +248,13 @@ impl Store {
     pub async fn job_hook(&self, job: Uuid) -> Result<Option<(String, String)>, StoreError> {
         let mut conn = self.conn().await?;
         let (url, secret): (Option<String>, Option<String>) = self
-            .timed(redis::cmd("HMGET").arg(self.keys.job(job)).arg("webhook_url").arg("webhook_secret").query_async(&mut conn))
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.job(job))
+                    .arg("webhook_url")
+                    .arg("webhook_secret")
+                    .query_async(&mut conn),
+            )
             .await?;
         Ok(url.zip(secret))
     }
@@ -201,10 +263,17 @@ impl Store {
     pub async fn hook_targets(&self, job: Uuid, tenant: &str) -> Result<HookTargets, StoreError> {
         let mut conn = self.conn().await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(self.keys.job(job)).arg("webhook_url").arg("tenant");
+        pipe.cmd("HMGET")
+            .arg(self.keys.job(job))
+            .arg("webhook_url")
+            .arg("tenant");
         pipe.cmd("SMEMBERS").arg(self.keys.tenant_hooks(tenant));
         let ((job_url, rec_tenant), endpoints): ((Option<String>, Option<String>), Vec<String>) =
             self.timed(pipe.query_async(&mut conn)).await?;
-        Ok(HookTargets { tenant: rec_tenant, job_url, endpoints })
+        Ok(HookTargets {
+            tenant: rec_tenant,
+            job_url,
+            endpoints,
+        })
     }
 }

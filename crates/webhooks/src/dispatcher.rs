@@ -45,7 +45,11 @@ struct Ctx {
 enum Attempt {
     Delivered(u16),
     Gone,
-    Failed { status: Option<u16>, reason: &'static str, retry_after: Option<Duration> },
+    Failed {
+        status: Option<u16>,
+        reason: &'static str,
+        retry_after: Option<Duration>,
+    },
     /// Nothing to deliver to (endpoint deleted or disabled, not subscribed, job expired).
     Skipped(&'static str),
 }
@@ -57,7 +61,9 @@ pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: Cancella
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)))
         .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+        .dns_resolver(Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }))
         .user_agent("Sluice-Webhooks/1")
         .build()
     {
@@ -67,13 +73,26 @@ pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: Cancella
             return;
         }
     };
-    let ctx = Arc::new(Ctx { cfg, queue, store, http, policy });
-    let Some(consumer) = setup(&ctx, &stop).await else { return };
+    let ctx = Arc::new(Ctx {
+        cfg,
+        queue,
+        store,
+        http,
+        policy,
+    });
+    let Some(consumer) = setup(&ctx, &stop).await else {
+        return;
+    };
     let slots = Arc::new(Semaphore::new(ctx.cfg.concurrency));
     let tasks = TaskTracker::new();
     while !stop.is_cancelled() {
         let free = slots.available_permits().max(1);
-        let batch = consumer.fetch().max_messages(free).expires(Duration::from_millis(500)).messages().await;
+        let batch = consumer
+            .fetch()
+            .max_messages(free)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await;
         let mut msgs = match batch {
             Ok(m) => m,
             Err(e) => {
@@ -98,16 +117,28 @@ pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: Cancella
         }
     }
     tasks.close();
-    let _ = tokio::time::timeout(Duration::from_millis(ctx.cfg.timeout_ms + 2_000), tasks.wait()).await;
+    let _ = tokio::time::timeout(
+        Duration::from_millis(ctx.cfg.timeout_ms + 2_000),
+        tasks.wait(),
+    )
+    .await;
 }
 
-async fn setup(ctx: &Ctx, stop: &CancellationToken) -> Option<consumer::Consumer<consumer::pull::Config>> {
+async fn setup(
+    ctx: &Ctx,
+    stop: &CancellationToken,
+) -> Option<consumer::Consumer<consumer::pull::Config>> {
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = async {
             ensure_stream(&ctx.queue).await?;
             let s = ctx.queue.subjects();
-            let stream = ctx.queue.jetstream().get_stream(s.hooks_stream()).await.map_err(q)?;
+            let stream = ctx
+                .queue
+                .jetstream()
+                .get_stream(s.hooks_stream())
+                .await
+                .map_err(q)?;
             let name = s.hooks_consumer();
             stream
                 .create_consumer(consumer::pull::Config {
@@ -124,7 +155,9 @@ async fn setup(ctx: &Ctx, stop: &CancellationToken) -> Option<consumer::Consumer
         };
         match attempt.await {
             Ok(c) => return Some(c),
-            Err(e) => tracing::warn!(error = %e, "cannot set up the webhook consumer yet; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set up the webhook consumer yet; retrying")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -151,7 +184,9 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message) {
         Err(e) => {
             // Our own store is unavailable: not the receiver's fault, try again soon.
             tracing::warn!(error = %e, "webhook delivery could not be prepared");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
             return;
         }
     };
@@ -183,7 +218,9 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message) {
         && let Err(e) = dead_letter(ctx, &d, stream_seq, attempt, &msg.payload).await
     {
         tracing::warn!(error = %e, "cannot dead-letter an exhausted webhook; retrying");
-        let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+            .await;
         return;
     }
     if let Err(e) = msg.ack_with(ack).await {
@@ -194,10 +231,17 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message) {
 /// The delay before retry `attempt` (1-based): the schedule's entry plus jitter, or the
 /// receiver's `Retry-After` if that is longer.
 pub fn next_delay(cfg: &WebhooksConfig, attempt: u64, retry_after: Option<Duration>) -> Duration {
-    let idx = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX).min(cfg.schedule_ms.len().saturating_sub(1));
+    let idx = usize::try_from(attempt.saturating_sub(1))
+        .unwrap_or(usize::MAX)
+        .min(cfg.schedule_ms.len().saturating_sub(1));
     let base = cfg.schedule_ms.get(idx).copied().unwrap_or(0);
-    let jitter = if cfg.jitter > 0.0 { rand::rng().random_range(0.0..=cfg.jitter) } else { 0.0 };
-    let scheduled = Duration::from_millis(base) + Duration::from_millis((base as f64 * jitter) as u64);
+    let jitter = if cfg.jitter > 0.0 {
+        rand::rng().random_range(0.0..=cfg.jitter)
+    } else {
+        0.0
+    };
+    let scheduled =
+        Duration::from_millis(base) + Duration::from_millis((base as f64 * jitter) as u64);
     scheduled.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
 }
 
@@ -226,14 +270,25 @@ async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
         (ep.url, secrets)
     };
     let Ok(parsed) = crate::ssrf::parse(&url) else {
-        return Ok(Attempt::Failed { status: None, reason: "invalid_url", retry_after: None });
+        return Ok(Attempt::Failed {
+            status: None,
+            reason: "invalid_url",
+            retry_after: None,
+        });
     };
     if literal_ip(&parsed).is_some_and(|ip| !ctx.policy.permits(ip)) {
-        return Ok(Attempt::Failed { status: None, reason: "address_refused", retry_after: None });
+        return Ok(Attempt::Failed {
+            status: None,
+            reason: "address_refused",
+            retry_after: None,
+        });
     }
     let body = serde_json::to_vec(&d.payload())?;
     let ts = now_ms() / 1000;
-    let sigs: Vec<String> = secrets.iter().filter_map(|s| sign(s, &d.event_id, ts, &body)).collect();
+    let sigs: Vec<String> = secrets
+        .iter()
+        .filter_map(|s| sign(s, &d.event_id, ts, &body))
+        .collect();
     let req = ctx
         .http
         .post(parsed)
@@ -254,8 +309,16 @@ async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
             Ok(match status {
                 200..=299 => Attempt::Delivered(status),
                 410 => Attempt::Gone,
-                300..=399 => Attempt::Failed { status: Some(status), reason: "redirect", retry_after: None },
-                _ => Attempt::Failed { status: Some(status), reason: "http_error", retry_after },
+                300..=399 => Attempt::Failed {
+                    status: Some(status),
+                    reason: "redirect",
+                    retry_after: None,
+                },
+                _ => Attempt::Failed {
+                    status: Some(status),
+                    reason: "http_error",
+                    retry_after,
+                },
             })
         }
         Err(e) => {
@@ -266,12 +329,23 @@ async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
             } else {
                 "transport"
             };
-            Ok(Attempt::Failed { status: None, reason, retry_after: None })
+            Ok(Attempt::Failed {
+                status: None,
+                reason,
+                retry_after: None,
+            })
         }
     }
 }
 
-async fn log_attempt(ctx: &Ctx, d: &Delivery, attempt: u64, result: &Attempt, outcome: &str, next: Option<Duration>) {
+async fn log_attempt(
+    ctx: &Ctx,
+    d: &Delivery,
+    attempt: u64,
+    result: &Attempt,
+    outcome: &str,
+    next: Option<Duration>,
+) {
     let (status, reason) = match result {
         Attempt::Delivered(s) => (Some(*s), None),
         Attempt::Gone => (Some(410), None),
@@ -293,22 +367,43 @@ async fn log_attempt(ctx: &Ctx, d: &Delivery, attempt: u64, result: &Attempt, ou
         "error": reason,
         "next_attempt_in_ms": next.map(|n| n.as_millis() as u64),
     });
-    if let Err(e) = ctx.store.log_delivery(&d.target, &entry.to_string(), ctx.cfg.log_len).await {
+    if let Err(e) = ctx
+        .store
+        .log_delivery(&d.target, &entry.to_string(), ctx.cfg.log_len)
+        .await
+    {
         tracing::debug!(error = %e, "delivery log not written");
     }
 }
 
-async fn dead_letter(ctx: &Ctx, d: &Delivery, seq: u64, attempts: u64, payload: &[u8]) -> Result<(), HookError> {
+async fn dead_letter(
+    ctx: &Ctx,
+    d: &Delivery,
+    seq: u64,
+    attempts: u64,
+    payload: &[u8],
+) -> Result<(), HookError> {
     let s = ctx.queue.subjects();
     let subject = s.dlq("webhook_exhausted", &d.tenant);
     let mut h = HeaderMap::new();
-    h.insert("Nats-Msg-Id", format!("dlq-{}-{}", s.hooks_stream(), seq).as_str());
+    h.insert(
+        "Nats-Msg-Id",
+        format!("dlq-{}-{}", s.hooks_stream(), seq).as_str(),
+    );
     h.insert("Sluice-Reason", "webhook_exhausted");
     h.insert("Sluice-Attempts", attempts.to_string().as_str());
     h.insert("Sluice-Job-Id", d.job_id.to_string().as_str());
     h.insert("Sluice-Webhook-Target", d.target.as_str());
-    let ack = ctx.queue.jetstream().publish_with_headers(subject, h, payload.to_vec().into()).await.map_err(q)?;
-    tokio::time::timeout(Duration::from_secs(5), ack).await.map_err(|_| q("dead-letter ack timed out"))?.map_err(q)?;
+    let ack = ctx
+        .queue
+        .jetstream()
+        .publish_with_headers(subject, h, payload.to_vec().into())
+        .await
+        .map_err(q)?;
+    tokio::time::timeout(Duration::from_secs(5), ack)
+        .await
+        .map_err(|_| q("dead-letter ack timed out"))?
+        .map_err(q)?;
     metrics::counter!("sluice_webhook_dead_letters_total").increment(1);
     Ok(())
 }
@@ -319,15 +414,28 @@ mod tests {
 
     #[test]
     fn delays_follow_the_schedule_with_bounded_jitter_and_retry_after() {
-        let cfg = WebhooksConfig { schedule_ms: vec![1000, 60_000], jitter: 0.2, ..WebhooksConfig::default() };
+        let cfg = WebhooksConfig {
+            schedule_ms: vec![1000, 60_000],
+            jitter: 0.2,
+            ..WebhooksConfig::default()
+        };
         for _ in 0..50 {
             let d = next_delay(&cfg, 1, None);
-            assert!(d >= Duration::from_millis(1000) && d <= Duration::from_millis(1200), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(1000) && d <= Duration::from_millis(1200),
+                "{d:?}"
+            );
         }
         let d = next_delay(&cfg, 2, None);
         assert!(d >= Duration::from_secs(60) && d <= Duration::from_secs(72));
-        assert_eq!(next_delay(&cfg, 1, Some(Duration::from_secs(30))), Duration::from_secs(30));
-        assert_eq!(next_delay(&cfg, 1, Some(Duration::from_secs(999_999))), MAX_RETRY_AFTER);
+        assert_eq!(
+            next_delay(&cfg, 1, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            next_delay(&cfg, 1, Some(Duration::from_secs(999_999))),
+            MAX_RETRY_AFTER
+        );
     }
 
     #[test]

@@ -56,8 +56,16 @@ pub fn event_type(status: JobStatus) -> Option<&'static str> {
 }
 
 /// Enqueues the deliveries for job `job_id` having ended in `status`.
-pub async fn emit(queue: &Queue, store: &Store, job_id: Uuid, tenant: &str, status: JobStatus) -> Result<usize, HookError> {
-    let Some(kind) = event_type(status) else { return Ok(0) };
+pub async fn emit(
+    queue: &Queue,
+    store: &Store,
+    job_id: Uuid,
+    tenant: &str,
+    status: JobStatus,
+) -> Result<usize, HookError> {
+    let Some(kind) = event_type(status) else {
+        return Ok(0);
+    };
     let targets = store.hook_targets(job_id, tenant).await?;
     let tenant = targets.tenant.clone().unwrap_or_else(|| tenant.to_string());
     let mut names: Vec<String> = targets.endpoints;
@@ -68,9 +76,20 @@ pub async fn emit(queue: &Queue, store: &Store, job_id: Uuid, tenant: &str, stat
         return Ok(0);
     }
     let created_at = sluice_store::now_ms() / 1000;
-    let event_id = format!("evt_{}_{}", job_id.simple(), kind.trim_start_matches("job."));
+    let event_id = format!(
+        "evt_{}_{}",
+        job_id.simple(),
+        kind.trim_start_matches("job.")
+    );
     for target in &names {
-        let d = Delivery { event_id: event_id.clone(), kind: kind.into(), job_id, tenant: tenant.clone(), created_at, target: target.clone() };
+        let d = Delivery {
+            event_id: event_id.clone(),
+            kind: kind.into(),
+            job_id,
+            tenant: tenant.clone(),
+            created_at,
+            target: target.clone(),
+        };
         publish(queue, &d).await?;
     }
     metrics::counter!("sluice_webhook_events_total", "type" => kind).increment(names.len() as u64);
@@ -83,16 +102,25 @@ async fn publish(queue: &Queue, d: &Delivery) -> Result<(), HookError> {
     let mut ensured = false;
     loop {
         let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", format!("{}:{}", d.event_id, d.target).as_str());
+        h.insert(
+            "Nats-Msg-Id",
+            format!("{}:{}", d.event_id, d.target).as_str(),
+        );
         let sent = async {
             let ack = queue
                 .jetstream()
                 .publish_with_headers(subject.clone(), h, body.clone().into())
                 .await
                 .map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))?;
-            ack.await.map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))
+            ack.await
+                .map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))
         };
-        match tokio::time::timeout(Duration::from_millis(queue.config().publish_timeout_ms), sent).await {
+        match tokio::time::timeout(
+            Duration::from_millis(queue.config().publish_timeout_ms),
+            sent,
+        )
+        .await
+        {
             Ok(Ok(_)) => return Ok(()),
             // The stream may not exist yet (first use): create it once and try again.
             Ok(Err(_)) if !ensured => {

@@ -18,7 +18,12 @@ pub mod sign;
 pub mod ssrf;
 
 /// The event types.
-pub const EVENT_TYPES: &[&str] = &["job.completed", "job.failed", "job.cancelled", "job.expired"];
+pub const EVENT_TYPES: &[&str] = &[
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+    "job.expired",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {

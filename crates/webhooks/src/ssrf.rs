@@ -46,7 +46,10 @@ impl Policy {
                 };
                 let ip: IpAddr = ip.parse().ok()?;
                 let max = if ip.is_ipv4() { 32 } else { 128 };
-                Some(Net { ip, prefix: prefix.min(max) })
+                Some(Net {
+                    ip,
+                    prefix: prefix.min(max),
+                })
             })
             .collect();
         Policy { allow }
@@ -64,7 +67,9 @@ impl Policy {
     /// Parses and checks a URL, resolving its host: every address must be permitted.
     pub async fn check_url(&self, raw: &str) -> Result<Url, HookError> {
         let url = parse(raw)?;
-        let host = url.host_str().ok_or(HookError::BadUrl("the URL has no host"))?;
+        let host = url
+            .host_str()
+            .ok_or(HookError::BadUrl("the URL has no host"))?;
         let port = url.port_or_known_default().unwrap_or(443);
         let lookup = tokio::time::timeout(
             std::time::Duration::from_secs(5),
@@ -104,7 +109,11 @@ pub fn parse(raw: &str) -> Result<Url, HookError> {
 
 /// The literal IP of a URL's host, if it is one.
 pub fn literal_ip(url: &Url) -> Option<IpAddr> {
-    url.host_str()?.trim_start_matches('[').trim_end_matches(']').parse().ok()
+    url.host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 /// Public unicast: not loopback, private, link-local (incl. cloud metadata 169.254.169.254
@@ -174,7 +183,9 @@ impl Resolve for GuardedResolver {
             let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
             let permitted: Vec<SocketAddr> = addrs.filter(|a| policy.permits(a.ip())).collect();
             if permitted.is_empty() {
-                return Err(Box::new(HookError::Forbidden) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(
+                    Box::new(HookError::Forbidden) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(permitted.into_iter()) as Addrs)
         })
@@ -192,8 +203,20 @@ mod tests {
     #[test]
     fn internal_addresses_are_refused() {
         for bad in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1",
-            "255.255.255.255", "::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::",
         ] {
             assert!(!is_public(ip(bad)), "{bad}");
         }
@@ -222,9 +245,18 @@ mod tests {
     #[tokio::test]
     async fn resolved_names_are_checked() {
         let strict = Policy::new(&[]);
-        assert!(matches!(strict.check_url("http://localhost:9/x").await, Err(HookError::Forbidden)));
-        assert!(matches!(strict.check_url("http://169.254.169.254/latest").await, Err(HookError::Forbidden)));
-        assert!(matches!(strict.check_url("http://[::1]:9/").await, Err(HookError::Forbidden)));
+        assert!(matches!(
+            strict.check_url("http://localhost:9/x").await,
+            Err(HookError::Forbidden)
+        ));
+        assert!(matches!(
+            strict.check_url("http://169.254.169.254/latest").await,
+            Err(HookError::Forbidden)
+        ));
+        assert!(matches!(
+            strict.check_url("http://[::1]:9/").await,
+            Err(HookError::Forbidden)
+        ));
         let open = Policy::new(&["127.0.0.1".into(), "::1".into()]);
         assert!(open.check_url("http://127.0.0.1:9/x").await.is_ok());
     }

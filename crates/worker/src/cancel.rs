@@ -37,7 +37,11 @@ pub struct Tracked {
 
 impl Running {
     pub fn new(cap: usize) -> Arc<Running> {
-        Arc::new(Running { jobs: Mutex::new(HashMap::new()), next: AtomicU64::new(1), cap })
+        Arc::new(Running {
+            jobs: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            cap,
+        })
     }
 
     /// Registers job `id`. When the map is full the job still runs, just not cancellably
@@ -52,12 +56,21 @@ impl Running {
                 tracing::warn!("cancellation map full; job not cancellable mid-call");
             }
         }
-        Tracked { running: self.clone(), id, serial, token }
+        Tracked {
+            running: self.clone(),
+            id,
+            serial,
+            token,
+        }
     }
 
     /// Fires the token of job `id` if it runs here.
     pub fn cancel(&self, id: Uuid) -> bool {
-        let token = self.jobs.lock().ok().and_then(|jobs| jobs.get(&id).map(|(_, t)| t.clone()));
+        let token = self
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|jobs| jobs.get(&id).map(|(_, t)| t.clone()));
         token.map(|t| t.cancel()).is_some()
     }
 }
@@ -96,7 +109,9 @@ pub async fn listen(queue: Queue, running: Arc<Running>, stop: CancellationToken
                 _ = stop.cancelled() => return,
             };
             let Some(msg) = msg else { break };
-            if let Some(id) = std::str::from_utf8(&msg.payload).ok().and_then(|s| Uuid::parse_str(s).ok())
+            if let Some(id) = std::str::from_utf8(&msg.payload)
+                .ok()
+                .and_then(|s| Uuid::parse_str(s).ok())
                 && running.cancel(id)
             {
                 metrics::counter!("sluice_worker_cancelled_total").increment(1);

@@ -27,7 +27,10 @@ pub enum StreamError {
 
 /// Streams the call, forwarding chunk batches; returns the assembled completion.
 pub async fn run(shared: &Shared, env: &JobEnvelope) -> Result<Bytes, StreamError> {
-    let mut chunks = shared.provider.chat_completion_stream(Bytes::from(env.request.clone())).await?;
+    let mut chunks = shared
+        .provider
+        .chat_completion_stream(Bytes::from(env.request.clone()))
+        .await?;
     let flush_every = Duration::from_millis(shared.cfg.delivery.stream_flush_ms);
     let mut asm = Assembler::default();
     let mut batch: Vec<Bytes> = Vec::new();
@@ -57,7 +60,11 @@ pub async fn run(shared: &Shared, env: &JobEnvelope) -> Result<Bytes, StreamErro
     Ok(Bytes::from(asm.finish(&env.model).to_string()))
 }
 
-async fn flush(shared: &Shared, env: &JobEnvelope, batch: &mut Vec<Bytes>) -> Result<(), StoreError> {
+async fn flush(
+    shared: &Shared,
+    env: &JobEnvelope,
+    batch: &mut Vec<Bytes>,
+) -> Result<(), StoreError> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -70,7 +77,10 @@ async fn flush(shared: &Shared, env: &JobEnvelope, batch: &mut Vec<Bytes>) -> Re
         event.extend_from_slice(&c);
     }
     event.extend_from_slice(b"]}");
-    shared.store.append_event(env.id, &String::from_utf8_lossy(&event)).await?;
+    shared
+        .store
+        .append_event(env.id, &String::from_utf8_lossy(&event))
+        .await?;
     shared.queue.notify_job_event(env.id, "chunks").await;
     Ok(())
 }
@@ -95,7 +105,9 @@ struct Choice {
 
 impl Assembler {
     pub fn add(&mut self, chunk: &[u8]) {
-        let Ok(Value::Object(c)) = serde_json::from_slice::<Value>(chunk) else { return };
+        let Ok(Value::Object(c)) = serde_json::from_slice::<Value>(chunk) else {
+            return;
+        };
         if self.id.is_none() {
             self.id = c.get("id").and_then(Value::as_str).map(str::to_string);
             self.created = c.get("created").cloned();
@@ -104,7 +116,12 @@ impl Assembler {
         if let Some(u) = c.get("usage").filter(|u| u.is_object()) {
             self.usage = Some(u.clone());
         }
-        for ch in c.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for ch in c
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let index = ch.get("index").and_then(Value::as_u64).unwrap_or(0);
             let slot = self.choices.entry(index).or_default();
             if let Some(delta) = ch.get("delta") {
@@ -138,7 +155,10 @@ impl Assembler {
         out.insert("id".into(), json!(self.id.unwrap_or_default()));
         out.insert("object".into(), json!("chat.completion"));
         out.insert("created".into(), self.created.unwrap_or(json!(0)));
-        out.insert("model".into(), json!(self.model.unwrap_or_else(|| model.to_string())));
+        out.insert(
+            "model".into(),
+            json!(self.model.unwrap_or_else(|| model.to_string())),
+        );
         out.insert("choices".into(), Value::Array(choices));
         if let Some(u) = self.usage {
             out.insert("usage".into(), u);
@@ -156,7 +176,9 @@ mod tests {
         let mut a = Assembler::default();
         a.add(br#"{"id":"c1","created":5,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#);
         a.add(br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel"}}]}"#);
-        a.add(br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":null}]}"#);
+        a.add(
+            br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":null}]}"#,
+        );
         a.add(br#"{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
         a.add(br#"{"id":"c1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#);
         a.add(b"not json");

@@ -23,11 +23,19 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let (uuid, _) = owned_job(&state, &tenant, &id).await?;
-    match cancel_job(&state, uuid, "The job was cancelled by the client.").await.map_err(store_unavailable)? {
+    match cancel_job(&state, uuid, "The job was cancelled by the client.")
+        .await
+        .map_err(store_unavailable)?
+    {
         None => return Err(ApiError::NotFound(format!("No job with id '{uuid}'."))),
-        Some(Transition::Applied) | Some(Transition::Refused { current: JobStatus::Cancelled }) => {}
+        Some(Transition::Applied)
+        | Some(Transition::Refused {
+            current: JobStatus::Cancelled,
+        }) => {}
         Some(Transition::Refused { current }) => {
-            return Err(ApiError::Conflict(format!("The job already ended ({current}) and cannot be cancelled.")));
+            return Err(ApiError::Conflict(format!(
+                "The job already ended ({current}) and cannot be cancelled."
+            )));
         }
     }
     let (_, record) = owned_job(&state, &tenant, &id).await?;

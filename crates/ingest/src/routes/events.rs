@@ -38,15 +38,33 @@ pub async fn events(
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| ApiError::invalid("Last-Event-ID must be an event id (a number).", None, "invalid_value"))?,
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "Last-Event-ID must be an event id (a number).",
+                    None,
+                    "invalid_value",
+                )
+            })?,
     };
     let (uuid, _) = owned_job(&state, &tenant, &id).await?;
     let watch = JobWatch::open(&state, uuid, after).await?;
     let deadline = Instant::now() + Duration::from_secs(state.cfg.delivery.sse_max_s);
     let keepalive = Duration::from_secs(state.cfg.delivery.keepalive_s);
     metrics::counter!("sluice_sse_streams_total").increment(1);
-    let feed = Feed { state, tenant, id, watch, pending: Vec::new().into_iter(), tail: None, done: false, deadline };
-    let events = stream::unfold(feed, |mut f| async move { f.next().await.map(|e| (Ok(e), f)) });
+    let feed = Feed {
+        state,
+        tenant,
+        id,
+        watch,
+        pending: Vec::new().into_iter(),
+        tail: None,
+        done: false,
+        deadline,
+    };
+    let events = stream::unfold(
+        feed,
+        |mut f| async move { f.next().await.map(|e| (Ok(e), f)) },
+    );
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(keepalive)))
 }
 
@@ -78,13 +96,26 @@ impl Feed {
                     self.done = true;
                     return Some(self.result_event(ev).await);
                 }
-                return Some(Event::default().id(ev.id.to_string()).event(ev.kind()).data(ev.raw));
+                return Some(
+                    Event::default()
+                        .id(ev.id.to_string())
+                        .event(ev.kind())
+                        .data(ev.raw),
+                );
             }
             let read = tokio::time::timeout_at(self.deadline, self.watch.next_events()).await;
             match read {
                 Ok(Ok(events)) if events.is_empty() => {
                     // A reader resuming after the terminal event has nothing left but the end.
-                    if self.state.store.status(self.watch.job_id()).await.ok().flatten().is_some_and(|s| s.is_terminal()) {
+                    if self
+                        .state
+                        .store
+                        .status(self.watch.job_id())
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|s| s.is_terminal())
+                    {
                         self.done = true;
                         self.tail = Some(self.result().await);
                     }
@@ -98,14 +129,22 @@ impl Feed {
 
     /// The terminal status event; the job object follows as `result`.
     async fn result_event(&mut self, ev: JobEvent) -> Event {
-        let status = Event::default().id(ev.id.to_string()).event("status").data(ev.raw);
+        let status = Event::default()
+            .id(ev.id.to_string())
+            .event("status")
+            .data(ev.raw);
         self.tail = Some(self.result().await);
         status
     }
 
     async fn result(&self) -> Event {
-        let job = owned_job(&self.state, &self.tenant, &self.id).await.ok().map(|(_, r)| JobView::from(r));
-        let body = job.and_then(|j| serde_json::to_string(&j).ok()).unwrap_or_else(|| "null".into());
+        let job = owned_job(&self.state, &self.tenant, &self.id)
+            .await
+            .ok()
+            .map(|(_, r)| JobView::from(r));
+        let body = job
+            .and_then(|j| serde_json::to_string(&j).ok())
+            .unwrap_or_else(|| "null".into());
         Event::default().event("result").data(body)
     }
 }

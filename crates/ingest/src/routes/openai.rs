@@ -36,7 +36,9 @@ use crate::{
     embeddings::embedding_submission,
     error::ApiError,
     middleware::admission,
-    routes::jobs::{JobView, body_or_error, chat_envelope, enqueue, queued_view, store_unavailable},
+    routes::jobs::{
+        JobView, body_or_error, chat_envelope, enqueue, queued_view, store_unavailable,
+    },
     watch::{JobEvent, JobWatch, Outcome},
 };
 
@@ -47,11 +49,17 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let limits = crate::validate::Limits { max_output_tokens: state.cfg.ingest.max_output_tokens };
+    let limits = crate::validate::Limits {
+        max_output_tokens: state.cfg.ingest.max_output_tokens,
+    };
     let mut sub = crate::validate::chat_submission(&body, limits)?;
     if sub.webhook_url.is_some() {
         // The answer comes back on this connection; a job webhook belongs to POST /v1/jobs.
-        return Err(ApiError::invalid("'webhook' is only accepted by POST /v1/jobs.", Some("webhook"), "unknown_parameter"));
+        return Err(ApiError::invalid(
+            "'webhook' is only accepted by POST /v1/jobs.",
+            Some("webhook"),
+            "unknown_parameter",
+        ));
     }
     if let Some(p) = header_priority(&headers)? {
         sub.priority = p;
@@ -62,8 +70,15 @@ pub async fn chat_completions(
     let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
     let mut env = chat_envelope(&tenant, sub, &headers);
     env.id = admitted.replay.unwrap_or(id);
-    let admission = Admission { fresh: admitted.replay.is_none(), undo: Some((tenant, admitted)) };
-    if env.stream { run_streamed(state, env, admission).await } else { run_plain(state, env, admission).await }
+    let admission = Admission {
+        fresh: admitted.replay.is_none(),
+        undo: Some((tenant, admitted)),
+    };
+    if env.stream {
+        run_streamed(state, env, admission).await
+    } else {
+        run_plain(state, env, admission).await
+    }
 }
 
 pub async fn embeddings(
@@ -89,7 +104,15 @@ pub async fn embeddings(
         metadata: Default::default(),
         stream: false,
     };
-    run_plain(state, env, Admission { fresh: true, undo: None }).await
+    run_plain(
+        state,
+        env,
+        Admission {
+            fresh: true,
+            undo: None,
+        },
+    )
+    .await
 }
 
 /// How the job was admitted: whether it still has to be queued (not an idempotent replay),
@@ -114,15 +137,28 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
 fn header_priority(headers: &HeaderMap) -> Result<Option<Priority>, ApiError> {
     match headers.get("x-priority") {
         None => Ok(None),
-        Some(v) => v.to_str().ok().and_then(|s| Priority::parse(s.trim())).map(Some).ok_or_else(|| {
-            ApiError::invalid("Invalid 'X-Priority' header: expected 'high', 'normal' or 'low'.", None, "invalid_value")
-        }),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| Priority::parse(s.trim()))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "Invalid 'X-Priority' header: expected 'high', 'normal' or 'low'.",
+                    None,
+                    "invalid_value",
+                )
+            }),
     }
 }
 
 /// Enqueues the job with a watch opened first, and a guard that cancels it if the client
 /// leaves.
-async fn submit(state: &AppState, env: &JobEnvelope, adm: Admission) -> Result<(JobWatch, CancelOnDrop), ApiError> {
+async fn submit(
+    state: &AppState,
+    env: &JobEnvelope,
+    adm: Admission,
+) -> Result<(JobWatch, CancelOnDrop), ApiError> {
     let watch = JobWatch::open(state, env.id, 0).await?;
     if adm.fresh
         && let Err(e) = enqueue(state, env).await
@@ -135,7 +171,11 @@ async fn submit(state: &AppState, env: &JobEnvelope, adm: Admission) -> Result<(
     Ok((watch, CancelOnDrop::new(state.clone(), env.id)))
 }
 
-async fn run_plain(state: AppState, env: JobEnvelope, adm: Admission) -> Result<Response, ApiError> {
+async fn run_plain(
+    state: AppState,
+    env: JobEnvelope,
+    adm: Admission,
+) -> Result<Response, ApiError> {
     let (mut watch, mut guard) = submit(&state, &env, adm).await?;
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
     let outcome = tokio::time::timeout(limit, watch.wait_terminal()).await;
@@ -144,8 +184,14 @@ async fn run_plain(state: AppState, env: JobEnvelope, adm: Admission) -> Result<
         Err(_) => still_running(&state, env).await,
         Ok(Err(e)) => Err(e),
         Ok(Ok(o)) if o.status == JobStatus::Completed => {
-            let body = o.result.ok_or_else(|| ApiError::Internal("completed job without a result".into()))?;
-            Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+            let body = o
+                .result
+                .ok_or_else(|| ApiError::Internal("completed job without a result".into()))?;
+            Ok((
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response())
         }
         Ok(Ok(o)) => Err(o.failure()),
     }
@@ -162,7 +208,11 @@ async fn still_running(state: &AppState, env: JobEnvelope) -> Result<Response, A
     Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
 }
 
-async fn run_streamed(state: AppState, env: JobEnvelope, adm: Admission) -> Result<Response, ApiError> {
+async fn run_streamed(
+    state: AppState,
+    env: JobEnvelope,
+    adm: Admission,
+) -> Result<Response, ApiError> {
     let (mut watch, mut guard) = submit(&state, &env, adm).await?;
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
     // Wait for the first chunks (or the end) before answering, so a job that fails before
@@ -171,7 +221,9 @@ async fn run_streamed(state: AppState, env: JobEnvelope, adm: Admission) -> Resu
         let mut seen = Vec::new();
         loop {
             let events = watch.next_events().await?;
-            let decisive = events.iter().any(|e| e.kind() == "chunks" || e.status().is_some_and(JobStatus::is_terminal));
+            let decisive = events
+                .iter()
+                .any(|e| e.kind() == "chunks" || e.status().is_some_and(JobStatus::is_terminal));
             seen.extend(events);
             if decisive {
                 return Ok::<_, ApiError>(seen);
@@ -186,21 +238,47 @@ async fn run_streamed(state: AppState, env: JobEnvelope, adm: Admission) -> Resu
         }
         Ok(r) => r?,
     };
-    if let Some(end) = seen.iter().find_map(JobEvent::status).filter(|s| s.is_terminal() && *s != JobStatus::Completed) {
+    if let Some(end) = seen
+        .iter()
+        .find_map(JobEvent::status)
+        .filter(|s| s.is_terminal() && *s != JobStatus::Completed)
+    {
         guard.disarm();
         let o = watch_outcome(&state, env.id, end).await?;
         return Err(o.failure());
     }
     let deadline = Instant::now() + Duration::from_secs(state.cfg.delivery.sse_max_s);
     let keepalive = Duration::from_secs(state.cfg.delivery.keepalive_s);
-    let relay = Relay { state, id: env.id, watch, guard, out: Vec::new().into_iter(), pending: seen.into_iter(), done: false, deadline };
-    let events = stream::unfold(relay, |mut r| async move { r.next().await.map(|e| (Ok::<_, Infallible>(e), r)) });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(keepalive)).into_response())
+    let relay = Relay {
+        state,
+        id: env.id,
+        watch,
+        guard,
+        out: Vec::new().into_iter(),
+        pending: seen.into_iter(),
+        done: false,
+        deadline,
+    };
+    let events = stream::unfold(relay, |mut r| async move {
+        r.next().await.map(|e| (Ok::<_, Infallible>(e), r))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(keepalive))
+        .into_response())
 }
 
 async fn watch_outcome(state: &AppState, id: Uuid, status: JobStatus) -> Result<Outcome, ApiError> {
-    let (status, result, error) = state.store.outcome(id).await.map_err(store_unavailable)?.unwrap_or((status, None, None));
-    Ok(Outcome { status, result, error })
+    let (status, result, error) = state
+        .store
+        .outcome(id)
+        .await
+        .map_err(store_unavailable)?
+        .unwrap_or((status, None, None));
+    Ok(Outcome {
+        status,
+        result,
+        error,
+    })
 }
 
 /// Turns job events into OpenAI stream lines: each upstream chunk as `data: {…}`, then
@@ -239,11 +317,22 @@ impl Relay {
 
     async fn translate(&mut self, ev: JobEvent) {
         if ev.kind() == "chunks" {
-            let chunks = ev.value.get("chunks").and_then(Value::as_array).cloned().unwrap_or_default();
-            self.out = chunks.iter().map(|c| Event::default().data(c.to_string())).collect::<Vec<_>>().into_iter();
+            let chunks = ev
+                .value
+                .get("chunks")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            self.out = chunks
+                .iter()
+                .map(|c| Event::default().data(c.to_string()))
+                .collect::<Vec<_>>()
+                .into_iter();
             return;
         }
-        let Some(status) = ev.status().filter(|s| s.is_terminal()) else { return };
+        let Some(status) = ev.status().filter(|s| s.is_terminal()) else {
+            return;
+        };
         self.done = true;
         self.guard.disarm();
         let mut out = Vec::new();
