@@ -100,3 +100,18 @@ start_redis() {
   wait_port 127.0.0.1 "$2" 15 redis-server
   echo "$pid"
 }
+
+# new_run_dir PREFIX: a throw-away folder in RUN_DIR, and a trap that stops every pid added
+# to PIDS and removes the folder on exit.
+new_run_dir() {
+  RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")"
+  PIDS=()
+  trap stop_run_dir EXIT INT TERM
+}
+
+stop_run_dir() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$RUN_DIR"
+}

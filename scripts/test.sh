@@ -43,3 +43,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+# The official Python SDKs (openai, standardwebhooks) against a stack on the same servers.
+bash "$ROOT/scripts/sdk_test.sh"

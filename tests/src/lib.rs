@@ -5,6 +5,9 @@
 //! Each [`TestEnv`] isolates itself with a unique NATS namespace and Redis key prefix, so
 //! tests run in parallel against the same servers.
 
+pub mod receiver;
+pub mod sse;
+
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -126,6 +129,10 @@ impl TestEnv {
             .env("RUST_LOG", "warn")
             .env("SLUICE_NATS__URL", &c.nats.url)
             .env("SLUICE_NATS__NAMESPACE", &c.nats.namespace)
+            .env(
+                "SLUICE_NATS__MAX_QUEUE_BYTES",
+                c.nats.max_queue_bytes.to_string(),
+            )
             .env("SLUICE_REDIS__URL", &c.redis.url)
             .env("SLUICE_REDIS__PREFIX", format!("\"{}\"", c.redis.prefix))
             .env("SLUICE_UPSTREAM__BASE_URL", &c.upstream.base_url)
@@ -300,4 +307,20 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// Waits until the JOBS stream holds no message (every job acknowledged or terminated).
+pub async fn wait_jobs_settled(queue: &sluice_queue::Queue, limit: Duration) -> Result<()> {
+    let mut stream = queue
+        .jetstream()
+        .get_stream(queue.subjects().jobs_stream())
+        .await?;
+    let start = Instant::now();
+    while stream.info().await?.state.messages > 0 {
+        if start.elapsed() > limit {
+            bail!("jobs not settled within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
 }

@@ -21,6 +21,7 @@ fn envelope() -> JobEnvelope {
         replays: 0,
         traceparent: None,
         metadata: BTreeMap::from([("k".into(), "v".into())]),
+        stream: false,
     }
 }
 

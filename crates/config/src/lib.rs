@@ -8,18 +8,22 @@
 //! a secret field holds `env::NAME` and is resolved from the environment into a
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
+mod delivery;
 mod env;
 mod governance;
 mod models;
 mod secret;
 mod sections;
+mod webhooks;
 
 use std::path::Path;
 
+pub use delivery::DeliveryConfig;
 pub use governance::*;
 pub use models::*;
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
+pub use webhooks::WebhooksConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -16,6 +16,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub models: crate::ModelsConfig,
     pub tenants: Vec<TenantConfig>,
+    pub delivery: crate::DeliveryConfig,
+    pub webhooks: crate::WebhooksConfig,
     pub governance: crate::GovernanceConfig,
 }
 
@@ -215,6 +217,8 @@ impl Config {
         {
             return bad("upstream.base_url must be an http(s) URL");
         }
+        self.delivery.validate()?;
+        self.webhooks.validate()?;
         self.governance.validate()?;
         self.models.validate()?;
         let mut tenants = HashSet::new();

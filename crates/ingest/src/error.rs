@@ -33,6 +33,12 @@ pub enum ApiError {
     StoreUnavailable { retry_after_s: u64, reason: String },
     #[error("too many concurrent requests")]
     Overloaded { retry_after_s: u64 },
+    #[error("{0}")]
+    Conflict(String),
+    /// A job the client waited for synchronously ended without a result. `code` is the
+    /// job's stored error code (written by Sluice, never upstream text).
+    #[error("the job ended without a result: {code}")]
+    JobFailed { code: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("rate limit {policy} exceeded")]
@@ -84,6 +90,8 @@ impl ApiError {
             ApiError::QueueUnavailable { .. }
             | ApiError::StoreUnavailable { .. }
             | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::JobFailed { code, .. } => job_failure_status(code),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited { .. }
             | ApiError::BudgetExhausted { .. }
@@ -106,6 +114,8 @@ impl ApiError {
             ApiError::QueueUnavailable { .. } => "queue_unavailable",
             ApiError::StoreUnavailable { .. } => "store_unavailable",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::JobFailed { .. } => "job_failed",
             ApiError::Internal(_) => "internal",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BudgetExhausted { .. } => "budget_exhausted",
@@ -173,6 +183,20 @@ impl ApiError {
                 None,
                 Some("overloaded"),
             ),
+            ApiError::Conflict(what) => (
+                what.clone(),
+                "invalid_request_error",
+                None,
+                Some("conflict"),
+            ),
+            ApiError::JobFailed { code, message } => {
+                let kind = match job_failure_status(code) {
+                    StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+                    s if s.is_server_error() => "server_error",
+                    _ => "invalid_request_error",
+                };
+                (message.clone(), kind, None, Some(code.as_str()))
+            }
             ApiError::Internal(_) => (
                 "Internal error.".into(),
                 "server_error",
@@ -239,6 +263,45 @@ impl ApiError {
     }
 }
 
+/// The HTTP status for a job's stored error code.
+fn job_failure_status(code: &str) -> StatusCode {
+    match code {
+        "model_not_found" => StatusCode::NOT_FOUND,
+        "upstream_rejected" => StatusCode::BAD_REQUEST,
+        "upstream_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+        "cancelled" => StatusCode::CONFLICT,
+        "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+impl From<sluice_webhooks::HookError> for ApiError {
+    fn from(e: sluice_webhooks::HookError) -> ApiError {
+        use sluice_webhooks::HookError;
+        match e {
+            HookError::BadUrl(why) => ApiError::invalid(
+                format!("Invalid webhook URL: {why}."),
+                Some("url"),
+                "invalid_url",
+            ),
+            HookError::Forbidden => ApiError::invalid(
+                "The webhook URL resolves to an internal address, which is not allowed.",
+                Some("url"),
+                "url_not_allowed",
+            ),
+            HookError::Store(e) => ApiError::StoreUnavailable {
+                retry_after_s: 1,
+                reason: e.to_string(),
+            },
+            HookError::Queue(e) => ApiError::QueueUnavailable {
+                retry_after_s: 1,
+                reason: e.to_string(),
+            },
+            HookError::Encode(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!("sluice_ingest_errors_total", "kind" => self.label()).increment(1);
@@ -299,6 +362,24 @@ mod tests {
         let text = body.to_string();
         assert!(!text.contains("WRONGTYPE"), "{text}");
         assert_eq!(body["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn failed_jobs_map_to_the_status_an_sdk_expects() {
+        let f = |code: &str| ApiError::JobFailed {
+            code: code.into(),
+            message: "m".into(),
+        };
+        assert_eq!(f("model_not_found").status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            f("upstream_rate_limited").status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            f("upstream_rate_limited").body()["error"]["type"],
+            "rate_limit_error"
+        );
+        assert_eq!(f("max_attempts_exceeded").status(), StatusCode::BAD_GATEWAY);
     }
 
     #[test]

@@ -5,17 +5,24 @@
 //! but NATS and Redis, so any number can run behind a load balancer.
 //!
 //! # Layout
-//! - [`routes`]: `jobs` (submit, read) and `ops` (health, readiness, metrics).
+//! - [`routes`]: `jobs` (submit, read), `cancel`, `events` (SSE), `openai` (chat
+//!   completions, embeddings, models), `webhooks` (endpoints, rotation, delivery logs),
+//!   `admin` and `ops` (health, readiness, metrics).
+//! - [`watch`]: following a job's event history (Redis) woken by broker notifications.
+//! - [`cancel`]: cancelling a job, on request or when a synchronous client leaves.
 //! - [`auth`]: API keys (config and Redis), the admin scope and the open-route allowlist.
 //! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
 pub mod auth;
+pub mod cancel;
+pub mod embeddings;
 pub mod error;
 pub mod middleware;
 pub mod routes;
 pub mod validate;
+pub mod watch;
 
 use std::{
     net::SocketAddr,
@@ -54,6 +61,8 @@ pub struct AppState {
     /// Set once the JetStream streams are known to exist.
     pub streams_ready: Arc<AtomicBool>,
     in_flight: Arc<Semaphore>,
+    /// Background work requests leave behind (cancelling an abandoned job).
+    pub background: TaskTracker,
 }
 
 impl AppState {
@@ -80,6 +89,7 @@ impl AppState {
             backlogs,
             streams_ready,
             in_flight,
+            background: TaskTracker::new(),
         })
     }
 }
@@ -91,6 +101,27 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/jobs", post(routes::jobs::submit))
         .route("/v1/jobs/{id}", get(routes::jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(routes::cancel::cancel))
+        .route("/v1/jobs/{id}/events", get(routes::events::events))
+        .route(
+            "/v1/chat/completions",
+            post(routes::openai::chat_completions),
+        )
+        .route("/v1/embeddings", post(routes::openai::embeddings))
+        .route("/v1/models", get(routes::openai::models))
+        .route(
+            "/v1/webhooks",
+            post(routes::webhooks::create).get(routes::webhooks::list),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            axum::routing::delete(routes::webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/rotate", post(routes::webhooks::rotate))
+        .route(
+            "/v1/webhooks/{id}/deliveries",
+            get(routes::webhooks::deliveries),
+        )
         .merge(routes::admin::router())
         .merge(routes::admin_dlq::router())
         .route("/healthz", get(routes::ops::healthz))
@@ -147,6 +178,7 @@ pub struct Server {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    background: TaskTracker,
 }
 
 impl Server {
@@ -172,6 +204,7 @@ impl Server {
             ));
         }
         routes::admin::seed_tenants(&state).await;
+        let background = state.background.clone();
         let app = router(state);
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -190,6 +223,7 @@ impl Server {
             addr,
             shutdown,
             tasks,
+            background,
         })
     }
 
@@ -201,5 +235,7 @@ impl Server {
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        self.background.close();
+        let _ = tokio::time::timeout(grace, self.background.wait()).await;
     }
 }

@@ -50,7 +50,10 @@ const OPENAI_FIELDS: &[&str] = &[
 ];
 
 /// Sluice's own fields, consumed by ingest and not forwarded.
-const SLUICE_FIELDS: &[&str] = &["priority", "metadata"];
+const SLUICE_FIELDS: &[&str] = &["priority", "metadata", "deadline_s", "webhook"];
+
+/// Longest accepted `deadline_s` (a week).
+pub const MAX_DEADLINE_S: i64 = 7 * 24 * 3600;
 
 const ROLES: &[&str] = &[
     "system",
@@ -72,6 +75,12 @@ pub struct ChatSubmission {
     pub model: String,
     pub priority: Priority,
     pub metadata: BTreeMap<String, String>,
+    /// Seconds after acceptance past which the job must not be sent upstream.
+    pub deadline_s: Option<u64>,
+    /// The client asked for a streamed answer.
+    pub stream: bool,
+    /// `webhook: {url}`: where to deliver the job's terminal event (checked by ingest).
+    pub webhook_url: Option<String>,
     /// The upstream request body (JSON), without Sluice's fields.
     pub request: Vec<u8>,
 }
@@ -124,35 +133,56 @@ pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, Ap
         Some(_) => return Err(wrong_type("priority", "a string")),
     };
     let metadata = metadata(obj.remove("metadata"))?;
+    let deadline_s = match obj.remove("deadline_s") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let mut o = Map::new();
+            o.insert("deadline_s".into(), v);
+            integer(&o, "deadline_s", 1, MAX_DEADLINE_S)?;
+            o.get("deadline_s").and_then(Value::as_u64)
+        }
+    };
+    let webhook_url = match obj.remove("webhook") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(w)) => match (w.len(), w.get("url")) {
+            (1, Some(Value::String(u))) => Some(u.clone()),
+            _ => return Err(wrong_type("webhook", "an object {\"url\": \"https://…\"}")),
+        },
+        Some(_) => return Err(wrong_type("webhook", "an object {\"url\": \"https://…\"}")),
+    };
     let model = model(&obj)?;
     messages(&obj)?;
     numbers(&obj, limits)?;
     others(&obj)?;
+    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let request = serde_json::to_vec(&Value::Object(obj))
         .map_err(|e| ApiError::Internal(format!("re-encoding a validated request: {e}")))?;
     Ok(ChatSubmission {
         model,
         priority,
         metadata,
+        deadline_s,
+        stream,
+        webhook_url,
         request,
     })
 }
 
-fn json_error_kind(e: &serde_json::Error) -> String {
+pub(crate) fn json_error_kind(e: &serde_json::Error) -> String {
     // serde_json's message names the line and column, never echoes the input.
     let mut s = e.to_string();
     s.truncate(200);
     s
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
     }
 }
 
-fn wrong_type(param: &str, expected: &str) -> ApiError {
+pub(crate) fn wrong_type(param: &str, expected: &str) -> ApiError {
     ApiError::invalid(
         format!("Invalid type for '{param}': expected {expected}."),
         Some(param),
@@ -168,7 +198,7 @@ fn out_of_range(param: &str, range: &str) -> ApiError {
     )
 }
 
-fn model(obj: &Map<String, Value>) -> Result<String, ApiError> {
+pub(crate) fn model(obj: &Map<String, Value>) -> Result<String, ApiError> {
     match obj.get("model") {
         None | Some(Value::Null) => Err(ApiError::invalid(
             "Missing required parameter: 'model'.",
@@ -418,6 +448,18 @@ mod tests {
         let fwd: Value = serde_json::from_slice(&s.request).unwrap();
         assert!(fwd.get("priority").is_none() && fwd.get("metadata").is_none());
         assert_eq!(fwd["max_tokens"], 10);
+    }
+
+    #[test]
+    fn deadline_and_stream_are_read() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"deadline_s":30,"stream":true}"#;
+        let s = chat_submission(body.as_bytes(), LIMITS).unwrap();
+        assert_eq!(s.deadline_s, Some(30));
+        assert!(s.stream);
+        let fwd: Value = serde_json::from_slice(&s.request).unwrap();
+        assert!(fwd.get("deadline_s").is_none());
+        let bad = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"deadline_s":0}"#;
+        assert_eq!(err(bad).1.as_deref(), Some("deadline_s"));
     }
 
     #[test]

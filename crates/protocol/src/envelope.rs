@@ -56,6 +56,10 @@ pub struct JobEnvelope {
     /// Client metadata (small string map), copied to the job record.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The request asked for a streamed answer: the worker calls upstream with `stream: true`
+    /// and forwards the chunks as job events while it assembles the final result.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,7 @@ mod tests {
             replays: 0,
             traceparent: None,
             metadata: BTreeMap::from([("k".into(), "v".into())]),
+            stream: false,
         }
     }
 

@@ -103,6 +103,36 @@ impl Subjects {
         format!("{}workers-{}", self.stream_prefix(), priority.as_str())
     }
 
+    /// Core NATS subject on which every writer of a job's event history announces a new
+    /// event (`events.<job id>`); SSE and synchronous waiters subscribe to it.
+    pub fn job_events(&self, id: &uuid::Uuid) -> String {
+        format!("{}events.{}", self.subject_prefix(), id)
+    }
+
+    /// Core NATS broadcast subject carrying the ids of cancelled jobs to every worker.
+    pub fn cancellations(&self) -> String {
+        format!("{}cancel", self.subject_prefix())
+    }
+
+    /// The HOOKS stream: one message per webhook delivery to make.
+    pub fn hooks_stream(&self) -> String {
+        format!("{}HOOKS", self.stream_prefix())
+    }
+
+    pub fn hooks_wildcard(&self) -> String {
+        format!("{}hooks.>", self.subject_prefix())
+    }
+
+    /// `hooks.<tenant>`: a delivery for one of the tenant's endpoints or job webhooks.
+    pub fn hook(&self, tenant: &str) -> String {
+        format!("{}hooks.{}", self.subject_prefix(), tenant)
+    }
+
+    /// The dispatcher's durable consumer.
+    pub fn hooks_consumer(&self) -> String {
+        format!("{}dispatcher", self.stream_prefix())
+    }
+
     /// `dlq.<reason>.<tenant>`; an undecodable message has tenant `unknown`.
     pub fn dlq(&self, reason: &str, tenant: &str) -> String {
         format!("{}dlq.{}.{}", self.subject_prefix(), reason, tenant)

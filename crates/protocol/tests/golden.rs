@@ -29,6 +29,15 @@ fn v1_chat() -> JobEnvelope {
         replays: 0,
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         metadata: BTreeMap::from([("order".into(), "42".into())]),
+        stream: false,
+    }
+}
+
+fn v1_chat_streamed() -> JobEnvelope {
+    JobEnvelope {
+        id: Uuid::parse_str("0192f0c1-7a4b-7cde-8f01-000000000003").unwrap(),
+        stream: true,
+        ..v1_chat()
     }
 }
 
@@ -46,6 +55,7 @@ fn v1_embedding_minimal() -> JobEnvelope {
         replays: 2,
         traceparent: None,
         metadata: BTreeMap::new(),
+        stream: false,
     }
 }
 
@@ -64,6 +74,11 @@ fn check(name: &str, expected: JobEnvelope) {
 #[test]
 fn v1_chat_completion_sample_decodes() {
     check("v1-chat.msgpack", v1_chat());
+}
+
+#[test]
+fn v1_streamed_chat_sample_decodes() {
+    check("v1-chat-stream.msgpack", v1_chat_streamed());
 }
 
 #[test]
@@ -104,4 +119,5 @@ fn v1_minimal_sample_decodes_with_defaults() {
     assert_eq!(env.deadline_ms, None);
     assert_eq!(env.replays, 0);
     assert!(env.metadata.is_empty());
+    assert!(!env.stream);
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`openai`]: one pooled HTTP client per deployment (OpenAI or Azure URL/header style),
 //!   plain or streaming.
+//! - [`stream`]: a streamed chat completion read chunk by chunk.
 //! - [`error`]: the single classification of upstream failures into retryable and permanent,
 //!   which the worker uses to decide ack / NAK-with-delay / fail.
 //! - [`pool`]: model pools per alias and one attempt's call through the chain: balancing,
@@ -26,9 +27,11 @@ pub mod openai;
 pub mod pool;
 pub mod quota;
 pub mod routing;
+pub mod stream;
 pub mod window;
 
 pub use error::{ErrorClass, ProviderError};
 pub use openai::OpenAiProvider;
 pub use pool::{Answer, CallError, CallKind, CallRequest, Pools, Served, StreamAnswer};
 pub use routing::{RouteDecision, Router, Tier};
+pub use stream::ChunkStream;

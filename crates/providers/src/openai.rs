@@ -97,12 +97,13 @@ impl OpenAiProvider {
     }
 
     /// `POST {base}/chat/completions` with `"stream": true` in `body`: once the upstream
-    /// answered 2xx, its server-sent events as they arrive.
+    /// answered 2xx, its server-sent events as they arrive (see [`crate::ChunkStream`]).
     pub async fn chat_completion_stream(&self, body: Bytes) -> Result<ByteStream, ProviderError> {
         let resp = self.send("/chat/completions", body).await?;
         Ok(Box::pin(resp.bytes_stream().map(|r| r.map_err(transport))))
     }
 
+    /// Sends the request; a non-2xx answer becomes a [`ProviderError::Status`].
     async fn send(&self, path: &str, body: Bytes) -> Result<reqwest::Response, ProviderError> {
         let mut req = self
             .http

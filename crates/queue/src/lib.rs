@@ -8,11 +8,13 @@
 //!   (ack, NAK with delay, progress, terminate).
 //! - [`dead_letter`]: moving a message to the dead-letter stream with its reason.
 //! - [`dlq`]: listing, showing and replaying dead letters.
+//! - [`notify`]: core NATS job-event notifications and cancellation broadcasts.
 
 pub mod backlog;
 pub mod consumer;
 pub mod dead_letter;
 pub mod dlq;
+pub mod notify;
 pub mod publisher;
 pub mod puller;
 pub mod setup;

@@ -22,6 +22,9 @@ local new = ARGV[1]
 local now = ARGV[2]
 local ttl = ARGV[3]
 local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur and tonumber(ARGV[4]) == 0 then
+  return {-1, ''}
+end
 if not cur and redis.call('EXISTS', KEYS[3]) == 1 then
   return {0, 'rejected'}
 end
@@ -136,6 +139,49 @@ impl Store {
         self.transition(env, status, &[("error", error)]).await
     }
 
+    /// Ingest: a client cancelled job `id`. Only an existing record is moved (`None` when
+    /// there is none); the state machine refuses it once the job has ended.
+    pub async fn record_cancelled(
+        &self,
+        id: Uuid,
+        error: &JobError,
+    ) -> Result<Option<Transition>, StoreError> {
+        let error =
+            serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let mut inv = self.scripts.transition.key(self.keys.job(id));
+        inv.key(self.keys.job_events(id));
+        inv.key(self.keys.rejected(id));
+        inv.arg(JobStatus::Cancelled.as_str())
+            .arg(now_ms())
+            .arg(self.ttl_s)
+            .arg(0);
+        inv.arg(1).arg("error").arg(error);
+        let mut conn = self.conn().await?;
+        let (applied, current): (i64, String) = self.timed(inv.invoke_async(&mut conn)).await?;
+        match applied {
+            -1 => Ok(None),
+            1 => Ok(Some(Transition::Applied)),
+            _ => parse_status(&current).map(|current| Some(Transition::Refused { current })),
+        }
+    }
+
+    /// Appends a non-status event (a batch of streamed chunks) to the job's history and
+    /// returns its event id. The history keeps the job's TTL.
+    pub async fn append_event(&self, id: Uuid, event: &str) -> Result<u64, StoreError> {
+        let key = self.keys.job_events(id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("RPUSH")
+            .arg(&key)
+            .arg(event)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.ttl_s)
+            .ignore();
+        let mut conn = self.conn().await?;
+        let (len,): (u64,) = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(len)
+    }
+
     async fn transition(
         &self,
         env: &JobEnvelope,
@@ -178,10 +224,45 @@ impl Store {
         if current == "rejected" {
             return Ok(Transition::Rejected);
         }
-        let current = JobStatus::parse(&current).ok_or_else(|| {
-            StoreError::Protocol(format!("unknown status {current:?} in a job record"))
-        })?;
-        Ok(Transition::Refused { current })
+        Ok(Transition::Refused {
+            current: parse_status(&current)?,
+        })
+    }
+
+    /// Status, raw result and raw error of job `id` in one read (for synchronous waiters).
+    pub async fn outcome(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(JobStatus, Option<String>, Option<String>)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (status, result, error): (Option<String>, Option<String>, Option<String>) = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.job(id))
+                    .arg("status")
+                    .arg("result")
+                    .arg("error")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        match status {
+            None => Ok(None),
+            Some(s) => Ok(Some((parse_status(&s)?, result, error))),
+        }
+    }
+
+    /// Only the status of job `id` (a cheap read for waiters).
+    pub async fn status(&self, id: Uuid) -> Result<Option<JobStatus>, StoreError> {
+        let mut conn = self.conn().await?;
+        let s: Option<String> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(self.keys.job(id))
+                    .arg("status")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        s.map(|s| parse_status(&s)).transpose()
     }
 
     /// Ingest: the publish of this job was not acknowledged and the client got a 503. The
@@ -216,6 +297,25 @@ impl Store {
         JobRecord::from_fields(id, fields).map(Some)
     }
 
+    /// At most `limit` events after the first `after` ones.
+    pub async fn events_page(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        let last = after + limit.max(1) - 1;
+        self.timed(
+            redis::cmd("LRANGE")
+                .arg(self.keys.job_events(id))
+                .arg(after)
+                .arg(last)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     /// Events after the first `after` ones (event ids are 1-based positions).
     pub async fn events_after(&self, id: Uuid, after: u64) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
@@ -228,4 +328,9 @@ impl Store {
         )
         .await
     }
+}
+
+fn parse_status(s: &str) -> Result<JobStatus, StoreError> {
+    JobStatus::parse(s)
+        .ok_or_else(|| StoreError::Protocol(format!("unknown status {s:?} in a job record")))
 }

@@ -5,8 +5,12 @@
 //! | `{p}job:{id}` | hash | job record: tenant, status, timestamps, attempts, result, error |
 //! | `{p}job:{id}:events` | list | event history (JSON), index + 1 is the event id |
 //! | `{p}rejected:{id}` | string | tombstone: the publish was answered 503, never run the job |
+//! | `{p}hooks:{tenant}` | set | the tenant's webhook endpoint ids |
+//! | `{p}hook:{id}` | hash | endpoint: tenant, url, events, secret(s), disabled, created_at |
+//! | `{p}hook:{id}:log` | list | the endpoint's latest delivery attempts (JSON, newest first) |
 //!
-//! Both expire `redis.result_ttl_s` after the job's last change.
+//! Job keys expire `redis.result_ttl_s` after the job's last change; webhook endpoints live
+//! until deleted.
 
 use uuid::Uuid;
 
@@ -37,6 +41,18 @@ impl Keys {
 
     pub fn job_events(&self, id: Uuid) -> String {
         format!("{}job:{}:events", self.prefix, id)
+    }
+
+    pub fn tenant_hooks(&self, tenant: &str) -> String {
+        format!("{}hooks:{}", self.prefix, tenant)
+    }
+
+    pub fn hook(&self, id: &str) -> String {
+        format!("{}hook:{}", self.prefix, id)
+    }
+
+    pub fn hook_log(&self, id: &str) -> String {
+        format!("{}hook:{}:log", self.prefix, id)
     }
 }
 

@@ -6,11 +6,13 @@
 //!   atomically, so ingest and any number of workers can race safely).
 //! - [`record`]: the typed job record read back from Redis.
 //! - [`replay`]: the audited operator replay (failed → queued) and the routing record.
+//! - [`webhooks`]: webhook endpoints, per-job webhook targets and delivery logs.
 
 pub mod jobs;
 pub mod keys;
 pub mod record;
 pub mod replay;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ pub use jobs::{JobError, Transition};
 pub use keys::Keys;
 pub use record::JobRecord;
 pub use replay::Replay;
+pub use webhooks::{Endpoint, HookTargets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

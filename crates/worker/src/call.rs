@@ -4,19 +4,22 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::json;
 use sluice_protocol::{JobEnvelope, JobKind};
-use sluice_providers::{Answer, CallError, CallKind, CallRequest};
+use sluice_providers::{CallKind, CallRequest};
 use sluice_store::now_ms;
 use tokio::time::Instant;
 
-use crate::Shared;
+use crate::{Shared, streamed::StreamError};
 
+/// The job's response body: the upstream's JSON, or for a streamed job the completion
+/// assembled from its chunks (which are recorded as job events as they arrive).
 pub async fn upstream(
     shared: &Shared,
     env: &JobEnvelope,
     attempt: u64,
-) -> Result<Answer, CallError> {
+) -> Result<Bytes, StreamError> {
     let route = shared.pools.router().route(&env.model, &env.request).await;
     if let Some(d) = &route {
         let rec = json!({ "requested": env.model, "model": d.model, "tier": d.tier.as_str(), "rule": d.rule });
@@ -41,10 +44,13 @@ pub async fn upstream(
         final_attempt: attempt >= u64::from(shared.cfg.worker.max_attempts),
         deadline,
     };
+    if env.stream && env.kind == JobKind::ChatCompletion {
+        return crate::streamed::run(shared, env, &req).await;
+    }
     let answer = shared.pools.call(&req).await?;
     if answer.served.is_degraded() {
         metrics::counter!("sluice_worker_degraded_answers_total", "served" => answer.served.as_str()).increment(1);
         tracing::info!(job = %env.id, served = answer.served.as_str(), "answered with a degraded result");
     }
-    Ok(answer)
+    Ok(answer.body)
 }

@@ -10,7 +10,7 @@ use sluice_queue::Delivery;
 use sluice_store::{JobError, Transition, now_ms};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Shared, backoff::redelivery_delay};
+use crate::{Shared, backoff::redelivery_delay, streamed::StreamError};
 
 /// What to do with the delivery once the job's fate is decided.
 #[derive(Debug)]
@@ -70,10 +70,17 @@ async fn started(
     env: &JobEnvelope,
     attempt: u64,
 ) -> Outcome {
+    // Registered before the start is recorded, so a cancel landing in between is seen.
+    let tracked = shared.running.track(env.id);
     match shared.store.record_started(env, attempt).await {
-        Ok(Transition::Applied) => {}
+        Ok(Transition::Applied) => shared.queue.notify_job_event(env.id, "in_progress").await,
         Ok(Transition::Refused { current }) if current.is_terminal() => {
-            // A redelivery of a job whose outcome is already recorded (the earlier ack was lost).
+            // A redelivery of a job whose outcome is already recorded (the earlier ack was lost,
+            // or the webhook emission failed): emit again (deduplicated by id), then ack.
+            // A job cancelled through ingest was emitted there.
+            if current != JobStatus::Cancelled && !finished(shared, env, current).await {
+                return retry_later(shared, attempt, None, "webhook_emit");
+            }
             return Outcome::Done {
                 label: "already_done",
             };
@@ -102,14 +109,27 @@ async fn started(
     let call = crate::call::upstream(shared, env, attempt);
     let heartbeat_every =
         Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
+    // Dropping the call on cancellation closes the upstream connection mid-generation.
     let result = tokio::select! {
         r = with_heartbeats(call, delivery, heartbeat_every) => r,
+        _ = tracked.token.cancelled() => return Outcome::Done { label: "cancelled" },
         _ = stop.cancelled() => return Outcome::Release,
     };
+    let result = match result {
+        Ok(r) => Ok(r),
+        Err(StreamError::Upstream(e)) => Err(e),
+        Err(StreamError::Store(e)) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot record streamed chunks; retrying later");
+            return retry_later(shared, attempt, None, "store_unavailable");
+        }
+    };
     match result {
-        Ok(answer) => match shared.store.record_completed(env, &answer.body).await {
-            Ok(_) => {
-                crate::governance::completed(shared, env, &answer.body).await;
+        Ok(response) => match shared.store.record_completed(env, &response).await {
+            Ok(t) => {
+                if t == Transition::Applied && !finished(shared, env, JobStatus::Completed).await {
+                    return retry_later(shared, attempt, None, "webhook_emit");
+                }
+                crate::governance::completed(shared, env, &response).await;
                 Outcome::Done { label: "completed" }
             }
             Err(e) => {
@@ -171,19 +191,31 @@ async fn exhausted(shared: &Shared, env: &JobEnvelope, attempt: u64, last: &str)
             attempt.min(u64::from(shared.cfg.worker.max_attempts))
         ),
         kind: "upstream_error".into(),
-        code: "max_attempts_exceeded".into(),
+        // A provider that kept rate limiting is reported as such, so a synchronous client
+        // gets a 429 it knows how to handle.
+        code: if last == "upstream_rate_limited" {
+            last
+        } else {
+            "max_attempts_exceeded"
+        }
+        .into(),
     };
     match shared
         .store
         .record_ended(env, JobStatus::Failed, &err)
         .await
     {
-        Ok(_) => Outcome::DeadLetter {
-            reason: "max_attempts",
-            error: err.message,
-            tenant: env.tenant.clone(),
-            job_id: Some(env.id.to_string()),
-        },
+        Ok(t) => {
+            if t == Transition::Applied && !finished(shared, env, JobStatus::Failed).await {
+                return retry_later(shared, attempt, None, "webhook_emit");
+            }
+            Outcome::DeadLetter {
+                reason: "max_attempts",
+                error: err.message,
+                tenant: env.tenant.clone(),
+                job_id: Some(env.id.to_string()),
+            }
+        }
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot record the failure; retrying later");
             retry_later(shared, attempt, None, "store_unavailable")
@@ -200,10 +232,31 @@ async fn record_end(
     label: &'static str,
 ) -> Outcome {
     match shared.store.record_ended(env, status, err).await {
-        Ok(_) => Outcome::Done { label },
+        Ok(t) => {
+            if t == Transition::Applied && !finished(shared, env, status).await {
+                return retry_later(shared, attempt, None, "webhook_emit");
+            }
+            Outcome::Done { label }
+        }
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot record the job's end; retrying later");
             retry_later(shared, attempt, None, "store_unavailable")
+        }
+    }
+}
+
+/// After a terminal transition: tells SSE and synchronous waiters, and enqueues the
+/// webhooks. `false` when the webhooks could not be enqueued (the caller retries; the
+/// emission is idempotent).
+async fn finished(shared: &Shared, env: &JobEnvelope, status: JobStatus) -> bool {
+    shared.queue.notify_job_event(env.id, status.as_str()).await;
+    match sluice_webhooks::emit::emit(&shared.queue, &shared.store, env.id, &env.tenant, status)
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot enqueue the job's webhooks; retrying later");
+            false
         }
     }
 }

@@ -12,10 +12,12 @@
 pub mod advisory;
 pub mod backoff;
 pub mod call;
+pub mod cancel;
 pub mod governance;
 pub mod job;
 pub mod schedule;
 pub mod settle;
+pub mod streamed;
 
 use std::{sync::Arc, time::Duration};
 
@@ -40,6 +42,8 @@ pub struct Shared {
     pub store: Store,
     pub pools: Pools,
     pub gov: sluice_governance::Governor,
+    /// Running jobs' cancellation tokens ([`cancel`]).
+    pub running: Arc<cancel::Running>,
 }
 
 /// A running worker replica.
@@ -59,12 +63,14 @@ impl Worker {
         let pools = Pools::new(&cfg)?;
         let grace = Duration::from_secs(cfg.worker.shutdown_grace_s);
         let gov = sluice_governance::Governor::new(store.clone(), cfg.governance.clone());
+        let running = cancel::Running::new(cfg.delivery.max_tracked_jobs);
         let shared = Arc::new(Shared {
             cfg,
             queue,
             store,
             pools,
             gov,
+            running,
         });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),
@@ -82,6 +88,19 @@ impl Worker {
         }
         let (release, release_task) = releaser(4096);
         worker.tasks.spawn(release_task);
+        if shared.cfg.webhooks.dispatcher {
+            worker.tasks.spawn(sluice_webhooks::dispatcher::run(
+                shared.cfg.webhooks.clone(),
+                shared.queue.clone(),
+                shared.store.clone(),
+                worker.stop_fetching.clone(),
+            ));
+        }
+        worker.tasks.spawn(cancel::listen(
+            shared.queue.clone(),
+            shared.running.clone(),
+            worker.stop_fetching.clone(),
+        ));
         let fetcher = Fetcher {
             shared,
             slots: Arc::new(Semaphore::new(0)),

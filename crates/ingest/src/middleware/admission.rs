@@ -4,7 +4,7 @@
 //! becomes `429` with `Retry-After` and, for rate limits, the `RateLimit-Policy` /
 //! `RateLimit` headers; the error `code` names the dimension. When Redis cannot be asked,
 //! `governance.on_store_error` decides — `fail_closed` (default) answers 503, `fail_open`
-//! admits unchecked — and both count in `sluice_governance_store_errors_total` and show in
+//! admits unchecked — and both count in `sluice_governance_store_unavailables_total` and show in
 //! `/readyz`; limiting is never switched off silently.
 
 use axum::http::HeaderMap;
@@ -91,7 +91,7 @@ pub async fn admit(
     let decision = match state.gov.admit(&a, now).await {
         Ok(d) => d,
         Err(e) if gov_cfg.on_store_error == FailPolicy::FailOpen => {
-            metrics::counter!("sluice_governance_store_errors_total", "policy" => "fail_open")
+            metrics::counter!("sluice_governance_store_unavailables_total", "policy" => "fail_open")
                 .increment(1);
             tracing::warn!(error = %e, "admission state unavailable; admitting unchecked (fail_open)");
             return Ok(admitted);
@@ -142,7 +142,7 @@ async fn release(state: &AppState, tenant: &Tenant, admitted: &Admitted, job: Uu
 }
 
 fn unavailable(state: &AppState, e: sluice_governance::GovernanceError) -> ApiError {
-    metrics::counter!("sluice_governance_store_errors_total", "policy" => "fail_closed")
+    metrics::counter!("sluice_governance_store_unavailables_total", "policy" => "fail_closed")
         .increment(1);
     ApiError::AdmissionUnavailable {
         retry_after_s: state.cfg.ingest.retry_after_s,

@@ -1,4 +1,5 @@
-//! `POST /v1/jobs` and `GET /v1/jobs/{id}`.
+//! `POST /v1/jobs` and `GET /v1/jobs/{id}`, and the submission steps the OpenAI-compatible
+//! endpoints share with them.
 
 use std::collections::BTreeMap;
 
@@ -118,19 +119,30 @@ pub async fn submit(
     if let Some(first) = admitted.replay {
         return replayed(&state, first).await;
     }
-    let env = JobEnvelope {
-        schema: SCHEMA_VERSION,
-        id,
-        tenant: tenant.id.to_string(),
-        priority: sub.priority,
-        kind: JobKind::ChatCompletion,
-        model: sub.model,
-        request: sub.request,
-        created_at_ms: now_ms(),
-        deadline_ms: None,
-        replays: 0,
-        traceparent: traceparent(&headers),
-        metadata: sub.metadata,
+    let hook_url = sub.webhook_url.take();
+    let mut env = chat_envelope(&tenant, sub, &headers);
+    env.id = id;
+    // The job's own webhook: checked (SSRF) and stored with a fresh secret before the job
+    // exists, so the dispatcher always finds it; the secret is shown once, here.
+    let hook = match hook_url {
+        Some(url) => {
+            let policy = sluice_webhooks::ssrf::Policy::new(&state.cfg.webhooks.allow_private);
+            let checked = match policy.check_url(&url).await {
+                Ok(u) => u.to_string(),
+                Err(e) => {
+                    admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
+                    return Err(e.into());
+                }
+            };
+            let secret = sluice_webhooks::sign::new_secret();
+            state
+                .store
+                .set_job_hook(env.id, &checked, &secret)
+                .await
+                .map_err(store_unavailable)?;
+            Some(serde_json::json!({ "url": checked, "secret": secret }))
+        }
+        None => None,
     };
     if let Err(e) = state.queue.publish_job(&env).await {
         // The broker may still store it (a publish buffered across a reconnect): leave a
@@ -148,7 +160,65 @@ pub async fn submit(
     if let Err(e) = state.store.record_queued(&env).await {
         tracing::warn!(job = %env.id, error = %e, "job accepted but its queued record was not written");
     }
-    let view = JobView {
+    let mut view = serde_json::to_value(queued_view(env.clone()))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let (Some(hook), Some(obj)) = (hook, view.as_object_mut()) {
+        obj.insert("webhook".into(), hook);
+    }
+    let location = format!("/v1/jobs/{}", env.id);
+    let mut resp = (StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response();
+    for (name, value) in admitted.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// The envelope of a validated chat submission.
+pub(crate) fn chat_envelope(
+    tenant: &Tenant,
+    sub: validate::ChatSubmission,
+    headers: &HeaderMap,
+) -> JobEnvelope {
+    let created_at_ms = now_ms();
+    JobEnvelope {
+        schema: SCHEMA_VERSION,
+        id: Uuid::now_v7(),
+        tenant: tenant.id.to_string(),
+        priority: sub.priority,
+        kind: JobKind::ChatCompletion,
+        model: sub.model,
+        request: sub.request,
+        created_at_ms,
+        deadline_ms: sub
+            .deadline_s
+            .map(|s| created_at_ms.saturating_add(s.saturating_mul(1000))),
+        replays: 0,
+        traceparent: traceparent(headers),
+        metadata: sub.metadata,
+        stream: sub.stream,
+    }
+}
+
+/// Publishes the job and records it as queued: after `Ok` the job is durable.
+pub(crate) async fn enqueue(state: &AppState, env: &JobEnvelope) -> Result<(), ApiError> {
+    state
+        .queue
+        .publish_job(env)
+        .await
+        .map_err(|e| queue_error(state, e))?;
+    metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str())
+        .increment(1);
+    if let Err(e) = state.store.record_queued(env).await {
+        tracing::warn!(job = %env.id, error = %e, "job accepted but its queued record was not written");
+    }
+    Ok(())
+}
+
+/// The view of a job that was just queued (without reading it back).
+pub(crate) fn queued_view(env: JobEnvelope) -> JobView {
+    JobView {
         id: env.id,
         object: "job",
         status: "queued",
@@ -173,15 +243,26 @@ pub async fn submit(
             cancelled_at: None,
             expired_at: None,
         },
-    };
-    let location = format!("/v1/jobs/{}", env.id);
-    let mut resp = (StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response();
-    for (name, value) in admitted.headers {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            resp.headers_mut().insert(name, v);
-        }
     }
-    Ok(resp)
+}
+
+/// The caller's job `id`; another tenant's job is indistinguishable from a missing one.
+pub(crate) async fn owned_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<(Uuid, JobRecord), ApiError> {
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "No job with id '{}'.",
+            id.chars().take(64).collect::<String>()
+        ))
+    };
+    let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
+    match state.store.get(uuid).await.map_err(store_unavailable)? {
+        Some(r) if r.tenant == *tenant.id => Ok((uuid, r)),
+        _ => Err(not_found()),
+    }
 }
 
 /// An idempotent retry: the first request's job as it is now, marked as a replay.
@@ -208,7 +289,7 @@ async fn replayed(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, headers, Json(view)).into_response())
 }
 
-fn store_unavailable(e: sluice_store::StoreError) -> ApiError {
+pub(crate) fn store_unavailable(e: sluice_store::StoreError) -> ApiError {
     ApiError::StoreUnavailable {
         retry_after_s: 1,
         reason: e.to_string(),
@@ -227,17 +308,6 @@ pub async fn get(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "No job with id '{}'.",
-            id.chars().take(64).collect::<String>()
-        ))
-    };
-    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let record = state.store.get(uuid).await.map_err(store_unavailable)?;
-    match record {
-        // Another tenant's job is indistinguishable from a missing one.
-        Some(r) if r.tenant == *tenant.id => Ok(Json(JobView::from(r))),
-        _ => Err(not_found()),
-    }
+    let (_, record) = owned_job(&state, &tenant, &id).await?;
+    Ok(Json(JobView::from(record)))
 }

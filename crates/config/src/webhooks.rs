@@ -1,0 +1,86 @@
+//! The `[webhooks]` section: signed webhook delivery (Standard Webhooks).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Run the dispatcher in the worker process.
+    pub dispatcher: bool,
+    /// Addresses (`IP` or `IP/prefix`) that webhook URLs may resolve to even though they
+    /// are loopback, private, link-local or otherwise internal. Empty in production; tests
+    /// allow their local receiver.
+    pub allow_private: Vec<String>,
+    /// One delivery attempt's time limit (connect + response).
+    pub timeout_ms: u64,
+    /// Delay before each retry, in milliseconds (a jitter of up to `jitter` is added).
+    /// After the last one the delivery is dead-lettered. The default follows the Standard
+    /// Webhooks schedule, stretched to about three days.
+    pub schedule_ms: Vec<u64>,
+    /// Fraction of a retry delay added as random jitter.
+    pub jitter: f64,
+    /// How long a rotated-out secret still signs deliveries (both signatures are sent).
+    pub rotation_grace_s: u64,
+    /// Endpoints one tenant may register.
+    pub max_endpoints_per_tenant: usize,
+    /// Delivery attempts kept in each endpoint's log.
+    pub log_len: usize,
+    /// Deliveries the dispatcher runs at once.
+    pub concurrency: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let s = 1000;
+        let h = 3600 * s;
+        WebhooksConfig {
+            dispatcher: true,
+            allow_private: Vec::new(),
+            timeout_ms: 15_000,
+            schedule_ms: vec![
+                5 * s,
+                300 * s,
+                1800 * s,
+                2 * h,
+                5 * h,
+                10 * h,
+                10 * h,
+                10 * h,
+                10 * h,
+                10 * h,
+                10 * h,
+            ],
+            jitter: 0.2,
+            rotation_grace_s: 24 * 3600,
+            max_endpoints_per_tenant: 16,
+            log_len: 100,
+            concurrency: 32,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.timeout_ms == 0 || self.concurrency == 0 || self.log_len == 0 {
+            return bad("webhooks.timeout_ms, concurrency and log_len must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return bad("webhooks.jitter must be between 0 and 1");
+        }
+        if self.schedule_ms.len() > 50 {
+            return bad("webhooks.schedule_ms may have at most 50 retries");
+        }
+        for a in &self.allow_private {
+            let ip = a.split('/').next().unwrap_or_default();
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "webhooks.allow_private: {a:?} is not an IP or IP/prefix"
+                )));
+            }
+        }
+        Ok(())
+    }
+}

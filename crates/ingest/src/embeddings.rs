@@ -1,0 +1,113 @@
+//! Validation of an `/v1/embeddings` body: OpenAI's fields only, `model` and `input`
+//! required, `input` a string or an array of strings or token arrays.
+
+use serde_json::{Map, Value};
+
+use crate::{
+    error::ApiError,
+    validate::{json_error_kind, model, truncate, wrong_type},
+};
+
+const FIELDS: &[&str] = &["model", "input", "encoding_format", "dimensions", "user"];
+
+/// Most inputs in one request (OpenAI's limit).
+pub const MAX_INPUTS: usize = 2048;
+
+#[derive(Debug)]
+pub struct EmbeddingSubmission {
+    pub model: String,
+    pub request: Vec<u8>,
+}
+
+pub fn embedding_submission(body: &[u8]) -> Result<EmbeddingSubmission, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(
+            format!(
+                "The request body is not valid JSON ({}).",
+                json_error_kind(&e)
+            ),
+            None,
+            "invalid_json",
+        )
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid(
+            "The request body must be a JSON object.",
+            None,
+            "invalid_json",
+        ));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            format!(
+                "Unrecognized request argument supplied: '{}'.",
+                truncate(unknown, 64)
+            ),
+            Some(unknown),
+            "unknown_parameter",
+        ));
+    }
+    let model = model(&obj)?;
+    input(&obj)?;
+    let request = serde_json::to_vec(&Value::Object(obj))
+        .map_err(|e| ApiError::Internal(format!("re-encoding a validated request: {e}")))?;
+    Ok(EmbeddingSubmission { model, request })
+}
+
+fn input(obj: &Map<String, Value>) -> Result<(), ApiError> {
+    let ok = match obj.get("input") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                "Missing required parameter: 'input'.",
+                Some("input"),
+                "missing_required_parameter",
+            ));
+        }
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(items)) => {
+            !items.is_empty()
+                && items.len() <= MAX_INPUTS
+                && items.iter().all(|i| match i {
+                    Value::String(s) => !s.is_empty(),
+                    Value::Number(n) => n.is_u64(),
+                    Value::Array(tokens) => {
+                        !tokens.is_empty() && tokens.iter().all(|t| t.as_u64().is_some())
+                    }
+                    _ => false,
+                })
+        }
+        Some(_) => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(wrong_type(
+            "input",
+            "a non-empty string or array of strings or token arrays",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_strings_and_arrays_and_refuses_the_rest() {
+        assert!(embedding_submission(br#"{"model":"e","input":"hi"}"#).is_ok());
+        assert!(
+            embedding_submission(br#"{"model":"e","input":["a","b"],"encoding_format":"float"}"#)
+                .is_ok()
+        );
+        assert!(embedding_submission(br#"{"model":"e","input":[[1,2],[3]]}"#).is_ok());
+        for bad in [
+            r#"{"model":"e"}"#,
+            r#"{"model":"e","input":""}"#,
+            r#"{"model":"e","input":[]}"#,
+            r#"{"input":"x"}"#,
+            r#"{"model":"e","input":"x","priority":"high"}"#,
+        ] {
+            assert!(embedding_submission(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}

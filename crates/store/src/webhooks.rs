@@ -1,0 +1,279 @@
+//! Webhook endpoints, per-job webhook targets and delivery logs.
+//!
+//! Secrets are stored as given (`whsec_…`): they sign requests, so they cannot be hashed.
+//! A rotation keeps the previous secret in `old_secret` until `old_until`, and the
+//! dispatcher signs with both meanwhile.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// A registered endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub id: String,
+    pub tenant: String,
+    pub url: String,
+    /// Event types it receives (`job.completed`, …).
+    pub events: Vec<String>,
+    pub secret: String,
+    /// The previous secret and until when (ms) it still signs.
+    pub old_secret: Option<(String, u64)>,
+    pub disabled: bool,
+    pub created_at_ms: u64,
+}
+
+impl Endpoint {
+    fn from_fields(id: &str, f: BTreeMap<String, String>) -> Option<Endpoint> {
+        let old_until = f.get("old_until").and_then(|v| v.parse().ok()).unwrap_or(0);
+        Some(Endpoint {
+            id: id.to_string(),
+            tenant: f.get("tenant")?.clone(),
+            url: f.get("url")?.clone(),
+            events: f
+                .get("events")
+                .map(|e| {
+                    e.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            secret: f.get("secret")?.clone(),
+            old_secret: f
+                .get("old_secret")
+                .filter(|s| !s.is_empty())
+                .map(|s| (s.clone(), old_until)),
+            disabled: f.get("disabled").is_some_and(|d| d == "1"),
+            created_at_ms: f
+                .get("created_at")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// Where a job's terminal event goes: its own webhook (if it has one) and the tenant's
+/// endpoint ids.
+#[derive(Debug, Clone, Default)]
+pub struct HookTargets {
+    pub tenant: Option<String>,
+    pub job_url: Option<String>,
+    pub endpoints: Vec<String>,
+}
+
+impl Store {
+    /// Registers an endpoint; `false` when the tenant already has `max` endpoints.
+    pub async fn create_endpoint(&self, ep: &Endpoint, max: usize) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let set = self.keys.tenant_hooks(&ep.tenant);
+        let n: usize = self
+            .timed(redis::cmd("SCARD").arg(&set).query_async(&mut conn))
+            .await?;
+        if n >= max {
+            return Ok(false);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(self.keys.hook(&ep.id))
+            .arg("tenant")
+            .arg(&ep.tenant)
+            .arg("url")
+            .arg(&ep.url)
+            .arg("events")
+            .arg(ep.events.join(","))
+            .arg("secret")
+            .arg(&ep.secret)
+            .arg("disabled")
+            .arg(if ep.disabled { "1" } else { "0" })
+            .arg("created_at")
+            .arg(ep.created_at_ms)
+            .ignore()
+            .cmd("SADD")
+            .arg(&set)
+            .arg(&ep.id)
+            .ignore();
+        self.timed(pipe.query_async::<()>(&mut conn)).await?;
+        Ok(true)
+    }
+
+    pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        let mut conn = self.conn().await?;
+        let f: BTreeMap<String, String> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.hook(id))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(Endpoint::from_fields(id, f))
+    }
+
+    /// The tenant's endpoint `id`, or `None` (also for another tenant's).
+    pub async fn tenant_endpoint(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<Endpoint>, StoreError> {
+        Ok(self.endpoint(id).await?.filter(|e| e.tenant == tenant))
+    }
+
+    pub async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut ids: Vec<String> = self
+            .timed(
+                redis::cmd("SMEMBERS")
+                    .arg(self.keys.tenant_hooks(tenant))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        ids.sort();
+        drop(conn);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = self.endpoint(&id).await? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        if self.tenant_endpoint(tenant, id).await?.is_none() {
+            return Ok(false);
+        }
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SREM")
+            .arg(self.keys.tenant_hooks(tenant))
+            .arg(id)
+            .ignore()
+            .cmd("DEL")
+            .arg(self.keys.hook(id))
+            .arg(self.keys.hook_log(id))
+            .ignore();
+        self.timed(pipe.query_async::<()>(&mut conn)).await?;
+        Ok(true)
+    }
+
+    /// Replaces the secret, keeping the current one valid until `old_until_ms`.
+    pub async fn rotate_secret(
+        &self,
+        ep: &Endpoint,
+        new_secret: &str,
+        old_until_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("HSET")
+                .arg(self.keys.hook(&ep.id))
+                .arg("secret")
+                .arg(new_secret)
+                .arg("old_secret")
+                .arg(&ep.secret)
+                .arg("old_until")
+                .arg(old_until_ms)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// The receiver answered `410 Gone`: no more deliveries.
+    pub async fn disable_endpoint(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("HSET")
+                .arg(self.keys.hook(id))
+                .arg("disabled")
+                .arg("1")
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Prepends a delivery attempt (JSON) to the endpoint's log, keeping `max`.
+    pub async fn log_delivery(&self, id: &str, entry: &str, max: usize) -> Result<(), StoreError> {
+        let key = self.keys.hook_log(id);
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("LPUSH")
+            .arg(&key)
+            .arg(entry)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(max.max(1) - 1)
+            .ignore();
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    pub async fn delivery_log(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("LRANGE")
+                .arg(self.keys.hook_log(id))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// Ingest, before publishing: the job's own webhook URL and its signing secret.
+    pub async fn set_job_hook(&self, job: Uuid, url: &str, secret: &str) -> Result<(), StoreError> {
+        let key = self.keys.job(job);
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("webhook_url")
+            .arg(url)
+            .arg("webhook_secret")
+            .arg(secret)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.ttl_s)
+            .ignore();
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// The job's webhook URL and secret, if it has one.
+    pub async fn job_hook(&self, job: Uuid) -> Result<Option<(String, String)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (url, secret): (Option<String>, Option<String>) = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.keys.job(job))
+                    .arg("webhook_url")
+                    .arg("webhook_secret")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(url.zip(secret))
+    }
+
+    /// Everything a terminal event of `job` is delivered to, in one round trip.
+    pub async fn hook_targets(&self, job: Uuid, tenant: &str) -> Result<HookTargets, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.keys.job(job))
+            .arg("webhook_url")
+            .arg("tenant");
+        pipe.cmd("SMEMBERS").arg(self.keys.tenant_hooks(tenant));
+        let ((job_url, rec_tenant), endpoints): ((Option<String>, Option<String>), Vec<String>) =
+            self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(HookTargets {
+            tenant: rec_tenant,
+            job_url,
+            endpoints,
+        })
+    }
+}

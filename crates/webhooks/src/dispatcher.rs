@@ -1,0 +1,447 @@
+//! The dispatcher: consumes `HOOKS` and makes each delivery.
+//!
+//! One attempt per broker delivery: the message's delivery count is the attempt number.
+//! Success (`2xx`) acks; `410 Gone` disables the endpoint and acks; anything else (`3xx`
+//! included, since redirects are not followed, `4xx`, `5xx`, timeouts, refused addresses)
+//! NAKs with the next delay of `webhooks.schedule_ms` plus jitter, or the receiver's
+//! `Retry-After` if longer. After the schedule the delivery goes to the dead-letter stream.
+//! Every attempt is written to the endpoint's delivery log.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, AckKind, consumer},
+};
+use futures_util::StreamExt;
+use rand::Rng;
+use serde_json::json;
+use sluice_config::WebhooksConfig;
+use sluice_queue::Queue;
+use sluice_store::{Store, now_ms};
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    HookError,
+    emit::{Delivery, ensure_stream},
+    sign::sign,
+    ssrf::{GuardedResolver, Policy, literal_ip},
+};
+
+/// Longest `Retry-After` honoured (a day).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+struct Ctx {
+    cfg: WebhooksConfig,
+    queue: Queue,
+    store: Store,
+    http: reqwest::Client,
+    policy: Arc<Policy>,
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Attempt {
+    Delivered(u16),
+    Gone,
+    Failed {
+        status: Option<u16>,
+        reason: &'static str,
+        retry_after: Option<Duration>,
+    },
+    /// Nothing to deliver to (endpoint deleted or disabled, not subscribed, job expired).
+    Skipped(&'static str),
+}
+
+/// Runs until `stop`; in-flight deliveries finish (bounded by the attempt timeout).
+pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: CancellationToken) {
+    let policy = Arc::new(Policy::new(&cfg.allow_private));
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_millis(cfg.timeout_ms))
+        .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }))
+        .user_agent("Sluice-Webhooks/1")
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook HTTP client; dispatcher not running");
+            return;
+        }
+    };
+    let ctx = Arc::new(Ctx {
+        cfg,
+        queue,
+        store,
+        http,
+        policy,
+    });
+    let Some(consumer) = setup(&ctx, &stop).await else {
+        return;
+    };
+    let slots = Arc::new(Semaphore::new(ctx.cfg.concurrency));
+    let tasks = TaskTracker::new();
+    while !stop.is_cancelled() {
+        let free = slots.available_permits().max(1);
+        let batch = consumer
+            .fetch()
+            .max_messages(free)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await;
+        let mut msgs = match batch {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook fetch failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = stop.cancelled() => break,
+                }
+            }
+        };
+        while let Some(m) = msgs.next().await {
+            let Ok(msg) = m else { continue };
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stop.cancelled() => break,
+            };
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                handle(&ctx, msg).await;
+            });
+        }
+    }
+    tasks.close();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(ctx.cfg.timeout_ms + 2_000),
+        tasks.wait(),
+    )
+    .await;
+}
+
+async fn setup(
+    ctx: &Ctx,
+    stop: &CancellationToken,
+) -> Option<consumer::Consumer<consumer::pull::Config>> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            ensure_stream(&ctx.queue).await?;
+            let s = ctx.queue.subjects();
+            let stream = ctx
+                .queue
+                .jetstream()
+                .get_stream(s.hooks_stream())
+                .await
+                .map_err(q)?;
+            let name = s.hooks_consumer();
+            stream
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    name: Some(name),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_millis(ctx.cfg.timeout_ms) + Duration::from_secs(15),
+                    max_deliver: ctx.cfg.schedule_ms.len() as i64 + 3,
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                })
+                .await
+                .map_err(q)
+        };
+        match attempt.await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set up the webhook consumer yet; retrying")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn q<E: std::fmt::Display>(e: E) -> HookError {
+    HookError::Queue(sluice_queue::QueueError::Broker(e.to_string()))
+}
+
+async fn handle(ctx: &Ctx, msg: jetstream::Message) {
+    let attempt = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+    let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let Ok(d) = serde_json::from_slice::<Delivery>(&msg.payload) else {
+        tracing::warn!("undecodable webhook delivery; terminated");
+        let _ = msg.ack_with(AckKind::Term).await;
+        return;
+    };
+    let result = match attempt_once(ctx, &d).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Our own store is unavailable: not the receiver's fault, try again soon.
+            tracing::warn!(error = %e, "webhook delivery could not be prepared");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    };
+    let retries = ctx.cfg.schedule_ms.len() as u64;
+    let (outcome, ack, next) = match &result {
+        Attempt::Delivered(_) => ("delivered", AckKind::Ack, None),
+        Attempt::Skipped(_) => ("skipped", AckKind::Ack, None),
+        Attempt::Gone => {
+            if d.target != "job"
+                && let Err(e) = ctx.store.disable_endpoint(&d.target).await
+            {
+                tracing::warn!(error = %e, "cannot disable a gone endpoint");
+            }
+            ("gone", AckKind::Ack, None)
+        }
+        Attempt::Failed { retry_after, .. } if attempt <= retries => {
+            let delay = next_delay(&ctx.cfg, attempt, *retry_after);
+            ("retry", AckKind::Nak(Some(delay)), Some(delay))
+        }
+        Attempt::Failed { .. } => ("exhausted", AckKind::Term, None),
+    };
+    metrics::counter!("sluice_webhook_attempts_total", "outcome" => outcome).increment(1);
+    if let Attempt::Skipped(why) = result {
+        tracing::debug!(why, "webhook delivery skipped");
+    } else {
+        log_attempt(ctx, &d, attempt, &result, outcome, next).await;
+    }
+    if outcome == "exhausted"
+        && let Err(e) = dead_letter(ctx, &d, stream_seq, attempt, &msg.payload).await
+    {
+        tracing::warn!(error = %e, "cannot dead-letter an exhausted webhook; retrying");
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+            .await;
+        return;
+    }
+    if let Err(e) = msg.ack_with(ack).await {
+        tracing::debug!(error = %e, "settling a webhook delivery failed; it is redelivered");
+    }
+}
+
+/// The delay before retry `attempt` (1-based): the schedule's entry plus jitter, or the
+/// receiver's `Retry-After` if that is longer.
+pub fn next_delay(cfg: &WebhooksConfig, attempt: u64, retry_after: Option<Duration>) -> Duration {
+    let idx = usize::try_from(attempt.saturating_sub(1))
+        .unwrap_or(usize::MAX)
+        .min(cfg.schedule_ms.len().saturating_sub(1));
+    let base = cfg.schedule_ms.get(idx).copied().unwrap_or(0);
+    let jitter = if cfg.jitter > 0.0 {
+        rand::rng().random_range(0.0..=cfg.jitter)
+    } else {
+        0.0
+    };
+    let scheduled =
+        Duration::from_millis(base) + Duration::from_millis((base as f64 * jitter) as u64);
+    scheduled.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+}
+
+async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
+    let (url, secrets) = if d.target == "job" {
+        match ctx.store.job_hook(d.job_id).await? {
+            Some((url, secret)) => (url, vec![secret]),
+            None => return Ok(Attempt::Skipped("the job and its webhook expired")),
+        }
+    } else {
+        let Some(ep) = ctx.store.endpoint(&d.target).await? else {
+            return Ok(Attempt::Skipped("endpoint deleted"));
+        };
+        if ep.disabled {
+            return Ok(Attempt::Skipped("endpoint disabled"));
+        }
+        if !ep.events.is_empty() && !ep.events.contains(&d.kind) {
+            return Ok(Attempt::Skipped("endpoint not subscribed to this event"));
+        }
+        let mut secrets = vec![ep.secret];
+        if let Some((old, until)) = ep.old_secret
+            && until > now_ms()
+        {
+            secrets.push(old);
+        }
+        (ep.url, secrets)
+    };
+    let Ok(parsed) = crate::ssrf::parse(&url) else {
+        return Ok(Attempt::Failed {
+            status: None,
+            reason: "invalid_url",
+            retry_after: None,
+        });
+    };
+    if literal_ip(&parsed).is_some_and(|ip| !ctx.policy.permits(ip)) {
+        return Ok(Attempt::Failed {
+            status: None,
+            reason: "address_refused",
+            retry_after: None,
+        });
+    }
+    let body = serde_json::to_vec(&d.payload())?;
+    let ts = now_ms() / 1000;
+    let sigs: Vec<String> = secrets
+        .iter()
+        .filter_map(|s| sign(s, &d.event_id, ts, &body))
+        .collect();
+    let req = ctx
+        .http
+        .post(parsed)
+        .header("content-type", "application/json")
+        .header("webhook-id", &d.event_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sigs.join(" "))
+        .body(body);
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Ok(match status {
+                200..=299 => Attempt::Delivered(status),
+                410 => Attempt::Gone,
+                300..=399 => Attempt::Failed {
+                    status: Some(status),
+                    reason: "redirect",
+                    retry_after: None,
+                },
+                _ => Attempt::Failed {
+                    status: Some(status),
+                    reason: "http_error",
+                    retry_after,
+                },
+            })
+        }
+        Err(e) => {
+            let reason = if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connect"
+            } else {
+                "transport"
+            };
+            Ok(Attempt::Failed {
+                status: None,
+                reason,
+                retry_after: None,
+            })
+        }
+    }
+}
+
+async fn log_attempt(
+    ctx: &Ctx,
+    d: &Delivery,
+    attempt: u64,
+    result: &Attempt,
+    outcome: &str,
+    next: Option<Duration>,
+) {
+    let (status, reason) = match result {
+        Attempt::Delivered(s) => (Some(*s), None),
+        Attempt::Gone => (Some(410), None),
+        Attempt::Failed { status, reason, .. } => (*status, Some(*reason)),
+        Attempt::Skipped(_) => (None, None),
+    };
+    if d.target == "job" {
+        return;
+    }
+    let entry = json!({
+        "object": "webhook.delivery",
+        "webhook_id": d.event_id,
+        "type": d.kind,
+        "job_id": d.job_id,
+        "attempt": attempt,
+        "at": now_ms(),
+        "status_code": status,
+        "outcome": outcome,
+        "error": reason,
+        "next_attempt_in_ms": next.map(|n| n.as_millis() as u64),
+    });
+    if let Err(e) = ctx
+        .store
+        .log_delivery(&d.target, &entry.to_string(), ctx.cfg.log_len)
+        .await
+    {
+        tracing::debug!(error = %e, "delivery log not written");
+    }
+}
+
+async fn dead_letter(
+    ctx: &Ctx,
+    d: &Delivery,
+    seq: u64,
+    attempts: u64,
+    payload: &[u8],
+) -> Result<(), HookError> {
+    let s = ctx.queue.subjects();
+    let subject = s.dlq("webhook_exhausted", &d.tenant);
+    let mut h = HeaderMap::new();
+    h.insert(
+        "Nats-Msg-Id",
+        format!("dlq-{}-{}", s.hooks_stream(), seq).as_str(),
+    );
+    h.insert("Sluice-Reason", "webhook_exhausted");
+    h.insert("Sluice-Attempts", attempts.to_string().as_str());
+    h.insert("Sluice-Job-Id", d.job_id.to_string().as_str());
+    h.insert("Sluice-Webhook-Target", d.target.as_str());
+    let ack = ctx
+        .queue
+        .jetstream()
+        .publish_with_headers(subject, h, payload.to_vec().into())
+        .await
+        .map_err(q)?;
+    tokio::time::timeout(Duration::from_secs(5), ack)
+        .await
+        .map_err(|_| q("dead-letter ack timed out"))?
+        .map_err(q)?;
+    metrics::counter!("sluice_webhook_dead_letters_total").increment(1);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_follow_the_schedule_with_bounded_jitter_and_retry_after() {
+        let cfg = WebhooksConfig {
+            schedule_ms: vec![1000, 60_000],
+            jitter: 0.2,
+            ..WebhooksConfig::default()
+        };
+        for _ in 0..50 {
+            let d = next_delay(&cfg, 1, None);
+            assert!(
+                d >= Duration::from_millis(1000) && d <= Duration::from_millis(1200),
+                "{d:?}"
+            );
+        }
+        let d = next_delay(&cfg, 2, None);
+        assert!(d >= Duration::from_secs(60) && d <= Duration::from_secs(72));
+        assert_eq!(
+            next_delay(&cfg, 1, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            next_delay(&cfg, 1, Some(Duration::from_secs(999_999))),
+            MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn the_default_schedule_spans_about_three_days() {
+        let total: u64 = WebhooksConfig::default().schedule_ms.iter().sum();
+        let days = total as f64 / 86_400_000.0;
+        assert!((2.5..=3.5).contains(&days), "{days}");
+    }
+}

@@ -1,0 +1,157 @@
+//! Emitting a job's terminal event: one durable message per target on `HOOKS`.
+//!
+//! Called by whoever records the terminal state (the worker; ingest for a cancel) before the
+//! job's message is acknowledged, so a crash in between re-emits on redelivery. The
+//! JetStream message id is `<event id>:<target>`, so a re-emission within the duplicate window
+//! is stored once; past it, the receiver still sees the same `webhook-id` and can dedupe.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, jetstream::stream};
+use serde::{Deserialize, Serialize};
+use sluice_protocol::JobStatus;
+use sluice_queue::Queue;
+use sluice_store::Store;
+use uuid::Uuid;
+
+use crate::HookError;
+
+/// What the dispatcher delivers (the message body on `HOOKS`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The `webhook-id` and the payload's `id`: the same for every attempt.
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub job_id: Uuid,
+    pub tenant: String,
+    /// Unix seconds of the event.
+    pub created_at: u64,
+    /// `job` for the job's own webhook, else an endpoint id.
+    pub target: String,
+}
+
+impl Delivery {
+    /// The thin payload: `{id, object, type, created_at, data: {id}}`.
+    pub fn payload(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.event_id,
+            "object": "event",
+            "type": self.kind,
+            "created_at": self.created_at,
+            "data": { "id": self.job_id, "object": "job" },
+        })
+    }
+}
+
+/// The event type of a terminal status.
+pub fn event_type(status: JobStatus) -> Option<&'static str> {
+    match status {
+        JobStatus::Completed => Some("job.completed"),
+        JobStatus::Failed => Some("job.failed"),
+        JobStatus::Cancelled => Some("job.cancelled"),
+        JobStatus::Expired => Some("job.expired"),
+        JobStatus::Queued | JobStatus::InProgress => None,
+    }
+}
+
+/// Enqueues the deliveries for job `job_id` having ended in `status`.
+pub async fn emit(
+    queue: &Queue,
+    store: &Store,
+    job_id: Uuid,
+    tenant: &str,
+    status: JobStatus,
+) -> Result<usize, HookError> {
+    let Some(kind) = event_type(status) else {
+        return Ok(0);
+    };
+    let targets = store.hook_targets(job_id, tenant).await?;
+    let tenant = targets.tenant.clone().unwrap_or_else(|| tenant.to_string());
+    let mut names: Vec<String> = targets.endpoints;
+    if targets.job_url.is_some() {
+        names.push("job".into());
+    }
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let created_at = sluice_store::now_ms() / 1000;
+    let event_id = format!(
+        "evt_{}_{}",
+        job_id.simple(),
+        kind.trim_start_matches("job.")
+    );
+    for target in &names {
+        let d = Delivery {
+            event_id: event_id.clone(),
+            kind: kind.into(),
+            job_id,
+            tenant: tenant.clone(),
+            created_at,
+            target: target.clone(),
+        };
+        publish(queue, &d).await?;
+    }
+    metrics::counter!("sluice_webhook_events_total", "type" => kind).increment(names.len() as u64);
+    Ok(names.len())
+}
+
+async fn publish(queue: &Queue, d: &Delivery) -> Result<(), HookError> {
+    let body = serde_json::to_vec(d)?;
+    let subject = queue.subjects().hook(&d.tenant);
+    let mut ensured = false;
+    loop {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "Nats-Msg-Id",
+            format!("{}:{}", d.event_id, d.target).as_str(),
+        );
+        let sent = async {
+            let ack = queue
+                .jetstream()
+                .publish_with_headers(subject.clone(), h, body.clone().into())
+                .await
+                .map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))?;
+            ack.await
+                .map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))
+        };
+        match tokio::time::timeout(
+            Duration::from_millis(queue.config().publish_timeout_ms),
+            sent,
+        )
+        .await
+        {
+            Ok(Ok(_)) => return Ok(()),
+            // The stream may not exist yet (first use): create it once and try again.
+            Ok(Err(_)) if !ensured => {
+                ensure_stream(queue).await?;
+                ensured = true;
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(sluice_queue::QueueError::Timeout.into()),
+        }
+    }
+}
+
+/// Creates or updates the `HOOKS` stream (work queue, file storage, deduplication window).
+pub async fn ensure_stream(queue: &Queue) -> Result<(), HookError> {
+    let s = queue.subjects();
+    let cfg = queue.config();
+    queue
+        .jetstream()
+        .create_or_update_stream(stream::Config {
+            name: s.hooks_stream(),
+            subjects: vec![s.hooks_wildcard()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_messages: cfg.max_queued_jobs,
+            max_bytes: cfg.max_queue_bytes.min(256 * 1024 * 1024),
+            duplicate_window: Duration::from_secs(cfg.duplicate_window_s),
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| sluice_queue::QueueError::Broker(e.to_string()))?;
+    Ok(())
+}

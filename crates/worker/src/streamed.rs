@@ -1,0 +1,202 @@
+//! Running a job whose request asked for `stream: true`.
+//!
+//! The upstream is called with streaming on; its chunks are forwarded as job events (one
+//! `{"type":"chunks","chunks":[…]}` history entry per `delivery.stream_flush_ms`, so the
+//! history grows with the call's duration, not its token count) and assembled into the
+//! `chat.completion` object stored as the job's result. Chunks are kept verbatim, so the
+//! OpenAI-compatible endpoint replays exactly what the upstream sent. A retried attempt
+//! streams again after its own `in_progress` event; readers start over at that event.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use sluice_protocol::JobEnvelope;
+use sluice_providers::{CallError, CallRequest, ChunkStream, ProviderError};
+use sluice_store::StoreError;
+
+use crate::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Upstream(#[from] CallError),
+    #[error("recording streamed chunks failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<ProviderError> for StreamError {
+    fn from(e: ProviderError) -> Self {
+        StreamError::Upstream(CallError::Upstream(e))
+    }
+}
+
+/// Streams the call through the model pools (retried on other deployments until the first
+/// byte), forwarding chunk batches; returns the assembled completion.
+pub async fn run(
+    shared: &Shared,
+    env: &JobEnvelope,
+    req: &CallRequest<'_>,
+) -> Result<Bytes, StreamError> {
+    let answer = shared.pools.stream(req).await?;
+    let mut chunks = ChunkStream::new(answer.stream);
+    let flush_every = Duration::from_millis(shared.cfg.delivery.stream_flush_ms);
+    let mut asm = Assembler::default();
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut last_flush = tokio::time::Instant::now();
+    loop {
+        let next = if batch.is_empty() {
+            chunks.next_chunk().await?
+        } else {
+            match tokio::time::timeout_at(last_flush + flush_every, chunks.next_chunk()).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    flush(shared, env, &mut batch).await?;
+                    last_flush = tokio::time::Instant::now();
+                    continue;
+                }
+            }
+        };
+        let Some(chunk) = next else { break };
+        asm.add(&chunk);
+        batch.push(chunk);
+        if last_flush.elapsed() >= flush_every {
+            flush(shared, env, &mut batch).await?;
+            last_flush = tokio::time::Instant::now();
+        }
+    }
+    flush(shared, env, &mut batch).await?;
+    Ok(Bytes::from(asm.finish(&env.model).to_string()))
+}
+
+async fn flush(
+    shared: &Shared,
+    env: &JobEnvelope,
+    batch: &mut Vec<Bytes>,
+) -> Result<(), StoreError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut event = Vec::with_capacity(batch.iter().map(Bytes::len).sum::<usize>() + 32);
+    event.extend_from_slice(br#"{"type":"chunks","chunks":["#);
+    for (i, c) in batch.drain(..).enumerate() {
+        if i > 0 {
+            event.push(b',');
+        }
+        event.extend_from_slice(&c);
+    }
+    event.extend_from_slice(b"]}");
+    shared
+        .store
+        .append_event(env.id, &String::from_utf8_lossy(&event))
+        .await?;
+    shared.queue.notify_job_event(env.id, "chunks").await;
+    Ok(())
+}
+
+/// Builds a `chat.completion` from `chat.completion.chunk`s: content, role, tool calls'
+/// argument text and finish reason per choice, and the usage of the last chunk carrying it.
+#[derive(Default)]
+pub struct Assembler {
+    id: Option<String>,
+    created: Option<Value>,
+    model: Option<String>,
+    choices: BTreeMap<u64, Choice>,
+    usage: Option<Value>,
+}
+
+#[derive(Default)]
+struct Choice {
+    role: Option<String>,
+    content: String,
+    finish_reason: Option<Value>,
+}
+
+impl Assembler {
+    pub fn add(&mut self, chunk: &[u8]) {
+        let Ok(Value::Object(c)) = serde_json::from_slice::<Value>(chunk) else {
+            return;
+        };
+        if self.id.is_none() {
+            self.id = c.get("id").and_then(Value::as_str).map(str::to_string);
+            self.created = c.get("created").cloned();
+            self.model = c.get("model").and_then(Value::as_str).map(str::to_string);
+        }
+        if let Some(u) = c.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(u.clone());
+        }
+        for ch in c
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index = ch.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let slot = self.choices.entry(index).or_default();
+            if let Some(delta) = ch.get("delta") {
+                if let Some(r) = delta.get("role").and_then(Value::as_str) {
+                    slot.role = Some(r.to_string());
+                }
+                if let Some(t) = delta.get("content").and_then(Value::as_str) {
+                    slot.content.push_str(t);
+                }
+            }
+            if let Some(f) = ch.get("finish_reason").filter(|f| !f.is_null()) {
+                slot.finish_reason = Some(f.clone());
+            }
+        }
+    }
+
+    pub fn finish(self, model: &str) -> Value {
+        let choices: Vec<Value> = self
+            .choices
+            .into_iter()
+            .map(|(index, c)| {
+                json!({
+                    "index": index,
+                    "message": { "role": c.role.unwrap_or_else(|| "assistant".into()), "content": c.content },
+                    "logprobs": null,
+                    "finish_reason": c.finish_reason.unwrap_or(Value::Null),
+                })
+            })
+            .collect();
+        let mut out = Map::new();
+        out.insert("id".into(), json!(self.id.unwrap_or_default()));
+        out.insert("object".into(), json!("chat.completion"));
+        out.insert("created".into(), self.created.unwrap_or(json!(0)));
+        out.insert(
+            "model".into(),
+            json!(self.model.unwrap_or_else(|| model.to_string())),
+        );
+        out.insert("choices".into(), Value::Array(choices));
+        if let Some(u) = self.usage {
+            out.insert("usage".into(), u);
+        }
+        Value::Object(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assembles_content_finish_reason_and_usage() {
+        let mut a = Assembler::default();
+        a.add(br#"{"id":"c1","created":5,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#);
+        a.add(br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel"}}]}"#);
+        a.add(
+            br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":null}]}"#,
+        );
+        a.add(br#"{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+        a.add(br#"{"id":"c1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#);
+        a.add(b"not json");
+        let v = a.finish("x");
+        assert_eq!(v["id"], "c1");
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["usage"]["total_tokens"], 3);
+    }
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Benchmarks the synchronous OpenAI-compatible endpoint against the simulator at zero
+# latency: closed loop at concurrency 64 (throughput, CPU time per request across ingest +
+# worker + NATS + Redis), then open loop at 500 req/s through Sluice and straight at the
+# simulator (added latency p50/p99). Starts its own NATS, Redis, simulator, ingest and worker
+# (release builds) on loopback; every run is bounded in time.
+#
+#   bash scripts/bench_sync.sh [DURATION_S]   (default 15 s per phase)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+DURATION="${1:-15}"
+
+NATS_BIN="$(ensure_nats_server)"
+REDIS_BIN="$(ensure_redis_server)"
+cargo build --release --quiet -p sluice-ingest -p sluice-worker -p sluice-sim -p sluice-bench
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+
+new_run_dir sluice-bench
+
+NATS_PORT="$(free_port)"; REDIS_PORT="$(free_port)"; SIM_PORT="$(free_port)"; INGEST_PORT="$(free_port)"
+NATS_PID="$(start_nats "$NATS_BIN" "$NATS_PORT" "$RUN_DIR/nats" "$RUN_DIR/nats.log")"; PIDS+=("$NATS_PID")
+REDIS_PID="$(start_redis "$REDIS_BIN" "$REDIS_PORT" "$RUN_DIR/redis" "$RUN_DIR/redis.log")"; PIDS+=("$REDIS_PID")
+KEY="sk-bench-$RANDOM$RANDOM"
+HASH="$(printf '%s' "$KEY" | sha256sum | cut -d' ' -f1)"
+cat >"$RUN_DIR/sluice.toml" <<TOML
+[nats]
+url = "nats://127.0.0.1:$NATS_PORT"
+[redis]
+url = "redis://127.0.0.1:$REDIS_PORT"
+pool_size = 64
+[ingest]
+listen = "127.0.0.1:$INGEST_PORT"
+[worker]
+concurrency = 256
+# The fetch loop long-polls each class for idle_poll_ms when all were empty; a short poll
+# keeps a closed loop from waiting on the other classes' polls (see the report).
+idle_poll_ms = 10
+[upstream]
+base_url = "http://127.0.0.1:$SIM_PORT/v1"
+[[tenants]]
+id = "bench"
+keys = [{ id = "bench-1", sha256 = "$HASH" }]
+TOML
+export RUST_LOG=warn
+"$BIN/sluice-sim" --listen "127.0.0.1:$SIM_PORT" >"$RUN_DIR/sim.log" 2>&1 & PIDS+=("$!"); SIM_PID=$!
+"$BIN/sluice-worker" --config "$RUN_DIR/sluice.toml" >"$RUN_DIR/worker.log" 2>&1 & PIDS+=("$!"); WORKER_PID=$!
+"$BIN/sluice-ingest" --config "$RUN_DIR/sluice.toml" >"$RUN_DIR/ingest.log" 2>&1 & PIDS+=("$!"); INGEST_PID=$!
+wait_port 127.0.0.1 "$SIM_PORT" 15 sluice-sim
+wait_port 127.0.0.1 "$INGEST_PORT" 15 sluice-ingest
+sleep 1
+
+ticks() { # CPU ticks (user+system) of the given pids
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+HZ="$(getconf CLK_TCK)"
+SLUICE_PIDS=("$INGEST_PID" "$WORKER_PID" "$NATS_PID" "$REDIS_PID")
+
+log "closed loop, concurrency 64, ${DURATION}s: Sluice /v1/chat/completions"
+"$BIN/sluice-bench" --mode sync --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" --concurrency 64 \
+  --duration 2 --warmup 0 --quiet >/dev/null  # warm pools and JIT-free caches
+T0="$(ticks "${SLUICE_PIDS[@]}")"
+P0=(); for p in "${SLUICE_PIDS[@]}"; do P0+=("$(ticks "$p")"); done
+"$BIN/sluice-bench" --mode sync --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" --concurrency 64 \
+  --duration "$DURATION" --warmup 0 --quiet --json "$RUN_DIR/sync.json" | tee "$RUN_DIR/sync.txt"
+T1="$(ticks "${SLUICE_PIDS[@]}")"
+i=0; for name in ingest worker nats redis; do
+  echo "  cpu $name: $(( ($(ticks "${SLUICE_PIDS[$i]}") - ${P0[$i]}) * 1000 / HZ )) ms"; i=$((i + 1))
+done
+python3 - "$RUN_DIR/sync.json" "$((T1 - T0))" "$HZ" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); ticks = int(sys.argv[2]); hz = int(sys.argv[3])
+ok = r["load"]["succeeded"] if "succeeded" in r["load"] else r["load"].get("ok", 0)
+print(f"sluice sync c=64: {ok} ok requests, {r['load']['ok_rps']:.0f} req/s; CPU (ingest+worker+nats+redis) {ticks/hz:.2f} s "
+      f"= {ticks/hz/max(ok,1)*1e6:.0f} us per request")
+PY
+
+log "open loop, 500 req/s, ${DURATION}s: Sluice, then the simulator directly"
+"$BIN/sluice-bench" --mode rate --rate 500 --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" \
+  --duration "$DURATION" --warmup 2 --quiet --json "$RUN_DIR/rate_sluice.json" | tee "$RUN_DIR/rate_sluice.txt"
+"$BIN/sluice-bench" --mode rate --rate 500 --url "http://127.0.0.1:$SIM_PORT" --no-auth \
+  --duration "$DURATION" --warmup 2 --quiet --json "$RUN_DIR/rate_sim.json" | tee "$RUN_DIR/rate_sim.txt"
+python3 - "$RUN_DIR/rate_sluice.json" "$RUN_DIR/rate_sim.json" <<'PY'
+import json, sys
+def q(path):
+    r = json.load(open(path))
+    s = r["latency"][0]
+    return s
+a, b = q(sys.argv[1]), q(sys.argv[2])
+print("added latency at 500 req/s:", {k: round(a[k] - b[k], 3) for k in a if k.startswith("p") and isinstance(a[k], (int, float)) and k in b})
+PY

@@ -1,0 +1,332 @@
+//! Signed webhooks end to end: Standard Webhooks signatures, retries with a stable id,
+//! `410` disabling an endpoint, dead letters after the schedule, secret rotation, per-job
+//! webhooks, `job.cancelled`, and the SSRF guard at registration and at connect time.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use sluice_e2e::{
+    ACME_KEY, Api, TestEnv, chat_body,
+    receiver::{Received, Receiver},
+    wait_until,
+};
+use sluice_sim::SimConfig;
+use sluice_webhooks::sign::sign;
+
+const LONG: Duration = Duration::from_secs(30);
+
+async fn register(api: &Api, url: &str, events: Option<Value>) -> Result<(u16, Value)> {
+    let mut body = json!({ "url": url });
+    if let Some(e) = events {
+        body["events"] = e;
+    }
+    let resp = api
+        .http
+        .post(format!("{}/v1/webhooks", api.base))
+        .bearer_auth(&api.key)
+        .json(&body)
+        .send()
+        .await?;
+    Ok((
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    ))
+}
+
+async fn get(api: &Api, path: &str) -> Result<Value> {
+    Ok(api
+        .http
+        .get(format!("{}{path}", api.base))
+        .bearer_auth(&api.key)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+fn header<'a>(r: &'a Received, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Whether one of the request's signatures verifies under `secret`.
+fn verifies(r: &Received, secret: &str) -> bool {
+    let ts: u64 = header(r, "webhook-timestamp").parse().unwrap_or(0);
+    let expected = sign(secret, header(r, "webhook-id"), ts, &r.body).unwrap_or_default();
+    header(r, "webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
+}
+
+fn hooks_env(schedule: Vec<u64>) -> TestEnv {
+    let mut env = TestEnv::new();
+    env.cfg.webhooks.allow_private = vec!["127.0.0.1".into(), "::1".into()];
+    env.cfg.webhooks.schedule_ms = schedule;
+    env.cfg.webhooks.jitter = 0.0;
+    env.cfg.webhooks.timeout_ms = 5_000;
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_signed_retried_with_the_same_id_and_logged() -> Result<()> {
+    let mut env = hooks_env(vec![50, 50, 50]);
+    let _sim = env.sim(SimConfig::default()).await?;
+    let rx = Receiver::start().await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    let (code, ep) = register(&api, &rx.url("ep"), None).await?;
+    assert_eq!(code, 201, "{ep}");
+    let secret = ep["secret"]
+        .as_str()
+        .context("secret shown at creation")?
+        .to_string();
+    assert!(secret.starts_with("whsec_"));
+    let listed = get(&api, "/v1/webhooks").await?;
+    assert_eq!(listed["data"][0]["id"], ep["id"]);
+    assert!(
+        listed["data"][0].get("secret").is_none(),
+        "the secret is shown once"
+    );
+
+    // The endpoint fails twice, then accepts; the job's own webhook accepts at once.
+    rx.script("ep", &[500, 503, 200]);
+    let mut body = chat_body("hello hooks");
+    body["webhook"] = json!({ "url": rx.url("job") });
+    let (status, _, accepted) = api.submit(&body).await?;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().context("id")?.to_string();
+    let job_secret = accepted["webhook"]["secret"]
+        .as_str()
+        .context("job webhook secret")?
+        .to_string();
+
+    wait_until(LONG, || async {
+        Ok(rx.received("ep").len() >= 3 && !rx.received("job").is_empty())
+    })
+    .await?;
+    let got = rx.received("ep");
+    assert_eq!(got.len(), 3);
+    let ids: Vec<&str> = got.iter().map(|r| header(r, "webhook-id")).collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0] && !i.is_empty()),
+        "same id on every attempt: {ids:?}"
+    );
+    for r in &got {
+        assert!(verifies(r, &secret), "signature verifies");
+        assert!(!verifies(r, &job_secret));
+    }
+    let payload: Value = serde_json::from_slice(&got[2].body)?;
+    assert_eq!(payload["type"], "job.completed");
+    assert_eq!(payload["data"]["id"], id.as_str());
+    assert_eq!(payload["id"], ids[0]);
+    assert!(
+        payload.get("data").and_then(|d| d.get("result")).is_none(),
+        "thin payload"
+    );
+
+    let job_hook = rx.received("job");
+    assert_eq!(job_hook.len(), 1);
+    assert!(verifies(&job_hook[0], &job_secret));
+    assert_eq!(header(&job_hook[0], "webhook-id"), ids[0]);
+
+    let ep_id = ep["id"].as_str().context("endpoint id")?;
+    let log = get(&api, &format!("/v1/webhooks/{ep_id}/deliveries")).await?;
+    let outcomes: Vec<&str> = log["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["delivered", "retry", "retry"],
+        "newest first: {log}"
+    );
+
+    // Rotation: the next delivery carries both signatures, each verifying with its secret.
+    let rotated: Value = api
+        .http
+        .post(format!("{}/v1/webhooks/{ep_id}/rotate", api.base))
+        .bearer_auth(&api.key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let new_secret = rotated["secret"]
+        .as_str()
+        .context("new secret")?
+        .to_string();
+    assert_ne!(new_secret, secret);
+    let id2 = api.submit_ok(&chat_body("after rotation")).await?;
+    wait_until(LONG, || async { Ok(rx.received("ep").len() >= 4) }).await?;
+    let last = rx.received("ep").pop().context("a delivery")?;
+    assert_eq!(header(&last, "webhook-signature").split(' ').count(), 2);
+    assert!(verifies(&last, &new_secret) && verifies(&last, &secret));
+    let payload: Value = serde_json::from_slice(&last.body)?;
+    assert_eq!(payload["data"]["id"], id2.as_str());
+
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_endpoint_and_exhausted_deliveries_are_dead_lettered() -> Result<()> {
+    let mut env = hooks_env(vec![20, 20]);
+    let _sim = env.sim(SimConfig::default()).await?;
+    let rx = Receiver::start().await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    rx.script("gone", &[410]);
+    rx.script("down", &[500]);
+    register(&api, &rx.url("gone"), None).await?;
+    let (_, down) = register(&api, &rx.url("down"), Some(json!(["job.completed"]))).await?;
+    let first = api.submit_ok(&chat_body("one")).await?;
+    api.wait_status(&first, &["completed"], LONG).await?;
+    wait_until(LONG, || async {
+        Ok(rx.received("gone").len() == 1 && rx.received("down").len() == 3)
+    })
+    .await?;
+    let eps = get(&api, "/v1/webhooks").await?;
+    let gone = eps["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["url"].as_str().is_some_and(|u| u.ends_with("/gone")));
+    assert_eq!(gone.map(|g| g["status"].clone()), Some(json!("disabled")));
+
+    // The exhausted delivery is in the dead-letter stream.
+    let queue = env.queue().await?;
+    let dlq = queue
+        .jetstream()
+        .get_stream(queue.subjects().dlq_stream())
+        .await?;
+    let subject = queue.subjects().dlq("webhook_exhausted", "acme");
+    let start = std::time::Instant::now();
+    while dlq.get_last_raw_message_by_subject(&subject).await.is_err() {
+        anyhow::ensure!(start.elapsed() < LONG, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let down_id = down["id"].as_str().context("id")?;
+    let log = get(&api, &format!("/v1/webhooks/{down_id}/deliveries")).await?;
+    assert_eq!(log["data"][0]["outcome"], "exhausted", "{log}");
+
+    // A second job: nothing more reaches the disabled endpoint.
+    let second = api.submit_ok(&chat_body("two")).await?;
+    api.wait_status(&second, &["completed"], LONG).await?;
+    wait_until(LONG, || async { Ok(rx.received("down").len() == 6) }).await?;
+    let mut hooks = queue
+        .jetstream()
+        .get_stream(queue.subjects().hooks_stream())
+        .await?;
+    let start = std::time::Instant::now();
+    while hooks.info().await?.state.messages > 0 {
+        anyhow::ensure!(start.elapsed() < LONG, "hooks not drained");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(rx.received("gone").len(), 1, "nothing after a 410");
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_sends_job_cancelled() -> Result<()> {
+    let mut env = hooks_env(vec![50]);
+    let _sim = env.sim(SimConfig::default()).await?;
+    let rx = Receiver::start().await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    register(&api, &rx.url("ep"), Some(json!(["job.cancelled"]))).await?;
+    let id = api
+        .submit_ok(&chat_body("slow [[sim:sleep=60000]]"))
+        .await?;
+    api.wait_status(&id, &["in_progress"], LONG).await?;
+    let resp = api
+        .http
+        .post(format!("{}/v1/jobs/{id}/cancel", api.base))
+        .bearer_auth(&api.key)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    wait_until(LONG, || async { Ok(!rx.received("ep").is_empty()) }).await?;
+    let payload: Value = serde_json::from_slice(&rx.received("ep")[0].body)?;
+    assert_eq!(payload["type"], "job.cancelled");
+    assert_eq!(payload["data"]["id"], id.as_str());
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_urls_are_refused_at_registration_and_at_connect_time() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.webhooks.schedule_ms = vec![20];
+    env.cfg.webhooks.jitter = 0.0;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let rx = Receiver::start().await?;
+    let strict = env.ingest().await?;
+    let api = Api::new(strict.base_url(), ACME_KEY);
+    let port = rx.addr.map(|a| a.port()).unwrap_or(9);
+    for url in [
+        rx.url("x"),
+        format!("http://localhost:{port}/x"),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        "http://10.0.0.1/hook".to_string(),
+        "http://[::1]/hook".to_string(),
+        "http://[::ffff:127.0.0.1]/hook".to_string(),
+    ] {
+        let (code, body) = register(&api, &url, None).await?;
+        assert_eq!(code, 400, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "url_not_allowed", "{url}");
+    }
+    assert_eq!(register(&api, "ftp://example.com/x", None).await?.0, 400);
+    let mut body = chat_body("x");
+    body["webhook"] = json!({ "url": "http://127.0.0.1:9/x" });
+    let (code, _, err) = api.submit(&body).await?;
+    assert_eq!(code, 400, "{err}");
+
+    // An operator allowlist at registration, but not where the dispatcher connects: the name
+    // resolves to loopback at connect time and the connection is refused.
+    let mut lenient = env.cfg.clone();
+    lenient.webhooks.allow_private = vec!["127.0.0.1".into(), "::1".into()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let open = sluice_ingest::Server::start(lenient, listener).await?;
+    let api2 = Api::new(open.base_url(), ACME_KEY);
+    wait_until(LONG, || async {
+        Ok(api2
+            .http
+            .get(format!("{}/readyz", api2.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200))
+    })
+    .await?;
+    let (code, ep) = register(&api2, &format!("http://localhost:{port}/x"), None).await?;
+    assert_eq!(code, 201, "{ep}");
+    let worker = env.worker().await?;
+    let id = api2.submit_ok(&chat_body("y")).await?;
+    api2.wait_status(&id, &["completed"], LONG).await?;
+    let ep_id = ep["id"].as_str().context("id")?;
+    wait_until(LONG, || async {
+        let log = get(&api2, &format!("/v1/webhooks/{ep_id}/deliveries")).await?;
+        Ok(log["data"][0]["outcome"] == "exhausted")
+    })
+    .await?;
+    assert!(
+        rx.received("x").is_empty(),
+        "the receiver never saw a request"
+    );
+    worker.shutdown().await;
+    open.shutdown(Duration::from_secs(5)).await;
+    strict.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
