@@ -71,7 +71,9 @@ pub fn defer_delay(job_ms: u64, waiting: u64, cap: u64) -> Duration {
 
 /// After the job's outcome is known: settle a terminal job and free its slot.
 pub async fn finish(shared: &Shared, env: &JobEnvelope, outcome: &Outcome) {
-    let terminal = matches!(outcome, Outcome::Done { .. } | Outcome::DeadLetter { .. });
+    // A completed job was settled with its actual usage by `completed`.
+    let terminal = matches!(outcome, Outcome::Done { .. } | Outcome::DeadLetter { .. })
+        && !matches!(outcome, Outcome::Done { label: "completed" });
     if terminal {
         let usage = match outcome {
             // A redelivery of a finished job: its usage is in the stored result.
