@@ -682,3 +682,40 @@ async fn flood_figures() -> Result<()> {
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_go_through_the_same_admission() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.governance.tenant = Limit {
+        requests: 2,
+        tokens: 0,
+        burst: 1.0,
+    };
+    let _sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let url = format!("{}/v1/embeddings", ingest.base_url());
+    let body = json!({ "model": "sim-embed", "input": ["a sluice", "a lock"] });
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let resp = env
+            .http
+            .post(&url)
+            .bearer_auth(ACME_KEY)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let json: Value = resp.json().await?;
+        if status == 200 {
+            assert_eq!(json["data"].as_array().map(Vec::len), Some(2), "{json}");
+        } else {
+            assert_eq!(json["error"]["code"], "rate_limit_tenant", "{json}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, vec![200, 200, 429]);
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

@@ -25,6 +25,35 @@ impl Usage {
 }
 
 /// Prompt estimate and output bound of an OpenAI chat request body.
+/// The estimate of a chat-completions or embeddings request (an embeddings request has an
+/// `input` and produces no completion tokens).
+pub fn request(request: &Value) -> Usage {
+    match request.get("input") {
+        Some(input) if request.get("messages").is_none() => Usage {
+            prompt_tokens: input_tokens(input),
+            completion_tokens: 0,
+        },
+        _ => chat_request(request),
+    }
+}
+
+/// `input`: a string, an array of strings, or token arrays (counted as given).
+fn input_tokens(input: &Value) -> u64 {
+    match input {
+        Value::String(s) => chars_to_tokens(s.chars().count()),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => chars_to_tokens(s.chars().count()),
+                Value::Array(tokens) => tokens.len() as u64,
+                Value::Number(_) => 1,
+                _ => 0,
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
 pub fn chat_request(request: &Value) -> Usage {
     let mut prompt = 3u64;
     if let Some(messages) = request.get("messages").and_then(Value::as_array) {
@@ -112,5 +141,20 @@ mod tests {
         };
         assert_eq!(cost_micro_usd(&cfg, "m", u), 2500 + 1000);
         assert_eq!(cost_micro_usd(&cfg, "unknown", u), 0);
+    }
+
+    #[test]
+    fn embeddings_count_their_input_and_no_completion() {
+        let one = request(&serde_json::json!({"model": "e", "input": "abcdefgh"}));
+        assert_eq!(one.completion_tokens, 0);
+        assert!(one.prompt_tokens >= 2);
+        let many = request(
+            &serde_json::json!({"model": "e", "input": ["abcdefgh", "abcdefgh", [1, 2, 3]]}),
+        );
+        assert_eq!(many.prompt_tokens, 2 * one.prompt_tokens + 3);
+        let chat = request(
+            &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7}),
+        );
+        assert_eq!(chat.completion_tokens, 7);
     }
 }

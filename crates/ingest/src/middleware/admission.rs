@@ -73,8 +73,10 @@ pub async fn admit(
         sub.request =
             serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
     }
+    // Chat messages, or an embeddings request's input.
     let prompt = request
         .get("messages")
+        .or_else(|| request.get("input"))
         .map(Value::to_string)
         .unwrap_or_default();
     let prompt_hash = hex::encode(&Sha256::digest(prompt.as_bytes())[..16]);
@@ -86,7 +88,7 @@ pub async fn admit(
         agent,
         chain,
         prompt_hash: &prompt_hash,
-        estimate: estimate::chat_request(&request),
+        estimate: estimate::request(&request),
     };
     let decision = match state.gov.admit(&a, now).await {
         Ok(d) => d,

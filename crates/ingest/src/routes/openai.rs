@@ -88,12 +88,25 @@ pub async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let sub = embedding_submission(&body)?;
+    let emb = embedding_submission(&body)?;
+    // The same admission as chat: limits, budgets (the estimate counts the input) and
+    // idempotency apply to embeddings too.
+    let mut sub = crate::validate::ChatSubmission {
+        model: emb.model,
+        priority: header_priority(&headers)?.unwrap_or_default(),
+        metadata: Default::default(),
+        deadline_s: None,
+        stream: false,
+        webhook_url: None,
+        request: emb.request,
+    };
+    let id = Uuid::now_v7();
+    let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
     let env = JobEnvelope {
         schema: SCHEMA_VERSION,
-        id: Uuid::now_v7(),
+        id: admitted.replay.unwrap_or(id),
         tenant: tenant.id.to_string(),
-        priority: header_priority(&headers)?.unwrap_or_default(),
+        priority: sub.priority,
         kind: JobKind::Embedding,
         model: sub.model,
         request: sub.request,
@@ -104,15 +117,11 @@ pub async fn embeddings(
         metadata: Default::default(),
         stream: false,
     };
-    run_plain(
-        state,
-        env,
-        Admission {
-            fresh: true,
-            undo: None,
-        },
-    )
-    .await
+    let admission = Admission {
+        fresh: admitted.replay.is_none(),
+        undo: Some((tenant, admitted)),
+    };
+    run_plain(state, env, admission).await
 }
 
 /// How the job was admitted: whether it still has to be queued (not an idempotent replay),
