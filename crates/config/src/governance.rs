@@ -115,6 +115,22 @@ pub struct TenantPolicy {
     pub disabled: bool,
     /// Replaces `governance.max_in_flight_per_tenant` (0: use it).
     pub max_in_flight: u64,
+    /// Fair-share weight: without its own `max_in_flight`, the tenant's cap is
+    /// `max_in_flight_per_tenant × weight` (at least 1). Absent: 1.
+    pub weight: Option<f64>,
+}
+
+impl TenantPolicy {
+    /// The tenant's in-flight cap given the default cap `base` (0: no cap).
+    pub fn in_flight_cap(&self, base: u64) -> u64 {
+        if self.max_in_flight > 0 {
+            return self.max_in_flight;
+        }
+        match self.weight {
+            Some(w) if base > 0 => ((base as f64 * w).round() as u64).max(1),
+            _ => base,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +227,9 @@ impl GovernanceConfig {
                     "governance.tenants: {id:?} is not a valid tenant id"
                 ));
             }
+            if t.weight.is_some_and(|w| !(w.is_finite() && w > 0.0 && w <= 1000.0)) {
+                return bad(format!("governance.tenants.{id}.weight must be in (0, 1000]"));
+            }
             if !(t.budget.cost_usd >= 0.0 && t.budget.cost_usd.is_finite()) {
                 return bad(format!(
                     "governance.tenants.{id}.budget.cost_usd must be a non-negative number"
@@ -274,5 +293,16 @@ low_max_depth = 50000
         assert!(bad("[governance.tenants.\"a.b\"]\n"));
         assert!(bad("[governance]\non_store_error = \"ignore\"\n"));
         Ok(())
+    }
+
+    #[test]
+    fn weights_scale_the_default_in_flight_cap() {
+        let p = |max_in_flight, weight| super::TenantPolicy { max_in_flight, weight, ..Default::default() };
+        assert_eq!(p(0, None).in_flight_cap(8), 8);
+        assert_eq!(p(0, Some(2.0)).in_flight_cap(8), 16);
+        assert_eq!(p(0, Some(0.5)).in_flight_cap(8), 4);
+        assert_eq!(p(0, Some(0.01)).in_flight_cap(8), 1, "never below one slot");
+        assert_eq!(p(0, Some(3.0)).in_flight_cap(0), 0, "no default cap: no cap");
+        assert_eq!(p(5, Some(3.0)).in_flight_cap(8), 5, "an explicit cap wins");
     }
 }

@@ -53,8 +53,8 @@ impl Governor {
     pub fn in_flight_cap(&self, tenant: &str) -> u64 {
         let cfg = self.config();
         match cfg.tenant_policy(tenant) {
-            Some(p) if p.max_in_flight > 0 => p.max_in_flight,
-            _ => cfg.max_in_flight_per_tenant,
+            Some(p) => p.in_flight_cap(cfg.max_in_flight_per_tenant),
+            None => cfg.max_in_flight_per_tenant,
         }
     }
 
