@@ -227,8 +227,12 @@ impl GovernanceConfig {
                     "governance.tenants: {id:?} is not a valid tenant id"
                 ));
             }
-            if t.weight.is_some_and(|w| !(w.is_finite() && w > 0.0 && w <= 1000.0)) {
-                return bad(format!("governance.tenants.{id}.weight must be in (0, 1000]"));
+            if t.weight
+                .is_some_and(|w| !(w.is_finite() && w > 0.0 && w <= 1000.0))
+            {
+                return bad(format!(
+                    "governance.tenants.{id}.weight must be in (0, 1000]"
+                ));
             }
             if !(t.budget.cost_usd >= 0.0 && t.budget.cost_usd.is_finite()) {
                 return bad(format!(
@@ -297,12 +301,20 @@ low_max_depth = 50000
 
     #[test]
     fn weights_scale_the_default_in_flight_cap() {
-        let p = |max_in_flight, weight| super::TenantPolicy { max_in_flight, weight, ..Default::default() };
+        let p = |max_in_flight, weight| super::TenantPolicy {
+            max_in_flight,
+            weight,
+            ..Default::default()
+        };
         assert_eq!(p(0, None).in_flight_cap(8), 8);
         assert_eq!(p(0, Some(2.0)).in_flight_cap(8), 16);
         assert_eq!(p(0, Some(0.5)).in_flight_cap(8), 4);
         assert_eq!(p(0, Some(0.01)).in_flight_cap(8), 1, "never below one slot");
-        assert_eq!(p(0, Some(3.0)).in_flight_cap(0), 0, "no default cap: no cap");
+        assert_eq!(
+            p(0, Some(3.0)).in_flight_cap(0),
+            0,
+            "no default cap: no cap"
+        );
         assert_eq!(p(5, Some(3.0)).in_flight_cap(8), 5, "an explicit cap wins");
     }
 }

@@ -188,6 +188,15 @@ impl Server {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // Tokenizers load in a few hundred milliseconds: do it before the first request.
+        tasks.spawn(async {
+            if tokio::task::spawn_blocking(sluice_governance::estimate::warm_up)
+                .await
+                .is_err()
+            {
+                tracing::warn!("loading the tokenizers failed; requests estimate without them");
+            }
+        });
         tasks.spawn(ensure_streams_until_ready(
             state.queue.clone(),
             state.streams_ready.clone(),
