@@ -115,6 +115,8 @@ pub struct TenantPolicy {
     pub disabled: bool,
     /// Replaces `governance.max_in_flight_per_tenant` (0: use it).
     pub max_in_flight: u64,
+    /// Budgets of single API keys of this tenant, by key id (on top of the tenant's).
+    pub key_budgets: std::collections::BTreeMap<String, Budget>,
     /// Fair-share weight: without its own `max_in_flight`, the tenant's cap is
     /// `max_in_flight_per_tenant × weight` (at least 1). Absent: 1.
     pub weight: Option<f64>,
@@ -232,6 +234,14 @@ impl GovernanceConfig {
             {
                 return bad(format!(
                     "governance.tenants.{id}.weight must be in (0, 1000]"
+                ));
+            }
+            if t.key_budgets
+                .values()
+                .any(|b| !(b.cost_usd >= 0.0 && b.cost_usd.is_finite()))
+            {
+                return bad(format!(
+                    "governance.tenants.{id}.key_budgets: cost_usd must be a non-negative number"
                 ));
             }
             if !(t.budget.cost_usd >= 0.0 && t.budget.cost_usd.is_finite()) {

@@ -2,9 +2,9 @@
 //!
 //! One Lua script, one round trip: it checks the tenant's kill switch, counts the request
 //! for loop detection, evaluates every configured rate limit with GCRA (requests cost 1,
-//! token limits cost the estimate) and the tenant's budgets — and only when everything
-//! passes does it commit the new arrival times, add the estimate to the budget and store the
-//! job's reservation. Redis runs a script atomically, so two replicas admitting at the same
+//! token limits cost the estimate), the tenant's budgets and the API key's own budget (if
+//! the tenant configures one for it) — and only when everything passes does it commit the
+//! new arrival times, add the estimate to the budgets and store the job's reservation. Redis runs a script atomically, so two replicas admitting at the same
 //! instant see each other's effect: the limit holds exactly, and fifty concurrent first
 //! requests cannot overrun a budget.
 //!
@@ -33,7 +33,7 @@ local token_dims = {}
 for i = 1, nrate do
   local b = 10 + (i - 1) * 4
   local T, tau, cost = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  local tat = tonumber(redis.call('GET', KEYS[4 + i]) or '0')
+  local tat = tonumber(redis.call('GET', KEYS[5 + i]) or '0')
   if tat < now then tat = now end
   local new = tat + cost * T
   if new - now > tau then
@@ -43,9 +43,11 @@ for i = 1, nrate do
   local rem = math.floor((tau - (new - now)) / T)
   local ratio = (tau - (new - now)) / tau
   if ratio < best_ratio then best, best_ratio, best_rem, best_reset = i, ratio, rem, math.ceil(new - now) end
-  if ARGV[b + 4] == '1' then table.insert(token_dims, {KEYS[4 + i], T}) end
+  if ARGV[b + 4] == '1' then table.insert(token_dims, {KEYS[5 + i], T}) end
 end
 local btok, bcost = tonumber(ARGV[3]), tonumber(ARGV[4])
+local kb = 11 + nrate * 4
+local ktok, kcost = tonumber(ARGV[kb]), tonumber(ARGV[kb + 1])
 local etok, ecost = tonumber(ARGV[5]), tonumber(ARGV[6])
 local used_t, used_c = 0, 0
 if btok > 0 or bcost > 0 then
@@ -53,17 +55,29 @@ if btok > 0 or bcost > 0 then
   used_c = tonumber(redis.call('HGET', KEYS[3], 'cost') or '0')
   if btok > 0 and used_t + etok > btok then return {4, 1, 0, 0, 0} end
   if bcost > 0 and used_c + ecost > bcost then return {4, 2, 0, 0, 0} end
+end
+if ktok > 0 or kcost > 0 then
+  local kt = tonumber(redis.call('HGET', KEYS[5], 'tokens') or '0')
+  local kc = tonumber(redis.call('HGET', KEYS[5], 'cost') or '0')
+  if ktok > 0 and kt + etok > ktok then return {4, 3, 0, 0, 0} end
+  if kcost > 0 and kc + ecost > kcost then return {4, 4, 0, 0, 0} end
+  redis.call('HINCRBY', KEYS[5], 'tokens', etok)
+  redis.call('HINCRBY', KEYS[5], 'cost', ecost)
+  redis.call('EXPIRE', KEYS[5], ARGV[kb + 2])
+end
+if btok > 0 or bcost > 0 then
   redis.call('HINCRBY', KEYS[3], 'tokens', etok)
   redis.call('HINCRBY', KEYS[3], 'cost', ecost)
   redis.call('EXPIRE', KEYS[3], ARGV[8])
 end
 for i = 1, nrate do
-  redis.call('SET', KEYS[4 + i], tostring(news[i]), 'PX', math.ceil(news[i] - now) + 1000)
+  redis.call('SET', KEYS[5 + i], tostring(news[i]), 'PX', math.ceil(news[i] - now) + 1000)
 end
 if ARGV[9] == '1' then
-  local budget = ''
+  local budget, kbudget = '', ''
   if btok > 0 or bcost > 0 then budget = KEYS[3] end
-  redis.call('HSET', KEYS[4], 'tokens', etok, 'cost', ecost, 'budget', budget, 'rl', cjson.encode(token_dims))
+  if ktok > 0 or kcost > 0 then kbudget = KEYS[5] end
+  redis.call('HSET', KEYS[4], 'tokens', etok, 'cost', ecost, 'budget', budget, 'kbudget', kbudget, 'rl', cjson.encode(token_dims))
   redis.call('EXPIRE', KEYS[4], ARGV[7])
 end
 return {0, best, best_reset, best_rem, used_t + etok}
@@ -193,14 +207,30 @@ impl Governor {
             }
             _ => (0, 0, "none".to_string(), 0),
         };
+        // A budget of this API key, on top of the tenant's.
+        let (key_tokens, key_cost, key_period, key_reset_ms) = match policy
+            .and_then(|p| p.key_budgets.get(a.key_id))
+            .filter(|b| b.tokens > 0 || b.cost_usd > 0.0)
+        {
+            Some(b) => {
+                let (name, left) = period::current(b.period, now_ms);
+                (b.tokens, (b.cost_usd * 1e6).round() as u64, name, left)
+            }
+            None => (0, 0, "none".to_string(), 0),
+        };
         let est_cost = crate::estimate::cost_micro_usd(cfg, a.model, a.estimate);
-        let reserve = budget_tokens > 0 || budget_cost > 0 || rates.iter().any(|r| r.policy.tokens);
+        let reserve = budget_tokens > 0
+            || budget_cost > 0
+            || key_tokens > 0
+            || key_cost > 0
+            || rates.iter().any(|r| r.policy.tokens);
         let chain = a.chain.unwrap_or("-");
 
         let mut inv = self.scripts.admit.key(self.keys.tenant(a.tenant));
         inv.key(self.keys.loop_counter(a.tenant, chain, a.prompt_hash))
             .key(self.keys.budget(a.tenant, &period_name))
-            .key(self.keys.reservation(a.job));
+            .key(self.keys.reservation(a.job))
+            .key(self.keys.key_budget(a.tenant, a.key_id, &key_period));
         for r in &rates {
             inv.key(&r.key);
         }
@@ -220,6 +250,9 @@ impl Governor {
                 .arg(r.cost)
                 .arg(if r.policy.tokens { "1" } else { "0" });
         }
+        inv.arg(key_tokens)
+            .arg(key_cost)
+            .arg(key_reset_ms / 1000 + 3600);
         let store = self.store();
         let mut conn = store.conn().await?;
         let reply: Vec<i64> = store.timed(inv.invoke_async(&mut conn)).await?;
@@ -249,9 +282,10 @@ impl Governor {
                 policy: policy_at(idx)?,
                 retry_after_ms: ms,
             }),
+            // 1, 2: the tenant's token or cost budget; 3, 4: the key's.
             4 => Err(Refusal::BudgetExhausted {
-                cost: idx == 2,
-                retry_after_ms: reset_ms,
+                cost: idx == 2 || idx == 4,
+                retry_after_ms: if idx >= 3 { key_reset_ms } else { reset_ms },
             }),
             other => {
                 return Err(GovernanceError::Protocol(format!(

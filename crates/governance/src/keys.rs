@@ -38,6 +38,10 @@ impl GovKeys {
         format!("{}budget:{tenant}:{period}", self.p)
     }
 
+    pub fn key_budget(&self, tenant: &str, key_id: &str, period: &str) -> String {
+        format!("{}kbudget:{tenant}:{key_id}:{period}", self.p)
+    }
+
     pub fn reservation(&self, job: uuid::Uuid) -> String {
         format!("{}res:{job}", self.p)
     }

@@ -2,7 +2,7 @@
 //!
 //! Admission reserved the estimate in the budget and in every token rate limit. When the job
 //! ends, the script takes the reservation (and deletes it, atomically), adds
-//! `actual - reserved` to the budget counters and moves each token limit's arrival time by
+//! `actual - reserved` to the budget counters (the tenant's and the key's) and moves each token limit's arrival time by
 //! the same difference. A job whose reservation is already gone — a redelivered message, a
 //! second worker — changes nothing, so each job settles exactly once. A failed job settles
 //! with zero usage, returning its reservation.
@@ -25,9 +25,11 @@ redis.call('DEL', KEYS[1])
 local now = tonumber(ARGV[3])
 local dt = tonumber(ARGV[1]) - tonumber(h.tokens)
 local dc = tonumber(ARGV[2]) - tonumber(h.cost)
-if h.budget ~= '' and redis.call('EXISTS', h.budget) == 1 then
-  redis.call('HINCRBY', h.budget, 'tokens', dt)
-  redis.call('HINCRBY', h.budget, 'cost', dc)
+for _, b in ipairs({h.budget or '', h.kbudget or ''}) do
+  if b ~= '' and redis.call('EXISTS', b) == 1 then
+    redis.call('HINCRBY', b, 'tokens', dt)
+    redis.call('HINCRBY', b, 'cost', dc)
+  end
 end
 for _, e in ipairs(cjson.decode(h.rl)) do
   local tat = tonumber(redis.call('GET', e[1]) or '0')

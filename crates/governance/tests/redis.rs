@@ -333,3 +333,60 @@ async fn keys_rotate_revoke_and_in_flight_caps() {
     // A dead worker's lease expires.
     assert_eq!(acq("acme", Uuid::now_v7(), NOW + 10_001).await, ok(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_budget_bounds_one_key_and_settles_like_the_tenants() {
+    let mut cfg = GovernanceConfig::default();
+    let mut policy = TenantPolicy::default();
+    policy.key_budgets.insert(
+        "k1".into(),
+        Budget {
+            period: BudgetPeriod::Day,
+            tokens: 300,
+            cost_usd: 0.0,
+        },
+    );
+    cfg.tenants.insert("acme".into(), policy);
+    let (a, b) = replicas(&cfg);
+    let mut k1_jobs = Vec::new();
+    for i in 0..3 {
+        let job = Uuid::now_v7();
+        let g = if i % 2 == 0 { &a } else { &b };
+        assert!(g.admit(&req(job, 100), NOW).await.unwrap().is_ok());
+        k1_jobs.push(job);
+    }
+    match a.admit(&req(Uuid::now_v7(), 100), NOW).await.unwrap() {
+        Err(Refusal::BudgetExhausted {
+            cost: false,
+            retry_after_ms,
+        }) => assert_eq!(retry_after_ms, 23 * 3_600_000),
+        other => panic!("the key's budget is spent: {other:?}"),
+    }
+    // Another key of the same tenant is not bound by it.
+    let mut other_key = req(Uuid::now_v7(), 100);
+    other_key.key_id = "k2";
+    assert!(a.admit(&other_key, NOW).await.unwrap().is_ok());
+    // A job that used nothing gives its 100 tokens back, once.
+    assert!(
+        a.settle(k1_jobs[0], "m", Usage::default(), NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.settle(k1_jobs[0], "m", Usage::default(), NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 100), NOW)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 100), NOW)
+            .await
+            .unwrap()
+            .is_err()
+    );
+}
