@@ -141,9 +141,8 @@ async fn budget_used(env: &TestEnv) -> Result<u64> {
     Ok(v.unwrap_or(0))
 }
 
-/// The worker does not run `stream: true` jobs end to end yet (its provider call expects a
-/// JSON body), so the streamed half settles the simulator's real event stream through the
-/// same functions the worker calls on completion.
+/// Both jobs run end to end through the worker: the streamed one's usage comes from its last
+/// chunk (ingest asks for it with `stream_options.include_usage`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_job_settles_the_same_usage_as_the_same_job_unstreamed() -> Result<()> {
     let mut env = TestEnv::new();
@@ -159,7 +158,7 @@ async fn a_streamed_job_settles_the_same_usage_as_the_same_job_unstreamed() -> R
             ..Default::default()
         },
     );
-    let sim = env.sim(SimConfig::default()).await?;
+    let _sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let worker = env.worker().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
@@ -174,41 +173,21 @@ async fn a_streamed_job_settles_the_same_usage_as_the_same_job_unstreamed() -> R
     // The reservation (estimate + max_tokens) was replaced by the actual usage.
     wait_until(LONG, || async { Ok(budget_used(&env).await? == actual) }).await?;
 
-    // The same request streamed, with usage requested as ingest requests it.
+    // The same request streamed, through the worker's streaming path.
     let mut streamed = plain.clone();
     streamed["stream"] = json!(true);
-    streamed["stream_options"] = json!({ "include_usage": true });
-    let sse = env
-        .http
-        .post(format!("{}/chat/completions", sim.base_url()))
-        .json(&streamed)
-        .send()
-        .await?
-        .bytes()
-        .await?;
-    assert!(sse.starts_with(b"data:"), "a server-sent event stream");
-    let usage =
-        sluice_governance::settle::usage_from_response(&sse).context("usage in the last chunk")?;
-    assert_eq!(usage.total(), actual);
-    let gov = sluice_governance::Governor::new(env.store()?, env.cfg.governance.clone());
-    let job = uuid::Uuid::now_v7();
-    let est = sluice_governance::estimate::chat_request(&streamed);
-    let admission = sluice_governance::Admission {
-        job,
-        tenant: "acme",
-        key_id: "acme-1",
-        model: "sim-small",
-        agent: None,
-        chain: None,
-        prompt_hash: "h",
-        estimate: est,
-    };
-    let now = sluice_store::now_ms();
-    assert!(gov.admit(&admission, now).await?.is_ok());
-    assert_eq!(budget_used(&env).await?, actual + est.total());
-    assert!(gov.settle(job, "sim-small", usage, now).await?);
-    assert!(!gov.settle(job, "sim-small", usage, now).await?, "once");
-    assert_eq!(budget_used(&env).await?, 2 * actual);
+    let id = api.submit_ok(&streamed).await?;
+    let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(
+        job["result"]["usage"]["total_tokens"].as_u64(),
+        Some(actual),
+        "{job}"
+    );
+    wait_until(LONG, || async {
+        Ok(budget_used(&env).await? == 2 * actual)
+    })
+    .await?;
 
     worker.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
