@@ -698,3 +698,45 @@ async fn embeddings_go_through_the_same_admission() -> Result<()> {
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_budget_soft_threshold_is_reported() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.governance.budget_soft_ratio = 0.8;
+    env.cfg.governance.prices.insert(
+        "sim-small".into(),
+        sluice_config::Price {
+            prompt_per_mtok: 10_000.0,
+            completion_per_mtok: 10_000.0,
+        },
+    );
+    env.cfg.governance.tenants.insert(
+        "acme".into(),
+        TenantPolicy {
+            budget: Budget {
+                period: BudgetPeriod::Day,
+                tokens: 0,
+                cost_usd: 1.0,
+            },
+            ..Default::default()
+        },
+    );
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let soft = || {
+        sluice_telemetry::render_metrics().lines().any(|l| {
+            l.starts_with("sluice_governance_budget_soft_threshold_total{budget=\"cost\"}")
+        })
+    };
+    // About 0.5 USD reserved per request (50 tokens at 0.01 USD): the first stays under 80%.
+    assert_eq!(api.submit(&chat_body("a")).await?.0, 202);
+    assert!(!soft(), "under the threshold");
+    assert_eq!(api.submit(&chat_body("b")).await?.0, 202);
+    assert!(soft(), "past 80% of the cost budget");
+    // And the budget itself holds.
+    let (status, _, body) = api.submit(&chat_body("c")).await?;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exhausted");
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

@@ -19,12 +19,12 @@ use crate::{GovernanceError, Governor, estimate::Usage, period};
 
 pub(crate) const ADMIT: &str = r#"
 local now = tonumber(ARGV[1])
-if redis.call('HGET', KEYS[1], 'disabled') == '1' then return {1, 0, 0, 0, 0} end
+if redis.call('HGET', KEYS[1], 'disabled') == '1' then return {1, 0, 0, 0, 0, 0} end
 local loop_max = tonumber(ARGV[2])
 if loop_max > 0 then
   local n = redis.call('INCR', KEYS[2])
   if n == 1 then redis.call('PEXPIRE', KEYS[2], 60000) end
-  if n > loop_max then return {2, 0, redis.call('PTTL', KEYS[2]), 0, 0} end
+  if n > loop_max then return {2, 0, redis.call('PTTL', KEYS[2]), 0, 0, 0} end
 end
 local nrate = tonumber(ARGV[10])
 local news = {}
@@ -37,7 +37,7 @@ for i = 1, nrate do
   if tat < now then tat = now end
   local new = tat + cost * T
   if new - now > tau then
-    return {3, i, math.ceil(new - now - tau), 0, 0}
+    return {3, i, math.ceil(new - now - tau), 0, 0, 0}
   end
   news[i] = new
   local rem = math.floor((tau - (new - now)) / T)
@@ -53,14 +53,14 @@ local used_t, used_c = 0, 0
 if btok > 0 or bcost > 0 then
   used_t = tonumber(redis.call('HGET', KEYS[3], 'tokens') or '0')
   used_c = tonumber(redis.call('HGET', KEYS[3], 'cost') or '0')
-  if btok > 0 and used_t + etok > btok then return {4, 1, 0, 0, 0} end
-  if bcost > 0 and used_c + ecost > bcost then return {4, 2, 0, 0, 0} end
+  if btok > 0 and used_t + etok > btok then return {4, 1, 0, 0, 0, 0} end
+  if bcost > 0 and used_c + ecost > bcost then return {4, 2, 0, 0, 0, 0} end
 end
 if ktok > 0 or kcost > 0 then
   local kt = tonumber(redis.call('HGET', KEYS[5], 'tokens') or '0')
   local kc = tonumber(redis.call('HGET', KEYS[5], 'cost') or '0')
-  if ktok > 0 and kt + etok > ktok then return {4, 3, 0, 0, 0} end
-  if kcost > 0 and kc + ecost > kcost then return {4, 4, 0, 0, 0} end
+  if ktok > 0 and kt + etok > ktok then return {4, 3, 0, 0, 0, 0} end
+  if kcost > 0 and kc + ecost > kcost then return {4, 4, 0, 0, 0, 0} end
   redis.call('HINCRBY', KEYS[5], 'tokens', etok)
   redis.call('HINCRBY', KEYS[5], 'cost', ecost)
   redis.call('EXPIRE', KEYS[5], ARGV[kb + 2])
@@ -80,7 +80,7 @@ if ARGV[9] == '1' then
   redis.call('HSET', KEYS[4], 'tokens', etok, 'cost', ecost, 'budget', budget, 'kbudget', kbudget, 'rl', cjson.encode(token_dims))
   redis.call('EXPIRE', KEYS[4], ARGV[7])
 end
-return {0, best, best_reset, best_rem, used_t + etok}
+return {0, best, best_reset, best_rem, used_t + etok, used_c + ecost}
 "#;
 
 /// How long an unsettled reservation is kept (a job that never ends keeps its estimate).
@@ -151,6 +151,8 @@ pub struct Decision {
     pub quota: Option<(Policy, u64, u64)>,
     /// Budget tokens in use after this reservation (0 without a budget).
     pub budget_tokens_used: u64,
+    /// Budget cost in use after this reservation, micro-USD (0 without a cost budget).
+    pub budget_cost_used_micro_usd: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -256,7 +258,7 @@ impl Governor {
         let store = self.store();
         let mut conn = store.conn().await?;
         let reply: Vec<i64> = store.timed(inv.invoke_async(&mut conn)).await?;
-        let [code, idx, ms, rem, used] = <[i64; 5]>::try_from(reply).map_err(|r| {
+        let [code, idx, ms, rem, used, used_cost] = <[i64; 6]>::try_from(reply).map_err(|r| {
             GovernanceError::Protocol(format!("admission returned {} values", r.len()))
         })?;
         let policy_at = |i: i64| {
@@ -275,6 +277,7 @@ impl Governor {
                     None
                 },
                 budget_tokens_used: used.max(0) as u64,
+                budget_cost_used_micro_usd: used_cost.max(0) as u64,
             }),
             1 => Err(Refusal::Disabled),
             2 => Err(Refusal::Loop { retry_after_ms: ms }),

@@ -108,7 +108,12 @@ pub async fn admit(
             if let Some((policy, remaining, reset_ms)) = d.quota {
                 admitted.headers = rate_headers(&policy, remaining, reset_ms);
             }
-            soft_threshold(state, &tenant.id, d.budget_tokens_used);
+            soft_threshold(
+                state,
+                &tenant.id,
+                d.budget_tokens_used,
+                d.budget_cost_used_micro_usd,
+            );
             Ok(admitted)
         }
         Err(refusal) => {
@@ -193,19 +198,26 @@ fn rate_headers(p: &Policy, remaining: u64, reset_ms: u64) -> Vec<(&'static str,
     ]
 }
 
-fn soft_threshold(state: &AppState, tenant: &str, used: u64) {
+fn soft_threshold(state: &AppState, tenant: &str, used_tokens: u64, used_cost_micro_usd: u64) {
     let cfg = state.gov.config();
     let Some(budget) = cfg.tenant_policy(tenant).map(|p| &p.budget) else {
         return;
     };
-    if budget.tokens > 0 && used as f64 >= budget.tokens as f64 * cfg.budget_soft_ratio {
-        metrics::counter!("sluice_governance_budget_soft_threshold_total").increment(1);
-        tracing::info!(
-            tenant,
-            used,
-            budget = budget.tokens,
-            "tenant passed its budget's soft threshold"
-        );
+    let ratio = cfg.budget_soft_ratio;
+    let tokens = budget.tokens > 0 && used_tokens as f64 >= budget.tokens as f64 * ratio;
+    let cost = budget.cost_usd > 0.0 && used_cost_micro_usd as f64 >= budget.cost_usd * 1e6 * ratio;
+    for (passed, kind) in [(tokens, "tokens"), (cost, "cost")] {
+        if passed {
+            metrics::counter!("sluice_governance_budget_soft_threshold_total", "budget" => kind)
+                .increment(1);
+            tracing::info!(
+                tenant,
+                budget = kind,
+                used_tokens,
+                used_cost_micro_usd,
+                "tenant passed its budget's soft threshold"
+            );
+        }
     }
 }
 
