@@ -22,6 +22,7 @@ DEV_KEY="sk-sluice-dev-local-key"
 PIDS=()
 stop_all() {
   trap - INT TERM EXIT
+  STOPPING=1
   log "stopping"
   local pid
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -90,4 +91,4 @@ cat <<EOT
   Ctrl-C stops everything this script started.
 EOT
 wait -n "${SERVICES[@]}" || true
-log "a process exited; stopping the stack"
+[ -n "${STOPPING:-}" ] || log "a process exited; stopping the stack"

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     error::ApiError,
-    validate::{json_error_kind, model, truncate, wrong_type},
+    validate::{json_object, model, wrong_type},
 };
 
 const FIELDS: &[&str] = &["model", "input", "encoding_format", "dimensions", "user"];
@@ -16,42 +16,18 @@ pub const MAX_INPUTS: usize = 2048;
 #[derive(Debug)]
 pub struct EmbeddingSubmission {
     pub model: String,
-    pub request: Vec<u8>,
+    /// The request (a JSON object), encoded into the envelope.
+    pub request: Value,
 }
 
 pub fn embedding_submission(body: &[u8]) -> Result<EmbeddingSubmission, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(
-            format!(
-                "The request body is not valid JSON ({}).",
-                json_error_kind(&e)
-            ),
-            None,
-            "invalid_json",
-        )
-    })?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::invalid(
-            "The request body must be a JSON object.",
-            None,
-            "invalid_json",
-        ));
-    };
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            format!(
-                "Unrecognized request argument supplied: '{}'.",
-                truncate(unknown, 64)
-            ),
-            Some(unknown),
-            "unknown_parameter",
-        ));
-    }
+    let obj = json_object(body, |k| FIELDS.contains(&k))?;
     let model = model(&obj)?;
     input(&obj)?;
-    let request = serde_json::to_vec(&Value::Object(obj))
-        .map_err(|e| ApiError::Internal(format!("re-encoding a validated request: {e}")))?;
-    Ok(EmbeddingSubmission { model, request })
+    Ok(EmbeddingSubmission {
+        model,
+        request: Value::Object(obj),
+    })
 }
 
 fn input(obj: &Map<String, Value>) -> Result<(), ApiError> {

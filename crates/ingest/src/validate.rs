@@ -81,8 +81,15 @@ pub struct ChatSubmission {
     pub stream: bool,
     /// `webhook: {url}`: where to deliver the job's terminal event (checked by ingest).
     pub webhook_url: Option<String>,
-    /// The upstream request body (JSON), without Sluice's fields.
-    pub request: Vec<u8>,
+    /// The upstream request (a JSON object), without Sluice's fields. Kept parsed so that
+    /// admission can read it; encoded once, into the envelope.
+    pub request: Value,
+}
+
+/// The request as the envelope carries it: JSON bytes.
+pub fn encode_request(request: &Value) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(request)
+        .map_err(|e| ApiError::Internal(format!("encoding a validated request: {e}")))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +97,12 @@ pub struct Limits {
     pub max_output_tokens: u64,
 }
 
-pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, ApiError> {
+/// Parses a request body as a JSON object whose top-level fields are all `allowed`; the first
+/// unknown one is refused by name.
+pub(crate) fn json_object(
+    body: &[u8],
+    allowed: impl Fn(&str) -> bool,
+) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(
             format!(
@@ -101,17 +113,14 @@ pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, Ap
             "invalid_json",
         )
     })?;
-    let Value::Object(mut obj) = value else {
+    let Value::Object(obj) = value else {
         return Err(ApiError::invalid(
             "The request body must be a JSON object.",
             None,
             "invalid_json",
         ));
     };
-    if let Some(unknown) = obj
-        .keys()
-        .find(|k| !OPENAI_FIELDS.contains(&k.as_str()) && !SLUICE_FIELDS.contains(&k.as_str()))
-    {
+    if let Some(unknown) = obj.keys().find(|k| !allowed(k.as_str())) {
         return Err(ApiError::invalid(
             format!(
                 "Unrecognized request argument supplied: '{}'.",
@@ -121,6 +130,13 @@ pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, Ap
             "unknown_parameter",
         ));
     }
+    Ok(obj)
+}
+
+pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, ApiError> {
+    let mut obj = json_object(body, |k| {
+        OPENAI_FIELDS.contains(&k) || SLUICE_FIELDS.contains(&k)
+    })?;
     let priority = match obj.remove("priority") {
         None | Some(Value::Null) => Priority::Normal,
         Some(Value::String(s)) => Priority::parse(&s).ok_or_else(|| {
@@ -155,8 +171,7 @@ pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, Ap
     numbers(&obj, limits)?;
     others(&obj)?;
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let request = serde_json::to_vec(&Value::Object(obj))
-        .map_err(|e| ApiError::Internal(format!("re-encoding a validated request: {e}")))?;
+    let request = Value::Object(obj);
     Ok(ChatSubmission {
         model,
         priority,
@@ -445,7 +460,7 @@ mod tests {
         let s = chat_submission(body.as_bytes(), LIMITS).unwrap();
         assert_eq!(s.priority, Priority::High);
         assert_eq!(s.metadata.get("a").map(String::as_str), Some("b"));
-        let fwd: Value = serde_json::from_slice(&s.request).unwrap();
+        let fwd = &s.request;
         assert!(fwd.get("priority").is_none() && fwd.get("metadata").is_none());
         assert_eq!(fwd["max_tokens"], 10);
     }
@@ -456,7 +471,7 @@ mod tests {
         let s = chat_submission(body.as_bytes(), LIMITS).unwrap();
         assert_eq!(s.deadline_s, Some(30));
         assert!(s.stream);
-        let fwd: Value = serde_json::from_slice(&s.request).unwrap();
+        let fwd = &s.request;
         assert!(fwd.get("deadline_s").is_none());
         let bad = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"deadline_s":0}"#;
         assert_eq!(err(bad).1.as_deref(), Some("deadline_s"));

@@ -66,13 +66,10 @@ pub async fn admit(
         }
     }
 
-    let mut request: Value =
-        serde_json::from_slice(&sub.request).map_err(|e| ApiError::Internal(e.to_string()))?;
-    if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        request["stream_options"]["include_usage"] = Value::Bool(true);
-        sub.request =
-            serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if sub.request.get("stream").and_then(Value::as_bool) == Some(true) {
+        sub.request["stream_options"]["include_usage"] = Value::Bool(true);
     }
+    let request = &sub.request;
     // Chat messages, or an embeddings request's input.
     let prompt = request
         .get("messages")
@@ -88,7 +85,7 @@ pub async fn admit(
         agent,
         chain,
         prompt_hash: &prompt_hash,
-        estimate: estimate::request(&request),
+        estimate: estimate::request(request),
     };
     let decision = match state.gov.admit(&a, now).await {
         Ok(d) => d,

@@ -120,7 +120,7 @@ pub async fn submit(
         return replayed(&state, first).await;
     }
     let hook_url = sub.webhook_url.take();
-    let mut env = chat_envelope(&tenant, sub, &headers);
+    let mut env = chat_envelope(&tenant, sub, &headers)?;
     env.id = id;
     // The job's own webhook: checked (SSRF) and stored with a fresh secret before the job
     // exists, so the dispatcher always finds it; the secret is shown once, here.
@@ -180,16 +180,16 @@ pub(crate) fn chat_envelope(
     tenant: &Tenant,
     sub: validate::ChatSubmission,
     headers: &HeaderMap,
-) -> JobEnvelope {
+) -> Result<JobEnvelope, ApiError> {
     let created_at_ms = now_ms();
-    JobEnvelope {
+    Ok(JobEnvelope {
         schema: SCHEMA_VERSION,
         id: Uuid::now_v7(),
         tenant: tenant.id.to_string(),
         priority: sub.priority,
         kind: JobKind::ChatCompletion,
         model: sub.model,
-        request: sub.request,
+        request: validate::encode_request(&sub.request)?,
         created_at_ms,
         deadline_ms: sub
             .deadline_s
@@ -198,7 +198,7 @@ pub(crate) fn chat_envelope(
         traceparent: traceparent(headers),
         metadata: sub.metadata,
         stream: sub.stream,
-    }
+    })
 }
 
 /// Publishes the job and records it as queued: after `Ok` the job is durable.

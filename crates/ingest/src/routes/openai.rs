@@ -68,7 +68,7 @@ pub async fn chat_completions(
     // idempotent retry waits for the first request's job instead of queueing another.
     let id = Uuid::now_v7();
     let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
-    let mut env = chat_envelope(&tenant, sub, &headers);
+    let mut env = chat_envelope(&tenant, sub, &headers)?;
     env.id = admitted.replay.unwrap_or(id);
     let admission = Admission {
         fresh: admitted.replay.is_none(),
@@ -109,7 +109,7 @@ pub async fn embeddings(
         priority: sub.priority,
         kind: JobKind::Embedding,
         model: sub.model,
-        request: sub.request,
+        request: crate::validate::encode_request(&sub.request)?,
         created_at_ms: now_ms(),
         deadline_ms: None,
         replays: 0,
