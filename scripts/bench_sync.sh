@@ -28,7 +28,6 @@ cat >"$RUN_DIR/sluice.toml" <<TOML
 url = "nats://127.0.0.1:$NATS_PORT"
 [redis]
 url = "redis://127.0.0.1:$REDIS_PORT"
-pool_size = 64
 [ingest]
 listen = "127.0.0.1:$INGEST_PORT"
 [worker]

@@ -63,7 +63,8 @@ pub struct RedisConfig {
     pub url: String,
     /// Every key lives under this prefix (see `sluice_store::keys`).
     pub prefix: String,
-    pub pool_size: usize,
+    /// Multiplexed connections per process; concurrent commands are pipelined onto them.
+    pub connections: usize,
     /// How long a job record, its result and its event history are kept.
     pub result_ttl_s: u64,
     pub command_timeout_ms: u64,
@@ -74,7 +75,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "sluice:".into(),
-            pool_size: 32,
+            connections: 2,
             result_ttl_s: 24 * 3600,
             command_timeout_ms: 2_000,
         }
@@ -195,8 +196,8 @@ impl Config {
         if self.nats.publish_timeout_ms == 0 {
             return bad("nats.publish_timeout_ms must be positive");
         }
-        if self.redis.pool_size == 0 || self.redis.result_ttl_s == 0 {
-            return bad("redis.pool_size and redis.result_ttl_s must be positive");
+        if self.redis.connections == 0 || self.redis.result_ttl_s == 0 {
+            return bad("redis.connections and redis.result_ttl_s must be positive");
         }
         if self.ingest.max_body_bytes < 1024 || self.ingest.max_concurrent_requests == 0 {
             return bad(

@@ -43,13 +43,39 @@ impl Queue {
 
     /// Tells idle workers that a class has work. Best effort: a lost ring only delays the
     /// job until a worker's periodic re-check, it never loses it.
+    ///
+    /// Rings are coalesced: while one is about to be sent for a class, further calls return
+    /// at once. The pending flag is cleared just before the ring goes out, so every job stored
+    /// before the clear is covered by that ring (workers fetch after receiving it) and any
+    /// job stored after it rings anew. Under load, the acks that arrive together cost one
+    /// ring instead of one each.
     pub async fn ring(&self, priority: sluice_protocol::Priority) {
-        if let Err(e) = self
-            .client
-            .publish(self.subjects.ring(priority), bytes::Bytes::new())
-            .await
-        {
-            tracing::debug!(error = %e, "doorbell publish failed");
+        use std::sync::atomic::Ordering;
+        if self.ringing[priority_index(priority)].swap(true, Ordering::AcqRel) {
+            return;
         }
+        // Sent from its own task, so a caller dropped mid-way (a client that went away) cannot
+        // leave the flag set with no ring coming.
+        let queue = self.clone();
+        tokio::spawn(async move {
+            // Let the other tasks made ready by the same read (more acks) reach this point first.
+            tokio::task::yield_now().await;
+            queue.ringing[priority_index(priority)].store(false, Ordering::Release);
+            if let Err(e) = queue
+                .client
+                .publish(queue.subjects.ring(priority), bytes::Bytes::new())
+                .await
+            {
+                tracing::debug!(error = %e, "doorbell publish failed");
+            }
+        });
+    }
+}
+
+fn priority_index(p: sluice_protocol::Priority) -> usize {
+    match p {
+        sluice_protocol::Priority::High => 0,
+        sluice_protocol::Priority::Normal => 1,
+        sluice_protocol::Priority::Low => 2,
     }
 }

@@ -16,7 +16,7 @@ pub mod webhooks;
 
 use std::time::Duration;
 
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sluice_config::RedisConfig;
 
 pub use jobs::{JobError, Transition};
@@ -35,12 +35,6 @@ pub enum StoreError {
     Protocol(String),
 }
 
-impl From<deadpool_redis::PoolError> for StoreError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        StoreError::Unavailable(e.to_string())
-    }
-}
-
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
         if e.is_io_error()
@@ -56,9 +50,14 @@ impl From<redis::RedisError> for StoreError {
 }
 
 /// Handle to the job store; cheap to clone.
+///
+/// Every clone shares a few multiplexed connections: concurrent commands from any number of
+/// tasks are pipelined onto them (one write and one read per batch instead of one round trip
+/// each), and a dropped connection is re-established in the background.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    conns: std::sync::Arc<[ConnectionManager]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     keys: Keys,
     ttl_s: u64,
     timeout: Duration,
@@ -66,25 +65,24 @@ pub struct Store {
 }
 
 impl Store {
-    /// Builds the pool (connections are opened lazily) and checks nothing; call
-    /// [`Store::ping`] to find out whether Redis answers.
+    /// Prepares the connections (opened lazily, on the first command) and checks nothing;
+    /// call [`Store::ping`] to find out whether Redis answers.
     pub fn new(cfg: &RedisConfig) -> Result<Store, StoreError> {
         let timeout = Duration::from_millis(cfg.command_timeout_ms.max(1));
-        let mut pcfg = deadpool_redis::Config::from_url(cfg.url.clone());
-        pcfg.pool = Some(PoolConfig {
-            max_size: cfg.pool_size,
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = pcfg
-            .create_pool(Some(Runtime::Tokio1))
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_max_delay(Duration::from_secs(2))
+            .set_pipeline_buffer_size(4096);
+        let conns = (0..cfg.connections.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Store {
-            pool,
+            conns: conns.into(),
+            next: Default::default(),
             keys: Keys::new(&cfg.prefix),
             ttl_s: cfg.result_ttl_s,
             timeout,
@@ -108,8 +106,11 @@ impl Store {
         }
     }
 
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        Ok(self.pool.get().await?)
+    /// A handle on one of the shared connections (round robin). Never blocks: commands sent
+    /// on it are queued onto the connection and pipelined with everyone else's.
+    pub async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.conns.len();
+        Ok(self.conns[i].clone())
     }
 
     pub async fn timed<T>(
