@@ -28,8 +28,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 NATS_PORT="$(free_port)"; REDIS_PORT="$(free_port)"; SIM_PORT="$(free_port)"; INGEST_PORT="$(free_port)"
-# Everything shares two cores: fewer threads per process mean fewer context switches.
-PIDS+=("$(GOMAXPROCS="${BENCH_GOMAXPROCS:-2}" start_nats "$NATS_BIN" "$NATS_PORT" "$RUN_DIR/nats" "$RUN_DIR/nats.log")")
+# Everything shares two cores: fewer threads per process mean fewer context switches, so by
+# default every Sluice process runs one runtime thread and NATS one Go thread
+# (BENCH_THREADS / BENCH_GOMAXPROCS override).
+PIDS+=("$(GOMAXPROCS="${BENCH_GOMAXPROCS:-1}" start_nats "$NATS_BIN" "$NATS_PORT" "$RUN_DIR/nats" "$RUN_DIR/nats.log")")
 PIDS+=("$(start_redis "$REDIS_BIN" "$REDIS_PORT" "$RUN_DIR/redis" "$RUN_DIR/redis.log")")
 
 export SLUICE_CONFIG="$ROOT/config/dev.toml"
@@ -40,7 +42,7 @@ export SLUICE_INGEST__LISTEN="127.0.0.1:$INGEST_PORT"
 export SLUICE_UPSTREAM__BASE_URL="http://127.0.0.1:$SIM_PORT/v1"
 export SLUICE_WORKER__CONCURRENCY="${BENCH_WORKER_CONCURRENCY:-256}"
 export RUST_LOG=warn
-if [ -n "${BENCH_THREADS:-}" ]; then export TOKIO_WORKER_THREADS="$BENCH_THREADS"; fi
+export TOKIO_WORKER_THREADS="${BENCH_THREADS:-1}"
 
 "$BIN/sluice-sim" --listen "127.0.0.1:$SIM_PORT" >"$RUN_DIR/sim.log" 2>&1 &
 SIM_PID=$!; PIDS+=($SIM_PID)

@@ -48,9 +48,20 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{auth::KeyTable, error::ApiError};
 
-/// Everything a handler needs; cheap to clone.
+/// Everything a handler needs: one shared [`Services`]. Cloned for every extractor of every
+/// request, so it is a single reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The connections, configuration and shared tables behind [`AppState`].
+pub struct Services {
     pub cfg: Arc<Config>,
     pub queue: Queue,
     pub store: Store,
@@ -79,7 +90,7 @@ impl AppState {
         );
         let gov = sluice_governance::Governor::new(store.clone(), g.clone());
         let backlogs = Arc::new(middleware::shedding::Backlogs::default());
-        Ok(AppState {
+        Ok(AppState(Arc::new(Services {
             cfg: Arc::new(cfg),
             queue,
             store,
@@ -90,7 +101,7 @@ impl AppState {
             streams_ready,
             in_flight,
             background: TaskTracker::new(),
-        })
+        })))
     }
 }
 
