@@ -233,7 +233,10 @@ impl Drop for Slot {
                 if let (Some(used), Some(b)) = (used, s.tpm.as_mut()) {
                     b.adjust(now, self.tokens - used as f64);
                 }
-                s.breaker.record(now, self.admission, Some(true));
+                // A success can still complete a window whose failure ratio opens it.
+                if s.breaker.record(now, self.admission, Some(true)) {
+                    opened(&self.dep.name);
+                }
             }
             Some(Err(e)) => {
                 if let ProviderError::Status {
@@ -249,8 +252,7 @@ impl Drop for Slot {
                 // A rejected request (4xx) says nothing about the deployment's health.
                 let health = e.class() == crate::ErrorClass::Permanent;
                 if s.breaker.record(now, self.admission, Some(health)) {
-                    metrics::counter!("sluice_breaker_opened_total", "deployment" => self.dep.name.clone()).increment(1);
-                    tracing::warn!(deployment = %self.dep.name, "circuit breaker opened");
+                    opened(&self.dep.name);
                 }
                 if !health {
                     // Failed calls count toward the latency estimate as slow ones, so the
@@ -266,4 +268,10 @@ impl Drop for Slot {
         }
         self.dep.gauges(&mut s, now);
     }
+}
+
+fn opened(deployment: &str) {
+    metrics::counter!("sluice_breaker_opened_total", "deployment" => deployment.to_string())
+        .increment(1);
+    tracing::warn!(deployment, "circuit breaker opened");
 }

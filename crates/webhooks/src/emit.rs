@@ -11,7 +11,7 @@ use async_nats::{HeaderMap, jetstream::stream};
 use serde::{Deserialize, Serialize};
 use sluice_protocol::JobStatus;
 use sluice_queue::Queue;
-use sluice_store::Store;
+use sluice_store::{HookTargets, Store};
 use uuid::Uuid;
 
 use crate::HookError;
@@ -63,10 +63,24 @@ pub async fn emit(
     tenant: &str,
     status: JobStatus,
 ) -> Result<usize, HookError> {
+    if event_type(status).is_none() {
+        return Ok(0);
+    }
+    let targets = store.hook_targets(job_id, tenant).await?;
+    emit_to(queue, targets, job_id, tenant, status).await
+}
+
+/// [`emit`] with the job's webhook targets already read.
+pub async fn emit_to(
+    queue: &Queue,
+    targets: HookTargets,
+    job_id: Uuid,
+    tenant: &str,
+    status: JobStatus,
+) -> Result<usize, HookError> {
     let Some(kind) = event_type(status) else {
         return Ok(0);
     };
-    let targets = store.hook_targets(job_id, tenant).await?;
     let tenant = targets.tenant.clone().unwrap_or_else(|| tenant.to_string());
     let mut names: Vec<String> = targets.endpoints;
     if targets.job_url.is_some() {

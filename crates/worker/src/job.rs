@@ -7,7 +7,7 @@ use std::time::Duration;
 use sluice_protocol::{JobEnvelope, JobStatus};
 use sluice_providers::{CallError, ErrorClass};
 use sluice_queue::Delivery;
-use sluice_store::{JobError, Transition, now_ms};
+use sluice_store::{HookTargets, JobError, StoreError, Transition, now_ms};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Shared, backoff::redelivery_delay, streamed::StreamError};
@@ -124,20 +124,33 @@ async fn started(
         }
     };
     match result {
-        Ok(response) => match shared.store.record_completed(env, &response).await {
-            Ok(t) => {
-                if t == Transition::Applied && !finished(shared, env, JobStatus::Completed).await {
-                    return retry_later(shared, attempt, None, "webhook_emit");
-                }
-                crate::governance::completed(shared, env, &response).await;
-                Outcome::Done { label: "completed" }
-            }
-            Err(e) => {
-                tracing::warn!(job = %env.id, error = %e, "cannot record the result; retrying later");
-                retry_later(shared, attempt, None, "store_unavailable")
-            }
-        },
+        Ok(response) => completed(shared, env, attempt, &response).await,
         Err(e) => upstream_failed(shared, env, attempt, e).await,
+    }
+}
+
+/// The upstream answered. Recording the result, settling the usage and reading the webhook
+/// targets are independent, so they go to Redis together: one round trip instead of three.
+/// The usage is settled even if the result could not be recorded: the tokens were spent, and
+/// the retry's settlement finds the reservation gone and changes nothing.
+async fn completed(shared: &Shared, env: &JobEnvelope, attempt: u64, response: &[u8]) -> Outcome {
+    let (recorded, (), targets) = tokio::join!(
+        shared.store.record_completed(env, response),
+        crate::governance::completed(shared, env, response),
+        shared.store.hook_targets(env.id, &env.tenant),
+    );
+    match recorded {
+        Ok(Transition::Applied) => {
+            if !finished_with(shared, env, JobStatus::Completed, targets).await {
+                return retry_later(shared, attempt, None, "webhook_emit");
+            }
+            Outcome::Done { label: "completed" }
+        }
+        Ok(_) => Outcome::Done { label: "completed" },
+        Err(e) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot record the result; retrying later");
+            retry_later(shared, attempt, None, "store_unavailable")
+        }
     }
 }
 
@@ -249,10 +262,27 @@ async fn record_end(
 /// webhooks. `false` when the webhooks could not be enqueued (the caller retries; the
 /// emission is idempotent).
 async fn finished(shared: &Shared, env: &JobEnvelope, status: JobStatus) -> bool {
+    let targets = shared.store.hook_targets(env.id, &env.tenant).await;
+    finished_with(shared, env, status, targets).await
+}
+
+/// [`finished`] with the webhook targets already read.
+async fn finished_with(
+    shared: &Shared,
+    env: &JobEnvelope,
+    status: JobStatus,
+    targets: Result<HookTargets, StoreError>,
+) -> bool {
     shared.queue.notify_job_event(env.id, status.as_str()).await;
-    match sluice_webhooks::emit::emit(&shared.queue, &shared.store, env.id, &env.tenant, status)
-        .await
-    {
+    let emitted = match targets {
+        Ok(targets) => {
+            sluice_webhooks::emit::emit_to(&shared.queue, targets, env.id, &env.tenant, status)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match emitted {
         Ok(_) => true,
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot enqueue the job's webhooks; retrying later");
