@@ -19,7 +19,10 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 new_run_dir sluice-bench
 
 NATS_PORT="$(free_port)"; REDIS_PORT="$(free_port)"; SIM_PORT="$(free_port)"; INGEST_PORT="$(free_port)"
-NATS_PID="$(start_nats "$NATS_BIN" "$NATS_PORT" "$RUN_DIR/nats" "$RUN_DIR/nats.log")"; PIDS+=("$NATS_PID")
+# Everything shares two cores: as in bench.sh, one runtime thread per Sluice process and one
+# Go thread for NATS unless BENCH_THREADS / BENCH_GOMAXPROCS say otherwise.
+export TOKIO_WORKER_THREADS="${BENCH_THREADS:-1}"
+NATS_PID="$(GOMAXPROCS="${BENCH_GOMAXPROCS:-1}" start_nats "$NATS_BIN" "$NATS_PORT" "$RUN_DIR/nats" "$RUN_DIR/nats.log")"; PIDS+=("$NATS_PID")
 REDIS_PID="$(start_redis "$REDIS_BIN" "$REDIS_PORT" "$RUN_DIR/redis" "$RUN_DIR/redis.log")"; PIDS+=("$REDIS_PID")
 KEY="sk-bench-$RANDOM$RANDOM"
 HASH="$(printf '%s' "$KEY" | sha256sum | cut -d' ' -f1)"
