@@ -58,3 +58,43 @@ async fn fetch_returns_what_is_there_at_once_and_counts_exactly() -> Result<()> 
 
     Ok(())
 }
+
+/// The doorbell rings at most once per `RING_MIN_GAP` per class however often it is asked,
+/// and always once more after the last ask, so no stored job is left without a ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rings_are_coalesced_and_the_last_ask_is_always_rung() -> Result<()> {
+    use futures_util::StreamExt;
+    use sluice_queue::publisher::RING_MIN_GAP;
+    let env = TestEnv::new();
+    let queue = env.queue().await?;
+    let mut rings = queue
+        .client()
+        .subscribe(queue.subjects().ring(Priority::High))
+        .await?;
+    queue.client().flush().await?;
+
+    let first_ask = std::time::Instant::now();
+    let mut asks = 0u32;
+    while first_ask.elapsed() < Duration::from_millis(30) {
+        queue.ring(Priority::High).await;
+        asks += 1;
+        tokio::task::yield_now().await;
+    }
+    let last_ask = std::time::Instant::now();
+
+    let mut heard = Vec::new();
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), rings.next()).await {
+        heard.push(std::time::Instant::now());
+    }
+    let last_heard = *heard.last().ok_or_else(|| anyhow::anyhow!("no ring at all"))?;
+    assert!(last_heard > last_ask, "a ring followed the last ask");
+    // Rings are sent at least RING_MIN_GAP apart, from the first ask until just after the last.
+    let bound = (last_ask - first_ask).as_micros() / RING_MIN_GAP.as_micros() + 2;
+    assert!(
+        heard.len() as u128 <= bound,
+        "{} rings for {asks} asks over {:?} (at most {bound})",
+        heard.len(),
+        last_ask - first_ask
+    );
+    Ok(())
+}

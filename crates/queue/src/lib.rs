@@ -49,8 +49,8 @@ pub struct Queue {
     js: jetstream::Context,
     subjects: Subjects,
     cfg: NatsConfig,
-    /// Per priority: a ring is about to be sent (see [`Queue::ring`]).
-    ringing: std::sync::Arc<[std::sync::atomic::AtomicBool; 3]>,
+    /// The doorbell's coalescing state (see [`Queue::ring`]).
+    doorbell: std::sync::Arc<publisher::Doorbell>,
 }
 
 impl Queue {
@@ -73,7 +73,7 @@ impl Queue {
             js,
             subjects: Subjects::new(cfg.namespace.clone()),
             cfg: cfg.clone(),
-            ringing: Default::default(),
+            doorbell: Default::default(),
         })
     }
 

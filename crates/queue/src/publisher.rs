@@ -47,20 +47,33 @@ impl Queue {
     /// Rings are coalesced: while one is about to be sent for a class, further calls return
     /// at once. The pending flag is cleared just before the ring goes out, so every job stored
     /// before the clear is covered by that ring (workers fetch after receiving it) and any
-    /// job stored after it rings anew. Under load, the acks that arrive together cost one
-    /// ring instead of one each.
+    /// job stored after it rings anew. A class rings at most once per [`RING_MIN_GAP`]: a
+    /// ring due sooner waits for the gap to pass. An occasional job therefore rings at once,
+    /// and under load each ring (and the fetches it causes) covers every job acknowledged in
+    /// the meantime instead of one each.
     pub async fn ring(&self, priority: sluice_protocol::Priority) {
         use std::sync::atomic::Ordering;
-        if self.ringing[priority_index(priority)].swap(true, Ordering::AcqRel) {
+        let class = priority_index(priority);
+        if self.doorbell.pending[class].swap(true, Ordering::AcqRel) {
             return;
         }
         // Sent from its own task, so a caller dropped mid-way (a client that went away) cannot
         // leave the flag set with no ring coming.
         let queue = self.clone();
         tokio::spawn(async move {
-            // Let the other tasks made ready by the same read (more acks) reach this point first.
-            tokio::task::yield_now().await;
-            queue.ringing[priority_index(priority)].store(false, Ordering::Release);
+            let bell = &queue.doorbell;
+            let last = bell.last[class].lock().map(|l| *l).unwrap_or(None);
+            match last.map(|at| at + RING_MIN_GAP) {
+                Some(next) if next > std::time::Instant::now() => {
+                    tokio::time::sleep_until(next.into()).await;
+                }
+                // Let the other tasks made ready by the same read (more acks) come first.
+                _ => tokio::task::yield_now().await,
+            }
+            bell.pending[class].store(false, Ordering::Release);
+            if let Ok(mut l) = bell.last[class].lock() {
+                *l = Some(std::time::Instant::now());
+            }
             if let Err(e) = queue
                 .client
                 .publish(queue.subjects.ring(priority), bytes::Bytes::new())
@@ -70,6 +83,16 @@ impl Queue {
             }
         });
     }
+}
+
+/// The shortest interval between two rings of one class (see [`Queue::ring`]).
+pub const RING_MIN_GAP: Duration = Duration::from_millis(1);
+
+/// Per priority class: whether a ring is about to be sent, and when the last one went.
+#[derive(Default)]
+pub(crate) struct Doorbell {
+    pending: [std::sync::atomic::AtomicBool; 3],
+    last: [std::sync::Mutex<Option<std::time::Instant>>; 3],
 }
 
 fn priority_index(p: sluice_protocol::Priority) -> usize {
