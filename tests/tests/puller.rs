@@ -86,7 +86,9 @@ async fn rings_are_coalesced_and_the_last_ask_is_always_rung() -> Result<()> {
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), rings.next()).await {
         heard.push(std::time::Instant::now());
     }
-    let last_heard = *heard.last().ok_or_else(|| anyhow::anyhow!("no ring at all"))?;
+    let last_heard = *heard
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("no ring at all"))?;
     assert!(last_heard > last_ask, "a ring followed the last ask");
     // Rings are sent at least RING_MIN_GAP apart, from the first ask until just after the last.
     let bound = (last_ask - first_ask).as_micros() / RING_MIN_GAP.as_micros() + 2;
