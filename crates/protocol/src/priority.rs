@@ -18,6 +18,15 @@ impl Priority {
     /// Every class, most urgent first.
     pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
 
+    /// The class's position in [`Priority::ALL`], for per-class arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::High => "high",

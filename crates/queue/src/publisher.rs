@@ -53,7 +53,7 @@ impl Queue {
     /// the meantime instead of one each.
     pub async fn ring(&self, priority: sluice_protocol::Priority) {
         use std::sync::atomic::Ordering;
-        let class = priority_index(priority);
+        let class = priority.index();
         if self.doorbell.pending[class].swap(true, Ordering::AcqRel) {
             return;
         }
@@ -93,12 +93,4 @@ pub const RING_MIN_GAP: Duration = Duration::from_millis(1);
 pub(crate) struct Doorbell {
     pending: [std::sync::atomic::AtomicBool; 3],
     last: [std::sync::Mutex<Option<std::time::Instant>>; 3],
-}
-
-fn priority_index(p: sluice_protocol::Priority) -> usize {
-    match p {
-        sluice_protocol::Priority::High => 0,
-        sluice_protocol::Priority::Normal => 1,
-        sluice_protocol::Priority::Low => 2,
-    }
 }

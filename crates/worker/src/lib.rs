@@ -254,7 +254,7 @@ impl Fetcher {
 
     fn mark(&self, subject: &str, maybe: &mut [bool; 3]) {
         match self.shared.queue.subjects().priority_of(subject) {
-            Some(p) => maybe[index(p)] = true,
+            Some(p) => maybe[p.index()] = true,
             None => *maybe = [true; 3],
         }
     }
@@ -271,7 +271,7 @@ impl Fetcher {
         let mut got = 0usize;
         let mut errored = false;
         for p in schedule::fetch_order(round, self.shared.cfg.worker.low_share_every) {
-            let i = index(p);
+            let i = p.index();
             let want = free.num_permits();
             if want == 0 {
                 break;
@@ -356,11 +356,3 @@ const FETCH_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long a busy fetch loop may wait to gather a batch of free slots.
 const BATCH_GATHER: Duration = Duration::from_millis(2);
-
-fn index(p: Priority) -> usize {
-    match p {
-        Priority::High => 0,
-        Priority::Normal => 1,
-        Priority::Low => 2,
-    }
-}

@@ -29,24 +29,16 @@ pub struct Backlogs {
     oldest_ms: [AtomicU64; 3],
 }
 
-fn index(p: Priority) -> usize {
-    match p {
-        Priority::High => 0,
-        Priority::Normal => 1,
-        Priority::Low => 2,
-    }
-}
-
 impl Backlogs {
     pub fn set(&self, p: Priority, pending: u64, oldest_ms: Option<u64>) {
-        self.pending[index(p)].store(pending, Ordering::Relaxed);
-        self.oldest_ms[index(p)].store(oldest_ms.unwrap_or(0), Ordering::Relaxed);
+        self.pending[p.index()].store(pending, Ordering::Relaxed);
+        self.oldest_ms[p.index()].store(oldest_ms.unwrap_or(0), Ordering::Relaxed);
         metrics::gauge!("sluice_queue_pending", "priority" => p.as_str()).set(pending as f64);
     }
 
     /// Pending messages and oldest age (ms) of `p` and every class above it.
     fn competing(&self, p: Priority, now_ms: u64) -> (u64, u64) {
-        let upto = index(p);
+        let upto = p.index();
         let mut pending = 0;
         let mut age = 0;
         for i in 0..=upto {
