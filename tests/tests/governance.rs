@@ -44,6 +44,12 @@ async fn a_rate_limit_holds_exactly_across_two_ingest_replicas() -> Result<()> {
     let answers = burst(&apis, &chat_body("limit me"), 60).await?;
     let admitted = answers.iter().filter(|(s, _, _)| *s == 202).count();
     assert_eq!(admitted, 20, "exactly the limit, not twice it");
+    // A record is written while admission decides; a refused job's goes again.
+    assert_eq!(
+        job_records(&env).await?,
+        20,
+        "only admitted jobs keep a record"
+    );
     for (status, headers, body) in answers.iter().filter(|(s, _, _)| *s != 202) {
         assert_eq!(*status, 429, "{body}");
         assert_eq!(body["error"]["code"], "rate_limit_tenant");
@@ -124,6 +130,17 @@ async fn fifty_concurrent_first_requests_cannot_overrun_a_budget() -> Result<()>
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// How many job records exist under the test's prefix.
+async fn job_records(env: &TestEnv) -> Result<usize> {
+    let store = env.store()?;
+    let mut conn = store.conn().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}job:*", store.keys().prefix()))
+        .query_async(&mut conn)
+        .await?;
+    Ok(keys.iter().filter(|k| !k.ends_with(":events")).count())
 }
 
 /// Budget tokens in use by acme this month, straight from Redis.

@@ -115,9 +115,11 @@ pub struct Args {
     #[arg(long)]
     pub priority: Option<String>,
 
-    /// Tokio worker threads (default: one per core).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Runtime threads. One (the default) runs the generator on a single thread, which costs
+    /// the least per request and leaves the cores to the system under test; more spread it
+    /// over a multi-threaded runtime, for targets on other machines.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 
     /// Also write the figures as JSON to this file.
     #[arg(long)]

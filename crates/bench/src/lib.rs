@@ -26,6 +26,7 @@ pub mod report;
 pub mod sample;
 pub mod schedule;
 pub mod stats;
+pub mod timer;
 
 use cli::{Mode, Settings};
 use report::Report;

@@ -15,10 +15,13 @@ use sluice_bench::cli::Args;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = args.validate()?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads.max(1));
-    }
+    let mut runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(args.threads);
+        rt
+    };
     let runtime = runtime
         .enable_all()
         .build()

@@ -1,13 +1,11 @@
 //! The open-loop driver: issues requests on a fixed schedule whatever the answers do.
 //!
-//! One ticker thread walks the [`Schedule`]: it sleeps until the next request is due and
-//! hands it to the multi-threaded runtime as its own task, so sending and reading responses
-//! spread over all worker threads while the ticker only does a permit check and a spawn per
-//! request (10,000 requests/s costs it well under a core). The ticker is an OS thread from
-//! the blocking pool rather than a task because tokio's timer has millisecond resolution: a
-//! task would release requests in bursts up to ~1 ms late, which at these latencies would be
-//! most of the figure. Whatever delay remains counts as latency, and the `service` series
-//! (timed from the actual send) shows how much of the latency was the generator's.
+//! One ticker task walks the [`Schedule`]: it sleeps until the next request is due on a
+//! [`PreciseTimer`] (tokio's own timer has millisecond ticks and would release requests in
+//! bursts up to ~1 ms late) and spawns the request as its own task on the same runtime, so
+//! issuing a request costs one timer wake-up and no hand-over between threads. Whatever
+//! delay remains counts as latency, and the `service` series (timed from the actual send)
+//! shows how much of the latency was the generator's.
 //!
 //! At most `max_in_flight` requests are outstanding. A request that falls due while the cap is
 //! reached is **not sent**: it counts as `dropped_by_generator` and records no latency, so a
@@ -17,7 +15,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
@@ -25,6 +22,7 @@ use crate::http::Operation;
 use crate::sample::Reservoir;
 use crate::schedule::Schedule;
 use crate::stats::{Outcome, PhaseStats};
+use crate::timer::PreciseTimer;
 
 /// How often the ticker prints a progress line (when not quiet).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -93,15 +91,12 @@ pub async fn run<O: Operation>(
             opts.max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
         )),
         tracker: tracker.clone(),
-        runtime: Handle::current(),
         max_in_flight: opts.max_in_flight,
         quiet: opts.quiet,
         start,
         wall_start_ms,
     };
-    let issued = tokio::task::spawn_blocking(move || ticker.run())
-        .await
-        .context("the open-loop ticker thread failed")?;
+    let issued = ticker.run().await?;
 
     tracker.close();
     if tokio::time::timeout(opts.finish_timeout, tracker.wait())
@@ -148,16 +143,14 @@ struct Issued {
     last_measured: Option<Instant>,
 }
 
-/// The schedule walker; runs on its own (blocking-pool) thread, so it sleeps with the OS
-/// timer's precision (tens of microseconds) instead of tokio's millisecond ticks, and hands
-/// each request to the runtime as a task.
+/// The schedule walker: sleeps with the OS timer's precision (tens of microseconds) and
+/// spawns each request as a task.
 struct Ticker<O> {
     op: Arc<O>,
     schedule: Schedule,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
-    runtime: Handle,
     max_in_flight: usize,
     quiet: bool,
     start: Instant,
@@ -165,7 +158,8 @@ struct Ticker<O> {
 }
 
 impl<O: Operation> Ticker<O> {
-    fn run(self) -> Issued {
+    async fn run(self) -> anyhow::Result<Issued> {
+        let mut timer = PreciseTimer::new().context("creating the schedule timer")?;
         let mut issued = Issued {
             sent: 0,
             dropped: 0,
@@ -174,16 +168,15 @@ impl<O: Operation> Ticker<O> {
         let mut last_progress = self.start;
         for seq in 0..self.schedule.total() {
             let offset = self.schedule.offset(seq);
-            let due = self.start + offset;
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
+            timer
+                .sleep_until(self.start + offset)
+                .await
+                .context("waiting for the next request")?;
             let measured = self.schedule.is_measured(seq);
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     self.tracker
-                        .spawn_on(self.request(seq, offset, measured, permit), &self.runtime);
+                        .spawn(self.request(seq, offset, measured, permit));
                     issued.sent += u64::from(measured);
                 }
                 Err(_) => issued.dropped += u64::from(measured),
@@ -203,7 +196,7 @@ impl<O: Operation> Ticker<O> {
                 );
             }
         }
-        issued
+        Ok(issued)
     }
 
     /// The task sending request `seq`, due at `offset`, and recording how it went.

@@ -9,9 +9,11 @@
 //! Every transition carries the descriptive fields (tenant, model, priority, …) and writes
 //! them when it creates the record, so whichever process writes first creates a complete one.
 
+use std::collections::BTreeMap;
+
 use redis::Script;
 use serde::{Deserialize, Serialize};
-use sluice_protocol::{JobEnvelope, JobStatus};
+use sluice_protocol::{JobEnvelope, JobKind, JobStatus, Priority};
 use uuid::Uuid;
 
 use crate::{JobRecord, Store, StoreError, now_ms};
@@ -86,6 +88,33 @@ pub enum Transition {
     Rejected,
 }
 
+/// The descriptive fields a transition writes when it creates the record: everything the
+/// job's view shows that is known before the job runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordBase<'a> {
+    pub id: Uuid,
+    pub tenant: &'a str,
+    pub priority: Priority,
+    pub model: &'a str,
+    pub kind: JobKind,
+    pub created_at_ms: u64,
+    pub metadata: &'a BTreeMap<String, String>,
+}
+
+impl<'a> From<&'a JobEnvelope> for RecordBase<'a> {
+    fn from(env: &'a JobEnvelope) -> RecordBase<'a> {
+        RecordBase {
+            id: env.id,
+            tenant: &env.tenant,
+            priority: env.priority,
+            model: &env.model,
+            kind: env.kind,
+            created_at_ms: env.created_at_ms,
+            metadata: &env.metadata,
+        }
+    }
+}
+
 /// The error recorded on a failed job, in OpenAI's error vocabulary. It never carries raw
 /// upstream text: `message` is written by Sluice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,9 +126,14 @@ pub struct JobError {
 }
 
 impl Store {
-    /// Ingest: the publish was acknowledged.
-    pub async fn record_queued(&self, env: &JobEnvelope) -> Result<Transition, StoreError> {
-        self.transition(env, JobStatus::Queued, &[]).await
+    /// Ingest: the job is about to be published. The record is written first, so a worker
+    /// always finds it; if the job is not published after all, [`Store::discard`] or
+    /// [`Store::record_rejected`] removes it before anyone learned the job's id.
+    pub async fn record_queued<'a>(
+        &self,
+        base: impl Into<RecordBase<'a>>,
+    ) -> Result<Transition, StoreError> {
+        self.transition(base.into(), JobStatus::Queued, &[]).await
     }
 
     /// Worker: attempt `attempt` (1-based delivery count) starts.
@@ -109,7 +143,7 @@ impl Store {
         attempt: u64,
     ) -> Result<Transition, StoreError> {
         self.transition(
-            env,
+            env.into(),
             JobStatus::InProgress,
             &[("attempts", attempt.to_string())],
         )
@@ -123,7 +157,7 @@ impl Store {
         result: &[u8],
     ) -> Result<Transition, StoreError> {
         let result = String::from_utf8_lossy(result).into_owned();
-        self.transition(env, JobStatus::Completed, &[("result", result)])
+        self.transition(env.into(), JobStatus::Completed, &[("result", result)])
             .await
     }
 
@@ -136,7 +170,8 @@ impl Store {
     ) -> Result<Transition, StoreError> {
         let error =
             serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        self.transition(env, status, &[("error", error)]).await
+        self.transition(env.into(), status, &[("error", error)])
+            .await
     }
 
     /// Ingest: a client cancelled job `id`. Only an existing record is moved (`None` when
@@ -184,27 +219,27 @@ impl Store {
 
     async fn transition(
         &self,
-        env: &JobEnvelope,
+        rec: RecordBase<'_>,
         status: JobStatus,
         set: &[(&str, String)],
     ) -> Result<Transition, StoreError> {
-        let metadata = serde_json::to_string(&env.metadata)
-            .map_err(|e| StoreError::Protocol(e.to_string()))?;
-        let kind = match env.kind {
-            sluice_protocol::JobKind::ChatCompletion => "chat_completion",
-            sluice_protocol::JobKind::Embedding => "embedding",
+        let metadata =
+            serde_json::to_string(rec.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let kind = match rec.kind {
+            JobKind::ChatCompletion => "chat_completion",
+            JobKind::Embedding => "embedding",
         };
         let base: [(&str, String); 6] = [
-            ("tenant", env.tenant.clone()),
-            ("priority", env.priority.as_str().to_string()),
-            ("model", env.model.clone()),
+            ("tenant", rec.tenant.to_string()),
+            ("priority", rec.priority.as_str().to_string()),
+            ("model", rec.model.to_string()),
             ("kind", kind.to_string()),
-            ("created_at", env.created_at_ms.to_string()),
+            ("created_at", rec.created_at_ms.to_string()),
             ("metadata", metadata),
         ];
-        let mut inv = self.scripts.transition.key(self.keys.job(env.id));
-        inv.key(self.keys.job_events(env.id));
-        inv.key(self.keys.rejected(env.id));
+        let mut inv = self.scripts.transition.key(self.keys.job(rec.id));
+        inv.key(self.keys.job_events(rec.id));
+        inv.key(self.keys.rejected(rec.id));
         inv.arg(status.as_str())
             .arg(now_ms())
             .arg(self.ttl_s)
@@ -265,17 +300,28 @@ impl Store {
         s.map(|s| parse_status(&s)).transpose()
     }
 
-    /// Ingest: the publish of this job was not acknowledged and the client got a 503. The
-    /// broker may still have stored it (a publish buffered across a reconnect); the tombstone
-    /// makes any worker drop it instead of running a job nobody knows about.
+    /// Ingest: the publish of this job was not acknowledged and the client got a 503. Its
+    /// record goes, and since the broker may still have stored it (a publish buffered across
+    /// a reconnect), a tombstone makes any worker drop it instead of running a job nobody
+    /// knows about.
     pub async fn record_rejected(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&[self.keys.job(id), self.keys.job_events(id)])
+            .ignore()
+            .set_ex(self.keys.rejected(id), 1, self.ttl_s)
+            .ignore();
+        let mut conn = self.conn().await?;
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Ingest: removes the record of a job that was refused before it was published.
+    pub async fn discard(&self, id: Uuid) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         self.timed(
-            redis::cmd("SET")
-                .arg(self.keys.rejected(id))
-                .arg(1)
-                .arg("EX")
-                .arg(self.ttl_s)
+            redis::cmd("DEL")
+                .arg(self.keys.job(id))
+                .arg(self.keys.job_events(id))
                 .query_async::<()>(&mut conn),
         )
         .await

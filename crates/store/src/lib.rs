@@ -19,7 +19,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sluice_config::RedisConfig;
 
-pub use jobs::{JobError, Transition};
+pub use jobs::{JobError, RecordBase, Transition};
 pub use keys::Keys;
 pub use record::JobRecord;
 pub use replay::Replay;

@@ -12,7 +12,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice_config::FailPolicy;
 use sluice_governance::{Admission, Refusal, admission::Policy, estimate, idempotency::Claim};
-use sluice_store::now_ms;
+use sluice_protocol::JobKind;
+use sluice_store::{RecordBase, now_ms};
 use uuid::Uuid;
 
 use crate::{AppState, auth::Tenant, error::ApiError, validate::ChatSubmission};
@@ -31,19 +32,75 @@ pub struct Admitted {
     idempotency: Option<(String, String)>,
 }
 
-/// Checks everything for job `job`; may rewrite the request (streamed jobs are asked to
-/// report usage, so they can be settled like plain ones).
-pub async fn admit(
+/// The job a submission becomes, as far as admission and its record need it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub kind: JobKind,
+    pub created_at_ms: u64,
+}
+
+/// Admits job `job` and writes its `queued` record in the same Redis round trip, or refuses
+/// it. The record is written while admission decides, and removed again when the job is
+/// refused or turns out to be an idempotent replay: a job's id is only ever shown in its
+/// answer, so nobody can have seen a record that is removed. The caller publishes the job
+/// next ([`crate::routes::jobs::enqueue`]), which removes the record if the broker does not
+/// take it.
+///
+/// May rewrite the request: streamed jobs are asked to report usage, so they can be settled
+/// like plain ones.
+pub async fn admit_and_record(
     state: &AppState,
     tenant: &Tenant,
     headers: &HeaderMap,
     body: &[u8],
     sub: &mut ChatSubmission,
+    job: NewJob,
+) -> Result<Admitted, ApiError> {
+    // Shedding first: an overloaded ingest must not do Redis work for a job it turns away.
+    state
+        .backlogs
+        .check(&state.gov.config().shedding, sub.priority, now_ms())?;
+    if sub.request.get("stream").and_then(Value::as_bool) == Some(true) {
+        sub.request["stream_options"]["include_usage"] = Value::Bool(true);
+    }
+    let base = RecordBase {
+        id: job.id,
+        tenant: &tenant.id,
+        priority: sub.priority,
+        model: &sub.model,
+        kind: job.kind,
+        created_at_ms: job.created_at_ms,
+        metadata: &sub.metadata,
+    };
+    let (admitted, recorded) = tokio::join!(
+        admit(state, tenant, headers, body, sub, job.id),
+        state.store.record_queued(base),
+    );
+    if let Err(e) = recorded {
+        // A published job whose record is missing gets it from the worker that starts it.
+        tracing::warn!(job = %job.id, error = %e, "the queued record of a job was not written");
+    }
+    if matches!(&admitted, Ok(a) if a.replay.is_none()) {
+        return admitted;
+    }
+    if let Err(e) = state.store.discard(job.id).await {
+        tracing::warn!(job = %job.id, error = %e, "cannot remove the record of a refused job; it expires with its TTL");
+    }
+    admitted
+}
+
+/// Checks idempotency, limits and budgets for job `job`.
+async fn admit(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    body: &[u8],
+    sub: &ChatSubmission,
     job: Uuid,
 ) -> Result<Admitted, ApiError> {
     let now = now_ms();
     let gov_cfg = state.gov.config();
-    state.backlogs.check(&gov_cfg.shedding, sub.priority, now)?;
     let agent = id_header(headers, AGENT_HEADER)?;
     let chain = id_header(headers, CHAIN_HEADER)?;
 
@@ -66,9 +123,6 @@ pub async fn admit(
         }
     }
 
-    if sub.request.get("stream").and_then(Value::as_bool) == Some(true) {
-        sub.request["stream_options"]["include_usage"] = Value::Bool(true);
-    }
     let request = &sub.request;
     // Chat messages, or an embeddings request's input.
     let prompt = request

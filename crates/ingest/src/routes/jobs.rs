@@ -114,51 +114,44 @@ pub async fn submit(
         max_output_tokens: state.cfg.ingest.max_output_tokens,
     };
     let mut sub = validate::chat_submission(&body, limits)?;
-    let id = Uuid::now_v7();
-    let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
-    if let Some(first) = admitted.replay {
-        return replayed(&state, first).await;
-    }
-    let hook_url = sub.webhook_url.take();
-    let mut env = chat_envelope(&tenant, sub, &headers)?;
-    env.id = id;
-    // The job's own webhook: checked (SSRF) and stored with a fresh secret before the job
-    // exists, so the dispatcher always finds it; the secret is shown once, here.
-    let hook = match hook_url {
+    // The job's own webhook URL is input like the rest: checked (SSRF) before admission.
+    let hook_url = match sub.webhook_url.take() {
         Some(url) => {
             let policy = sluice_webhooks::ssrf::Policy::new(&state.cfg.webhooks.allow_private);
-            let checked = match policy.check_url(&url).await {
-                Ok(u) => u.to_string(),
-                Err(e) => {
-                    admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
-                    return Err(e.into());
-                }
-            };
-            let secret = sluice_webhooks::sign::new_secret();
-            state
-                .store
-                .set_job_hook(env.id, &checked, &secret)
-                .await
-                .map_err(store_unavailable)?;
-            Some(serde_json::json!({ "url": checked, "secret": secret }))
+            Some(policy.check_url(&url).await?.to_string())
         }
         None => None,
     };
-    if let Err(e) = state.queue.publish_job(&env).await {
-        // The broker may still store it (a publish buffered across a reconnect): leave a
-        // tombstone so no worker runs a job whose client was told 503.
-        if let Err(se) = state.store.record_rejected(env.id).await {
-            tracing::warn!(job = %env.id, error = %se, "cannot record a rejected publish");
-        }
-        admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
-        return Err(queue_error(&state, e));
+    let job = admission::NewJob {
+        id: Uuid::now_v7(),
+        kind: JobKind::ChatCompletion,
+        created_at_ms: now_ms(),
+    };
+    let admitted =
+        admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
+    if let Some(first) = admitted.replay {
+        return replayed(&state, first).await;
     }
-    metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str())
-        .increment(1);
-    // The job is durable from here on. If the record cannot be written, the worker writes
-    // it when it starts the job; the client already has the truth: 202.
-    if let Err(e) = state.store.record_queued(&env).await {
-        tracing::warn!(job = %env.id, error = %e, "job accepted but its queued record was not written");
+    let env = chat_envelope(&tenant, sub, &headers, job)?;
+    // Stored with a fresh secret before the job is published, so the dispatcher always
+    // finds it; the secret is shown once, here.
+    let hook = match hook_url {
+        Some(url) => {
+            let secret = sluice_webhooks::sign::new_secret();
+            if let Err(e) = state.store.set_job_hook(env.id, &url, &secret).await {
+                if let Err(de) = state.store.discard(env.id).await {
+                    tracing::warn!(job = %env.id, error = %de, "cannot remove the record of an unpublished job");
+                }
+                admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
+                return Err(store_unavailable(e));
+            }
+            Some(serde_json::json!({ "url": url, "secret": secret }))
+        }
+        None => None,
+    };
+    if let Err(e) = enqueue(&state, &env).await {
+        admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
+        return Err(e);
     }
     let mut view = serde_json::to_value(queued_view(env.clone()))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -175,19 +168,20 @@ pub async fn submit(
     Ok(resp)
 }
 
-/// The envelope of a validated chat submission.
+/// The envelope of a validated chat submission admitted as `job`.
 pub(crate) fn chat_envelope(
     tenant: &Tenant,
     sub: validate::ChatSubmission,
     headers: &HeaderMap,
+    job: admission::NewJob,
 ) -> Result<JobEnvelope, ApiError> {
-    let created_at_ms = now_ms();
+    let created_at_ms = job.created_at_ms;
     Ok(JobEnvelope {
         schema: SCHEMA_VERSION,
-        id: Uuid::now_v7(),
+        id: job.id,
         tenant: tenant.id.to_string(),
         priority: sub.priority,
-        kind: JobKind::ChatCompletion,
+        kind: job.kind,
         model: sub.model,
         request: validate::encode_request(&sub.request)?,
         created_at_ms,
@@ -201,18 +195,19 @@ pub(crate) fn chat_envelope(
     })
 }
 
-/// Publishes the job and records it as queued: after `Ok` the job is durable.
+/// Publishes an admitted job, whose `queued` record is already written: after `Ok` the job
+/// is durable. If the broker does not acknowledge it, the record goes and a tombstone keeps
+/// any worker from running it (the broker may store it after all, e.g. a publish buffered
+/// across a reconnect); the caller gives the admission back.
 pub(crate) async fn enqueue(state: &AppState, env: &JobEnvelope) -> Result<(), ApiError> {
-    state
-        .queue
-        .publish_job(env)
-        .await
-        .map_err(|e| queue_error(state, e))?;
+    if let Err(e) = state.queue.publish_job(env).await {
+        if let Err(se) = state.store.record_rejected(env.id).await {
+            tracing::warn!(job = %env.id, error = %se, "cannot record a rejected publish");
+        }
+        return Err(queue_error(state, e));
+    }
     metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str())
         .increment(1);
-    if let Err(e) = state.store.record_queued(env).await {
-        tracing::warn!(job = %env.id, error = %e, "job accepted but its queued record was not written");
-    }
     Ok(())
 }
 
@@ -272,7 +267,8 @@ async fn replayed(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
         Some(r) => {
             serde_json::to_value(JobView::from(r)).map_err(|e| ApiError::Internal(e.to_string()))?
         }
-        // The first request is still being published: its id is all there is yet.
+        // The first request is still being admitted, or its record expired: its id is all
+        // there is.
         None => serde_json::json!({"id": id, "object": "job", "status": "queued"}),
     };
     let headers = [

@@ -66,10 +66,15 @@ pub async fn chat_completions(
     }
     // The same admission as POST /v1/jobs: shedding, idempotency, rate limits, budgets. An
     // idempotent retry waits for the first request's job instead of queueing another.
-    let id = Uuid::now_v7();
-    let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
-    let mut env = chat_envelope(&tenant, sub, &headers)?;
-    env.id = admitted.replay.unwrap_or(id);
+    let job = admission::NewJob {
+        id: Uuid::now_v7(),
+        kind: JobKind::ChatCompletion,
+        created_at_ms: now_ms(),
+    };
+    let admitted =
+        admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
+    let mut env = chat_envelope(&tenant, sub, &headers, job)?;
+    env.id = admitted.replay.unwrap_or(job.id);
     let admission = Admission {
         fresh: admitted.replay.is_none(),
         undo: Some((tenant, admitted)),
@@ -100,17 +105,22 @@ pub async fn embeddings(
         webhook_url: None,
         request: emb.request,
     };
-    let id = Uuid::now_v7();
-    let admitted = admission::admit(&state, &tenant, &headers, &body, &mut sub, id).await?;
+    let job = admission::NewJob {
+        id: Uuid::now_v7(),
+        kind: JobKind::Embedding,
+        created_at_ms: now_ms(),
+    };
+    let admitted =
+        admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
     let env = JobEnvelope {
         schema: SCHEMA_VERSION,
-        id: admitted.replay.unwrap_or(id),
+        id: admitted.replay.unwrap_or(job.id),
         tenant: tenant.id.to_string(),
         priority: sub.priority,
         kind: JobKind::Embedding,
         model: sub.model,
         request: crate::validate::encode_request(&sub.request)?,
-        created_at_ms: now_ms(),
+        created_at_ms: job.created_at_ms,
         deadline_ms: None,
         replays: 0,
         traceparent: None,
