@@ -61,6 +61,8 @@ async fn a_late_queued_write_never_moves_a_started_job_back() -> Result<()> {
         events[0].contains("\"queued\"") && events[1].contains("\"in_progress\""),
         "{events:?}"
     );
+    assert!(events[0].contains("\"at\":1000"), "{events:?}");
+    assert!(events[1].contains("\"attempt\":1"), "{events:?}");
     Ok(())
 }
 

@@ -1,9 +1,12 @@
 //! The HTTP side: one shared keep-alive client, request bodies, and the calls each mode makes.
 //!
-//! Every response body is read to the end, errors included, so the connection goes back to
-//! the pool instead of being closed; at 10,000 requests/s reconnecting would be the benchmark.
+//! The measured requests go through [`RawClient`] for `http://` targets (the general client
+//! for `https://`); status polls always use the general client. Every response body is read
+//! to the end, errors included, so the connection goes back to the pool instead of being
+//! closed; at 10,000 requests/s reconnecting would be the benchmark.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -12,6 +15,7 @@ use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::Settings;
+use crate::raw::{RawClient, RawError};
 use crate::stats::Outcome;
 
 /// Builds the shared client: HTTP/1.1 keep-alive with Nagle off, an idle pool as large as the
@@ -30,15 +34,41 @@ pub fn client(settings: &Settings, pool: usize) -> anyhow::Result<Client> {
 }
 
 /// Where requests go and how they authenticate.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     client: Client,
+    raw: Option<Arc<RawClient>>,
     base: String,
     auth: Option<HeaderValue>,
 }
 
+/// A `POST` endpoint, prepared once: its URL for the general client and its request head
+/// for the raw one.
+pub struct Endpoint {
+    url: String,
+    raw_head: Option<String>,
+}
+
+/// A `POST`'s answer, body read to the end.
+struct Answer {
+    status: u16,
+    location: Option<String>,
+    body: Vec<u8>,
+}
+
 impl Target {
-    pub fn new(client: Client, settings: &Settings) -> anyhow::Result<Self> {
+    pub async fn new(client: Client, settings: &Settings) -> anyhow::Result<Self> {
+        let raw = RawClient::for_url(
+            &settings.url,
+            settings
+                .api_key
+                .as_ref()
+                .map(|key| format!("Bearer {key}"))
+                .as_deref(),
+            settings.timeout,
+        )
+        .await?
+        .map(Arc::new);
         let auth = settings
             .api_key
             .as_ref()
@@ -51,6 +81,7 @@ impl Target {
             .transpose()?;
         Ok(Self {
             client,
+            raw,
             base: settings.url.clone(),
             auth,
         })
@@ -58,6 +89,46 @@ impl Target {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    pub fn endpoint(&self, path: &str) -> Endpoint {
+        Endpoint {
+            url: self.url(path),
+            raw_head: self.raw.as_ref().map(|raw| raw.post_head(path)),
+        }
+    }
+
+    /// POSTs a JSON `body` and reads the whole answer; a failure is already an [`Outcome`].
+    async fn post_json(&self, endpoint: &Endpoint, body: Vec<u8>) -> Result<Answer, Outcome> {
+        if let (Some(raw), Some(head)) = (&self.raw, &endpoint.raw_head) {
+            return match raw.send(head, &body).await {
+                Ok(r) => Ok(Answer {
+                    status: r.status,
+                    location: r.location,
+                    body: r.body,
+                }),
+                Err(RawError::Timeout) => Err(Outcome::Timeout),
+                Err(RawError::Connect(_)) => Err(Outcome::Connect),
+                Err(RawError::Transport(_)) => Err(Outcome::Transport),
+            };
+        }
+        let resp = self
+            .post(&endpoint.url, body)
+            .send()
+            .await
+            .map_err(|e| transport_outcome(&e))?;
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.bytes().await.map_err(|e| transport_outcome(&e))?;
+        Ok(Answer {
+            status,
+            location,
+            body: body.to_vec(),
+        })
     }
 
     fn post(&self, url: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
@@ -156,28 +227,28 @@ fn transport_outcome(e: &reqwest::Error) -> Outcome {
 }
 
 /// Classifies a non-2xx status, after its body was read.
-fn status_outcome(status: StatusCode) -> Outcome {
+fn status_outcome(status: u16) -> Outcome {
     match status {
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Outcome::Rejected {
-            status: status.as_u16(),
-        },
-        _ => Outcome::HttpError {
-            status: status.as_u16(),
-        },
+        429 | 503 => Outcome::Rejected { status },
+        _ => Outcome::HttpError { status },
     }
 }
 
 /// `POST /v1/jobs`: success is a 2xx carrying the job's id.
 pub struct SubmitJob {
     target: Target,
-    url: String,
+    endpoint: Endpoint,
     body: BodyTemplate,
 }
 
 impl SubmitJob {
     pub fn new(target: Target, body: BodyTemplate) -> Self {
-        let url = target.url("/v1/jobs");
-        Self { target, url, body }
+        let endpoint = target.endpoint("/v1/jobs");
+        Self {
+            target,
+            endpoint,
+            body,
+        }
     }
 }
 
@@ -188,32 +259,25 @@ struct Accepted {
 
 impl Operation for SubmitJob {
     async fn call(&self, seq: u64) -> Outcome {
-        let resp = match self
+        let answer = match self
             .target
-            .post(&self.url, self.body.body(seq))
-            .send()
+            .post_json(&self.endpoint, self.body.body(seq))
             .await
         {
-            Ok(resp) => resp,
-            Err(e) => return transport_outcome(&e),
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
         };
-        let status = resp.status();
-        let location = resp
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = match resp.bytes().await {
-            Ok(bytes) => bytes,
-            Err(e) => return transport_outcome(&e),
-        };
-        if !status.is_success() {
-            return status_outcome(status);
+        if !(200..300).contains(&answer.status) {
+            return status_outcome(answer.status);
         }
-        let id = serde_json::from_slice::<Accepted>(&bytes)
+        let id = serde_json::from_slice::<Accepted>(&answer.body)
             .ok()
             .map(|a| a.id)
-            .or_else(|| location.and_then(|l| l.rsplit('/').next().map(str::to_owned)))
+            .or_else(|| {
+                answer
+                    .location
+                    .and_then(|l| l.rsplit('/').next().map(str::to_owned))
+            })
             .filter(|id| !id.is_empty());
         match id {
             Some(id) => Outcome::Ok { job_id: Some(id) },
@@ -225,36 +289,31 @@ impl Operation for SubmitJob {
 /// A synchronous chat completion at `--path`: success is any 2xx with its body read.
 pub struct ChatCompletion {
     target: Target,
-    url: String,
+    endpoint: Endpoint,
     body: BodyTemplate,
 }
 
 impl ChatCompletion {
     pub fn new(target: Target, path: &str, body: BodyTemplate) -> Self {
-        let url = target.url(path);
-        Self { target, url, body }
+        let endpoint = target.endpoint(path);
+        Self {
+            target,
+            endpoint,
+            body,
+        }
     }
 }
 
 impl Operation for ChatCompletion {
     async fn call(&self, seq: u64) -> Outcome {
-        let resp = match self
+        match self
             .target
-            .post(&self.url, self.body.body(seq))
-            .send()
+            .post_json(&self.endpoint, self.body.body(seq))
             .await
         {
-            Ok(resp) => resp,
-            Err(e) => return transport_outcome(&e),
-        };
-        let status = resp.status();
-        if let Err(e) = resp.bytes().await {
-            return transport_outcome(&e);
-        }
-        if status.is_success() {
-            Outcome::Ok { job_id: None }
-        } else {
-            status_outcome(status)
+            Ok(answer) if (200..300).contains(&answer.status) => Outcome::Ok { job_id: None },
+            Ok(answer) => status_outcome(answer.status),
+            Err(outcome) => outcome,
         }
     }
 }
@@ -337,18 +396,9 @@ mod tests {
 
     #[test]
     fn shedding_statuses_are_rejections() {
-        assert_eq!(
-            status_outcome(StatusCode::TOO_MANY_REQUESTS),
-            Outcome::Rejected { status: 429 }
-        );
-        assert_eq!(
-            status_outcome(StatusCode::SERVICE_UNAVAILABLE),
-            Outcome::Rejected { status: 503 }
-        );
-        assert_eq!(
-            status_outcome(StatusCode::BAD_GATEWAY),
-            Outcome::HttpError { status: 502 }
-        );
+        assert_eq!(status_outcome(429), Outcome::Rejected { status: 429 });
+        assert_eq!(status_outcome(503), Outcome::Rejected { status: 503 });
+        assert_eq!(status_outcome(502), Outcome::HttpError { status: 502 });
     }
 
     #[test]

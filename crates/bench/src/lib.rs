@@ -22,6 +22,7 @@ pub mod e2e;
 pub mod http;
 pub mod modes;
 pub mod open_loop;
+pub mod raw;
 pub mod report;
 pub mod sample;
 pub mod schedule;

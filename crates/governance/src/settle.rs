@@ -71,8 +71,13 @@ impl Governor {
 /// The `usage` of an OpenAI response body: a JSON object, or a server-sent event stream
 /// whose chunks may carry it (the last one does with `include_usage`).
 pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        return usage_of(&v);
+    // Only `usage` is decoded; the rest of the body (the completion) is skipped.
+    #[derive(serde::Deserialize)]
+    struct Body {
+        usage: Option<Value>,
+    }
+    if let Ok(b) = serde_json::from_slice::<Body>(body) {
+        return b.usage.and_then(|u| usage_of_usage(&u));
     }
     let text = std::str::from_utf8(body).ok()?;
     text.lines()
@@ -85,7 +90,11 @@ pub fn usage_from_response(body: &[u8]) -> Option<Usage> {
 }
 
 fn usage_of(v: &Value) -> Option<Usage> {
-    let u = v.get("usage")?;
+    usage_of_usage(v.get("usage")?)
+}
+
+/// The token counts of a `usage` object.
+fn usage_of_usage(u: &Value) -> Option<Usage> {
     let prompt = u.get("prompt_tokens").and_then(Value::as_u64)?;
     let completion = u
         .get("completion_tokens")

@@ -34,6 +34,9 @@ pub struct Deployment {
     pub client: OpenAiProvider,
     headroom: f64,
     state: Mutex<State>,
+    /// Registered once: looking a labelled gauge up per call costs a hash of its labels.
+    outstanding_gauge: metrics::Gauge,
+    breaker_gauge: metrics::Gauge,
 }
 
 struct State {
@@ -64,6 +67,8 @@ impl Deployment {
     ) -> Arc<Deployment> {
         let now = Instant::now();
         Arc::new(Deployment {
+            outstanding_gauge: metrics::gauge!("sluice_deployment_outstanding", "deployment" => d.name.clone()),
+            breaker_gauge: metrics::gauge!("sluice_breaker_state", "deployment" => d.name.clone()),
             name: d.name.clone(),
             upstream_model: d.model.clone(),
             weight: d.weight.max(1),
@@ -142,10 +147,8 @@ impl Deployment {
     }
 
     fn gauges(&self, s: &mut State, now: Instant) {
-        metrics::gauge!("sluice_deployment_outstanding", "deployment" => self.name.clone())
-            .set(s.outstanding as f64);
-        metrics::gauge!("sluice_breaker_state", "deployment" => self.name.clone())
-            .set(s.breaker.state(now).gauge());
+        self.outstanding_gauge.set(s.outstanding as f64);
+        self.breaker_gauge.set(s.breaker.state(now).gauge());
     }
 
     /// Sets a cool-down (after a 429), so the balancer sends nothing here until it ends.

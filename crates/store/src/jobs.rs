@@ -38,25 +38,33 @@ if cur then
 end
 local i = 5
 local nbase = tonumber(ARGV[4])
+local set = {'status', new, new .. '_at', now}
 if not cur then
-  local base = {}
-  for j = i, i + 2 * nbase - 1 do base[#base + 1] = ARGV[j] end
-  redis.call('HSET', KEYS[1], unpack(base))
+  for j = i, i + 2 * nbase - 1 do set[#set + 1] = ARGV[j] end
 end
 i = i + 2 * nbase
 local nset = tonumber(ARGV[i])
 i = i + 1
-local set = {'status', new, new .. '_at', now}
-for j = i, i + 2 * nset - 1 do set[#set + 1] = ARGV[j] end
+local attempts
+for j = i, i + 2 * nset - 1, 2 do
+  set[#set + 1] = ARGV[j]
+  set[#set + 1] = ARGV[j + 1]
+  if ARGV[j] == 'attempts' then attempts = tonumber(ARGV[j + 1]) end
+end
 if not cur and new ~= 'queued' then
-  local created = redis.call('HGET', KEYS[1], 'created_at')
+  local created = now
+  for j = 5, 4 + 2 * nbase, 2 do
+    if ARGV[j] == 'created_at' then created = ARGV[j + 1] end
+  end
   set[#set + 1] = 'queued_at'
   set[#set + 1] = created
   redis.call('RPUSH', KEYS[2], cjson.encode({type = 'status', status = 'queued', at = tonumber(created)}))
 end
 redis.call('HSET', KEYS[1], unpack(set))
 local ev = {type = 'status', status = new, at = tonumber(now)}
-if new == 'in_progress' then ev.attempt = tonumber(redis.call('HGET', KEYS[1], 'attempts')) end
+if new == 'in_progress' then
+  ev.attempt = attempts or tonumber(redis.call('HGET', KEYS[1], 'attempts'))
+end
 redis.call('RPUSH', KEYS[2], cjson.encode(ev))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)

@@ -15,7 +15,7 @@ use super::{FINISH_GRACE, load_figures};
 pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let schedule = settings.schedule()?;
     let max_in_flight = settings.max_in_flight as usize;
-    let target = Target::new(http::client(settings, max_in_flight)?, settings)?;
+    let target = Target::new(http::client(settings, max_in_flight)?, settings).await?;
     let body = BodyTemplate::new(settings, settings.priority.clone());
     let op = Arc::new(ChatCompletion::new(target.clone(), &settings.path, body));
     if !settings.quiet {

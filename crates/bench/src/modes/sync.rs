@@ -20,7 +20,7 @@ use super::{FINISH_GRACE, load_figures};
 
 pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let workers = settings.concurrency as usize;
-    let target = Target::new(http::client(settings, workers)?, settings)?;
+    let target = Target::new(http::client(settings, workers)?, settings).await?;
     let body = BodyTemplate::new(settings, settings.priority.clone());
     let op = Arc::new(ChatCompletion::new(target.clone(), &settings.path, body));
     if !settings.quiet {
