@@ -22,6 +22,7 @@ fn envelope() -> JobEnvelope {
         traceparent: None,
         metadata: BTreeMap::from([("k".into(), "v".into())]),
         stream: false,
+        reserved: true,
     }
 }
 

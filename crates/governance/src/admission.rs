@@ -153,6 +153,8 @@ pub struct Decision {
     pub budget_tokens_used: u64,
     /// Budget cost in use after this reservation, micro-USD (0 without a cost budget).
     pub budget_cost_used_micro_usd: u64,
+    /// A reservation was recorded, so the job's end must settle it.
+    pub reserved: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -227,6 +229,11 @@ impl Governor {
             || key_cost > 0
             || rates.iter().any(|r| r.policy.tokens);
         let chain = a.chain.unwrap_or("-");
+        if rates.is_empty() && !reserve && cfg.loop_max_per_minute == 0 {
+            // Nothing to count or reserve: only the tenant's kill switch applies, which a
+            // plain read answers without running the script.
+            return self.admit_unlimited(a, est_cost).await;
+        }
 
         let mut inv = self.scripts.admit.key(self.keys.tenant(a.tenant));
         inv.key(self.keys.loop_counter(a.tenant, chain, a.prompt_hash))
@@ -278,6 +285,7 @@ impl Governor {
                 },
                 budget_tokens_used: used.max(0) as u64,
                 budget_cost_used_micro_usd: used_cost.max(0) as u64,
+                reserved: reserve,
             }),
             1 => Err(Refusal::Disabled),
             2 => Err(Refusal::Loop { retry_after_ms: ms }),
@@ -296,6 +304,32 @@ impl Governor {
                 )));
             }
         })
+    }
+
+    /// [`Governor::admit`] for a request no limit, budget or loop check applies to: what the
+    /// script would answer, from one `HGET` of the tenant's kill switch.
+    async fn admit_unlimited(
+        &self,
+        a: &Admission<'_>,
+        est_cost: u64,
+    ) -> Result<Result<Decision, Refusal>, GovernanceError> {
+        let disabled: Option<String> = self
+            .query(
+                redis::cmd("HGET")
+                    .arg(self.keys.tenant(a.tenant))
+                    .arg("disabled")
+                    .to_owned(),
+            )
+            .await?;
+        if disabled.as_deref() == Some("1") {
+            return Ok(Err(Refusal::Disabled));
+        }
+        Ok(Ok(Decision {
+            quota: None,
+            budget_tokens_used: a.estimate.total(),
+            budget_cost_used_micro_usd: est_cost,
+            reserved: false,
+        }))
     }
 
     fn rate_args(&self, cfg: &GovernanceConfig, a: &Admission<'_>) -> Vec<RateArg> {

@@ -236,7 +236,10 @@ impl Governor {
         Ok(out)
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, GovernanceError> {
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T, GovernanceError> {
         let store = self.store();
         let mut conn = store.conn().await?;
         Ok(store.timed(cmd.query_async(&mut conn)).await?)

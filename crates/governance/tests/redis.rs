@@ -390,3 +390,42 @@ async fn a_key_budget_bounds_one_key_and_settles_like_the_tenants() {
             .is_err()
     );
 }
+
+/// Without limits, budgets or loop checks nothing is reserved (so a worker may skip the
+/// settlement), and the kill switch still holds.
+#[tokio::test]
+async fn an_unlimited_tenant_reserves_nothing_and_its_kill_switch_holds() {
+    let mut cfg = GovernanceConfig::default();
+    let (a, _) = replicas(&cfg);
+    let job = Uuid::now_v7();
+    let d = a.admit(&req(job, 10), NOW).await.unwrap().unwrap();
+    assert!(!d.reserved);
+    assert_eq!(d.quota, None);
+    assert!(
+        !a.settle(job, "m", Usage::default(), NOW).await.unwrap(),
+        "there is no reservation to settle"
+    );
+    a.put_tenant("acme", true, NOW).await.unwrap();
+    assert_eq!(
+        a.admit(&req(Uuid::now_v7(), 10), NOW).await.unwrap(),
+        Err(Refusal::Disabled)
+    );
+
+    // The same tenant with a budget: the job's reservation waits for its settlement.
+    cfg.tenants.insert(
+        "acme".into(),
+        TenantPolicy {
+            budget: Budget {
+                period: BudgetPeriod::Day,
+                tokens: 1000,
+                cost_usd: 0.0,
+            },
+            ..Default::default()
+        },
+    );
+    let (b, _) = replicas(&cfg);
+    let job = Uuid::now_v7();
+    let d = b.admit(&req(job, 10), NOW).await.unwrap().unwrap();
+    assert!(d.reserved);
+    assert!(b.settle(job, "m", Usage::default(), NOW).await.unwrap());
+}

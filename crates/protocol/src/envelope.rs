@@ -60,6 +60,15 @@ pub struct JobEnvelope {
     /// and forwards the chunks as job events while it assembles the final result.
     #[serde(default)]
     pub stream: bool,
+    /// Admission reserved tokens or cost for the job (a budget or a token rate limit applies),
+    /// so its end settles them. Without a reservation there is nothing to settle, and the
+    /// worker skips the round trip. Messages written before this field settle as before.
+    #[serde(default = "reserved_unless_told")]
+    pub reserved: bool,
+}
+
+fn reserved_unless_told() -> bool {
+    true
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +124,7 @@ mod tests {
             traceparent: None,
             metadata: BTreeMap::from([("k".into(), "v".into())]),
             stream: false,
+            reserved: true,
         }
     }
 

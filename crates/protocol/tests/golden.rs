@@ -30,6 +30,7 @@ fn v1_chat() -> JobEnvelope {
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         metadata: BTreeMap::from([("order".into(), "42".into())]),
         stream: false,
+        reserved: true,
     }
 }
 
@@ -56,6 +57,16 @@ fn v1_embedding_minimal() -> JobEnvelope {
         traceparent: None,
         metadata: BTreeMap::new(),
         stream: false,
+        reserved: true,
+    }
+}
+
+/// Written after `reserved` was added: a job admission reserved nothing for.
+fn v1_unreserved() -> JobEnvelope {
+    JobEnvelope {
+        id: Uuid::parse_str("0192f0c1-7a4b-7cde-8f01-000000000004").unwrap(),
+        reserved: false,
+        ..v1_chat()
     }
 }
 
@@ -79,6 +90,11 @@ fn v1_chat_completion_sample_decodes() {
 #[test]
 fn v1_streamed_chat_sample_decodes() {
     check("v1-chat-stream.msgpack", v1_chat_streamed());
+}
+
+#[test]
+fn v1_unreserved_sample_decodes() {
+    check("v1-unreserved.msgpack", v1_unreserved());
 }
 
 #[test]
@@ -120,4 +136,8 @@ fn v1_minimal_sample_decodes_with_defaults() {
     assert_eq!(env.replays, 0);
     assert!(env.metadata.is_empty());
     assert!(!env.stream);
+    assert!(
+        env.reserved,
+        "a message from before `reserved` settles as before"
+    );
 }

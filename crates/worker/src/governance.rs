@@ -15,7 +15,8 @@
 //!
 //! Settlement: a job that completed settles against the `usage` in its response (plain or
 //! streamed); any other terminal outcome settles with zero usage, returning the reservation.
-//! Settling is exactly once per job id whatever the number of deliveries.
+//! Settling is exactly once per job id whatever the number of deliveries. A job whose
+//! envelope says admission reserved nothing (no budget or token limit applied) skips it.
 
 use std::time::Duration;
 
@@ -74,7 +75,7 @@ pub async fn finish(shared: &Shared, env: &JobEnvelope, outcome: &Outcome) {
     // A completed job was settled with its actual usage by `completed`.
     let terminal = matches!(outcome, Outcome::Done { .. } | Outcome::DeadLetter { .. })
         && !matches!(outcome, Outcome::Done { label: "completed" });
-    if terminal {
+    if terminal && env.reserved {
         let usage = match outcome {
             // A redelivery of a finished job: its usage is in the stored result.
             Outcome::Done {
@@ -104,7 +105,11 @@ pub async fn completed(shared: &Shared, env: &JobEnvelope, response: &[u8]) {
     .await;
 }
 
+/// Settles the job's reservation; a job admission reserved nothing for has nothing to settle.
 async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) {
+    if !env.reserved {
+        return;
+    }
     if let Err(e) = shared.gov.settle(env.id, &env.model, usage, now_ms()).await {
         tracing::warn!(job = %env.id, error = %e, "cannot settle the job's reservation");
     }

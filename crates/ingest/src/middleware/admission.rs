@@ -29,6 +29,9 @@ pub struct Admitted {
     pub replay: Option<Uuid>,
     /// `RateLimit-Policy` / `RateLimit` for the response.
     pub headers: Vec<(&'static str, String)>,
+    /// A reservation was recorded that the job's end must settle (see the envelope's
+    /// `reserved`).
+    pub reserved: bool,
     idempotency: Option<(String, String)>,
 }
 
@@ -156,6 +159,7 @@ async fn admit(
     };
     match decision {
         Ok(d) => {
+            admitted.reserved = d.reserved;
             if let Some((policy, remaining, reset_ms)) = d.quota {
                 admitted.headers = rate_headers(&policy, remaining, reset_ms);
             }

@@ -132,7 +132,7 @@ pub async fn submit(
     if let Some(first) = admitted.replay {
         return replayed(&state, first).await;
     }
-    let env = chat_envelope(&tenant, sub, &headers, job)?;
+    let env = chat_envelope(&tenant, sub, &headers, job, admitted.reserved)?;
     // Stored with a fresh secret before the job is published, so the dispatcher always
     // finds it; the secret is shown once, here.
     let hook = match hook_url {
@@ -168,12 +168,14 @@ pub async fn submit(
     Ok(resp)
 }
 
-/// The envelope of a validated chat submission admitted as `job`.
+/// The envelope of a validated chat submission admitted as `job`; `reserved`: whether
+/// admission recorded a reservation to settle.
 pub(crate) fn chat_envelope(
     tenant: &Tenant,
     sub: validate::ChatSubmission,
     headers: &HeaderMap,
     job: admission::NewJob,
+    reserved: bool,
 ) -> Result<JobEnvelope, ApiError> {
     let created_at_ms = job.created_at_ms;
     Ok(JobEnvelope {
@@ -192,6 +194,7 @@ pub(crate) fn chat_envelope(
         traceparent: traceparent(headers),
         metadata: sub.metadata,
         stream: sub.stream,
+        reserved,
     })
 }
 

@@ -73,7 +73,7 @@ pub async fn chat_completions(
     };
     let admitted =
         admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
-    let mut env = chat_envelope(&tenant, sub, &headers, job)?;
+    let mut env = chat_envelope(&tenant, sub, &headers, job, admitted.reserved)?;
     env.id = admitted.replay.unwrap_or(job.id);
     let admission = Admission {
         fresh: admitted.replay.is_none(),
@@ -126,6 +126,7 @@ pub async fn embeddings(
         traceparent: None,
         metadata: Default::default(),
         stream: false,
+        reserved: admitted.reserved,
     };
     let admission = Admission {
         fresh: admitted.replay.is_none(),
