@@ -41,6 +41,18 @@ fn req(job: Uuid, tokens: u64) -> Admission<'static> {
     }
 }
 
+/// A tenant policy with a daily token budget.
+fn day_budget(tokens: u64) -> TenantPolicy {
+    TenantPolicy {
+        budget: Budget {
+            period: BudgetPeriod::Day,
+            tokens,
+            cost_usd: 0.0,
+        },
+        ..Default::default()
+    }
+}
+
 const NOW: u64 = 1_795_309_200_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,17 +105,7 @@ async fn request_limit_holds_exactly_across_two_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exact() {
     let mut cfg = GovernanceConfig::default();
-    cfg.tenants.insert(
-        "acme".into(),
-        TenantPolicy {
-            budget: Budget {
-                period: BudgetPeriod::Day,
-                tokens: 1000,
-                cost_usd: 0.0,
-            },
-            ..Default::default()
-        },
-    );
+    cfg.tenants.insert("acme".into(), day_budget(1000));
     let (a, b) = replicas(&cfg);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..50 {
@@ -412,17 +414,7 @@ async fn an_unlimited_tenant_reserves_nothing_and_its_kill_switch_holds() {
     );
 
     // The same tenant with a budget: the job's reservation waits for its settlement.
-    cfg.tenants.insert(
-        "acme".into(),
-        TenantPolicy {
-            budget: Budget {
-                period: BudgetPeriod::Day,
-                tokens: 1000,
-                cost_usd: 0.0,
-            },
-            ..Default::default()
-        },
-    );
+    cfg.tenants.insert("acme".into(), day_budget(1000));
     let (b, _) = replicas(&cfg);
     let job = Uuid::now_v7();
     let d = b.admit(&req(job, 10), NOW).await.unwrap().unwrap();
