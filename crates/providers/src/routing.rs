@@ -43,6 +43,7 @@ impl Router {
         let http = (!cfg.classifier_url.is_empty())
             .then(|| {
                 reqwest::Client::builder()
+                    .tcp_nodelay(true)
                     .timeout(Duration::from_millis(cfg.classifier_timeout_ms.max(1)))
                     .build()
                     .ok()

@@ -69,8 +69,13 @@ impl Store {
     /// call [`Store::ping`] to find out whether Redis answers.
     pub fn new(cfg: &RedisConfig) -> Result<Store, StoreError> {
         let timeout = Duration::from_millis(cfg.command_timeout_ms.max(1));
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // redis-rs leaves Nagle's algorithm on by default: a command written while an earlier
+        // one is unacknowledged would wait for that ACK.
+        let info = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client =
+            redis::Client::open(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -58,6 +58,7 @@ enum Attempt {
 pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: CancellationToken) {
     let policy = Arc::new(Policy::new(&cfg.allow_private));
     let http = match reqwest::Client::builder()
+        .tcp_nodelay(true)
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)))
         .redirect(reqwest::redirect::Policy::none())

@@ -7,7 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 
-use axum::{Router, routing::get};
+use axum::{Router, routing::get, serve::ListenerExt};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -32,7 +32,11 @@ async fn main() -> anyhow::Result<()> {
     let ops = if metrics_listen.is_empty() {
         None
     } else {
-        let listener = tokio::net::TcpListener::bind(&metrics_listen).await?;
+        let listener = tokio::net::TcpListener::bind(&metrics_listen)
+            .await?
+            .tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
         let app = Router::new()
             .route(
                 "/metrics",
