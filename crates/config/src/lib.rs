@@ -124,6 +124,8 @@ mod tests {
     fn validation_catches_nonsense() {
         assert!(Config::from_toml_with_env("[worker]\nconcurrency = 0\n", &[]).is_err());
         assert!(Config::from_toml_with_env("[nats]\nnamespace = \"a.b\"\n", &[]).is_err());
+        assert!(Config::from_toml_with_env("[nats]\nring_gap_ms = 0\n", &[]).is_err());
+        assert!(Config::from_toml_with_env("[nats]\nring_gap_ms = 5\n", &[]).is_ok());
         let dup = "[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"a\"\n";
         assert!(Config::from_toml_with_env(dup, &[]).is_err());
     }

@@ -29,6 +29,11 @@ pub struct NatsConfig {
     pub namespace: String,
     /// How long ingest waits for JetStream to acknowledge a publish before answering 503.
     pub publish_timeout_ms: u64,
+    /// Shortest interval between two doorbell rings of one priority class (see
+    /// `Queue::ring`). Longer gaps let each ring and the fetches it causes cover more jobs:
+    /// less broker and worker CPU under moderate load, at the cost of up to this much queue
+    /// latency for a job that arrives right after a ring.
+    pub ring_gap_ms: u64,
     /// Bounds of the JOBS stream; past them publishes are refused (and answered 503).
     pub max_queued_jobs: i64,
     pub max_queue_bytes: i64,
@@ -47,6 +52,7 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             namespace: String::new(),
             publish_timeout_ms: 2_000,
+            ring_gap_ms: 1,
             max_queued_jobs: 1_000_000,
             max_queue_bytes: 2 * 1024 * 1024 * 1024,
             replicas: 1,
@@ -195,6 +201,9 @@ impl Config {
         }
         if self.nats.publish_timeout_ms == 0 {
             return bad("nats.publish_timeout_ms must be positive");
+        }
+        if !(1..=1_000).contains(&self.nats.ring_gap_ms) {
+            return bad("nats.ring_gap_ms must be between 1 and 1000");
         }
         if self.redis.connections == 0 || self.redis.result_ttl_s == 0 {
             return bad("redis.connections and redis.result_ttl_s must be positive");

@@ -47,7 +47,7 @@ impl Queue {
     /// Rings are coalesced: while one is about to be sent for a class, further calls return
     /// at once. The pending flag is cleared just before the ring goes out, so every job stored
     /// before the clear is covered by that ring (workers fetch after receiving it) and any
-    /// job stored after it rings anew. A class rings at most once per [`RING_MIN_GAP`]: a
+    /// job stored after it rings anew. A class rings at most once per `nats.ring_gap_ms`: a
     /// ring due sooner waits for the gap to pass. An occasional job therefore rings at once,
     /// and under load each ring (and the fetches it causes) covers every job acknowledged in
     /// the meantime instead of one each.
@@ -63,7 +63,8 @@ impl Queue {
         tokio::spawn(async move {
             let bell = &queue.doorbell;
             let last = bell.last[class].lock().map(|l| *l).unwrap_or(None);
-            match last.map(|at| at + RING_MIN_GAP) {
+            let gap = Duration::from_millis(queue.cfg.ring_gap_ms.max(1));
+            match last.map(|at| at + gap) {
                 Some(next) if next > std::time::Instant::now() => {
                     tokio::time::sleep_until(next.into()).await;
                 }
@@ -84,9 +85,6 @@ impl Queue {
         });
     }
 }
-
-/// The shortest interval between two rings of one class (see [`Queue::ring`]).
-pub const RING_MIN_GAP: Duration = Duration::from_millis(1);
 
 /// Per priority class: whether a ring is about to be sent, and when the last one went.
 #[derive(Default)]
