@@ -41,6 +41,9 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<serde_json::Value>,
     pub timings_ms: Timings,
+    /// The job's own webhook and its secret: only in the `202` that created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +76,7 @@ impl From<JobRecord> for JobView {
             result: r.result,
             error: r.error,
             route: r.route,
+            webhook: None,
             timings_ms: Timings {
                 queued_at: r.queued_at_ms.unwrap_or(r.created_at_ms),
                 in_progress_at: r.in_progress_at_ms,
@@ -153,12 +157,9 @@ pub async fn submit(
         admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
         return Err(e);
     }
-    let mut view = serde_json::to_value(queued_view(env.clone()))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let (Some(hook), Some(obj)) = (hook, view.as_object_mut()) {
-        obj.insert("webhook".into(), hook);
-    }
     let location = format!("/v1/jobs/{}", env.id);
+    let mut view = queued_view(env);
+    view.webhook = hook;
     let mut resp = (StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response();
     for (name, value) in admitted.headers {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -233,6 +234,7 @@ pub(crate) fn queued_view(env: JobEnvelope) -> JobView {
         result: None,
         error: None,
         route: None,
+        webhook: None,
         timings_ms: Timings {
             queued_at: env.created_at_ms,
             in_progress_at: None,
