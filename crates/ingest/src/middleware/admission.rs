@@ -127,13 +127,18 @@ async fn admit(
     }
 
     let request = &sub.request;
-    // Chat messages, or an embeddings request's input.
-    let prompt = request
-        .get("messages")
-        .or_else(|| request.get("input"))
-        .map(Value::to_string)
-        .unwrap_or_default();
-    let prompt_hash = hex::encode(&Sha256::digest(prompt.as_bytes())[..16]);
+    // Loop detection counts repeats of the same prompt (chat messages, or an embeddings
+    // request's input); without it the prompt is not hashed at all.
+    let prompt_hash = if gov_cfg.loop_max_per_minute > 0 {
+        let prompt = request
+            .get("messages")
+            .or_else(|| request.get("input"))
+            .map(Value::to_string)
+            .unwrap_or_default();
+        hex::encode(&Sha256::digest(prompt.as_bytes())[..16])
+    } else {
+        String::new()
+    };
     let a = Admission {
         job,
         tenant: &tenant.id,
