@@ -119,8 +119,9 @@ pub struct Admission<'a> {
     pub model: &'a str,
     pub agent: Option<&'a str>,
     pub chain: Option<&'a str>,
-    /// Hex digest of the prompt (for loop detection).
+    /// Hex digest of the prompt (for loop detection; may be empty when that is off).
     pub prompt_hash: &'a str,
+    /// The request's expected usage; only read when [`Governor::reserves`] says so.
     pub estimate: Usage,
 }
 
@@ -330,6 +331,20 @@ impl Governor {
             budget_cost_used_micro_usd: est_cost,
             reserved: false,
         }))
+    }
+
+    /// Whether admitting `a` may record a reservation: a budget (the tenant's or the key's)
+    /// or a token rate limit applies to it. Only then does its token estimate matter, so a
+    /// caller may leave [`Admission::estimate`] at zero otherwise and skip counting.
+    pub fn reserves(&self, a: &Admission<'_>) -> bool {
+        let cfg = self.config();
+        let policy = cfg.tenant_policy(a.tenant);
+        let budget = |b: &sluice_config::Budget| b.tokens > 0 || b.cost_usd > 0.0;
+        policy.is_some_and(|p| budget(&p.budget))
+            || policy
+                .and_then(|p| p.key_budgets.get(a.key_id))
+                .is_some_and(budget)
+            || self.rate_args(cfg, a).iter().any(|r| r.policy.tokens)
     }
 
     fn rate_args(&self, cfg: &GovernanceConfig, a: &Admission<'_>) -> Vec<RateArg> {

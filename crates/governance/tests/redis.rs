@@ -421,3 +421,40 @@ async fn an_unlimited_tenant_reserves_nothing_and_its_kill_switch_holds() {
     assert!(d.reserved);
     assert!(b.settle(job, "m", Usage::default(), NOW).await.unwrap());
 }
+
+/// Whether a request's token estimate matters: only budgets and token limits reserve it.
+#[tokio::test]
+async fn only_budgets_and_token_limits_need_the_estimate() {
+    let r = redis_cfg();
+    let gov =
+        |cfg: &GovernanceConfig| Governor::new(sluice_store::Store::new(&r).unwrap(), cfg.clone());
+    let mut cfg = GovernanceConfig::default();
+    cfg.tenant = Limit {
+        requests: 10,
+        tokens: 0,
+        burst: 1.0,
+    };
+    assert!(
+        !gov(&cfg).reserves(&req(Uuid::now_v7(), 10)),
+        "a request limit"
+    );
+    cfg.model = Limit {
+        requests: 0,
+        tokens: 1000,
+        burst: 1.0,
+    };
+    assert!(
+        gov(&cfg).reserves(&req(Uuid::now_v7(), 10)),
+        "a token limit"
+    );
+    let mut cfg = GovernanceConfig::default();
+    cfg.tenants.insert("acme".into(), day_budget(1000));
+    assert!(gov(&cfg).reserves(&req(Uuid::now_v7(), 10)), "a budget");
+    assert!(
+        !gov(&cfg).reserves(&Admission {
+            tenant: "other",
+            ..req(Uuid::now_v7(), 10)
+        }),
+        "another tenant's budget"
+    );
+}

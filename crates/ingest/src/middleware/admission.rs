@@ -139,7 +139,7 @@ async fn admit(
     } else {
         String::new()
     };
-    let a = Admission {
+    let mut a = Admission {
         job,
         tenant: &tenant.id,
         key_id: &tenant.key_id,
@@ -147,8 +147,13 @@ async fn admit(
         agent,
         chain,
         prompt_hash: &prompt_hash,
-        estimate: estimate::request(request),
+        estimate: estimate::Usage::default(),
     };
+    // Counting tokens (with the model's real tokenizer) only matters when the job reserves
+    // them against a budget or a token limit.
+    if state.gov.reserves(&a) {
+        a.estimate = estimate::request(request);
+    }
     let decision = match state.gov.admit(&a, now).await {
         Ok(d) => d,
         Err(e) if gov_cfg.on_store_error == FailPolicy::FailOpen => {
