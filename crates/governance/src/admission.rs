@@ -224,11 +224,7 @@ impl Governor {
             None => (0, 0, "none".to_string(), 0),
         };
         let est_cost = crate::estimate::cost_micro_usd(cfg, a.model, a.estimate);
-        let reserve = budget_tokens > 0
-            || budget_cost > 0
-            || key_tokens > 0
-            || key_cost > 0
-            || rates.iter().any(|r| r.policy.tokens);
+        let reserve = self.reserves_with(a, &rates);
         let chain = a.chain.unwrap_or("-");
         if rates.is_empty() && !reserve && cfg.loop_max_per_minute == 0 {
             // Nothing to count or reserve: only the tenant's kill switch applies, which a
@@ -337,14 +333,18 @@ impl Governor {
     /// or a token rate limit applies to it. Only then does its token estimate matter, so a
     /// caller may leave [`Admission::estimate`] at zero otherwise and skip counting.
     pub fn reserves(&self, a: &Admission<'_>) -> bool {
-        let cfg = self.config();
-        let policy = cfg.tenant_policy(a.tenant);
+        self.reserves_with(a, &self.rate_args(self.config(), a))
+    }
+
+    /// [`Governor::reserves`] with `a`'s rate limits already worked out.
+    fn reserves_with(&self, a: &Admission<'_>, rates: &[RateArg]) -> bool {
+        let policy = self.config().tenant_policy(a.tenant);
         let budget = |b: &sluice_config::Budget| b.tokens > 0 || b.cost_usd > 0.0;
         policy.is_some_and(|p| budget(&p.budget))
             || policy
                 .and_then(|p| p.key_budgets.get(a.key_id))
                 .is_some_and(budget)
-            || self.rate_args(cfg, a).iter().any(|r| r.policy.tokens)
+            || rates.iter().any(|r| r.policy.tokens)
     }
 
     fn rate_args(&self, cfg: &GovernanceConfig, a: &Admission<'_>) -> Vec<RateArg> {

@@ -43,6 +43,17 @@ pub struct NewJob {
     pub created_at_ms: u64,
 }
 
+impl NewJob {
+    /// A job of `kind` created now, with a fresh id.
+    pub fn now(kind: JobKind) -> NewJob {
+        NewJob {
+            id: Uuid::now_v7(),
+            kind,
+            created_at_ms: now_ms(),
+        }
+    }
+}
+
 /// Admits job `job` and writes its `queued` record in the same Redis round trip, or refuses
 /// it. The record is written while admission decides, and removed again when the job is
 /// refused or turns out to be an idempotent replay: a job's id is only ever shown in its

@@ -13,7 +13,7 @@ use axum::{
 use serde::Serialize;
 use sluice_protocol::{JobEnvelope, JobKind, SCHEMA_VERSION};
 use sluice_queue::QueueError;
-use sluice_store::{JobRecord, now_ms};
+use sluice_store::JobRecord;
 use uuid::Uuid;
 
 use crate::{AppState, auth::Tenant, error::ApiError, middleware::admission, validate};
@@ -126,11 +126,7 @@ pub async fn submit(
         }
         None => None,
     };
-    let job = admission::NewJob {
-        id: Uuid::now_v7(),
-        kind: JobKind::ChatCompletion,
-        created_at_ms: now_ms(),
-    };
+    let job = admission::NewJob::now(JobKind::ChatCompletion);
     let admitted =
         admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
     if let Some(first) = admitted.replay {

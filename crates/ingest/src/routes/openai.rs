@@ -25,7 +25,6 @@ use axum::{
 use futures_util::stream;
 use serde_json::{Value, json};
 use sluice_protocol::{JobEnvelope, JobKind, JobStatus, Priority, SCHEMA_VERSION};
-use sluice_store::now_ms;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -66,11 +65,7 @@ pub async fn chat_completions(
     }
     // The same admission as POST /v1/jobs: shedding, idempotency, rate limits, budgets. An
     // idempotent retry waits for the first request's job instead of queueing another.
-    let job = admission::NewJob {
-        id: Uuid::now_v7(),
-        kind: JobKind::ChatCompletion,
-        created_at_ms: now_ms(),
-    };
+    let job = admission::NewJob::now(JobKind::ChatCompletion);
     let admitted =
         admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
     let mut env = chat_envelope(&tenant, sub, &headers, job, admitted.reserved)?;
@@ -105,11 +100,7 @@ pub async fn embeddings(
         webhook_url: None,
         request: emb.request,
     };
-    let job = admission::NewJob {
-        id: Uuid::now_v7(),
-        kind: JobKind::Embedding,
-        created_at_ms: now_ms(),
-    };
+    let job = admission::NewJob::now(JobKind::Embedding);
     let admitted =
         admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
     let env = JobEnvelope {
