@@ -61,6 +61,7 @@ done
 curl -fsS "http://127.0.0.1:$INGEST_PORT/readyz" >/dev/null || die "ingest not ready"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TICKS_PER_S="$(getconf CLK_TCK)"
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -80,22 +81,33 @@ run() { # run RATE DURATION
   log "open loop: $1 jobs/s for $2 s (plus 3 s warm-up)"
   sample_memory > "$RUN_DIR/mem-$1.txt" &
   local sampler=$! i
-  local before=()
-  for i in "${!PROCS[@]}"; do before+=("$(cpu_ticks "${PROCS[$i]}")"); done
-  "$BIN/sluice-bench" --url "http://127.0.0.1:$INGEST_PORT" --api-key sk-sluice-dev-local-key \
+  local before=() before_sys=()
+  for i in "${!PROCS[@]}"; do
+    before+=("$(cpu_ticks "${PROCS[$i]}")"); before_sys+=("$(sys_ticks "${PROCS[$i]}")")
+  done
+  # The generator's own CPU (it shares the cores with what it measures), where GNU time is.
+  local timed=()
+  [ -x /usr/bin/time ] && timed=(/usr/bin/time -f "%U %S" -o "$RUN_DIR/gen-cpu-$1.txt")
+  "${timed[@]}" "$BIN/sluice-bench" --url "http://127.0.0.1:$INGEST_PORT" --api-key sk-sluice-dev-local-key \
     --rate "$1" --duration "$2" --warmup 3 --e2e-sample 20000 --quiet | tee "$RUN_DIR/bench-$1.txt"
   kill "$sampler" 2>/dev/null || true
   local jobs
   jobs="$(grep -oE '^RESULT .* ok=[0-9]+' "$RUN_DIR/bench-$1.txt" | grep -oE 'ok=[0-9]+$' | cut -d= -f2)"
   if [ -n "$jobs" ] && [ "$jobs" -gt 0 ]; then
     echo "CPU time per accepted job over the whole run, warm-up and drain included (µs):"
-    local line="  " total=0 used
+    local line="  " kernel="  " total=0 total_sys=0 used sys
     for i in "${!PROCS[@]}"; do
       used=$(( ($(cpu_ticks "${PROCS[$i]}") - ${before[$i]}) * 1000000 / TICKS_PER_S / jobs ))
-      total=$(( total + used ))
-      line+="${NAMES[$i]}=$used "
+      sys=$(( ($(sys_ticks "${PROCS[$i]}") - ${before_sys[$i]}) * 1000000 / TICKS_PER_S / jobs ))
+      total=$(( total + used )); total_sys=$(( total_sys + sys ))
+      line+="${NAMES[$i]}=$used "; kernel+="${NAMES[$i]}=$sys "
     done
     echo "$line total=$total"
+    echo "  of which in the kernel:"
+    echo "$kernel total=$total_sys"
+    if [ -s "$RUN_DIR/gen-cpu-$1.txt" ]; then
+      awk -v jobs="$jobs" '{printf "  generator (submit and drain): %d µs per job\n", ($1 + $2) * 1000000 / jobs}' "$RUN_DIR/gen-cpu-$1.txt"
+    fi
   fi
   echo "memory over the run (RSS, MiB, every 5 s):"
   sed 's/^/  /' "$RUN_DIR/mem-$1.txt"

@@ -168,3 +168,77 @@ async fn a_tombstoned_job_never_starts() -> Result<()> {
     assert_eq!(store.record_started(&other, 1).await?, Transition::Applied);
     Ok(())
 }
+
+/// Ingest's script-free creation and the workers' short transitions write the same record
+/// and history as the full state machine does.
+#[tokio::test]
+async fn a_created_record_reads_like_one_the_state_machine_wrote() -> Result<()> {
+    let env = TestEnv::new();
+    let store = env.store()?;
+    let (created, transitioned) = (envelope(), envelope());
+    store.create_queued((&created).into()).await?;
+    store.record_queued(&transitioned).await?;
+    for job in [&created, &transitioned] {
+        assert_eq!(store.record_started(job, 1).await?, Transition::Applied);
+        assert_eq!(store.record_started(job, 2).await?, Transition::Applied);
+        assert_eq!(
+            store.record_completed(job, br#"{"ok":true}"#).await?,
+            Transition::Applied
+        );
+        assert_eq!(
+            store.record_started(job, 3).await?,
+            Transition::Refused {
+                current: JobStatus::Completed
+            }
+        );
+    }
+    let (a, b) = (
+        store.get(created.id).await?.expect("created"),
+        store.get(transitioned.id).await?.expect("transitioned"),
+    );
+    assert_eq!(a.status, JobStatus::Completed);
+    assert_eq!(a.attempts, 2);
+    assert_eq!(
+        (&a.tenant, &a.model, a.priority, &a.metadata, &a.result),
+        (&b.tenant, &b.model, b.priority, &b.metadata, &b.result)
+    );
+    assert!(
+        a.queued_at_ms.is_some() && a.in_progress_at_ms.is_some() && a.completed_at_ms.is_some()
+    );
+    let shape = |events: Vec<String>| -> Vec<(String, Option<u64>)> {
+        events
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(e).unwrap_or_default();
+                assert!(v["at"].as_u64().is_some(), "{e}");
+                (
+                    v["status"].as_str().unwrap_or_default().to_string(),
+                    v["attempt"].as_u64(),
+                )
+            })
+            .collect()
+    };
+    let expected: Vec<(String, Option<u64>)> = vec![
+        ("queued".into(), None),
+        ("in_progress".into(), Some(1)),
+        ("in_progress".into(), Some(2)),
+        ("completed".into(), None),
+    ];
+    assert_eq!(shape(store.events_after(created.id, 0).await?), expected);
+    assert_eq!(
+        shape(store.events_after(transitioned.id, 0).await?),
+        expected
+    );
+    // Both keys of the created job expire.
+    let mut conn = redis::Client::open(sluice_e2e::redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    for key in [
+        store.keys().job(created.id),
+        store.keys().job_events(created.id),
+    ] {
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut conn).await?;
+        assert!(ttl > 0, "{key} has TTL {ttl}");
+    }
+    Ok(())
+}

@@ -8,6 +8,12 @@
 //!
 //! Every transition carries the descriptive fields (tenant, model, priority, …) and writes
 //! them when it creates the record, so whichever process writes first creates a complete one.
+//!
+//! Two cheaper paths cover the common case, since Lua time is most of Redis's time per job:
+//! ingest creates the record of a job nobody knows yet with plain commands in one `MULTI`
+//! ([`Store::create_queued`]), and a worker's transition of a record that exists goes through
+//! [`ADVANCE`], which only checks and writes what the caller prepared; it falls back to the
+//! full script when the record is missing.
 
 use std::collections::BTreeMap;
 
@@ -71,15 +77,55 @@ redis.call('EXPIRE', KEYS[2], ttl)
 return {1, new}
 "#;
 
+/// A transition of a record that exists, with everything prepared by the caller. KEYS:
+/// record, history. ARGV: status, now, the history event (JSON), TTL, then field/value
+/// pairs. The same rule as [`TRANSITION`]: a terminal record never changes and nothing goes
+/// back to `queued`; `in_progress` may repeat (a redelivery's new attempt). The TTL is
+/// renewed when the job ends (the record was created with it). `-1`: no record, the caller
+/// falls back to [`TRANSITION`].
+const ADVANCE: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then
+  return {-1, ''}
+end
+local new = ARGV[1]
+if new == 'queued' or (cur ~= 'queued' and cur ~= 'in_progress') then
+  return {0, cur}
+end
+redis.call('HSET', KEYS[1], 'status', new, new .. '_at', ARGV[2], unpack(ARGV, 5))
+redis.call('RPUSH', KEYS[2], ARGV[3])
+if new ~= 'in_progress' then
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return {1, new}
+"#;
+
 pub(crate) struct Scripts {
     transition: Script,
+    advance: Script,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Scripts {
         Scripts {
             transition: Script::new(TRANSITION),
+            advance: Script::new(ADVANCE),
         }
+    }
+}
+
+/// A status event of the history, as [`TRANSITION`] writes it.
+fn status_event(status: JobStatus, at_ms: u64, attempt: Option<u64>) -> String {
+    match attempt {
+        Some(n) => format!(
+            r#"{{"type":"status","status":"{}","at":{at_ms},"attempt":{n}}}"#,
+            status.as_str()
+        ),
+        None => format!(
+            r#"{{"type":"status","status":"{}","at":{at_ms}}}"#,
+            status.as_str()
+        ),
     }
 }
 
@@ -134,14 +180,55 @@ pub struct JobError {
 }
 
 impl Store {
-    /// Ingest: the job is about to be published. The record is written first, so a worker
-    /// always finds it; if the job is not published after all, [`Store::discard`] or
-    /// [`Store::record_rejected`] removes it before anyone learned the job's id.
+    /// The `queued` transition through the state machine: refused once a worker recorded
+    /// more (a late write never moves a job back).
     pub async fn record_queued<'a>(
         &self,
         base: impl Into<RecordBase<'a>>,
     ) -> Result<Transition, StoreError> {
         self.transition(base.into(), JobStatus::Queued, &[]).await
+    }
+
+    /// Ingest: creates the `queued` record of a job that is about to be published, before
+    /// anyone but this request knows its id, so there is nothing to race with and plain
+    /// commands in one `MULTI` do (no script). If the job is not published after all,
+    /// [`Store::discard`] or [`Store::record_rejected`] removes it before anyone learned the id.
+    /// A caller whose write failed must not publish the job: a write that timed out may still
+    /// land later, and must find no worker's record to overwrite.
+    pub async fn create_queued(&self, rec: RecordBase<'_>) -> Result<(), StoreError> {
+        let metadata =
+            serde_json::to_string(rec.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let now = now_ms();
+        let (record, history) = (self.keys.job(rec.id), self.keys.job_events(rec.id));
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(&record)
+            .arg("status")
+            .arg(JobStatus::Queued.as_str())
+            .arg("queued_at")
+            .arg(now)
+            .arg("tenant")
+            .arg(rec.tenant)
+            .arg("priority")
+            .arg(rec.priority.as_str())
+            .arg("model")
+            .arg(rec.model)
+            .arg("kind")
+            .arg(kind_name(rec.kind))
+            .arg("created_at")
+            .arg(rec.created_at_ms)
+            .arg("metadata")
+            .arg(metadata)
+            .ignore()
+            .rpush(&history, status_event(JobStatus::Queued, now, None))
+            .ignore()
+            .expire(&record, self.ttl_s as i64)
+            .ignore()
+            .expire(&history, self.ttl_s as i64)
+            .ignore();
+        let mut conn = self.conn().await?;
+        self.timed(pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Worker: attempt `attempt` (1-based delivery count) starts.
@@ -150,10 +237,12 @@ impl Store {
         env: &JobEnvelope,
         attempt: u64,
     ) -> Result<Transition, StoreError> {
-        self.transition(
-            env.into(),
+        let n = attempt.to_string();
+        self.advance(
+            env,
             JobStatus::InProgress,
-            &[("attempts", attempt.to_string())],
+            &[("attempts", n.as_bytes())],
+            Some(attempt),
         )
         .await
     }
@@ -164,8 +253,7 @@ impl Store {
         env: &JobEnvelope,
         result: &[u8],
     ) -> Result<Transition, StoreError> {
-        let result = String::from_utf8_lossy(result).into_owned();
-        self.transition(env.into(), JobStatus::Completed, &[("result", result)])
+        self.advance(env, JobStatus::Completed, &[("result", result)], None)
             .await
     }
 
@@ -178,8 +266,38 @@ impl Store {
     ) -> Result<Transition, StoreError> {
         let error =
             serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        self.transition(env.into(), status, &[("error", error)])
+        self.advance(env, status, &[("error", error.as_bytes())], None)
             .await
+    }
+
+    /// A transition through [`ADVANCE`], or through [`TRANSITION`] when the record is missing
+    /// (it creates the record, or finds the tombstone of a rejected publish).
+    async fn advance(
+        &self,
+        env: &JobEnvelope,
+        status: JobStatus,
+        set: &[(&str, &[u8])],
+        attempt: Option<u64>,
+    ) -> Result<Transition, StoreError> {
+        let now = now_ms();
+        let mut inv = self.scripts.advance.key(self.keys.job(env.id));
+        inv.key(self.keys.job_events(env.id));
+        inv.arg(status.as_str())
+            .arg(now)
+            .arg(status_event(status, now, attempt))
+            .arg(self.ttl_s);
+        for (k, v) in set {
+            inv.arg(*k).arg(*v);
+        }
+        let mut conn = self.conn().await?;
+        let (applied, current): (i64, String) = self.timed(inv.invoke_async(&mut conn)).await?;
+        match applied {
+            1 => Ok(Transition::Applied),
+            -1 => self.transition(env.into(), status, set).await,
+            _ => Ok(Transition::Refused {
+                current: parse_status(&current)?,
+            }),
+        }
     }
 
     /// Ingest: a client cancelled job `id`. Only an existing record is moved (`None` when
@@ -229,19 +347,15 @@ impl Store {
         &self,
         rec: RecordBase<'_>,
         status: JobStatus,
-        set: &[(&str, String)],
+        set: &[(&str, &[u8])],
     ) -> Result<Transition, StoreError> {
         let metadata =
             serde_json::to_string(rec.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        let kind = match rec.kind {
-            JobKind::ChatCompletion => "chat_completion",
-            JobKind::Embedding => "embedding",
-        };
         let base: [(&str, String); 6] = [
             ("tenant", rec.tenant.to_string()),
             ("priority", rec.priority.as_str().to_string()),
             ("model", rec.model.to_string()),
-            ("kind", kind.to_string()),
+            ("kind", kind_name(rec.kind).to_string()),
             ("created_at", rec.created_at_ms.to_string()),
             ("metadata", metadata),
         ];
@@ -257,7 +371,7 @@ impl Store {
         }
         inv.arg(set.len());
         for (k, v) in set {
-            inv.arg(*k).arg(v);
+            inv.arg(*k).arg(*v);
         }
         let mut conn = self.conn().await?;
         let (applied, current): (i64, String) = self.timed(inv.invoke_async(&mut conn)).await?;
@@ -381,6 +495,13 @@ impl Store {
                 .query_async(&mut conn),
         )
         .await
+    }
+}
+
+fn kind_name(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::ChatCompletion => "chat_completion",
+        JobKind::Embedding => "embedding",
     }
 }
 

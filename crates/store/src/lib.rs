@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! - [`keys`]: the whole key schema, under one configurable prefix.
-//! - [`jobs`]: reading and transitioning job records (one Lua script does every transition
-//!   atomically, so ingest and any number of workers can race safely).
+//! - [`jobs`]: creating, reading and transitioning job records (Lua scripts do every
+//!   transition atomically, so ingest and any number of workers can race safely).
 //! - [`record`]: the typed job record read back from Redis.
 //! - [`replay`]: the audited operator replay (failed → queued) and the routing record.
 //! - [`webhooks`]: webhook endpoints, per-job webhook targets and delivery logs.
