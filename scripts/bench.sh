@@ -7,15 +7,21 @@
 #
 #   scripts/bench.sh                     # 2,000 jobs/s for 30 s, then 5,000 jobs/s for 60 s
 #   scripts/bench.sh 3000 20             # one run: RATE jobs/s for DURATION s
+#   BENCH_BIN=/tmp/build-a scripts/bench.sh 3000 20   # the same with other binaries
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 NATS_BIN="$(ensure_nats_server)"
 REDIS_BIN="$(ensure_redis_server)"
-log "building (release)"
-cargo build --release --bins --quiet
-BIN="$ROOT/target/release"
+# BENCH_BIN=DIR runs the binaries in DIR instead of building (A/B comparisons of two builds).
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN="$BENCH_BIN"
+else
+  log "building (release)"
+  cargo build --release --bins --quiet
+  BIN="$ROOT/target/release"
+fi
 
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
 PIDS=()

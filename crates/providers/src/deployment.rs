@@ -32,6 +32,8 @@ pub struct Deployment {
     pub weight: u32,
     pub max_concurrency: usize,
     pub client: OpenAiProvider,
+    /// A tokens-per-minute quota applies: calls are estimated and answers' usage counted.
+    pub counts_tokens: bool,
     headroom: f64,
     state: Mutex<State>,
     /// Registered once: looking a labelled gauge up per call costs a hash of its labels.
@@ -74,6 +76,7 @@ impl Deployment {
             weight: d.weight.max(1),
             max_concurrency: d.max_concurrency.max(1),
             client,
+            counts_tokens: d.tpm > 0,
             headroom,
             state: Mutex::new(State {
                 outstanding: 0,

@@ -24,6 +24,9 @@ pub struct OpenAiProvider {
     /// `?api-version=…` for Azure, empty otherwise.
     query: String,
     auth: Option<(HeaderName, HeaderValue)>,
+    /// The two endpoints, parsed once (parsing a URL per call was 5% of a worker's time).
+    chat_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
 }
 
 impl OpenAiProvider {
@@ -37,12 +40,12 @@ impl OpenAiProvider {
             cfg.connect_timeout_ms,
             cfg.timeout_s,
         )?;
-        Ok(OpenAiProvider {
+        OpenAiProvider::build(
             http,
-            base_url: cfg.base_url.trim_end_matches('/').to_string(),
-            query: String::new(),
-            auth: bearer(api_key)?,
-        })
+            cfg.base_url.trim_end_matches('/').to_string(),
+            String::new(),
+            bearer(api_key)?,
+        )
     }
 
     /// One deployment of a model pool, with its own connection pool.
@@ -52,13 +55,10 @@ impl OpenAiProvider {
     ) -> Result<OpenAiProvider, ProviderError> {
         let http = client(d.max_concurrency.min(1024), 2_000, d.timeout_s)?;
         let base = d.base_url.trim_end_matches('/');
-        Ok(match d.style {
-            ApiStyle::Openai => OpenAiProvider {
-                http,
-                base_url: base.to_string(),
-                query: String::new(),
-                auth: bearer(api_key)?,
-            },
+        match d.style {
+            ApiStyle::Openai => {
+                OpenAiProvider::build(http, base.to_string(), String::new(), bearer(api_key)?)
+            }
             ApiStyle::Azure => {
                 let name = d.azure_deployment.as_deref().unwrap_or_default();
                 let auth = match api_key {
@@ -70,13 +70,33 @@ impl OpenAiProvider {
                     }
                     None => None,
                 };
-                OpenAiProvider {
+                OpenAiProvider::build(
                     http,
-                    base_url: format!("{base}/openai/deployments/{name}"),
-                    query: format!("?api-version={}", d.azure_api_version),
+                    format!("{base}/openai/deployments/{name}"),
+                    format!("?api-version={}", d.azure_api_version),
                     auth,
-                }
+                )
             }
+        }
+    }
+
+    fn build(
+        http: reqwest::Client,
+        base_url: String,
+        query: String,
+        auth: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<OpenAiProvider, ProviderError> {
+        let parse = |path: &str| {
+            reqwest::Url::parse(&format!("{base_url}{path}{query}"))
+                .map_err(|_| ProviderError::Transport)
+        };
+        Ok(OpenAiProvider {
+            chat_url: parse("/chat/completions")?,
+            embeddings_url: parse("/embeddings")?,
+            http,
+            base_url,
+            query,
+            auth,
         })
     }
 
@@ -88,26 +108,30 @@ impl OpenAiProvider {
     /// `POST {base}/chat/completions` with the client's (validated) body; returns the JSON
     /// response body.
     pub async fn chat_completion(&self, body: Bytes) -> Result<Bytes, ProviderError> {
-        self.post_json("/chat/completions", body).await
+        self.post_json(&self.chat_url, body).await
     }
 
     /// `POST {base}/embeddings`.
     pub async fn embeddings(&self, body: Bytes) -> Result<Bytes, ProviderError> {
-        self.post_json("/embeddings", body).await
+        self.post_json(&self.embeddings_url, body).await
     }
 
     /// `POST {base}/chat/completions` with `"stream": true` in `body`: once the upstream
     /// answered 2xx, its server-sent events as they arrive (see [`crate::ChunkStream`]).
     pub async fn chat_completion_stream(&self, body: Bytes) -> Result<ByteStream, ProviderError> {
-        let resp = self.send("/chat/completions", body).await?;
+        let resp = self.send(&self.chat_url, body).await?;
         Ok(Box::pin(resp.bytes_stream().map(|r| r.map_err(transport))))
     }
 
     /// Sends the request; a non-2xx answer becomes a [`ProviderError::Status`].
-    async fn send(&self, path: &str, body: Bytes) -> Result<reqwest::Response, ProviderError> {
+    async fn send(
+        &self,
+        url: &reqwest::Url,
+        body: Bytes,
+    ) -> Result<reqwest::Response, ProviderError> {
         let mut req = self
             .http
-            .post(self.url(path))
+            .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         if let Some((name, value)) = &self.auth {
@@ -129,8 +153,8 @@ impl OpenAiProvider {
         Ok(resp)
     }
 
-    async fn post_json(&self, path: &str, body: Bytes) -> Result<Bytes, ProviderError> {
-        let resp = self.send(path, body).await?;
+    async fn post_json(&self, url: &reqwest::Url, body: Bytes) -> Result<Bytes, ProviderError> {
+        let resp = self.send(url, body).await?;
         let bytes = resp.bytes().await.map_err(transport)?;
         // The result is stored and served as JSON; refuse anything that is not an object.
         if bytes.first() != Some(&b'{')
@@ -203,5 +227,7 @@ mod tests {
             toml::from_str("name = \"o\"\nbase_url = \"http://h/v1\"\n").unwrap();
         let p = OpenAiProvider::for_deployment(&d, None).unwrap();
         assert_eq!(p.url("/embeddings"), "http://h/v1/embeddings");
+        assert_eq!(p.embeddings_url.as_str(), "http://h/v1/embeddings");
+        assert_eq!(p.chat_url.as_str(), "http://h/v1/chat/completions");
     }
 }

@@ -150,6 +150,8 @@ struct Pool {
 /// Every model pool of a worker, the shared retry budget and the stale-answer cache.
 pub struct Pools {
     pools: HashMap<String, Pool>,
+    /// Some deployment has a tokens-per-minute quota.
+    counts_tokens: bool,
     implicit: Pool,
     cfg: ModelsConfig,
     budget: Mutex<RetryBudget>,
@@ -221,7 +223,12 @@ impl Pools {
             None,
             HedgeConfig::default(),
         );
+        let counts_tokens = pools
+            .values()
+            .flat_map(|p| &p.deps)
+            .any(|d| d.counts_tokens);
         Ok(Pools {
+            counts_tokens,
             pools,
             implicit,
             budget: Mutex::new(RetryBudget::new(
@@ -266,7 +273,13 @@ impl Pools {
         if let Some(f) = &self.pool(req.model).fallback_model {
             chain.push(f.clone());
         }
-        Ok((estimate_tokens(req.body), chain))
+        // Only a tokens-per-minute quota needs the estimate (it parses the whole body).
+        let estimate = if self.counts_tokens {
+            estimate_tokens(req.body)
+        } else {
+            0.0
+        };
+        Ok((estimate, chain))
     }
 
     /// Runs one job attempt's call through the chain (see the module docs).
@@ -558,7 +571,8 @@ async fn send(slot: Slot, model: &str, req: &CallRequest<'_>) -> Result<Answer, 
     metrics::counter!("sluice_upstream_calls_total", "deployment" => dep.name.clone(), "outcome" => outcome).increment(1);
     match result {
         Ok(body) => {
-            slot.succeeded(used_tokens(&body));
+            let used = dep.counts_tokens.then(|| used_tokens(&body)).flatten();
+            slot.succeeded(used);
             Ok(Answer {
                 body,
                 model: model.to_string(),
@@ -575,12 +589,19 @@ async fn send(slot: Slot, model: &str, req: &CallRequest<'_>) -> Result<Answer, 
 
 /// The request body with `model` set to what the deployment expects.
 fn with_model(body: &[u8], model: &str) -> Bytes {
+    /// Reads only `model`: most bodies already name the deployment's model, and building the
+    /// whole object to find out was a worker's largest parse.
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    if serde_json::from_slice::<Named>(body).is_ok_and(|n| n.model.as_deref() == Some(model)) {
+        return Bytes::copy_from_slice(body);
+    }
     let Ok(mut v) = serde_json::from_slice::<serde_json::Map<String, Value>>(body) else {
         return Bytes::copy_from_slice(body);
     };
-    if v.get("model").and_then(Value::as_str) == Some(model) {
-        return Bytes::copy_from_slice(body);
-    }
     v.insert("model".into(), Value::String(model.to_string()));
     serde_json::to_vec(&v)
         .map(Bytes::from)
@@ -680,12 +701,64 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_tokens_per_minute_quota_counts_the_estimate_and_only_it_does() {
+        let sim = sluice_sim::start(Default::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut cfg = Config::default();
+        cfg.models.pools = vec![PoolConfig {
+            alias: "sim-small".into(),
+            deployments: vec![DeploymentConfig {
+                tpm: 100,
+                ..DeploymentConfig::new("small-quota", &sim.base_url())
+            }],
+            fallback_model: None,
+            degraded_message: None,
+            hedge: HedgeConfig::default(),
+        }];
+        cfg.upstream.base_url = sim.base_url();
+        let pools = Pools::new(&cfg).unwrap();
+        assert!(pools.counts_tokens);
+        let call = |model: &'static str, body: &'static [u8]| CallRequest {
+            kind: CallKind::Chat,
+            model,
+            body,
+            redelivery: false,
+            final_attempt: false,
+            deadline: None,
+        };
+        // Asks for more than the whole minute's quota: refused before reaching upstream.
+        let big = br#"{"model":"sim-small","max_tokens":5000,"messages":[{"role":"user","content":"hi"}]}"#;
+        let refused = pools.call(&call("sim-small", big)).await;
+        assert!(
+            matches!(refused, Err(CallError::Unavailable { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(sim.counters().per_endpoint.chat_completions, 0);
+        // The implicit upstream has no quota: the same size goes through.
+        let other = br#"{"model":"sim-large","max_tokens":5000,"messages":[{"role":"user","content":"hi"}]}"#;
+        assert!(pools.call(&call("sim-large", other)).await.is_ok());
+        assert_eq!(sim.counters().per_endpoint.chat_completions, 1);
+        let no_quota = Pools::new(&Config {
+            upstream: cfg.upstream.clone(),
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(!no_quota.counts_tokens);
+    }
+
     #[test]
     fn the_model_is_rewritten_only_when_it_differs() {
         let body = br#"{"model":"auto","messages":[]}"#;
         let out: Value = serde_json::from_slice(&with_model(body, "sim-small")).unwrap();
         assert_eq!(out["model"], "sim-small");
         assert_eq!(&with_model(body, "auto")[..], &body[..]);
+        let escaped = br#"{"model":"au\u0074o","messages":[]}"#;
+        assert_eq!(&with_model(escaped, "auto")[..], &escaped[..]);
+        let unnamed: Value =
+            serde_json::from_slice(&with_model(br#"{"messages":[]}"#, "m")).unwrap();
+        assert_eq!(unnamed["model"], "m");
         assert_eq!(estimate_tokens(br#"{"max_tokens":10}"#), 4.0 + 10.0);
         assert_eq!(used_tokens(br#"{"usage":{"total_tokens":7}}"#), Some(7));
     }

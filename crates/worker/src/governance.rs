@@ -97,6 +97,9 @@ pub async fn finish(shared: &Shared, env: &JobEnvelope, outcome: &Outcome) {
 
 /// The job completed with `response`: settle its actual usage.
 pub async fn completed(shared: &Shared, env: &JobEnvelope, response: &[u8]) {
+    if !env.reserved {
+        return;
+    }
     settle(
         shared,
         env,
