@@ -127,6 +127,9 @@ impl TestEnv {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
+            // The benchmark's one-thread set-up (current-thread scheduler), so the tests that
+            // kill or drain a worker process cover it; in-process workers use the test's pool.
+            .env("TOKIO_WORKER_THREADS", "1")
             .env("SLUICE_NATS__URL", &c.nats.url)
             .env("SLUICE_NATS__NAMESPACE", &c.nats.namespace)
             .env(

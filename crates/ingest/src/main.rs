@@ -20,8 +20,11 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    sluice_telemetry::runtime::build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     sluice_telemetry::init_logging("info");
     sluice_telemetry::metrics_handle();
     let args = Args::parse();

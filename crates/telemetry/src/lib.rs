@@ -5,6 +5,8 @@
 //! services render it at `GET /metrics`. Log lines never carry prompts, keys or upstream
 //! bodies: call sites log ids, tenants, models and error kinds only.
 
+pub mod runtime;
+
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
