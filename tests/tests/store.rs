@@ -176,7 +176,7 @@ async fn a_created_record_reads_like_one_the_state_machine_wrote() -> Result<()>
     let env = TestEnv::new();
     let store = env.store()?;
     let (created, transitioned) = (envelope(), envelope());
-    store.create_queued((&created).into()).await?;
+    assert!(store.create_queued((&created).into()).await?);
     store.record_queued(&transitioned).await?;
     for job in [&created, &transitioned] {
         assert_eq!(store.record_started(job, 1).await?, Transition::Applied);
@@ -240,5 +240,32 @@ async fn a_created_record_reads_like_one_the_state_machine_wrote() -> Result<()>
         let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut conn).await?;
         assert!(ttl > 0, "{key} has TTL {ttl}");
     }
+    Ok(())
+}
+
+/// Ingest's creation never overwrites: a write that lands after a worker's finds its record,
+/// and one that lands after the publish was rejected finds the tombstone.
+#[tokio::test]
+async fn a_late_creation_changes_nothing() -> Result<()> {
+    let env = TestEnv::new();
+    let store = env.store()?;
+    let started = envelope();
+    assert_eq!(
+        store.record_started(&started, 1).await?,
+        Transition::Applied
+    );
+    assert!(!store.create_queued((&started).into()).await?);
+    let rec = store.get(started.id).await?.expect("record exists");
+    assert_eq!(rec.status, JobStatus::InProgress);
+    assert_eq!(store.events_after(started.id, 0).await?.len(), 2);
+
+    let rejected = envelope();
+    store.record_rejected(rejected.id).await?;
+    assert!(!store.create_queued((&rejected).into()).await?);
+    assert_eq!(store.get(rejected.id).await?, None);
+    assert_eq!(
+        store.record_started(&rejected, 1).await?,
+        Transition::Rejected
+    );
     Ok(())
 }

@@ -9,11 +9,11 @@
 //! Every transition carries the descriptive fields (tenant, model, priority, …) and writes
 //! them when it creates the record, so whichever process writes first creates a complete one.
 //!
-//! Two cheaper paths cover the common case, since Lua time is most of Redis's time per job:
-//! ingest creates the record of a job nobody knows yet with plain commands in one `MULTI`
+//! Two short scripts cover the common case, since Lua time is most of Redis's time per job:
+//! ingest creates the record of a job nobody knows yet through [`CREATE`]
 //! ([`Store::create_queued`]), and a worker's transition of a record that exists goes through
-//! [`ADVANCE`], which only checks and writes what the caller prepared; it falls back to the
-//! full script when the record is missing.
+//! [`ADVANCE`]. Both only check and write what the caller prepared (fields and history
+//! event); `ADVANCE` falls back to the full script when the record is missing.
 
 use std::collections::BTreeMap;
 
@@ -77,6 +77,21 @@ redis.call('EXPIRE', KEYS[2], ttl)
 return {1, new}
 "#;
 
+/// The `queued` record of a new job, with everything prepared by the caller. KEYS: record,
+/// history, tombstone. ARGV: TTL, the history event (JSON), then field/value pairs. Writes
+/// nothing when the record exists (a worker got there first: a write that lands late must
+/// not move it back) or the job was rejected.
+const CREATE: &str = r#"
+if redis.call('EXISTS', KEYS[1], KEYS[3]) > 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1
+"#;
+
 /// A transition of a record that exists, with everything prepared by the caller. KEYS:
 /// record, history. ARGV: status, now, the history event (JSON), TTL, then field/value
 /// pairs. The same rule as [`TRANSITION`]: a terminal record never changes and nothing goes
@@ -103,6 +118,7 @@ return {1, new}
 
 pub(crate) struct Scripts {
     transition: Script,
+    create: Script,
     advance: Script,
 }
 
@@ -110,6 +126,7 @@ impl Scripts {
     pub(crate) fn new() -> Scripts {
         Scripts {
             transition: Script::new(TRANSITION),
+            create: Script::new(CREATE),
             advance: Script::new(ADVANCE),
         }
     }
@@ -189,21 +206,20 @@ impl Store {
         self.transition(base.into(), JobStatus::Queued, &[]).await
     }
 
-    /// Ingest: creates the `queued` record of a job that is about to be published, before
-    /// anyone but this request knows its id, so there is nothing to race with and plain
-    /// commands in one `MULTI` do (no script). If the job is not published after all,
-    /// [`Store::discard`] or [`Store::record_rejected`] removes it before anyone learned the id.
-    /// A caller whose write failed must not publish the job: a write that timed out may still
-    /// land later, and must find no worker's record to overwrite.
-    pub async fn create_queued(&self, rec: RecordBase<'_>) -> Result<(), StoreError> {
+    /// Ingest: creates the `queued` record of a job that is about to be published (a short
+    /// script: nothing to compare, only the existence checks). If the job is not published
+    /// after all, [`Store::discard`] or [`Store::record_rejected`] removes it before anyone
+    /// learned the id. `false`: the record or the job's tombstone already existed, and nothing
+    /// was written.
+    pub async fn create_queued(&self, rec: RecordBase<'_>) -> Result<bool, StoreError> {
         let metadata =
             serde_json::to_string(rec.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
         let now = now_ms();
-        let (record, history) = (self.keys.job(rec.id), self.keys.job_events(rec.id));
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HSET")
-            .arg(&record)
+        let mut inv = self.scripts.create.key(self.keys.job(rec.id));
+        inv.key(self.keys.job_events(rec.id));
+        inv.key(self.keys.rejected(rec.id));
+        inv.arg(self.ttl_s)
+            .arg(status_event(JobStatus::Queued, now, None))
             .arg("status")
             .arg(JobStatus::Queued.as_str())
             .arg("queued_at")
@@ -219,16 +235,10 @@ impl Store {
             .arg("created_at")
             .arg(rec.created_at_ms)
             .arg("metadata")
-            .arg(metadata)
-            .ignore()
-            .rpush(&history, status_event(JobStatus::Queued, now, None))
-            .ignore()
-            .expire(&record, self.ttl_s as i64)
-            .ignore()
-            .expire(&history, self.ttl_s as i64)
-            .ignore();
+            .arg(metadata);
         let mut conn = self.conn().await?;
-        self.timed(pipe.query_async::<()>(&mut conn)).await
+        let created: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
+        Ok(created == 1)
     }
 
     /// Worker: attempt `attempt` (1-based delivery count) starts.
