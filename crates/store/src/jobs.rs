@@ -212,8 +212,6 @@ impl Store {
     /// learned the id. `false`: the record or the job's tombstone already existed, and nothing
     /// was written.
     pub async fn create_queued(&self, rec: RecordBase<'_>) -> Result<bool, StoreError> {
-        let metadata =
-            serde_json::to_string(rec.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
         let now = now_ms();
         let mut inv = self.scripts.create.key(self.keys.job(rec.id));
         inv.key(self.keys.job_events(rec.id));
@@ -223,19 +221,10 @@ impl Store {
             .arg("status")
             .arg(JobStatus::Queued.as_str())
             .arg("queued_at")
-            .arg(now)
-            .arg("tenant")
-            .arg(rec.tenant)
-            .arg("priority")
-            .arg(rec.priority.as_str())
-            .arg("model")
-            .arg(rec.model)
-            .arg("kind")
-            .arg(kind_name(rec.kind))
-            .arg("created_at")
-            .arg(rec.created_at_ms)
-            .arg("metadata")
-            .arg(metadata);
+            .arg(now);
+        for (k, v) in &base_fields(&rec)? {
+            inv.arg(*k).arg(v);
+        }
         let mut conn = self.conn().await?;
         let created: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
         Ok(created == 1)
@@ -359,16 +348,7 @@ impl Store {
         status: JobStatus,
         set: &[(&str, &[u8])],
     ) -> Result<Transition, StoreError> {
-        let metadata =
-            serde_json::to_string(rec.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        let base: [(&str, String); 6] = [
-            ("tenant", rec.tenant.to_string()),
-            ("priority", rec.priority.as_str().to_string()),
-            ("model", rec.model.to_string()),
-            ("kind", kind_name(rec.kind).to_string()),
-            ("created_at", rec.created_at_ms.to_string()),
-            ("metadata", metadata),
-        ];
+        let base = base_fields(&rec)?;
         let mut inv = self.scripts.transition.key(self.keys.job(rec.id));
         inv.key(self.keys.job_events(rec.id));
         inv.key(self.keys.rejected(rec.id));
@@ -508,11 +488,22 @@ impl Store {
     }
 }
 
-fn kind_name(kind: JobKind) -> &'static str {
-    match kind {
+/// The descriptive fields of a record as they are stored.
+fn base_fields(rec: &RecordBase<'_>) -> Result<[(&'static str, String); 6], StoreError> {
+    let metadata =
+        serde_json::to_string(rec.metadata).map_err(|e| StoreError::Protocol(e.to_string()))?;
+    let kind = match rec.kind {
         JobKind::ChatCompletion => "chat_completion",
         JobKind::Embedding => "embedding",
-    }
+    };
+    Ok([
+        ("tenant", rec.tenant.to_string()),
+        ("priority", rec.priority.as_str().to_string()),
+        ("model", rec.model.to_string()),
+        ("kind", kind.to_string()),
+        ("created_at", rec.created_at_ms.to_string()),
+        ("metadata", metadata),
+    ])
 }
 
 fn parse_status(s: &str) -> Result<JobStatus, StoreError> {
