@@ -11,7 +11,10 @@
 //! - [`watch`]: following a job's event history (Redis) woken by broker notifications.
 //! - [`cancel`]: cancelling a job, on request or when a synchronous client leaves.
 //! - [`auth`]: API keys (config and Redis), the admin scope and the open-route allowlist.
-//! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets.
+//! - [`submission`]: the one path from a validated request to a published job, shared by
+//!   `POST /v1/jobs` and the OpenAI-compatible endpoints.
+//! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets — and the
+//!   guard that gives them back when a job is not published.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
@@ -21,6 +24,7 @@ pub mod embeddings;
 pub mod error;
 pub mod middleware;
 pub mod routes;
+pub mod submission;
 pub mod validate;
 pub mod watch;
 

@@ -1,38 +1,170 @@
 //! Job admission: idempotency, then limits and budgets in one Redis round trip.
 //!
-//! Runs after validation (it needs the model, the token estimate and the prompt). A refusal
-//! becomes `429` with `Retry-After` and, for rate limits, the `RateLimit-Policy` /
-//! `RateLimit` headers; the error `code` names the dimension. When Redis cannot be asked,
-//! `governance.on_store_error` decides — `fail_closed` (default) answers 503, `fail_open`
-//! admits unchecked — and both count in `sluice_governance_store_unavailables_total` and show in
-//! `/readyz`; limiting is never switched off silently.
+//! Runs after validation (it needs the model, the token estimate and the prompt), on the
+//! [`crate::submission`] path. A refusal becomes `429` with `Retry-After` and, for rate
+//! limits, the `RateLimit-Policy` / `RateLimit` headers; the error `code` names the
+//! dimension. When Redis cannot be asked, `governance.on_store_error` decides — `fail_closed`
+//! (default) answers 503, `fail_open` admits unchecked — and both count in
+//! `sluice_governance_store_unavailables_total` and show in `/readyz`; limiting is never
+//! switched off silently.
+//!
+//! An admitted job comes back as an [`Admitted`] guard holding what admission took: the
+//! idempotency claim, the reservation and the `queued` record. Dropped (or
+//! [`Admitted::undo`]ne) before [`Admitted::commit`], it gives them back, so no early return
+//! and no client that goes away can leak them.
+
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice_config::FailPolicy;
-use sluice_governance::{Admission, Refusal, admission::Policy, estimate, idempotency::Claim};
+use sluice_governance::{Refusal, admission::Policy, estimate, idempotency::Claim};
 use sluice_protocol::JobKind;
 use sluice_store::{RecordBase, now_ms};
 use uuid::Uuid;
 
-use crate::{AppState, auth::Tenant, error::ApiError, validate::ChatSubmission};
+use crate::{AppState, auth::Tenant, error::ApiError, submission::Submission};
 
 pub const AGENT_HEADER: &str = "x-agent-id";
 pub const CHAIN_HEADER: &str = "x-chain-id";
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 /// What admission decided for an accepted request.
-#[derive(Debug, Default)]
-pub struct Admitted {
+pub enum Admission {
+    /// A new job: publish it, then [`Admitted::commit`].
+    Fresh(Admitted),
     /// An idempotent retry: the first request's job.
-    pub replay: Option<Uuid>,
+    Replay(Uuid),
+}
+
+/// An admitted job's hold on the shared state, given back on drop unless committed after the
+/// broker acknowledged the job (the pattern of [`crate::cancel::CancelOnDrop`]: the undo
+/// runs as a task tracked by the server).
+pub struct Admitted {
     /// `RateLimit-Policy` / `RateLimit` for the response.
     pub headers: Vec<(&'static str, String)>,
-    /// A reservation was recorded that the job's end must settle (see the envelope's
-    /// `reserved`).
-    pub reserved: bool,
-    idempotency: Option<(String, String)>,
+    /// `None` once committed or undone.
+    hold: Option<Hold>,
+}
+
+/// What an admitted job holds until it is published.
+struct Hold {
+    state: AppState,
+    tenant: Arc<str>,
+    job: Uuid,
+    model: String,
+    /// The `Idempotency-Key` this job claimed: `(key hash, body hash)`.
+    claim: Option<(String, String)>,
+    /// A reservation may exist: admission recorded one, or did not say.
+    reserved: bool,
+}
+
+/// What undoing does with the job's `queued` record.
+#[derive(Debug, Clone, Copy)]
+enum Record {
+    /// The job was never published: remove the record.
+    Discard,
+    /// A publish may have reached the broker: remove the record and leave a tombstone, so
+    /// a worker drops the message instead of running a job nobody was told about.
+    Tombstone,
+}
+
+impl Admitted {
+    fn new(state: &AppState, tenant: &Tenant, job: Uuid, model: &str) -> Admitted {
+        Admitted {
+            headers: Vec::new(),
+            hold: Some(Hold {
+                state: state.clone(),
+                tenant: tenant.id.clone(),
+                job,
+                model: model.to_string(),
+                claim: None,
+                reserved: false,
+            }),
+        }
+    }
+
+    /// Whether admission recorded a reservation that the job's end must settle (see the
+    /// envelope's `reserved`).
+    pub fn reserved(&self) -> bool {
+        self.hold.as_ref().is_some_and(|h| h.reserved)
+    }
+
+    fn hold_mut(&mut self) -> Option<&mut Hold> {
+        self.hold.as_mut()
+    }
+
+    /// The broker acknowledged the job: it keeps everything admission took.
+    pub async fn commit(mut self) {
+        self.hold = None;
+    }
+
+    /// The job will not be published after all (or may have been, unacknowledged): give
+    /// back its claim and reservation, and tombstone its record.
+    pub async fn undo(self) {
+        self.give_back(Record::Tombstone).await;
+    }
+
+    /// The job was refused, or is a replay: give back what it took and remove its record.
+    async fn refuse(self) {
+        self.give_back(Record::Discard).await;
+    }
+
+    async fn give_back(mut self, record: Record) {
+        if let Some(hold) = &self.hold {
+            hold.give_back(record).await;
+        }
+        // Only now: a future dropped halfway leaves the hold to `Drop`, which does it again
+        // (every step is idempotent).
+        self.hold = None;
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            metrics::counter!("sluice_ingest_admissions_undone_total").increment(1);
+            let tracker = hold.state.background.clone();
+            tracker.spawn(async move { hold.give_back(Record::Tombstone).await });
+        }
+    }
+}
+
+impl Hold {
+    async fn give_back(&self, record: Record) {
+        let (state, job) = (&self.state, self.job);
+        let record = async {
+            let done = match record {
+                Record::Discard => state.store.discard(job).await,
+                Record::Tombstone => state.store.record_rejected(job).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(job = %job, error = %e, "cannot remove the record of an unpublished job; it expires with its TTL");
+            }
+        };
+        let claim = async {
+            if let Some((key_hash, body_hash)) = &self.claim
+                && let Err(e) = state
+                    .gov
+                    .release_idempotency(&self.tenant, key_hash, body_hash, job)
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot release an idempotency key; it expires with its window");
+            }
+        };
+        let reservation = async {
+            if self.reserved
+                && let Err(e) = state
+                    .gov
+                    .settle(job, &self.model, estimate::Usage::default(), now_ms())
+                    .await
+            {
+                tracing::warn!(job = %job, error = %e, "cannot return the reservation of an unpublished job");
+            }
+        };
+        tokio::join!(record, claim, reservation);
+    }
 }
 
 /// The job a submission becomes, as far as admission and its record need it.
@@ -54,90 +186,148 @@ impl NewJob {
     }
 }
 
-/// Admits job `job` and writes its `queued` record in the same Redis round trip, or refuses
-/// it. The record is written while admission decides, and removed again when the job is
-/// refused or turns out to be an idempotent replay: a job's id is only ever shown in its
-/// answer, so nobody can have seen a record that is removed. The caller publishes the job
-/// next ([`crate::routes::jobs::enqueue`]), which removes the record if the broker does not
-/// take it.
-///
-/// May rewrite the request: streamed jobs are asked to report usage, so they can be settled
-/// like plain ones.
-pub async fn admit_and_record(
+/// The identifier headers admission reads.
+struct Ids<'a> {
+    agent: Option<&'a str>,
+    chain: Option<&'a str>,
+    idempotency: Option<&'a str>,
+}
+
+impl<'a> Ids<'a> {
+    fn read(headers: &'a HeaderMap) -> Result<Ids<'a>, ApiError> {
+        Ok(Ids {
+            agent: id_header(headers, AGENT_HEADER)?,
+            chain: id_header(headers, CHAIN_HEADER)?,
+            idempotency: id_header(headers, IDEMPOTENCY_HEADER)?,
+        })
+    }
+}
+
+/// Admits `sub` as job `job`, or refuses it. Its `queued` record is written while
+/// admission decides (one round trip less), and removed again when the job is refused or
+/// turns out to be an idempotent replay: a job's id is only ever shown in its answer, so
+/// nobody can have seen a record that is removed.
+pub async fn admit(
     state: &AppState,
     tenant: &Tenant,
     headers: &HeaderMap,
     body: &[u8],
-    sub: &mut ChatSubmission,
+    sub: &Submission,
     job: NewJob,
-) -> Result<Admitted, ApiError> {
+) -> Result<Admission, ApiError> {
     // Shedding first: an overloaded ingest must not do Redis work for a job it turns away.
     state
         .backlogs
         .check(&state.gov.config().shedding, sub.priority, now_ms())?;
-    if sub.request.get("stream").and_then(Value::as_bool) == Some(true) {
-        sub.request["stream_options"]["include_usage"] = Value::Bool(true);
-    }
-    let base = RecordBase {
-        id: job.id,
-        tenant: &tenant.id,
-        priority: sub.priority,
-        model: &sub.model,
-        kind: job.kind,
-        created_at_ms: job.created_at_ms,
-        metadata: &sub.metadata,
-    };
-    let (admitted, recorded) = tokio::join!(
-        admit(state, tenant, headers, body, sub, job.id),
-        state.store.create_queued(base),
+    let ids = Ids::read(headers)?;
+    let mut admitted = Admitted::new(state, tenant, job.id, &sub.model);
+    let (decided, recorded) = tokio::join!(
+        decide(state, tenant, &ids, body, sub, &mut admitted),
+        record(state, tenant, sub, job),
     );
     if let Err(e) = recorded {
         // A published job whose record is missing gets it from the worker that starts it
         // (and a write that lands late finds that record and changes nothing).
         tracing::warn!(job = %job.id, error = %e, "the queued record of a job was not written");
     }
-    if matches!(&admitted, Ok(a) if a.replay.is_none()) {
-        return admitted;
-    }
-    if let Err(e) = state.store.discard(job.id).await {
-        tracing::warn!(job = %job.id, error = %e, "cannot remove the record of a refused job; it expires with its TTL");
-    }
-    admitted
-}
-
-/// Checks idempotency, limits and budgets for job `job`.
-async fn admit(
-    state: &AppState,
-    tenant: &Tenant,
-    headers: &HeaderMap,
-    body: &[u8],
-    sub: &ChatSubmission,
-    job: Uuid,
-) -> Result<Admitted, ApiError> {
-    let now = now_ms();
-    let gov_cfg = state.gov.config();
-    let agent = id_header(headers, AGENT_HEADER)?;
-    let chain = id_header(headers, CHAIN_HEADER)?;
-
-    let mut admitted = Admitted::default();
-    if let Some(key) = id_header(headers, IDEMPOTENCY_HEADER)? {
-        let key_hash = hex::encode(Sha256::digest(key.as_bytes()));
-        let body_hash = hex::encode(Sha256::digest(body));
-        match state
-            .gov
-            .claim_idempotency(&tenant.id, &key_hash, &body_hash, job)
-            .await
-        {
-            Ok(Claim::New) => admitted.idempotency = Some((key_hash, body_hash)),
-            Ok(Claim::Replay(first)) => {
-                admitted.replay = Some(first);
-                return Ok(admitted);
-            }
-            Ok(Claim::Conflict) => return Err(ApiError::IdempotencyConflict),
-            Err(e) => return Err(unavailable(state, e)),
+    match decided {
+        Ok(None) => Ok(Admission::Fresh(admitted)),
+        Ok(Some(first)) => {
+            admitted.refuse().await;
+            Ok(Admission::Replay(first))
+        }
+        Err(e) => {
+            admitted.refuse().await;
+            Err(e)
         }
     }
+}
 
+/// Writes the `queued` record of job `job`.
+async fn record(
+    state: &AppState,
+    tenant: &Tenant,
+    sub: &Submission,
+    job: NewJob,
+) -> Result<bool, sluice_store::StoreError> {
+    state
+        .store
+        .create_queued(RecordBase {
+            id: job.id,
+            tenant: &tenant.id,
+            priority: sub.priority,
+            model: &sub.model,
+            kind: job.kind,
+            created_at_ms: job.created_at_ms,
+            metadata: &sub.metadata,
+        })
+        .await
+}
+
+/// Idempotency, then limits and budgets, recording what is taken in `admitted`. `Some`: an
+/// idempotent retry of that job.
+async fn decide(
+    state: &AppState,
+    tenant: &Tenant,
+    ids: &Ids<'_>,
+    body: &[u8],
+    sub: &Submission,
+    admitted: &mut Admitted,
+) -> Result<Option<Uuid>, ApiError> {
+    let Some(hold) = admitted.hold_mut() else {
+        return Err(ApiError::Internal("admission already settled".into()));
+    };
+    if let Some(key) = ids.idempotency {
+        match claim(state, tenant, key, body, hold.job).await? {
+            Claimed::New(c) => hold.claim = Some(c),
+            Claimed::Replay(first) => return Ok(Some(first)),
+        }
+    }
+    let headers = limits(state, tenant, ids, sub, hold).await?;
+    admitted.headers = headers;
+    Ok(None)
+}
+
+enum Claimed {
+    /// This request holds the key: `(key hash, body hash)`.
+    New((String, String)),
+    /// The key's first request made this job.
+    Replay(Uuid),
+}
+
+/// Claims `Idempotency-Key` `key` for job `job`.
+async fn claim(
+    state: &AppState,
+    tenant: &Tenant,
+    key: &str,
+    body: &[u8],
+    job: Uuid,
+) -> Result<Claimed, ApiError> {
+    let key_hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let body_hash = hex::encode(Sha256::digest(body));
+    match state
+        .gov
+        .claim_idempotency(&tenant.id, &key_hash, &body_hash, job)
+        .await
+    {
+        Ok(Claim::New) => Ok(Claimed::New((key_hash, body_hash))),
+        Ok(Claim::Replay(first)) => Ok(Claimed::Replay(first)),
+        Ok(Claim::Conflict) => Err(ApiError::IdempotencyConflict),
+        Err(e) => Err(unavailable(state, e)),
+    }
+}
+
+/// Checks the rate limits, loops and budgets of the job `hold` is for and commits them;
+/// returns the response's rate-limit headers.
+async fn limits(
+    state: &AppState,
+    tenant: &Tenant,
+    ids: &Ids<'_>,
+    sub: &Submission,
+    hold: &mut Hold,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let now = now_ms();
+    let gov_cfg = state.gov.config();
     let request = &sub.request;
     // Loop detection counts repeats of the same prompt (chat messages, or an embeddings
     // request's input); without it the prompt is not hashed at all.
@@ -151,13 +341,13 @@ async fn admit(
     } else {
         String::new()
     };
-    let mut a = Admission {
-        job,
+    let mut a = sluice_governance::Admission {
+        job: hold.job,
         tenant: &tenant.id,
         key_id: &tenant.key_id,
         model: &sub.model,
-        agent,
-        chain,
+        agent: ids.agent,
+        chain: ids.chain,
         prompt_hash: &prompt_hash,
         estimate: estimate::Usage::default(),
     };
@@ -165,6 +355,8 @@ async fn admit(
     // them against a budget or a token limit.
     if state.gov.reserves(&a) {
         a.estimate = estimate::request(request);
+        // Until the script answers, a reservation may exist.
+        hold.reserved = true;
     }
     let decision = match state.gov.admit(&a, now).await {
         Ok(d) => d,
@@ -172,56 +364,31 @@ async fn admit(
             metrics::counter!("sluice_governance_store_unavailables_total", "policy" => "fail_open")
                 .increment(1);
             tracing::warn!(error = %e, "admission state unavailable; admitting unchecked (fail_open)");
-            return Ok(admitted);
+            hold.reserved = false;
+            return Ok(Vec::new());
         }
-        Err(e) => {
-            release(state, tenant, &admitted, job).await;
-            return Err(unavailable(state, e));
-        }
+        Err(e) => return Err(unavailable(state, e)),
     };
     match decision {
         Ok(d) => {
-            admitted.reserved = d.reserved;
-            if let Some((policy, remaining, reset_ms)) = d.quota {
-                admitted.headers = rate_headers(&policy, remaining, reset_ms);
-            }
+            hold.reserved = d.reserved;
             soft_threshold(
                 state,
                 &tenant.id,
                 d.budget_tokens_used,
                 d.budget_cost_used_micro_usd,
             );
-            Ok(admitted)
+            Ok(d.quota
+                .map(|(policy, remaining, reset_ms)| rate_headers(&policy, remaining, reset_ms))
+                .unwrap_or_default())
         }
         Err(refusal) => {
-            release(state, tenant, &admitted, job).await;
+            // A refusal reserves nothing.
+            hold.reserved = false;
             metrics::counter!("sluice_ingest_refused_total", "reason" => refusal.label())
                 .increment(1);
             Err(refused(refusal))
         }
-    }
-}
-
-/// The job could not be published after all: give back its reservation and idempotency key.
-pub async fn undo(state: &AppState, tenant: &Tenant, admitted: &Admitted, job: Uuid, model: &str) {
-    release(state, tenant, admitted, job).await;
-    if let Err(e) = state
-        .gov
-        .settle(job, model, estimate::Usage::default(), now_ms())
-        .await
-    {
-        tracing::warn!(job = %job, error = %e, "cannot return the reservation of an unpublished job");
-    }
-}
-
-async fn release(state: &AppState, tenant: &Tenant, admitted: &Admitted, job: Uuid) {
-    if let Some((key_hash, body_hash)) = &admitted.idempotency
-        && let Err(e) = state
-            .gov
-            .release_idempotency(&tenant.id, key_hash, body_hash, job)
-            .await
-    {
-        tracing::warn!(error = %e, "cannot release an idempotency key; it expires with its window");
     }
 }
 

@@ -1,5 +1,5 @@
-//! `POST /v1/jobs` and `GET /v1/jobs/{id}`, and the submission steps the OpenAI-compatible
-//! endpoints share with them.
+//! `POST /v1/jobs` and `GET /v1/jobs/{id}`, and the job view and publish step the
+//! OpenAI-compatible endpoints share with them (the path itself is [`crate::submission`]).
 
 use std::collections::BTreeMap;
 
@@ -11,12 +11,18 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use sluice_protocol::{JobEnvelope, JobKind, SCHEMA_VERSION};
+use sluice_protocol::JobEnvelope;
 use sluice_queue::QueueError;
 use sluice_store::JobRecord;
 use uuid::Uuid;
 
-use crate::{AppState, auth::Tenant, error::ApiError, middleware::admission, validate};
+use crate::{
+    AppState,
+    auth::Tenant,
+    error::ApiError,
+    submission::{self, Follow, Submission, Submitted},
+    validate,
+};
 
 /// The job as the API shows it. Timestamps are Unix seconds like OpenAI's objects, with
 /// millisecond precision in `timings_ms`.
@@ -102,11 +108,6 @@ pub(crate) fn body_or_error(
     })
 }
 
-fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get("traceparent")?.to_str().ok()?;
-    (v.len() <= 128 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| v.to_string())
-}
-
 pub async fn submit(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
@@ -114,50 +115,14 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let limits = validate::Limits {
-        max_output_tokens: state.cfg.ingest.max_output_tokens,
+    let sub = validated(&state, &headers, &body).await?;
+    let job = match submission::submit(&state, &tenant, &headers, &body, sub, Follow::No).await? {
+        Submitted::Replay(first) => return replayed(&state, first).await,
+        Submitted::Fresh(job) => job,
     };
-    let mut sub = validate::chat_submission(&body, limits)?;
-    // The job's own webhook URL is input like the rest: checked (SSRF) before admission.
-    let hook_url = match sub.webhook_url.take() {
-        Some(url) => {
-            let policy = sluice_webhooks::ssrf::Policy::new(&state.cfg.webhooks.allow_private);
-            Some(policy.check_url(&url).await?.to_string())
-        }
-        None => None,
-    };
-    let job = admission::NewJob::now(JobKind::ChatCompletion);
-    let admitted =
-        admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
-    if let Some(first) = admitted.replay {
-        return replayed(&state, first).await;
-    }
-    let env = chat_envelope(&tenant, sub, &headers, job, admitted.reserved)?;
-    // Stored with a fresh secret before the job is published, so the dispatcher always
-    // finds it; the secret is shown once, here.
-    let hook = match hook_url {
-        Some(url) => {
-            let secret = sluice_webhooks::sign::new_secret();
-            if let Err(e) = state.store.set_job_hook(env.id, &url, &secret).await {
-                if let Err(de) = state.store.discard(env.id).await {
-                    tracing::warn!(job = %env.id, error = %de, "cannot remove the record of an unpublished job");
-                }
-                admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
-                return Err(store_unavailable(e));
-            }
-            Some(serde_json::json!({ "url": url, "secret": secret }))
-        }
-        None => None,
-    };
-    if let Err(e) = enqueue(&state, &env).await {
-        admission::undo(&state, &tenant, &admitted, env.id, &env.model).await;
-        return Err(e);
-    }
-    let location = format!("/v1/jobs/{}", env.id);
-    let mut view = queued_view(env);
-    view.webhook = hook;
-    let mut resp = (StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response();
-    for (name, value) in admitted.headers {
+    let location = format!("/v1/jobs/{}", job.view.id);
+    let mut resp = (StatusCode::ACCEPTED, [(LOCATION, location)], Json(job.view)).into_response();
+    for (name, value) in job.headers {
         if let Ok(v) = HeaderValue::from_str(&value) {
             resp.headers_mut().insert(name, v);
         }
@@ -165,47 +130,34 @@ pub async fn submit(
     Ok(resp)
 }
 
-/// The envelope of a validated chat submission admitted as `job`; `reserved`: whether
-/// admission recorded a reservation to settle.
-pub(crate) fn chat_envelope(
-    tenant: &Tenant,
-    sub: validate::ChatSubmission,
+/// `POST /v1/jobs`'s validator: a chat request with Sluice's fields, whose own webhook URL
+/// is input like the rest, checked (SSRF) before admission.
+async fn validated(
+    state: &AppState,
     headers: &HeaderMap,
-    job: admission::NewJob,
-    reserved: bool,
-) -> Result<JobEnvelope, ApiError> {
-    let created_at_ms = job.created_at_ms;
-    Ok(JobEnvelope {
-        schema: SCHEMA_VERSION,
-        id: job.id,
-        tenant: tenant.id.to_string(),
-        priority: sub.priority,
-        kind: job.kind,
-        model: sub.model,
-        request: validate::encode_request(&sub.request)?,
-        created_at_ms,
-        deadline_ms: sub
-            .deadline_s
-            .map(|s| created_at_ms.saturating_add(s.saturating_mul(1000))),
-        replays: 0,
-        traceparent: traceparent(headers),
-        metadata: sub.metadata,
-        stream: sub.stream,
-        reserved,
-    })
+    body: &[u8],
+) -> Result<Submission, ApiError> {
+    let limits = validate::Limits {
+        max_output_tokens: state.cfg.ingest.max_output_tokens,
+    };
+    let mut sub = Submission::chat(validate::chat_submission(body, limits)?, headers);
+    if let Some(url) = sub.webhook_url.take() {
+        let policy = sluice_webhooks::ssrf::Policy::new(&state.cfg.webhooks.allow_private);
+        sub.webhook_url = Some(policy.check_url(&url).await?.to_string());
+    }
+    Ok(sub)
 }
 
 /// Publishes an admitted job, whose `queued` record is already written: after `Ok` the job
-/// is durable. If the broker does not acknowledge it, the record goes and a tombstone keeps
-/// any worker from running it (the broker may store it after all, e.g. a publish buffered
-/// across a reconnect); the caller gives the admission back.
+/// is durable. If the broker does not acknowledge it, the caller's [`crate::middleware::admission::Admitted`]
+/// guard removes the record and leaves a tombstone that keeps any worker from running it
+/// (the broker may store it after all, e.g. a publish buffered across a reconnect).
 pub(crate) async fn enqueue(state: &AppState, env: &JobEnvelope) -> Result<(), ApiError> {
-    if let Err(e) = state.queue.publish_job(env).await {
-        if let Err(se) = state.store.record_rejected(env.id).await {
-            tracing::warn!(job = %env.id, error = %se, "cannot record a rejected publish");
-        }
-        return Err(queue_error(state, e));
-    }
+    state
+        .queue
+        .publish_job(env)
+        .await
+        .map_err(|e| queue_error(state, e))?;
     metrics::counter!("sluice_jobs_accepted_total", "priority" => env.priority.as_str())
         .increment(1);
     Ok(())

@@ -24,7 +24,7 @@ use axum::{
 };
 use futures_util::stream;
 use serde_json::{Value, json};
-use sluice_protocol::{JobEnvelope, JobKind, JobStatus, Priority, SCHEMA_VERSION};
+use sluice_protocol::{JobKind, JobStatus, Priority};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -34,10 +34,8 @@ use crate::{
     cancel::CancelOnDrop,
     embeddings::embedding_submission,
     error::ApiError,
-    middleware::admission,
-    routes::jobs::{
-        JobView, body_or_error, chat_envelope, enqueue, queued_view, store_unavailable,
-    },
+    routes::jobs::{JobView, body_or_error, store_unavailable},
+    submission::{self, Follow, Submission, Submitted},
     watch::{JobEvent, JobWatch, Outcome},
 };
 
@@ -51,8 +49,8 @@ pub async fn chat_completions(
     let limits = crate::validate::Limits {
         max_output_tokens: state.cfg.ingest.max_output_tokens,
     };
-    let mut sub = crate::validate::chat_submission(&body, limits)?;
-    if sub.webhook_url.is_some() {
+    let chat = crate::validate::chat_submission(&body, limits)?;
+    if chat.webhook_url.is_some() {
         // The answer comes back on this connection; a job webhook belongs to POST /v1/jobs.
         return Err(ApiError::invalid(
             "'webhook' is only accepted by POST /v1/jobs.",
@@ -60,25 +58,11 @@ pub async fn chat_completions(
             "unknown_parameter",
         ));
     }
+    let mut sub = Submission::chat(chat, &headers);
     if let Some(p) = header_priority(&headers)? {
         sub.priority = p;
     }
-    // The same admission as POST /v1/jobs: shedding, idempotency, rate limits, budgets. An
-    // idempotent retry waits for the first request's job instead of queueing another.
-    let job = admission::NewJob::now(JobKind::ChatCompletion);
-    let admitted =
-        admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
-    let mut env = chat_envelope(&tenant, sub, &headers, job, admitted.reserved)?;
-    env.id = admitted.replay.unwrap_or(job.id);
-    let admission = Admission {
-        fresh: admitted.replay.is_none(),
-        undo: Some((tenant, admitted)),
-    };
-    if env.stream {
-        run_streamed(state, env, admission).await
-    } else {
-        run_plain(state, env, admission).await
-    }
+    answer(state, tenant, headers, body, sub).await
 }
 
 pub async fn embeddings(
@@ -89,48 +73,56 @@ pub async fn embeddings(
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
     let emb = embedding_submission(&body)?;
-    // The same admission as chat: limits, budgets (the estimate counts the input) and
-    // idempotency apply to embeddings too.
-    let mut sub = crate::validate::ChatSubmission {
+    let sub = Submission {
+        kind: JobKind::Embedding,
         model: emb.model,
         priority: header_priority(&headers)?.unwrap_or_default(),
         metadata: Default::default(),
         deadline_s: None,
         stream: false,
         webhook_url: None,
+        traceparent: None,
         request: emb.request,
     };
-    let job = admission::NewJob::now(JobKind::Embedding);
-    let admitted =
-        admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
-    let env = JobEnvelope {
-        schema: SCHEMA_VERSION,
-        id: admitted.replay.unwrap_or(job.id),
-        tenant: tenant.id.to_string(),
-        priority: sub.priority,
-        kind: JobKind::Embedding,
-        model: sub.model,
-        request: crate::validate::encode_request(&sub.request)?,
-        created_at_ms: job.created_at_ms,
-        deadline_ms: None,
-        replays: 0,
-        traceparent: None,
-        metadata: Default::default(),
-        stream: false,
-        reserved: admitted.reserved,
-    };
-    let admission = Admission {
-        fresh: admitted.replay.is_none(),
-        undo: Some((tenant, admitted)),
-    };
-    run_plain(state, env, admission).await
+    answer(state, tenant, headers, body, sub).await
 }
 
-/// How the job was admitted: whether it still has to be queued (not an idempotent replay),
-/// and what to give back if publishing fails.
-struct Admission {
-    fresh: bool,
-    undo: Option<(Tenant, admission::Admitted)>,
+/// The same submission as `POST /v1/jobs` (shedding, idempotency, rate limits, budgets),
+/// then the wait. An idempotent retry waits for the first request's job instead of queueing
+/// another.
+async fn answer(
+    state: AppState,
+    tenant: Tenant,
+    headers: HeaderMap,
+    body: Bytes,
+    sub: Submission,
+) -> Result<Response, ApiError> {
+    let stream = sub.stream;
+    let (watch, guard, view) =
+        match submission::submit(&state, &tenant, &headers, &body, sub, Follow::Wait).await? {
+            Submitted::Fresh(job) => match job.wait {
+                Some((watch, guard)) => (watch, guard, Some(job.view)),
+                // (`Follow::Wait` always opens one; this only keeps the match whole.)
+                None => {
+                    let watch = JobWatch::open(&state, job.view.id, 0).await?;
+                    (
+                        watch,
+                        CancelOnDrop::new(state.clone(), job.view.id),
+                        Some(job.view),
+                    )
+                }
+            },
+            Submitted::Replay(first) => {
+                let watch = JobWatch::open(&state, first, 0).await?;
+                (watch, CancelOnDrop::new(state.clone(), first), None)
+            }
+        };
+    drop(body);
+    if stream {
+        run_streamed(state, watch, guard, view).await
+    } else {
+        run_plain(state, watch, guard, view).await
+    }
 }
 
 /// `GET /v1/models`: the configured model ids in OpenAI's list format.
@@ -163,36 +155,18 @@ fn header_priority(headers: &HeaderMap) -> Result<Option<Priority>, ApiError> {
     }
 }
 
-/// Enqueues the job with a watch opened first, and a guard that cancels it if the client
-/// leaves.
-async fn submit(
-    state: &AppState,
-    env: &JobEnvelope,
-    adm: Admission,
-) -> Result<(JobWatch, CancelOnDrop), ApiError> {
-    let watch = JobWatch::open(state, env.id, 0).await?;
-    if adm.fresh
-        && let Err(e) = enqueue(state, env).await
-    {
-        if let Some((tenant, admitted)) = &adm.undo {
-            admission::undo(state, tenant, admitted, env.id, &env.model).await;
-        }
-        return Err(e);
-    }
-    Ok((watch, CancelOnDrop::new(state.clone(), env.id)))
-}
-
+/// Waits for the job's outcome; `view`: the job as queued, if this request created it.
 async fn run_plain(
     state: AppState,
-    env: JobEnvelope,
-    adm: Admission,
+    mut watch: JobWatch,
+    mut guard: CancelOnDrop,
+    view: Option<JobView>,
 ) -> Result<Response, ApiError> {
-    let (mut watch, mut guard) = submit(&state, &env, adm).await?;
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
     let outcome = tokio::time::timeout(limit, watch.wait_terminal()).await;
     guard.disarm();
     match outcome {
-        Err(_) => still_running(&state, env).await,
+        Err(_) => still_running(&state, watch.job_id(), view).await,
         Ok(Err(e)) => Err(e),
         Ok(Ok(o)) if o.status == JobStatus::Completed => {
             let body = o
@@ -209,22 +183,40 @@ async fn run_plain(
 }
 
 /// `202` with the job: the wait limit passed, the job goes on; poll `Location`.
-async fn still_running(state: &AppState, env: JobEnvelope) -> Result<Response, ApiError> {
+/// `queued`: the job as queued, if this request created it (shown when its record is gone).
+async fn still_running(
+    state: &AppState,
+    id: Uuid,
+    queued: Option<JobView>,
+) -> Result<Response, ApiError> {
     metrics::counter!("sluice_sync_wait_exceeded_total").increment(1);
-    let location = format!("/v1/jobs/{}", env.id);
-    let view = match state.store.get(env.id).await.map_err(store_unavailable)? {
-        Some(r) => JobView::from(r),
-        None => queued_view(env),
+    let location = format!("/v1/jobs/{id}");
+    let view = match (
+        state.store.get(id).await.map_err(store_unavailable)?,
+        queued,
+    ) {
+        (Some(r), _) => JobView::from(r),
+        (None, Some(v)) => v,
+        (None, None) => {
+            return Ok((
+                StatusCode::ACCEPTED,
+                [(LOCATION, location)],
+                Json(json!({"id": id, "object": "job", "status": "queued"})),
+            )
+                .into_response());
+        }
     };
     Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
 }
 
+/// Relays the job's stream; `view`: the job as queued, if this request created it.
 async fn run_streamed(
     state: AppState,
-    env: JobEnvelope,
-    adm: Admission,
+    mut watch: JobWatch,
+    mut guard: CancelOnDrop,
+    view: Option<JobView>,
 ) -> Result<Response, ApiError> {
-    let (mut watch, mut guard) = submit(&state, &env, adm).await?;
+    let id = watch.job_id();
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
     // Wait for the first chunks (or the end) before answering, so a job that fails before
     // streaming anything gets a proper HTTP error the SDK can raise.
@@ -245,7 +237,7 @@ async fn run_streamed(
     let seen = match first {
         Err(_) => {
             guard.disarm();
-            return still_running(&state, env).await;
+            return still_running(&state, id, view).await;
         }
         Ok(r) => r?,
     };
@@ -255,14 +247,14 @@ async fn run_streamed(
         .filter(|s| s.is_terminal() && *s != JobStatus::Completed)
     {
         guard.disarm();
-        let o = watch_outcome(&state, env.id, end).await?;
+        let o = watch_outcome(&state, id, end).await?;
         return Err(o.failure());
     }
     let deadline = Instant::now() + Duration::from_secs(state.cfg.delivery.sse_max_s);
     let keepalive = Duration::from_secs(state.cfg.delivery.keepalive_s);
     let relay = Relay {
         state,
-        id: env.id,
+        id,
         watch,
         guard,
         out: Vec::new().into_iter(),

@@ -1,0 +1,205 @@
+//! The one path from a validated request to an accepted job, shared by `POST /v1/jobs`,
+//! `POST /v1/chat/completions` and `POST /v1/embeddings`.
+//!
+//! ```text
+//! body ─ endpoint's validator ─▶ Submission ─ admission::admit ─▶ Admitted (guard)
+//!        ─ envelope, job webhook, watch ─▶ publish ─ ack ─▶ Admitted::commit ─▶ Submitted
+//! ```
+//!
+//! Each endpoint only validates its body into a [`Submission`] and turns the [`Submitted`]
+//! job into its answer (`202`, or a synchronous wait). Everything admission took — the
+//! idempotency claim, the reservation, the `queued` record — is held by the [`Admitted`]
+//! guard until the broker acknowledges the job; any failure or early return before that,
+//! including a client that goes away, gives it all back.
+
+use std::collections::BTreeMap;
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+use sluice_protocol::{JobEnvelope, JobKind, Priority, SCHEMA_VERSION};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    auth::Tenant,
+    cancel::CancelOnDrop,
+    error::ApiError,
+    middleware::admission::{self, Admission, NewJob},
+    routes::jobs::{JobView, enqueue, queued_view, store_unavailable},
+    validate::{self, ChatSubmission},
+    watch::JobWatch,
+};
+
+/// A validated request, whatever the endpoint: what becomes the job.
+#[derive(Debug)]
+pub struct Submission {
+    pub kind: JobKind,
+    pub model: String,
+    pub priority: Priority,
+    pub metadata: BTreeMap<String, String>,
+    /// Seconds after acceptance past which the job must not be sent upstream.
+    pub deadline_s: Option<u64>,
+    /// The client asked for a streamed answer.
+    pub stream: bool,
+    /// The job's own webhook URL, already checked against the SSRF policy.
+    pub webhook_url: Option<String>,
+    /// W3C `traceparent` of the request, carried to the worker.
+    pub traceparent: Option<String>,
+    /// The upstream request (a JSON object), parsed so admission can read it.
+    pub request: Value,
+}
+
+impl Submission {
+    /// A chat completion. A streamed one asks the upstream to report usage
+    /// (`stream_options.include_usage`), so it settles its budget like a plain one.
+    pub fn chat(sub: ChatSubmission, headers: &HeaderMap) -> Submission {
+        let mut request = sub.request;
+        if sub.stream {
+            request["stream_options"]["include_usage"] = Value::Bool(true);
+        }
+        Submission {
+            kind: JobKind::ChatCompletion,
+            model: sub.model,
+            priority: sub.priority,
+            metadata: sub.metadata,
+            deadline_s: sub.deadline_s,
+            stream: sub.stream,
+            webhook_url: sub.webhook_url,
+            traceparent: traceparent(headers),
+            request,
+        }
+    }
+
+    /// The broker's message for this submission admitted as `job`; `reserved`: whether
+    /// admission recorded a reservation the job's end must settle.
+    fn envelope(
+        self,
+        tenant: &Tenant,
+        job: NewJob,
+        reserved: bool,
+    ) -> Result<JobEnvelope, ApiError> {
+        let created_at_ms = job.created_at_ms;
+        Ok(JobEnvelope {
+            schema: SCHEMA_VERSION,
+            id: job.id,
+            tenant: tenant.id.to_string(),
+            priority: self.priority,
+            kind: self.kind,
+            model: self.model,
+            request: validate::encode_request(&self.request)?,
+            created_at_ms,
+            deadline_ms: self
+                .deadline_s
+                .map(|s| created_at_ms.saturating_add(s.saturating_mul(1000))),
+            replays: 0,
+            traceparent: self.traceparent,
+            metadata: self.metadata,
+            stream: self.stream,
+            reserved,
+        })
+    }
+}
+
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    (v.len() <= 128 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| v.to_string())
+}
+
+/// Whether the client waits on this connection for the job's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// `202` and poll: nothing to watch.
+    No,
+    /// Synchronous: watch the job from before its publish, and cancel it if the client
+    /// leaves before its answer.
+    Wait,
+}
+
+/// What became of a submission.
+pub enum Submitted {
+    /// This request's job, acknowledged by the broker.
+    Fresh(Box<Fresh>),
+    /// An idempotent retry: the first request's job.
+    Replay(Uuid),
+}
+
+/// A job this request created and the broker holds.
+pub struct Fresh {
+    /// The job as just queued (with its own webhook's secret, shown once).
+    pub view: JobView,
+    /// `RateLimit-Policy` / `RateLimit` for the response.
+    pub headers: Vec<(&'static str, String)>,
+    /// With [`Follow::Wait`]: the job's watch and the guard that cancels it if the client
+    /// leaves.
+    pub wait: Option<(JobWatch, CancelOnDrop)>,
+}
+
+/// Admits and publishes `sub`. After `Ok(Submitted::Fresh)` the job is durable; after `Err`
+/// nothing of it is left (no claim, no reservation, no record, and a tombstone that keeps a
+/// worker from running a message the broker stored after all).
+pub async fn submit(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    body: &[u8],
+    sub: Submission,
+    follow: Follow,
+) -> Result<Submitted, ApiError> {
+    let job = NewJob::now(sub.kind);
+    let mut admitted = match admission::admit(state, tenant, headers, body, &sub, job).await? {
+        Admission::Replay(first) => return Ok(Submitted::Replay(first)),
+        Admission::Fresh(a) => a,
+    };
+    let headers = std::mem::take(&mut admitted.headers);
+    match publish(state, tenant, sub, job, admitted.reserved(), follow).await {
+        Ok((view, wait)) => {
+            admitted.commit().await;
+            Ok(Submitted::Fresh(Box::new(Fresh {
+                view,
+                headers,
+                wait,
+            })))
+        }
+        Err(e) => {
+            admitted.undo().await;
+            Err(e)
+        }
+    }
+}
+
+/// The steps between admission and the broker's acknowledgement.
+async fn publish(
+    state: &AppState,
+    tenant: &Tenant,
+    mut sub: Submission,
+    job: NewJob,
+    reserved: bool,
+    follow: Follow,
+) -> Result<(JobView, Option<(JobWatch, CancelOnDrop)>), ApiError> {
+    let hook_url = sub.webhook_url.take();
+    let env = sub.envelope(tenant, job, reserved)?;
+    // Stored with a fresh secret before the job is published, so the dispatcher always
+    // finds it; the secret is shown once, in the 202.
+    let hook = match hook_url {
+        Some(url) => {
+            let secret = sluice_webhooks::sign::new_secret();
+            state
+                .store
+                .set_job_hook(env.id, &url, &secret)
+                .await
+                .map_err(store_unavailable)?;
+            Some(serde_json::json!({ "url": url, "secret": secret }))
+        }
+        None => None,
+    };
+    // A synchronous client subscribes before the publish, so no notification slips by.
+    let watch = match follow {
+        Follow::Wait => Some(JobWatch::open(state, env.id, 0).await?),
+        Follow::No => None,
+    };
+    enqueue(state, &env).await?;
+    let wait = watch.map(|w| (w, CancelOnDrop::new(state.clone(), env.id)));
+    let mut view = queued_view(env);
+    view.webhook = hook;
+    Ok((view, wait))
+}
