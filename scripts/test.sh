@@ -46,3 +46,6 @@ fi
 
 # The official Python SDKs (openai, standardwebhooks) against a stack on the same servers.
 bash "$ROOT/scripts/sdk_test.sh"
+
+# docker-compose.yml and k8s/ against their schemas and the services' own config and routes.
+bash "$ROOT/scripts/validate_deploy.sh"

@@ -3,8 +3,9 @@
 # already answering at the configured addresses), the upstream simulator, ingest and two
 # worker replicas. Ctrl-C stops what this script started and nothing else.
 #
-#   scripts/up.sh                      # config/dev.toml
+#   scripts/up.sh                      # config/dev.toml, the `fast` build profile
 #   SLUICE_CONFIG=my.toml scripts/up.sh
+#   SLUICE_PROFILE=release scripts/up.sh   # fully optimized (fat LTO; several minutes more)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -16,7 +17,7 @@ REDIS_PORT="${SLUICE_REDIS_PORT:-6379}"
 SIM_LISTEN="${SLUICE_SIM_LISTEN:-127.0.0.1:9100}"
 export SLUICE_NATS__URL="${SLUICE_NATS__URL:-nats://127.0.0.1:$NATS_PORT}"
 export SLUICE_REDIS__URL="${SLUICE_REDIS__URL:-redis://127.0.0.1:$REDIS_PORT}"
-PROFILE="${SLUICE_PROFILE:-release}"
+PROFILE="${SLUICE_PROFILE:-fast}"
 DEV_KEY="sk-sluice-dev-local-key"
 
 PIDS=()
@@ -46,8 +47,9 @@ else
   log "started redis-server on :$REDIS_PORT (data in .data/redis)"
 fi
 
-log "building ($PROFILE)"
-cargo build --profile "$PROFILE" --bins --quiet
+# Only the binaries the stack runs (not the CLI, the load generator or the tests).
+log "building sluice-sim, sluice-ingest and sluice-worker (profile $PROFILE)"
+cargo build --profile "$PROFILE" --quiet -p sluice-sim -p sluice-ingest -p sluice-worker --bins
 if [ "$PROFILE" = dev ]; then BIN="$ROOT/target/debug"; else BIN="$ROOT/target/$PROFILE"; fi
 
 SERVICES=()

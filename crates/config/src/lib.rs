@@ -126,6 +126,15 @@ mod tests {
         assert!(Config::from_toml_with_env("[nats]\nnamespace = \"a.b\"\n", &[]).is_err());
         assert!(Config::from_toml_with_env("[nats]\nring_gap_ms = 0\n", &[]).is_err());
         assert!(Config::from_toml_with_env("[nats]\nring_gap_ms = 5\n", &[]).is_ok());
+        assert!(Config::from_toml_with_env("[nats]\nreplicas = 0\n", &[]).is_err());
+        assert!(Config::from_toml_with_env("[nats]\nreplicas = 7\n", &[]).is_err());
+        let r3 = [("SLUICE_NATS__REPLICAS".to_string(), "3".to_string())];
+        assert_eq!(
+            Config::from_toml_with_env("", &r3)
+                .map(|c| c.nats.replicas)
+                .ok(),
+            Some(3)
+        );
         let dup = "[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"a\"\n";
         assert!(Config::from_toml_with_env(dup, &[]).is_err());
     }

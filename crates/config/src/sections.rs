@@ -24,6 +24,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
+    /// One server or a comma-separated list of a cluster's servers; the client also learns
+    /// the cluster's other servers from the one it reaches.
     pub url: String,
     /// Prefix for stream, consumer and subject names (empty: the documented names).
     pub namespace: String,
@@ -37,7 +39,9 @@ pub struct NatsConfig {
     /// Bounds of the JOBS stream; past them publishes are refused (and answered 503).
     pub max_queued_jobs: i64,
     pub max_queue_bytes: i64,
-    /// Stream replicas (3 in a production cluster).
+    /// Replicas of every stream Sluice creates (1–5; 3 on a production cluster). Applied
+    /// at start: streams are created or updated, so raising it on a running cluster
+    /// replicates the existing streams.
     pub replicas: usize,
     /// Window in which a re-published job id is recognised as a duplicate.
     pub duplicate_window_s: u64,
@@ -204,6 +208,10 @@ impl Config {
         }
         if !(1..=1_000).contains(&self.nats.ring_gap_ms) {
             return bad("nats.ring_gap_ms must be between 1 and 1000");
+        }
+        // JetStream replicates a stream on at most five servers.
+        if !(1..=5).contains(&self.nats.replicas) {
+            return bad("nats.replicas must be between 1 and 5 (3 on a 3-node cluster)");
         }
         if self.redis.connections == 0 || self.redis.result_ttl_s == 0 {
             return bad("redis.connections and redis.result_ttl_s must be positive");

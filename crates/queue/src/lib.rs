@@ -63,7 +63,7 @@ impl Queue {
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
             .client_capacity(65_536)
-            .connect(cfg.url.as_str())
+            .connect(server_addrs(&cfg.url)?)
             .await
             .map_err(|e| QueueError::Broker(e.to_string()))?;
         let mut js = jetstream::new(client.clone());
@@ -101,6 +101,37 @@ impl Queue {
     }
 }
 
+/// `nats.url`: one address or a comma-separated list of a cluster's servers.
+fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, QueueError> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| QueueError::Broker(format!("nats.url {u:?}: {e}")))
+        })
+        .collect()
+}
+
 fn broker<E: std::fmt::Display>(e: E) -> QueueError {
     QueueError::Broker(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_url_is_a_list_of_servers() {
+        let addrs =
+            server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,nats://10.0.0.5:4222")
+                .unwrap_or_default();
+        assert_eq!(addrs.len(), 3);
+        assert_eq!(addrs[1].port(), 4223);
+        assert_eq!(
+            server_addrs("nats://127.0.0.1:4222").map(|a| a.len()).ok(),
+            Some(1)
+        );
+        assert!(server_addrs("nats://a b:1").is_err());
+    }
 }
