@@ -5,7 +5,10 @@
 
 use axum::{
     Json,
-    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    http::{
+        HeaderValue, StatusCode,
+        header::{CONNECTION, RETRY_AFTER},
+    },
     response::{IntoResponse, Response},
 };
 use serde_json::json;
@@ -65,6 +68,8 @@ pub enum ApiError {
     AdmissionUnavailable { retry_after_s: u64, reason: String },
     #[error("admin key required")]
     Forbidden,
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
 }
 
 impl ApiError {
@@ -100,6 +105,7 @@ impl ApiError {
             ApiError::TenantDisabled | ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::AdmissionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -125,6 +131,7 @@ impl ApiError {
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::AdmissionUnavailable { .. } => "admission_unavailable",
             ApiError::Forbidden => "forbidden",
+            ApiError::RequestTimeout => "request_timeout",
         }
     }
 
@@ -258,6 +265,12 @@ impl ApiError {
                 None,
                 Some("admin_key_required"),
             ),
+            ApiError::RequestTimeout => (
+                "The request body did not arrive within the time limit.".into(),
+                "invalid_request_error",
+                None,
+                Some("request_timeout"),
+            ),
         };
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
     }
@@ -335,6 +348,11 @@ impl IntoResponse for ApiError {
         }
         if let Some(s) = retry_after {
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

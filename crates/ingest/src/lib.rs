@@ -12,6 +12,7 @@
 //! - [`cancel`]: cancelling a job, on request or when a synchronous client leaves.
 //! - [`auth`]: API keys (config and Redis), the admin scope and the open-route allowlist.
 //! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets.
+//! - [`serve`]: connections — header, idle and body-read timeouts, the connection cap.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
@@ -21,6 +22,7 @@ pub mod embeddings;
 pub mod error;
 pub mod middleware;
 pub mod routes;
+pub mod serve;
 pub mod validate;
 pub mod watch;
 
@@ -105,11 +107,13 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API. Authentication wraps every route; the open ones are listed in
-/// [`auth::OPEN_PATHS`].
+/// The whole HTTP API. Authentication wraps every route but the probes (see
+/// [`auth::OPEN_PATHS`]). The probes also stay outside the request permits, so traffic
+/// cannot make them fail; and every body is read before a request takes a permit
+/// ([`serve::read_body`]).
 pub fn router(state: AppState) -> Router {
     let max_body = state.cfg.ingest.max_body_bytes;
-    Router::new()
+    let api = Router::new()
         .route("/v1/jobs", post(routes::jobs::submit))
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .route("/v1/jobs/{id}/cancel", post(routes::cancel::cancel))
@@ -135,9 +139,6 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(routes::admin::router())
         .merge(routes::admin_dlq::router())
-        .route("/healthz", get(routes::ops::healthz))
-        .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -148,6 +149,15 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             shed_load,
+        ));
+    Router::new()
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            serve::read_body,
         ))
         .with_state(state)
 }
@@ -194,7 +204,6 @@ pub struct Server {
 
 impl Server {
     pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Server> {
-        use axum::serve::ListenerExt;
         let state = AppState::new(cfg).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -225,19 +234,9 @@ impl Server {
         }
         routes::admin::seed_tenants(&state).await;
         let background = state.background.clone();
+        let limits = serve::ConnLimits::from_config(&state.cfg.ingest);
         let app = router(state);
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "ingest server stopped");
-            }
-        });
+        tasks.spawn(serve::serve(listener, app, limits, shutdown.clone()));
         tasks.close();
         Ok(Server {
             addr,
