@@ -70,6 +70,10 @@ pub enum ApiError {
     Forbidden,
     #[error("the request body did not arrive in time")]
     RequestTimeout,
+    #[error("too many synchronous waits for this tenant")]
+    TooManySyncWaits { retry_after_s: u64 },
+    #[error("too many event streams")]
+    TooManyStreams { retry_after_s: u64 },
 }
 
 impl ApiError {
@@ -101,7 +105,9 @@ impl ApiError {
             ApiError::RateLimited { .. }
             | ApiError::BudgetExhausted { .. }
             | ApiError::LoopDetected { .. }
-            | ApiError::Shed { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | ApiError::Shed { .. }
+            | ApiError::TooManySyncWaits { .. }
+            | ApiError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TenantDisabled | ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::AdmissionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -132,6 +138,8 @@ impl ApiError {
             ApiError::AdmissionUnavailable { .. } => "admission_unavailable",
             ApiError::Forbidden => "forbidden",
             ApiError::RequestTimeout => "request_timeout",
+            ApiError::TooManySyncWaits { .. } => "too_many_sync_waits",
+            ApiError::TooManyStreams { .. } => "too_many_streams",
         }
     }
 
@@ -271,6 +279,18 @@ impl ApiError {
                 None,
                 Some("request_timeout"),
             ),
+            ApiError::TooManySyncWaits { .. } => (
+                "This tenant has too many synchronous requests waiting; retry after the indicated delay, or submit through POST /v1/jobs.".into(),
+                "rate_limit_error",
+                None,
+                Some("too_many_sync_waits"),
+            ),
+            ApiError::TooManyStreams { .. } => (
+                "Too many event streams are open; retry after the indicated delay.".into(),
+                "rate_limit_error",
+                None,
+                Some("too_many_streams"),
+            ),
         };
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
     }
@@ -330,7 +350,9 @@ impl IntoResponse for ApiError {
             | ApiError::BudgetExhausted { retry_after_s, .. }
             | ApiError::LoopDetected { retry_after_s }
             | ApiError::Shed { retry_after_s, .. }
-            | ApiError::AdmissionUnavailable { retry_after_s, .. } => Some(*retry_after_s),
+            | ApiError::AdmissionUnavailable { retry_after_s, .. }
+            | ApiError::TooManySyncWaits { retry_after_s }
+            | ApiError::TooManyStreams { retry_after_s } => Some(*retry_after_s),
             _ => None,
         };
         if let ApiError::RateLimited { dimension, .. } = &self {

@@ -74,6 +74,9 @@ pub struct Services {
     /// Set once the JetStream streams are known to exist.
     pub streams_ready: Arc<AtomicBool>,
     in_flight: Arc<Semaphore>,
+    /// Places of synchronous waits and SSE streams (see [`middleware::slots`]).
+    pub sync_waits: Arc<middleware::slots::Slots>,
+    pub streams: Arc<middleware::slots::Slots>,
     /// Background work requests leave behind (cancelling an abandoned job).
     pub background: TaskTracker,
 }
@@ -92,6 +95,13 @@ impl AppState {
         );
         let gov = sluice_governance::Governor::new(store.clone(), g.clone());
         let backlogs = Arc::new(middleware::shedding::Backlogs::default());
+        let d = &cfg.delivery;
+        let sync_waits = middleware::slots::Slots::new(
+            "sync_wait",
+            cfg.ingest.max_concurrent_requests,
+            d.sync_waits_per_tenant,
+        );
+        let streams = middleware::slots::Slots::new("stream", d.max_streams, d.streams_per_tenant);
         Ok(AppState(Arc::new(Services {
             cfg: Arc::new(cfg),
             queue,
@@ -102,6 +112,8 @@ impl AppState {
             backlogs,
             streams_ready,
             in_flight,
+            sync_waits,
+            streams,
             background: TaskTracker::new(),
         })))
     }

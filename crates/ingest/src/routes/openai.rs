@@ -34,7 +34,7 @@ use crate::{
     cancel::CancelOnDrop,
     embeddings::embedding_submission,
     error::ApiError,
-    middleware::admission,
+    middleware::{admission, slots::Slot},
     routes::jobs::{
         JobView, body_or_error, chat_envelope, enqueue, queued_view, store_unavailable,
     },
@@ -47,6 +47,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let slot = sync_slot(&state, &tenant)?;
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
     let limits = crate::validate::Limits {
         max_output_tokens: state.cfg.ingest.max_output_tokens,
@@ -68,6 +69,8 @@ pub async fn chat_completions(
     let job = admission::NewJob::now(JobKind::ChatCompletion);
     let admitted =
         admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
+    // The wait may be long: keep one copy of the request (the envelope's), not two.
+    drop(body);
     let mut env = chat_envelope(&tenant, sub, &headers, job, admitted.reserved)?;
     env.id = admitted.replay.unwrap_or(job.id);
     let admission = Admission {
@@ -75,7 +78,7 @@ pub async fn chat_completions(
         undo: Some((tenant, admitted)),
     };
     if env.stream {
-        run_streamed(state, env, admission).await
+        run_streamed(state, env, admission, slot).await
     } else {
         run_plain(state, env, admission).await
     }
@@ -87,6 +90,7 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let _slot = sync_slot(&state, &tenant)?;
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
     let emb = embedding_submission(&body)?;
     // The same admission as chat: limits, budgets (the estimate counts the input) and
@@ -103,6 +107,7 @@ pub async fn embeddings(
     let job = admission::NewJob::now(JobKind::Embedding);
     let admitted =
         admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
+    drop(body);
     let env = JobEnvelope {
         schema: SCHEMA_VERSION,
         id: admitted.replay.unwrap_or(job.id),
@@ -124,6 +129,15 @@ pub async fn embeddings(
         undo: Some((tenant, admitted)),
     };
     run_plain(state, env, admission).await
+}
+
+/// The tenant's place among the synchronous waits of this replica
+/// (`delivery.sync_waits_per_tenant`), so one tenant cannot hold every request permit.
+fn sync_slot(state: &AppState, tenant: &Tenant) -> Result<Slot, ApiError> {
+    state
+        .sync_waits
+        .try_acquire(&tenant.id)
+        .map_err(|_| ApiError::TooManySyncWaits { retry_after_s: 1 })
 }
 
 /// How the job was admitted: whether it still has to be queued (not an idempotent replay),
@@ -167,7 +181,7 @@ fn header_priority(headers: &HeaderMap) -> Result<Option<Priority>, ApiError> {
 /// leaves.
 async fn submit(
     state: &AppState,
-    env: &JobEnvelope,
+    env: &mut JobEnvelope,
     adm: Admission,
 ) -> Result<(JobWatch, CancelOnDrop), ApiError> {
     let watch = JobWatch::open(state, env.id, 0).await?;
@@ -179,15 +193,17 @@ async fn submit(
         }
         return Err(e);
     }
+    // Queued: the request lives in the broker now, not in this wait.
+    env.request = Vec::new();
     Ok((watch, CancelOnDrop::new(state.clone(), env.id)))
 }
 
 async fn run_plain(
     state: AppState,
-    env: JobEnvelope,
+    mut env: JobEnvelope,
     adm: Admission,
 ) -> Result<Response, ApiError> {
-    let (mut watch, mut guard) = submit(&state, &env, adm).await?;
+    let (mut watch, mut guard) = submit(&state, &mut env, adm).await?;
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
     let outcome = tokio::time::timeout(limit, watch.wait_terminal()).await;
     guard.disarm();
@@ -221,10 +237,11 @@ async fn still_running(state: &AppState, env: JobEnvelope) -> Result<Response, A
 
 async fn run_streamed(
     state: AppState,
-    env: JobEnvelope,
+    mut env: JobEnvelope,
     adm: Admission,
+    slot: Slot,
 ) -> Result<Response, ApiError> {
-    let (mut watch, mut guard) = submit(&state, &env, adm).await?;
+    let (mut watch, mut guard) = submit(&state, &mut env, adm).await?;
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
     // Wait for the first chunks (or the end) before answering, so a job that fails before
     // streaming anything gets a proper HTTP error the SDK can raise.
@@ -269,6 +286,7 @@ async fn run_streamed(
         pending: seen.into_iter(),
         done: false,
         deadline,
+        _slot: slot,
     };
     let events = stream::unfold(relay, |mut r| async move {
         r.next().await.map(|e| (Ok::<_, Infallible>(e), r))
@@ -303,6 +321,8 @@ struct Relay {
     pending: std::vec::IntoIter<JobEvent>,
     done: bool,
     deadline: Instant,
+    /// The tenant's synchronous-wait place, held while the answer streams.
+    _slot: Slot,
 }
 
 impl Relay {
