@@ -26,6 +26,16 @@ pub struct DeliveryConfig {
     pub models: Vec<String>,
     /// Running jobs one worker tracks for cancellation (its concurrency fits easily).
     pub max_tracked_jobs: usize,
+    /// Synchronous waits (`/v1/chat/completions`, `/v1/embeddings`) one tenant may have
+    /// open on one ingest replica; past it `429 too_many_sync_waits`.
+    pub sync_waits_per_tenant: usize,
+    /// SSE streams (`/v1/jobs/{id}/events`) open on one ingest replica, in total and per
+    /// tenant; past either `429 too_many_streams`.
+    pub max_streams: usize,
+    pub streams_per_tenant: usize,
+    /// A stream with nothing new re-reads Redis less and less often, up to this (a broker
+    /// notification still wakes it at once).
+    pub idle_recheck_max_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -38,6 +48,10 @@ impl Default for DeliveryConfig {
             stream_flush_ms: 50,
             models: vec!["sim-small".into(), "sim-large".into(), "sim-embed".into()],
             max_tracked_jobs: 100_000,
+            sync_waits_per_tenant: 1024,
+            max_streams: 5_000,
+            streams_per_tenant: 1_000,
+            idle_recheck_max_ms: 15_000,
         }
     }
 }
@@ -54,9 +68,19 @@ impl DeliveryConfig {
                     .into(),
             ));
         }
-        if self.max_tracked_jobs == 0 {
+        if self.max_tracked_jobs == 0
+            || self.sync_waits_per_tenant == 0
+            || self.max_streams == 0
+            || self.streams_per_tenant == 0
+        {
             return Err(ConfigError::Invalid(
-                "delivery.max_tracked_jobs must be positive".into(),
+                "delivery.max_tracked_jobs, sync_waits_per_tenant, max_streams and streams_per_tenant must be positive"
+                    .into(),
+            ));
+        }
+        if self.idle_recheck_max_ms < self.recheck_ms {
+            return Err(ConfigError::Invalid(
+                "delivery.idle_recheck_max_ms must be at least recheck_ms".into(),
             ));
         }
         Ok(())

@@ -102,8 +102,17 @@ pub struct IngestConfig {
     pub max_output_tokens: u64,
     /// Seconds a client is told to wait (`Retry-After`) when the broker refuses work.
     pub retry_after_s: u64,
-    /// Requests processed at once; past it requests wait briefly, then get 503.
+    /// Requests processed at once; past it requests get 503. Probes do not count.
     pub max_concurrent_requests: usize,
+    /// Open connections at most; past it the listener stops accepting until one closes.
+    pub max_connections: usize,
+    /// A new connection must send its first request head within this.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection must send its next request head within this of the last
+    /// response, or it is closed.
+    pub idle_timeout_ms: u64,
+    /// A request body must arrive whole within this, else `408`.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -114,6 +123,10 @@ impl Default for IngestConfig {
             max_output_tokens: 1_000_000,
             retry_after_s: 2,
             max_concurrent_requests: 4096,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            body_read_timeout_ms: 30_000,
         }
     }
 }
@@ -219,6 +232,16 @@ impl Config {
         if self.ingest.max_body_bytes < 1024 || self.ingest.max_concurrent_requests == 0 {
             return bad(
                 "ingest.max_body_bytes must be at least 1024 and max_concurrent_requests positive",
+            );
+        }
+        let i = &self.ingest;
+        if i.max_connections == 0
+            || i.header_read_timeout_ms == 0
+            || i.idle_timeout_ms == 0
+            || i.body_read_timeout_ms == 0
+        {
+            return bad(
+                "ingest.max_connections, header_read_timeout_ms, idle_timeout_ms and body_read_timeout_ms must be positive",
             );
         }
         if self.worker.concurrency == 0 || self.worker.concurrency > 100_000 {

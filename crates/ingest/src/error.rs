@@ -5,7 +5,10 @@
 
 use axum::{
     Json,
-    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    http::{
+        HeaderValue, StatusCode,
+        header::{CONNECTION, RETRY_AFTER},
+    },
     response::{IntoResponse, Response},
 };
 use serde_json::json;
@@ -65,6 +68,12 @@ pub enum ApiError {
     AdmissionUnavailable { retry_after_s: u64, reason: String },
     #[error("admin key required")]
     Forbidden,
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    #[error("too many synchronous waits for this tenant")]
+    TooManySyncWaits { retry_after_s: u64 },
+    #[error("too many event streams")]
+    TooManyStreams { retry_after_s: u64 },
 }
 
 impl ApiError {
@@ -96,10 +105,13 @@ impl ApiError {
             ApiError::RateLimited { .. }
             | ApiError::BudgetExhausted { .. }
             | ApiError::LoopDetected { .. }
-            | ApiError::Shed { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | ApiError::Shed { .. }
+            | ApiError::TooManySyncWaits { .. }
+            | ApiError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TenantDisabled | ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::AdmissionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -125,6 +137,9 @@ impl ApiError {
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::AdmissionUnavailable { .. } => "admission_unavailable",
             ApiError::Forbidden => "forbidden",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::TooManySyncWaits { .. } => "too_many_sync_waits",
+            ApiError::TooManyStreams { .. } => "too_many_streams",
         }
     }
 
@@ -258,6 +273,24 @@ impl ApiError {
                 None,
                 Some("admin_key_required"),
             ),
+            ApiError::RequestTimeout => (
+                "The request body did not arrive within the time limit.".into(),
+                "invalid_request_error",
+                None,
+                Some("request_timeout"),
+            ),
+            ApiError::TooManySyncWaits { .. } => (
+                "This tenant has too many synchronous requests waiting; retry after the indicated delay, or submit through POST /v1/jobs.".into(),
+                "rate_limit_error",
+                None,
+                Some("too_many_sync_waits"),
+            ),
+            ApiError::TooManyStreams { .. } => (
+                "Too many event streams are open; retry after the indicated delay.".into(),
+                "rate_limit_error",
+                None,
+                Some("too_many_streams"),
+            ),
         };
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
     }
@@ -317,7 +350,9 @@ impl IntoResponse for ApiError {
             | ApiError::BudgetExhausted { retry_after_s, .. }
             | ApiError::LoopDetected { retry_after_s }
             | ApiError::Shed { retry_after_s, .. }
-            | ApiError::AdmissionUnavailable { retry_after_s, .. } => Some(*retry_after_s),
+            | ApiError::AdmissionUnavailable { retry_after_s, .. }
+            | ApiError::TooManySyncWaits { retry_after_s }
+            | ApiError::TooManyStreams { retry_after_s } => Some(*retry_after_s),
             _ => None,
         };
         if let ApiError::RateLimited { dimension, .. } = &self {
@@ -335,6 +370,11 @@ impl IntoResponse for ApiError {
         }
         if let Some(s) = retry_after {
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

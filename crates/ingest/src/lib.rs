@@ -15,6 +15,8 @@
 //!   `POST /v1/jobs` and the OpenAI-compatible endpoints.
 //! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets — and the
 //!   guard that gives them back when a job is not published.
+//! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets.
+//! - [`serve`]: connections — header, idle and body-read timeouts, the connection cap.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
@@ -25,6 +27,7 @@ pub mod error;
 pub mod middleware;
 pub mod routes;
 pub mod submission;
+pub mod serve;
 pub mod validate;
 pub mod watch;
 
@@ -76,6 +79,9 @@ pub struct Services {
     /// Set once the JetStream streams are known to exist.
     pub streams_ready: Arc<AtomicBool>,
     in_flight: Arc<Semaphore>,
+    /// Places of synchronous waits and SSE streams (see [`middleware::slots`]).
+    pub sync_waits: Arc<middleware::slots::Slots>,
+    pub streams: Arc<middleware::slots::Slots>,
     /// Background work requests leave behind (cancelling an abandoned job).
     pub background: TaskTracker,
 }
@@ -94,6 +100,13 @@ impl AppState {
         );
         let gov = sluice_governance::Governor::new(store.clone(), g.clone());
         let backlogs = Arc::new(middleware::shedding::Backlogs::default());
+        let d = &cfg.delivery;
+        let sync_waits = middleware::slots::Slots::new(
+            "sync_wait",
+            cfg.ingest.max_concurrent_requests,
+            d.sync_waits_per_tenant,
+        );
+        let streams = middleware::slots::Slots::new("stream", d.max_streams, d.streams_per_tenant);
         Ok(AppState(Arc::new(Services {
             cfg: Arc::new(cfg),
             queue,
@@ -104,16 +117,20 @@ impl AppState {
             backlogs,
             streams_ready,
             in_flight,
+            sync_waits,
+            streams,
             background: TaskTracker::new(),
         })))
     }
 }
 
-/// The whole HTTP API. Authentication wraps every route; the open ones are listed in
-/// [`auth::OPEN_PATHS`].
+/// The whole HTTP API. Authentication wraps every route but the probes (see
+/// [`auth::OPEN_PATHS`]). The probes also stay outside the request permits, so traffic
+/// cannot make them fail; and every body is read before a request takes a permit
+/// ([`serve::read_body`]).
 pub fn router(state: AppState) -> Router {
     let max_body = state.cfg.ingest.max_body_bytes;
-    Router::new()
+    let api = Router::new()
         .route("/v1/jobs", post(routes::jobs::submit))
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .route("/v1/jobs/{id}/cancel", post(routes::cancel::cancel))
@@ -139,9 +156,6 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(routes::admin::router())
         .merge(routes::admin_dlq::router())
-        .route("/healthz", get(routes::ops::healthz))
-        .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -152,6 +166,15 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             shed_load,
+        ));
+    Router::new()
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            serve::read_body,
         ))
         .with_state(state)
 }
@@ -198,7 +221,6 @@ pub struct Server {
 
 impl Server {
     pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Server> {
-        use axum::serve::ListenerExt;
         let state = AppState::new(cfg).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -229,19 +251,9 @@ impl Server {
         }
         routes::admin::seed_tenants(&state).await;
         let background = state.background.clone();
+        let limits = serve::ConnLimits::from_config(&state.cfg.ingest);
         let app = router(state);
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "ingest server stopped");
-            }
-        });
+        tasks.spawn(serve::serve(listener, app, limits, shutdown.clone()));
         tasks.close();
         Ok(Server {
             addr,

@@ -3,7 +3,9 @@
 //! A [`JobWatch`] subscribes to the job's core NATS notification subject first and reads the
 //! Redis history from its cursor after, so no event written in between is lost; every
 //! notification (or, failing one, the `delivery.recheck_ms` timer) triggers another read
-//! from the cursor. Event ids are positions in the history, so a resumed reader
+//! from the cursor. A follower with nothing new backs its timer off, doubling up to
+//! `delivery.idle_recheck_max_ms`, so an idle stream costs a Redis read every few seconds
+//! rather than every second; a notification resets it. Event ids are positions in the history, so a resumed reader
 //! (`Last-Event-ID`) continues exactly where it left off.
 
 use std::time::Duration;
@@ -24,6 +26,9 @@ pub struct JobWatch {
     id: Uuid,
     cursor: u64,
     recheck: Duration,
+    /// The current interval of [`JobWatch::next_events`]: `recheck`, doubled while idle.
+    idle_recheck: Duration,
+    idle_recheck_max: Duration,
     fresh: bool,
 }
 
@@ -99,6 +104,8 @@ impl JobWatch {
             id,
             cursor: after,
             recheck,
+            idle_recheck: recheck,
+            idle_recheck_max: Duration::from_millis(state.cfg.delivery.idle_recheck_max_ms),
             fresh: true,
         })
     }
@@ -154,9 +161,12 @@ impl JobWatch {
     }
 
     async fn wait(&mut self) {
-        if let Ok(Some(_)) = tokio::time::timeout(self.recheck, self.sub.next()).await {
+        if let Ok(Some(_)) = tokio::time::timeout(self.idle_recheck, self.sub.next()).await {
             // Coalesce a burst of notifications into one read.
             while let Some(Some(_)) = self.sub.next().now_or_never() {}
+            self.idle_recheck = self.recheck;
+        } else {
+            self.idle_recheck = (self.idle_recheck * 2).min(self.idle_recheck_max);
         }
     }
 

@@ -6,6 +6,8 @@
 //! terminal status comes `event: result` with the job object, and the stream ends. A client
 //! that reconnects with `Last-Event-ID: n` gets the events after `n`, exactly once; one that
 //! arrives after the end gets the history and the end. Comments keep idle connections open.
+//! Streams are bounded per tenant and per replica (`delivery.streams_per_tenant`,
+//! `delivery.max_streams`): past either, `429 too_many_streams` with `Retry-After`.
 
 use std::{convert::Infallible, time::Duration};
 
@@ -22,6 +24,7 @@ use crate::{
     AppState,
     auth::Tenant,
     error::ApiError,
+    middleware::slots::Slot,
     routes::jobs::{JobView, owned_job},
     watch::{JobEvent, JobWatch},
 };
@@ -34,18 +37,19 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let after = match headers.get("last-event-id") {
         None => 0,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "Last-Event-ID must be an event id (a number).",
-                    None,
-                    "invalid_value",
-                )
-            })?,
+        Some(v) => v.to_str().ok().and_then(last_event_id).ok_or_else(|| {
+            ApiError::invalid(
+                format!("Last-Event-ID must be an event id (a number up to {MAX_EVENT_ID})."),
+                None,
+                "invalid_value",
+            )
+        })?,
     };
+    // A place among this replica's streams, held until the stream ends.
+    let slot = state
+        .streams
+        .try_acquire(&tenant.id)
+        .map_err(|_| ApiError::TooManyStreams { retry_after_s: 1 })?;
     let (uuid, _) = owned_job(&state, &tenant, &id).await?;
     let watch = JobWatch::open(&state, uuid, after).await?;
     let deadline = Instant::now() + Duration::from_secs(state.cfg.delivery.sse_max_s);
@@ -60,6 +64,7 @@ pub async fn events(
         tail: None,
         done: false,
         deadline,
+        _slot: slot,
     };
     let events = stream::unfold(
         feed,
@@ -78,6 +83,16 @@ struct Feed {
     tail: Option<Event>,
     done: bool,
     deadline: Instant,
+    _slot: Slot,
+}
+
+/// Far beyond any job's history (bounded by its duration over `delivery.stream_flush_ms`),
+/// and small enough that no cursor arithmetic overflows.
+pub const MAX_EVENT_ID: u64 = u32::MAX as u64;
+
+/// A `Last-Event-ID` value: a decimal event id up to [`MAX_EVENT_ID`].
+pub fn last_event_id(v: &str) -> Option<u64> {
+    v.trim().parse::<u64>().ok().filter(|&n| n <= MAX_EVENT_ID)
 }
 
 impl Feed {
@@ -146,5 +161,20 @@ impl Feed {
             .and_then(|j| serde_json::to_string(&j).ok())
             .unwrap_or_else(|| "null".into());
         Event::default().event("result").data(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_event_id_is_a_bounded_number() {
+        assert_eq!(last_event_id(" 42 "), Some(42));
+        assert_eq!(last_event_id("4294967295"), Some(MAX_EVENT_ID));
+        assert_eq!(last_event_id("4294967296"), None);
+        assert_eq!(last_event_id("18446744073709551615"), None);
+        assert_eq!(last_event_id("-1"), None);
+        assert_eq!(last_event_id("x"), None);
     }
 }

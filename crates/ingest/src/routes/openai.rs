@@ -34,6 +34,7 @@ use crate::{
     cancel::CancelOnDrop,
     embeddings::embedding_submission,
     error::ApiError,
+    middleware::slots::Slot,
     routes::jobs::{JobView, body_or_error, store_unavailable},
     submission::{self, Follow, Submission, Submitted},
     watch::{JobEvent, JobWatch, Outcome},
@@ -45,6 +46,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let slot = sync_slot(&state, &tenant)?;
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
     let limits = crate::validate::Limits {
         max_output_tokens: state.cfg.ingest.max_output_tokens,
@@ -62,7 +64,7 @@ pub async fn chat_completions(
     if let Some(p) = header_priority(&headers)? {
         sub.priority = p;
     }
-    answer(state, tenant, headers, body, sub).await
+    answer(state, tenant, headers, body, sub, slot).await
 }
 
 pub async fn embeddings(
@@ -71,6 +73,7 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let slot = sync_slot(&state, &tenant)?;
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
     let emb = embedding_submission(&body)?;
     let sub = Submission {
@@ -84,7 +87,16 @@ pub async fn embeddings(
         traceparent: None,
         request: emb.request,
     };
-    answer(state, tenant, headers, body, sub).await
+    answer(state, tenant, headers, body, sub, slot).await
+}
+
+/// The tenant's place among the synchronous waits of this replica
+/// (`delivery.sync_waits_per_tenant`), so one tenant cannot hold every request permit.
+fn sync_slot(state: &AppState, tenant: &Tenant) -> Result<Slot, ApiError> {
+    state
+        .sync_waits
+        .try_acquire(&tenant.id)
+        .map_err(|_| ApiError::TooManySyncWaits { retry_after_s: 1 })
 }
 
 /// The same submission as `POST /v1/jobs` (shedding, idempotency, rate limits, budgets),
@@ -96,6 +108,7 @@ async fn answer(
     headers: HeaderMap,
     body: Bytes,
     sub: Submission,
+    slot: Slot,
 ) -> Result<Response, ApiError> {
     let stream = sub.stream;
     let (watch, guard, view) =
@@ -119,7 +132,7 @@ async fn answer(
         };
     drop(body);
     if stream {
-        run_streamed(state, watch, guard, view).await
+        run_streamed(state, watch, guard, view, slot).await
     } else {
         run_plain(state, watch, guard, view).await
     }
@@ -215,6 +228,7 @@ async fn run_streamed(
     mut watch: JobWatch,
     mut guard: CancelOnDrop,
     view: Option<JobView>,
+    slot: Slot,
 ) -> Result<Response, ApiError> {
     let id = watch.job_id();
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
@@ -261,6 +275,7 @@ async fn run_streamed(
         pending: seen.into_iter(),
         done: false,
         deadline,
+        _slot: slot,
     };
     let events = stream::unfold(relay, |mut r| async move {
         r.next().await.map(|e| (Ok::<_, Infallible>(e), r))
@@ -295,6 +310,8 @@ struct Relay {
     pending: std::vec::IntoIter<JobEvent>,
     done: bool,
     deadline: Instant,
+    /// The tenant's synchronous-wait place, held while the answer streams.
+    _slot: Slot,
 }
 
 impl Relay {
