@@ -20,6 +20,7 @@ pub mod cancel;
 pub mod embeddings;
 pub mod error;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 pub mod validate;
 pub mod watch;
@@ -138,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
