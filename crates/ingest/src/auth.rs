@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 use crate::{AppState, error::ApiError};
 
 /// Routes served without a key.
-pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// Routes that need the admin key.
 pub const ADMIN_PREFIX: &str = "/v1/admin/";

@@ -25,6 +25,7 @@ pub mod cancel;
 pub mod embeddings;
 pub mod error;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 pub mod submission;
 pub mod serve;
@@ -171,6 +172,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
+        .route("/openapi.json", get(openapi::document))
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
