@@ -32,7 +32,7 @@ use crate::{
     AppState,
     auth::Tenant,
     cancel::CancelOnDrop,
-    embeddings::embedding_submission,
+    embeddings::{self, EncodingFormat, embedding_submission},
     error::ApiError,
     middleware::admission,
     routes::jobs::{
@@ -77,7 +77,7 @@ pub async fn chat_completions(
     if env.stream {
         run_streamed(state, env, admission).await
     } else {
-        run_plain(state, env, admission).await
+        run_plain(state, env, admission, Answer::Verbatim).await
     }
 }
 
@@ -123,7 +123,25 @@ pub async fn embeddings(
         fresh: admitted.replay.is_none(),
         undo: Some((tenant, admitted)),
     };
-    run_plain(state, env, admission).await
+    run_plain(state, env, admission, Answer::Embeddings(emb.format)).await
+}
+
+/// How a completed job's stored result becomes the response body.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// The upstream's JSON as it is.
+    Verbatim,
+    /// An embeddings list, its vectors in the format the client asked for.
+    Embeddings(EncodingFormat),
+}
+
+impl Answer {
+    fn shape(self, result: String) -> Result<String, ApiError> {
+        match self {
+            Answer::Verbatim => Ok(result),
+            Answer::Embeddings(format) => embeddings::shape_answer(result, format),
+        }
+    }
 }
 
 /// How the job was admitted: whether it still has to be queued (not an idempotent replay),
@@ -186,6 +204,7 @@ async fn run_plain(
     state: AppState,
     env: JobEnvelope,
     adm: Admission,
+    answer: Answer,
 ) -> Result<Response, ApiError> {
     let (mut watch, mut guard) = submit(&state, &env, adm).await?;
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
@@ -198,6 +217,7 @@ async fn run_plain(
             let body = o
                 .result
                 .ok_or_else(|| ApiError::Internal("completed job without a result".into()))?;
+            let body = answer.shape(body)?;
             Ok((
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
                 body,
