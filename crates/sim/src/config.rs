@@ -42,6 +42,9 @@ pub struct SimConfig {
     pub stream_chunk_delay_ms: u64,
     /// Seed for the random draws (latency, injected failures); `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// Answer embeddings as float arrays whatever `encoding_format` asks, like the
+    /// OpenAI-compatible servers that do not implement it.
+    pub embeddings_floats_only: bool,
 }
 
 impl Default for SimConfig {
@@ -54,6 +57,7 @@ impl Default for SimConfig {
             models: vec!["sim-small".into(), "sim-large".into(), "sim-embed".into()],
             stream_chunk_delay_ms: 0,
             seed: None,
+            embeddings_floats_only: false,
         }
     }
 }

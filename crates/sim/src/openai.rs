@@ -89,6 +89,28 @@ pub struct ContentPart {
 pub struct EmbeddingsRequest {
     pub model: String,
     pub input: EmbeddingInput,
+    /// `float` (the default) or `base64`; anything else is a `400`, as OpenAI answers.
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+}
+
+/// How embedding vectors are written in the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodingFormat {
+    /// A JSON array of numbers.
+    Float,
+    /// The little-endian `float32` bytes, base64-encoded (what the official SDKs ask for).
+    Base64,
+}
+
+impl EncodingFormat {
+    pub fn parse(s: Option<&str>) -> Option<Self> {
+        match s {
+            None | Some("float") => Some(Self::Float),
+            Some("base64") => Some(Self::Base64),
+            Some(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,7 +202,28 @@ pub struct EmbeddingList<'a> {
 pub struct EmbeddingItem {
     pub object: &'static str,
     pub index: usize,
-    pub embedding: Vec<f32>,
+    pub embedding: EmbeddingVector,
+}
+
+/// One vector, as [`EncodingFormat`] asks.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+impl EmbeddingVector {
+    pub fn encode(v: &[f32], format: EncodingFormat) -> Self {
+        match format {
+            EncodingFormat::Float => Self::Float(v.to_vec()),
+            EncodingFormat::Base64 => {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Self::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]

@@ -447,6 +447,46 @@ async fn embeddings_are_deterministic() {
 }
 
 #[tokio::test]
+async fn embeddings_honour_encoding_format() {
+    use base64::Engine as _;
+    let (app, _) = app();
+    let ask = |format: Option<&str>| {
+        let mut body = json!({"model": "sim-embed", "input": ["abcd", "hello"]});
+        if let Some(f) = format {
+            body["encoding_format"] = json!(f);
+        }
+        call_json(&app, Method::POST, "/v1/embeddings", Some(body))
+    };
+    let (_, floats) = ask(None).await;
+    let (_, explicit) = ask(Some("float")).await;
+    assert_eq!(floats, explicit);
+    let (status, b64) = ask(Some("base64")).await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..2 {
+        let text = b64["data"][i]["embedding"]
+            .as_str()
+            .expect("a base64 string");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap();
+        let decoded: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let want: Vec<f32> = floats["data"][i]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(decoded, want);
+    }
+    let (status, v) = ask(Some("int8")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["param"], "encoding_format");
+}
+
+#[tokio::test]
 async fn counters_count_and_reset() {
     let (app, _) = app();
     call(&app, Method::POST, "/v1/chat/completions", Some(chat("a"))).await;

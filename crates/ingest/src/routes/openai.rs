@@ -32,7 +32,7 @@ use crate::{
     AppState,
     auth::Tenant,
     cancel::CancelOnDrop,
-    embeddings::embedding_submission,
+    embeddings::{self, EncodingFormat, embedding_submission},
     error::ApiError,
     middleware::slots::Slot,
     routes::jobs::{JobView, body_or_error, store_unavailable},
@@ -64,7 +64,7 @@ pub async fn chat_completions(
     if let Some(p) = header_priority(&headers)? {
         sub.priority = p;
     }
-    answer(state, tenant, headers, body, sub, slot).await
+    answer(state, tenant, headers, body, sub, slot, Shape::Verbatim).await
 }
 
 pub async fn embeddings(
@@ -76,6 +76,7 @@ pub async fn embeddings(
     let slot = sync_slot(&state, &tenant)?;
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
     let emb = embedding_submission(&body)?;
+    let format = emb.format;
     let sub = Submission {
         kind: JobKind::Embedding,
         model: emb.model,
@@ -87,7 +88,25 @@ pub async fn embeddings(
         traceparent: None,
         request: emb.request,
     };
-    answer(state, tenant, headers, body, sub, slot).await
+    answer(state, tenant, headers, body, sub, slot, Shape::Embeddings(format)).await
+}
+
+/// How a completed job's stored result becomes the response body.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// The upstream's JSON as it is.
+    Verbatim,
+    /// An embeddings list, its vectors in the format the client asked for.
+    Embeddings(EncodingFormat),
+}
+
+impl Shape {
+    fn apply(self, result: String) -> Result<String, ApiError> {
+        match self {
+            Shape::Verbatim => Ok(result),
+            Shape::Embeddings(format) => embeddings::shape_answer(result, format),
+        }
+    }
 }
 
 /// The tenant's place among the synchronous waits of this replica
@@ -109,6 +128,7 @@ async fn answer(
     body: Bytes,
     sub: Submission,
     slot: Slot,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
     let stream = sub.stream;
     let (watch, guard, view) =
@@ -134,7 +154,7 @@ async fn answer(
     if stream {
         run_streamed(state, watch, guard, view, slot).await
     } else {
-        run_plain(state, watch, guard, view).await
+        run_plain(state, watch, guard, view, shape).await
     }
 }
 
@@ -174,6 +194,7 @@ async fn run_plain(
     mut watch: JobWatch,
     mut guard: CancelOnDrop,
     view: Option<JobView>,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
     let outcome = tokio::time::timeout(limit, watch.wait_terminal()).await;
@@ -185,6 +206,7 @@ async fn run_plain(
             let body = o
                 .result
                 .ok_or_else(|| ApiError::Internal("completed job without a result".into()))?;
+            let body = shape.apply(body)?;
             Ok((
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
                 body,

@@ -1,4 +1,5 @@
-//! `POST /v1/embeddings`: deterministic 16-dimensional unit vectors.
+//! `POST /v1/embeddings`: deterministic 16-dimensional unit vectors, as float arrays or (with
+//! `encoding_format: "base64"`) base64 of their little-endian `float32` bytes, like OpenAI.
 //!
 //! Directives are read from the last input string, as chat reads them from the last user
 //! message.
@@ -12,7 +13,10 @@ use crate::counters::Endpoint;
 use crate::directives::Directives;
 use crate::error::ApiError;
 use crate::handlers::{parse_json, pause};
-use crate::openai::{EmbeddingItem, EmbeddingList, EmbeddingUsage, EmbeddingsRequest};
+use crate::openai::{
+    EmbeddingItem, EmbeddingList, EmbeddingUsage, EmbeddingVector, EmbeddingsRequest,
+    EncodingFormat,
+};
 use crate::output;
 use crate::state::SimState;
 
@@ -38,7 +42,18 @@ async fn handle(state: &SimState, body: &[u8]) -> Result<Response, ApiError> {
             format!("'input' must hold 1 to {MAX_INPUTS} strings."),
         ));
     }
+    let format = EncodingFormat::parse(req.encoding_format.as_deref()).ok_or_else(|| {
+        ApiError::invalid_param(
+            "encoding_format",
+            "Invalid value for 'encoding_format': expected 'float' or 'base64'.",
+        )
+    })?;
     let live = state.live();
+    let format = if live.cfg.embeddings_floats_only {
+        EncodingFormat::Float
+    } else {
+        format
+    };
     if !live.serves(&req.model) {
         return Err(ApiError::ModelNotFound(req.model));
     }
@@ -60,7 +75,7 @@ async fn handle(state: &SimState, body: &[u8]) -> Result<Response, ApiError> {
         .map(|(index, text)| EmbeddingItem {
             object: "embedding",
             index,
-            embedding: output::embedding(&req.model, text).to_vec(),
+            embedding: EmbeddingVector::encode(&output::embedding(&req.model, text), format),
         })
         .collect();
     let prompt_tokens = inputs.iter().map(|t| output::text_tokens(t)).sum();

@@ -1,0 +1,119 @@
+//! OpenAI wire compatibility end to end (issue #13): what the official SDKs rely on beyond the
+//! happy path — embeddings' `encoding_format`, the exact stream the client asked for, retry
+//! hints, duplicate keys, tools and response formats, ids and error shapes.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+use serde_json::{Value, json};
+use sluice_e2e::{ACME_KEY, Api, TestEnv};
+use sluice_sim::{SimConfig, SimHandle};
+
+/// A simulator, an ingest and a worker for one test.
+struct Stack {
+    sim: SimHandle,
+    ingest: sluice_ingest::Server,
+    worker: sluice_worker::Worker,
+    api: Api,
+}
+
+impl Stack {
+    async fn start(env: &mut TestEnv, sim_cfg: SimConfig) -> Result<Stack> {
+        let sim = env.sim(sim_cfg).await?;
+        let ingest = env.ingest().await?;
+        let worker = env.worker().await?;
+        let api = Api::new(ingest.base_url(), ACME_KEY);
+        Ok(Stack {
+            sim,
+            ingest,
+            worker,
+            api,
+        })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response> {
+        Ok(self
+            .api
+            .http
+            .post(format!("{}/v1/{path}", self.api.base))
+            .bearer_auth(&self.api.key)
+            .json(body)
+            .send()
+            .await?)
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let resp = self.post(path, body).await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn stop(self) {
+        self.worker.shutdown().await;
+        self.ingest.shutdown(Duration::from_secs(5)).await;
+        self.sim.shutdown().await;
+    }
+}
+
+fn decode_f32s(text: &str) -> Result<Vec<f32>> {
+    let bytes = BASE64.decode(text)?;
+    anyhow::ensure!(bytes.len() % 4 == 0, "{} bytes", bytes.len());
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn floats(v: &Value) -> Result<Vec<f32>> {
+    v.as_array()
+        .context("not a float array")?
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32).context("not a number"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_come_back_in_the_encoding_format_the_client_asked_for() -> Result<()> {
+    let mut env = TestEnv::new();
+    let s = Stack::start(&mut env, SimConfig::default()).await?;
+    let ask = |format: Option<&str>| {
+        let mut body = json!({ "model": "sim-embed", "input": ["one", "two"] });
+        if let Some(f) = format {
+            body["encoding_format"] = json!(f);
+        }
+        body
+    };
+    let (status, plain) = s.post_json("embeddings", &ask(None)).await?;
+    assert_eq!(status, 200, "{plain}");
+    let want = [
+        floats(&plain["data"][0]["embedding"])?,
+        floats(&plain["data"][1]["embedding"])?,
+    ];
+    let (_, explicit) = s.post_json("embeddings", &ask(Some("float"))).await?;
+    assert_eq!(explicit["data"], plain["data"]);
+
+    // An upstream that honours base64, then one that only ever answers floats: the client
+    // gets base64 of the same vectors either way.
+    for floats_only in [false, true] {
+        s.sim.set_config(SimConfig {
+            embeddings_floats_only: floats_only,
+            ..SimConfig::default()
+        })?;
+        let (status, b64) = s.post_json("embeddings", &ask(Some("base64"))).await?;
+        assert_eq!(status, 200, "{b64}");
+        for (i, w) in want.iter().enumerate() {
+            let text = b64["data"][i]["embedding"]
+                .as_str()
+                .with_context(|| format!("floats_only={floats_only}: not base64: {b64}"))?;
+            assert_eq!(&decode_f32s(text)?, w, "floats_only={floats_only}");
+        }
+        assert_eq!(b64["usage"], plain["usage"]);
+    }
+
+    let (status, err) = s.post_json("embeddings", &ask(Some("int8"))).await?;
+    assert_eq!(status, 400);
+    assert_eq!(err["error"]["param"], "encoding_format");
+    s.stop().await;
+    Ok(())
+}
