@@ -88,6 +88,9 @@ mod tests {
         assert!(e.acceptable(15_999, Some(5)));
         assert!(!e.acceptable(16_000, Some(5)));
         assert!(e.acceptable(1_000_000, None));
-        assert!(e.acceptable(0, Some(0)), "a clock behind the entry is age 0");
+        assert!(
+            e.acceptable(0, Some(0)),
+            "a clock behind the entry is age 0"
+        );
     }
 }

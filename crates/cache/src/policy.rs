@@ -125,7 +125,10 @@ mod tests {
         assert!(Control::parse(Some("no-store")).no_store);
         assert_eq!(Control::parse(Some("max-age=\"7\"")).max_age_s, Some(7));
         assert_eq!(Control::parse(Some("max-age=soon")).max_age_s, Some(0));
-        assert_eq!(Control::parse(Some("private, must-revalidate")), Control::default());
+        assert_eq!(
+            Control::parse(Some("private, must-revalidate")),
+            Control::default()
+        );
     }
 
     #[test]
@@ -137,19 +140,45 @@ mod tests {
         let no_cache = Control::parse(Some("no-cache"));
         let no_store = Control::parse(Some("no-store"));
         let aged = Control::parse(Some("max-age=5"));
-        let use_ = |read, max_age_s| Decision::Use { read, write: true, max_age_s };
+        let use_ = |read, max_age_s| Decision::Use {
+            read,
+            write: true,
+            max_age_s,
+        };
         use Call::*;
         use Mode::*;
-        let rows: &[(Call, Mode, Option<bool>, Control, &Value, Decision)] = &[
+        type Row<'a> = (Call, Mode, Option<bool>, Control, &'a Value, Decision);
+        let rows: &[Row<'_>] = &[
             (Chat, Deterministic, None, none, &det, use_(true, None)),
             (Chat, Deterministic, None, none, &seeded, use_(true, None)),
             (Chat, Deterministic, None, none, &random, Decision::Bypass),
-            (Chat, Deterministic, Some(true), none, &random, use_(true, None)),
-            (Chat, Deterministic, Some(false), none, &det, Decision::Bypass),
+            (
+                Chat,
+                Deterministic,
+                Some(true),
+                none,
+                &random,
+                use_(true, None),
+            ),
+            (
+                Chat,
+                Deterministic,
+                Some(false),
+                none,
+                &det,
+                Decision::Bypass,
+            ),
             (Chat, Always, None, none, &random, use_(true, None)),
             (Chat, Off, None, none, &det, Decision::Bypass),
             (Chat, Off, Some(true), none, &det, use_(true, None)),
-            (Embedding, Deterministic, None, none, &random, use_(true, None)),
+            (
+                Embedding,
+                Deterministic,
+                None,
+                none,
+                &random,
+                use_(true, None),
+            ),
             (Embedding, Off, None, none, &det, Decision::Bypass),
             (Chat, Deterministic, None, no_cache, &det, use_(false, None)),
             (Chat, Deterministic, None, no_store, &det, Decision::Bypass),
