@@ -192,6 +192,7 @@ pub(crate) fn chat_envelope(
         metadata: sub.metadata,
         stream: sub.stream,
         reserved,
+        cache: None,
     })
 }
 

@@ -118,6 +118,7 @@ pub async fn embeddings(
         metadata: Default::default(),
         stream: false,
         reserved: admitted.reserved,
+        cache: None,
     };
     let admission = Admission {
         fresh: admitted.replay.is_none(),
