@@ -9,6 +9,7 @@
 //!   completions, embeddings, models), `webhooks` (endpoints, rotation, delivery logs),
 //!   `admin` and `ops` (health, readiness, metrics).
 //! - [`watch`]: following a job's event history (Redis) woken by broker notifications.
+//! - [`cache`]: the response cache: lookup before admission, hits, single-flight.
 //! - [`cancel`]: cancelling a job, on request or when a synchronous client leaves.
 //! - [`auth`]: API keys (config and Redis), the admin scope and the open-route allowlist.
 //! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets.
@@ -16,6 +17,7 @@
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
 pub mod auth;
+pub mod cache;
 pub mod cancel;
 pub mod embeddings;
 pub mod error;
@@ -69,6 +71,7 @@ pub struct Services {
     pub gov: sluice_governance::Governor,
     pub key_cache: sluice_governance::apikeys::KeyCache,
     pub backlogs: Arc<middleware::shedding::Backlogs>,
+    pub cache: cache::ResponseCache,
     /// Set once the JetStream streams are known to exist.
     pub streams_ready: Arc<AtomicBool>,
     in_flight: Arc<Semaphore>,
@@ -90,6 +93,7 @@ impl AppState {
         );
         let gov = sluice_governance::Governor::new(store.clone(), g.clone());
         let backlogs = Arc::new(middleware::shedding::Backlogs::default());
+        let cache = cache::ResponseCache::new(&cfg.cache);
         Ok(AppState(Arc::new(Services {
             cfg: Arc::new(cfg),
             queue,
@@ -98,6 +102,7 @@ impl AppState {
             gov,
             key_cache,
             backlogs,
+            cache,
             streams_ready,
             in_flight,
             background: TaskTracker::new(),
