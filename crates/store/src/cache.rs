@@ -98,6 +98,21 @@ impl Store {
         }
     }
 
+    /// Ingest: job `env` (never published) is answered from the cache: its record is
+    /// created `completed` with the entry's answer and where it came from.
+    pub async fn record_cached(
+        &self,
+        env: &sluice_protocol::JobEnvelope,
+        entry: &Entry,
+    ) -> Result<crate::Transition, StoreError> {
+        let source = entry.source_job.to_string();
+        self.record_completed_with(
+            env,
+            &[("result", &entry.body), ("cached_from", source.as_bytes())],
+        )
+        .await
+    }
+
     /// Frees the lease of `key` if job `job` still holds it (its job failed or was not
     /// queued, so the next request may lead).
     pub async fn cache_release(&self, key: &CacheKey, job: Uuid) -> Result<(), StoreError> {

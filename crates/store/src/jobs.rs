@@ -281,6 +281,15 @@ impl Store {
         recorded
     }
 
+    /// A `completed` transition writing `set` (the result and any other fields).
+    pub(crate) async fn record_completed_with(
+        &self,
+        env: &JobEnvelope,
+        set: &[(&str, &[u8])],
+    ) -> Result<Transition, StoreError> {
+        self.advance(env, JobStatus::Completed, set, None).await
+    }
+
     /// Worker or ingest: the job ended in `status` (failed, cancelled, expired) with `error`.
     pub async fn record_ended(
         &self,
