@@ -11,15 +11,29 @@
 //! The cache is an optimization, never a safety control: when Redis cannot be asked the
 //! request simply runs uncached (`bypass`, counted in `sluice_cache_errors_total`).
 
-use std::sync::Arc;
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
-use axum::http::HeaderMap;
+use axum::{
+    http::{HeaderMap, HeaderValue},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, Sse},
+    },
+};
 use serde_json::{Value, json};
 use sluice_cache::{CacheKey, Call, Control, Decision, Entry, LocalTier, Scope, policy};
 use sluice_config::{CacheConfig, CacheMode};
 use sluice_protocol::CacheWrite;
 use sluice_store::{Lead, Store, now_ms};
+use tokio::time::Instant;
 use uuid::Uuid;
+
+use crate::{
+    AppState,
+    error::ApiError,
+    routes::jobs::store_unavailable,
+    watch::{JobWatch, Outcome},
+};
 
 /// Response header that tells what the cache did.
 pub const CACHE_HEADER: &str = "x-sluice-cache";
@@ -46,9 +60,12 @@ pub enum Lookup {
         key: CacheKey,
         leased: bool,
     },
-    /// Job `leader` is computing this answer: wait for it.
+    /// Job `leader` is computing this answer: wait for it (and should it turn out never to
+    /// have been queued, run this request's own job, storing under `key`).
     Follow {
         leader: Uuid,
+        write: CacheWrite,
+        key: CacheKey,
     },
 }
 
@@ -81,6 +98,10 @@ impl ResponseCache {
                 std::time::Duration::from_millis(cfg.local_ttl_ms),
             ),
         }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
     }
 
     pub fn hits_count_against_limits(&self) -> bool {
@@ -198,7 +219,14 @@ impl ResponseCache {
             return Ok(lead(false));
         }
         match store.cache_lead(key, job, self.cfg.lease_ms).await? {
-            Lead::Follower(leader) => Ok(Lookup::Follow { leader }),
+            Lead::Follower(leader) => Ok(Lookup::Follow {
+                leader,
+                write: CacheWrite {
+                    key: String::new(),
+                    ttl_s: 0,
+                },
+                key: *key,
+            }),
             Lead::Leader => {
                 // The previous leader may have stored the answer between our read and our
                 // lease: look once more, so a burst makes one upstream call, not two.
@@ -212,6 +240,122 @@ impl ResponseCache {
             }
         }
     }
+}
+
+/// Frees this job's single-flight lease when dropped while armed: the job was refused or
+/// never queued, so the next identical request may lead instead of waiting for a job that
+/// will not come. The release runs as a task tracked by the server.
+pub struct LeaseGuard {
+    state: AppState,
+    key: CacheKey,
+    job: Uuid,
+    armed: bool,
+}
+
+impl LeaseGuard {
+    /// A guard for `lookup`'s lease, if it took one.
+    pub fn for_lookup(state: &AppState, lookup: &Lookup, job: Uuid) -> Option<LeaseGuard> {
+        match lookup {
+            Lookup::Lead {
+                key, leased: true, ..
+            } => Some(LeaseGuard {
+                state: state.clone(),
+                key: *key,
+                job,
+                armed: true,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The job is queued: it frees the lease when it stores its answer.
+    pub fn commit(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let state = self.state.clone();
+        let (key, job) = (self.key, self.job);
+        self.state.background.spawn(async move {
+            if let Err(e) = state.store.cache_release(&key, job).await {
+                tracing::warn!(error = %e, "cannot free a cache lease; it expires with its TTL");
+            }
+        });
+    }
+}
+
+/// What became of the job a coalesced request waited for.
+pub enum Followed {
+    /// It ended: its outcome is this request's.
+    Ended(Outcome),
+    /// Still running when the wait limit passed.
+    StillRunning,
+    /// It does not exist (never queued): run this request's own job.
+    Gone,
+}
+
+/// Waits up to `limit` for job `leader`, whose answer this request shares.
+pub async fn follow(state: &AppState, leader: Uuid, limit: Duration) -> Result<Followed, ApiError> {
+    let deadline = Instant::now() + limit;
+    let check = Duration::from_millis(state.cfg.delivery.recheck_ms.max(1)).saturating_mul(2);
+    let mut watch = JobWatch::open(state, leader, 0).await?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(check.min(left), watch.wait_terminal()).await {
+            Ok(r) => return r.map(Followed::Ended),
+            Err(_) if Instant::now() >= deadline => return Ok(Followed::StillRunning),
+            Err(_) => {
+                if state
+                    .store
+                    .status(leader)
+                    .await
+                    .map_err(store_unavailable)?
+                    .is_none()
+                {
+                    return Ok(Followed::Gone);
+                }
+            }
+        }
+    }
+}
+
+/// The synchronous answer of a hit or a coalesced wait: the stored JSON, or for a stream
+/// request its re-chunking as server-sent events.
+pub fn answer(
+    body: &[u8],
+    stream: Option<bool>,
+    how: &'static str,
+    extra: Vec<(&'static str, String)>,
+) -> Result<Response, ApiError> {
+    let mut resp = match stream {
+        None => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body.to_vec(),
+        )
+            .into_response(),
+        Some(include_usage) => {
+            let completion: Value = serde_json::from_slice(body)
+                .map_err(|_| ApiError::Internal("a cached answer is not JSON".into()))?;
+            let events = rechunk(&completion, include_usage)
+                .into_iter()
+                .map(|c| Ok::<_, Infallible>(Event::default().data(c.to_string())))
+                .chain(std::iter::once(Ok(Event::default().data("[DONE]"))));
+            Sse::new(futures_util::stream::iter(events)).into_response()
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert(CACHE_HEADER, HeaderValue::from_static(how));
+    for (k, v) in extra {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    Ok(resp)
 }
 
 /// A cached chat completion as the chunks of a stream, the way the provider would have

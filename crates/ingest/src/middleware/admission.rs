@@ -139,18 +139,7 @@ async fn admit(
     }
 
     let request = &sub.request;
-    // Loop detection counts repeats of the same prompt (chat messages, or an embeddings
-    // request's input); without it the prompt is not hashed at all.
-    let prompt_hash = if gov_cfg.loop_max_per_minute > 0 {
-        let prompt = request
-            .get("messages")
-            .or_else(|| request.get("input"))
-            .map(Value::to_string)
-            .unwrap_or_default();
-        hex::encode(&Sha256::digest(prompt.as_bytes())[..16])
-    } else {
-        String::new()
-    };
+    let prompt_hash = prompt_hash(state, request);
     let mut a = Admission {
         job,
         tenant: &tenant.id,
@@ -195,6 +184,81 @@ async fn admit(
         }
         Err(refusal) => {
             release(state, tenant, &admitted, job).await;
+            metrics::counter!("sluice_ingest_refused_total", "reason" => refusal.label())
+                .increment(1);
+            Err(refused(refusal))
+        }
+    }
+}
+
+/// Loop detection counts repeats of the same prompt (chat messages, or an embeddings
+/// request's input); without it the prompt is not hashed at all.
+fn prompt_hash(state: &AppState, request: &Value) -> String {
+    if state.gov.config().loop_max_per_minute == 0 {
+        return String::new();
+    }
+    let prompt = request
+        .get("messages")
+        .or_else(|| request.get("input"))
+        .map(Value::to_string)
+        .unwrap_or_default();
+    hex::encode(&Sha256::digest(prompt.as_bytes())[..16])
+}
+
+/// A request answered from the response cache (a hit, or a wait for another job's
+/// answer): it calls no provider, so it reserves no tokens and no budget and is never
+/// settled, but with `cache.hits_count_against_limits` (the default) it counts against the
+/// request-rate limits, the loop check and the kill switch like any request. Returns the
+/// rate-limit headers for the response.
+pub async fn admit_hit(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    sub: &ChatSubmission,
+    job: Uuid,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    if !state.cache.hits_count_against_limits() {
+        return Ok(Vec::new());
+    }
+    let prompt_hash = prompt_hash(state, &sub.request);
+    let a = Admission {
+        job,
+        tenant: &tenant.id,
+        key_id: &tenant.key_id,
+        model: &sub.model,
+        agent: id_header(headers, AGENT_HEADER)?,
+        chain: id_header(headers, CHAIN_HEADER)?,
+        prompt_hash: &prompt_hash,
+        estimate: estimate::Usage::default(),
+    };
+    let decision = match state.gov.admit(&a, now_ms()).await {
+        Ok(d) => d,
+        Err(e) if state.gov.config().on_store_error == FailPolicy::FailOpen => {
+            metrics::counter!("sluice_governance_store_unavailables_total", "policy" => "fail_open")
+                .increment(1);
+            tracing::warn!(error = %e, "admission state unavailable; admitting a cache hit unchecked (fail_open)");
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(unavailable(state, e)),
+    };
+    match decision {
+        Ok(d) => {
+            if d.reserved {
+                // A zero reservation (a budget applies): give it back at once, nothing will
+                // settle it.
+                if let Err(e) = state
+                    .gov
+                    .settle(job, &sub.model, estimate::Usage::default(), now_ms())
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot return the empty reservation of a cache hit");
+                }
+            }
+            Ok(d.quota
+                .map(|(policy, remaining, reset_ms)| rate_headers(&policy, remaining, reset_ms))
+                .unwrap_or_default())
+        }
+        Err(refusal) => {
             metrics::counter!("sluice_ingest_refused_total", "reason" => refusal.label())
                 .increment(1);
             Err(refused(refusal))

@@ -134,12 +134,39 @@ pub async fn submit(
         None => None,
     };
     let job = admission::NewJob::now(JobKind::ChatCompletion);
+    // A job with its own webhook is always run (its delivery is part of the job), so it is
+    // not looked up; the others may be answered from the cache as already completed.
+    let lookup = if hook_url.is_some() {
+        if state.cache.enabled() {
+            crate::cache::Lookup::Bypass
+        } else {
+            crate::cache::Lookup::Off
+        }
+    } else {
+        state
+            .cache
+            .lookup(
+                &state.store,
+                &tenant.id,
+                sluice_cache::Call::Chat,
+                &sub.model,
+                &sub.request,
+                &headers,
+                job.id,
+                false,
+            )
+            .await
+    };
+    if let crate::cache::Lookup::Hit(entry) = &lookup {
+        return cached_job(&state, &tenant, &headers, sub, job, entry).await;
+    }
     let admitted =
         admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
     if let Some(first) = admitted.replay {
         return replayed(&state, first).await;
     }
-    let env = chat_envelope(&tenant, sub, &headers, job, admitted.reserved)?;
+    let mut env = chat_envelope(&tenant, sub, &headers, job, admitted.reserved)?;
+    env.cache = lookup.write();
     // Stored with a fresh secret before the job is published, so the dispatcher always
     // finds it; the secret is shown once, here.
     let hook = match hook_url {
@@ -167,6 +194,47 @@ pub async fn submit(
     for (name, value) in admitted.headers {
         if let Ok(v) = HeaderValue::from_str(&value) {
             resp.headers_mut().insert(name, v);
+        }
+    }
+    if let Some(how) = lookup.header() {
+        resp.headers_mut()
+            .insert(crate::cache::CACHE_HEADER, HeaderValue::from_static(how));
+    }
+    Ok(resp)
+}
+
+/// A submission answered from the response cache: its job is recorded `completed` with the
+/// cached answer and where it came from, and never reaches the broker.
+async fn cached_job(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    sub: validate::ChatSubmission,
+    job: admission::NewJob,
+    entry: &sluice_cache::Entry,
+) -> Result<Response, ApiError> {
+    let limit_headers = admission::admit_hit(state, tenant, headers, &sub, job.id).await?;
+    let env = chat_envelope(tenant, sub, headers, job, false)?;
+    state
+        .store
+        .record_cached(&env, entry)
+        .await
+        .map_err(store_unavailable)?;
+    let view = match state.store.get(env.id).await.map_err(store_unavailable)? {
+        Some(r) => JobView::from(r),
+        None => {
+            return Err(ApiError::Internal(
+                "a cached job's record is missing".into(),
+            ));
+        }
+    };
+    let location = format!("/v1/jobs/{}", env.id);
+    let mut resp = (StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response();
+    let h = resp.headers_mut();
+    h.insert(crate::cache::CACHE_HEADER, HeaderValue::from_static("hit"));
+    for (name, value) in limit_headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
         }
     }
     Ok(resp)

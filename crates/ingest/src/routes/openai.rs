@@ -24,6 +24,7 @@ use axum::{
 };
 use futures_util::stream;
 use serde_json::{Value, json};
+use sluice_cache::Call;
 use sluice_protocol::{JobEnvelope, JobKind, JobStatus, Priority, SCHEMA_VERSION};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -66,19 +67,130 @@ pub async fn chat_completions(
     // The same admission as POST /v1/jobs: shedding, idempotency, rate limits, budgets. An
     // idempotent retry waits for the first request's job instead of queueing another.
     let job = admission::NewJob::now(JobKind::ChatCompletion);
+    // A stream answered from the cache has usage on its last chunk only if the client asked.
+    let stream = sub.stream.then(|| {
+        sub.request
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true)
+    });
+    let lookup = state
+        .cache
+        .lookup(
+            &state.store,
+            &tenant.id,
+            Call::Chat,
+            &sub.model,
+            &sub.request,
+            &headers,
+            job.id,
+            true,
+        )
+        .await;
+    let lookup = match from_cache(&state, &tenant, &headers, &sub, job.id, lookup, stream).await? {
+        Served::Answered(resp) => return Ok(resp),
+        Served::Run(l) => l,
+    };
+    let lease = crate::cache::LeaseGuard::for_lookup(&state, &lookup, job.id);
     let admitted =
         admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
     let mut env = chat_envelope(&tenant, sub, &headers, job, admitted.reserved)?;
     env.id = admitted.replay.unwrap_or(job.id);
+    env.cache = lookup.write();
     let admission = Admission {
         fresh: admitted.replay.is_none(),
         undo: Some((tenant, admitted)),
+        lease,
     };
-    if env.stream {
+    let resp = if env.stream {
         run_streamed(state, env, admission).await
     } else {
         run_plain(state, env, admission).await
+    };
+    with_cache_header(resp, &lookup)
+}
+
+/// What the cache did with a synchronous request.
+enum Served {
+    /// A hit or a coalesced wait answered it.
+    Answered(Response),
+    /// Run its job (storing the answer when `Lookup` says so).
+    Run(crate::cache::Lookup),
+}
+
+/// Answers a hit, or waits for the job computing the same answer; otherwise hands the
+/// lookup back for the request to run its own job.
+async fn from_cache(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    sub: &crate::validate::ChatSubmission,
+    job: Uuid,
+    lookup: crate::cache::Lookup,
+    stream: Option<bool>,
+) -> Result<Served, ApiError> {
+    use crate::cache::{Followed, Lookup, answer, follow};
+    match lookup {
+        Lookup::Hit(entry) => {
+            let limits = admission::admit_hit(state, tenant, headers, sub, job).await?;
+            Ok(Served::Answered(answer(
+                &entry.body,
+                stream,
+                "hit",
+                limits,
+            )?))
+        }
+        Lookup::Follow { leader, write, key } => {
+            let limits = admission::admit_hit(state, tenant, headers, sub, job).await?;
+            let wait = Duration::from_secs(state.cfg.delivery.sync_wait_s);
+            match follow(state, leader, wait).await? {
+                Followed::Ended(o) if o.status == JobStatus::Completed => {
+                    let body = o.result.ok_or_else(|| {
+                        ApiError::Internal("completed job without a result".into())
+                    })?;
+                    Ok(Served::Answered(answer(
+                        body.as_bytes(),
+                        stream,
+                        "coalesced",
+                        limits,
+                    )?))
+                }
+                Followed::Ended(o) => Err(o.failure()),
+                Followed::StillRunning => {
+                    metrics::counter!("sluice_sync_wait_exceeded_total").increment(1);
+                    let location = format!("/v1/jobs/{leader}");
+                    let view = match state.store.get(leader).await.map_err(store_unavailable)? {
+                        Some(r) => JobView::from(r),
+                        None => return Err(ApiError::Internal("a followed job vanished".into())),
+                    };
+                    Ok(Served::Answered(
+                        (StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response(),
+                    ))
+                }
+                // The job it followed was never queued: run this one, unleased.
+                Followed::Gone => Ok(Served::Run(Lookup::Lead {
+                    write,
+                    key,
+                    leased: false,
+                })),
+            }
+        }
+        other => Ok(Served::Run(other)),
     }
+}
+
+fn with_cache_header(
+    resp: Result<Response, ApiError>,
+    lookup: &crate::cache::Lookup,
+) -> Result<Response, ApiError> {
+    let mut resp = resp?;
+    if let Some(how) = lookup.header() {
+        resp.headers_mut().insert(
+            crate::cache::CACHE_HEADER,
+            axum::http::HeaderValue::from_static(how),
+        );
+    }
+    Ok(resp)
 }
 
 pub async fn embeddings(
@@ -101,6 +213,24 @@ pub async fn embeddings(
         request: emb.request,
     };
     let job = admission::NewJob::now(JobKind::Embedding);
+    let lookup = state
+        .cache
+        .lookup(
+            &state.store,
+            &tenant.id,
+            Call::Embedding,
+            &sub.model,
+            &sub.request,
+            &headers,
+            job.id,
+            true,
+        )
+        .await;
+    let lookup = match from_cache(&state, &tenant, &headers, &sub, job.id, lookup, None).await? {
+        Served::Answered(resp) => return Ok(resp),
+        Served::Run(l) => l,
+    };
+    let lease = crate::cache::LeaseGuard::for_lookup(&state, &lookup, job.id);
     let admitted =
         admission::admit_and_record(&state, &tenant, &headers, &body, &mut sub, job).await?;
     let env = JobEnvelope {
@@ -118,13 +248,14 @@ pub async fn embeddings(
         metadata: Default::default(),
         stream: false,
         reserved: admitted.reserved,
-        cache: None,
+        cache: lookup.write(),
     };
     let admission = Admission {
         fresh: admitted.replay.is_none(),
         undo: Some((tenant, admitted)),
+        lease,
     };
-    run_plain(state, env, admission).await
+    with_cache_header(run_plain(state, env, admission).await, &lookup)
 }
 
 /// How the job was admitted: whether it still has to be queued (not an idempotent replay),
@@ -132,6 +263,8 @@ pub async fn embeddings(
 struct Admission {
     fresh: bool,
     undo: Option<(Tenant, admission::Admitted)>,
+    /// The response cache's single-flight lease, freed unless the job is queued.
+    lease: Option<crate::cache::LeaseGuard>,
 }
 
 /// `GET /v1/models`: the configured model ids in OpenAI's list format.
@@ -179,6 +312,11 @@ async fn submit(
             admission::undo(state, tenant, admitted, env.id, &env.model).await;
         }
         return Err(e);
+    }
+    if adm.fresh
+        && let Some(lease) = adm.lease
+    {
+        lease.commit();
     }
     Ok((watch, CancelOnDrop::new(state.clone(), env.id)))
 }
