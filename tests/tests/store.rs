@@ -23,6 +23,7 @@ fn envelope() -> JobEnvelope {
         metadata: BTreeMap::from([("k".into(), "v".into())]),
         stream: false,
         reserved: true,
+        cache: None,
     }
 }
 

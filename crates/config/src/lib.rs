@@ -8,6 +8,7 @@
 //! a secret field holds `env::NAME` and is resolved from the environment into a
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
+mod cache;
 mod delivery;
 mod env;
 mod governance;
@@ -18,6 +19,7 @@ mod webhooks;
 
 use std::path::Path;
 
+pub use cache::{CacheConfig, CacheMode, CacheModelConfig};
 pub use delivery::DeliveryConfig;
 pub use governance::*;
 pub use models::*;

@@ -19,6 +19,7 @@ pub struct Config {
     pub delivery: crate::DeliveryConfig,
     pub webhooks: crate::WebhooksConfig,
     pub governance: crate::GovernanceConfig,
+    pub cache: crate::CacheConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,6 +214,7 @@ pub struct KeyConfig {
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        self.cache.validate()?;
         if !sluice_protocol::Subjects::valid_namespace(&self.nats.namespace) {
             return bad("nats.namespace must contain only letters, digits, '-' and '_'");
         }

@@ -9,26 +9,27 @@
 //!   completions, embeddings, models), `webhooks` (endpoints, rotation, delivery logs),
 //!   `admin` and `ops` (health, readiness, metrics).
 //! - [`watch`]: following a job's event history (Redis) woken by broker notifications.
+//! - [`cache`]: the response cache: lookup before admission, hits, single-flight.
 //! - [`cancel`]: cancelling a job, on request or when a synchronous client leaves.
 //! - [`auth`]: API keys (config and Redis), the admin scope and the open-route allowlist.
 //! - [`submission`]: the one path from a validated request to a published job, shared by
 //!   `POST /v1/jobs` and the OpenAI-compatible endpoints.
 //! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets — and the
 //!   guard that gives them back when a job is not published.
-//! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets.
 //! - [`serve`]: connections — header, idle and body-read timeouts, the connection cap.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
 pub mod auth;
+pub mod cache;
 pub mod cancel;
 pub mod embeddings;
 pub mod error;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
-pub mod submission;
 pub mod serve;
+pub mod submission;
 pub mod validate;
 pub mod watch;
 
@@ -77,6 +78,7 @@ pub struct Services {
     pub gov: sluice_governance::Governor,
     pub key_cache: sluice_governance::apikeys::KeyCache,
     pub backlogs: Arc<middleware::shedding::Backlogs>,
+    pub cache: cache::ResponseCache,
     /// Set once the JetStream streams are known to exist.
     pub streams_ready: Arc<AtomicBool>,
     in_flight: Arc<Semaphore>,
@@ -108,6 +110,7 @@ impl AppState {
             d.sync_waits_per_tenant,
         );
         let streams = middleware::slots::Slots::new("stream", d.max_streams, d.streams_per_tenant);
+        let cache = cache::ResponseCache::new(&cfg.cache);
         Ok(AppState(Arc::new(Services {
             cfg: Arc::new(cfg),
             queue,
@@ -116,6 +119,7 @@ impl AppState {
             gov,
             key_cache,
             backlogs,
+            cache,
             streams_ready,
             in_flight,
             sync_waits,

@@ -19,9 +19,13 @@ use serde_json::Value;
 use sluice_protocol::{JobEnvelope, JobKind, Priority, SCHEMA_VERSION};
 use uuid::Uuid;
 
+use sluice_cache::Call;
+use sluice_protocol::JobStatus;
+
 use crate::{
     AppState,
     auth::Tenant,
+    cache::{Followed, LeaseGuard, Lookup, follow as follow_leader},
     cancel::CancelOnDrop,
     error::ApiError,
     middleware::admission::{self, Admission, NewJob},
@@ -77,6 +81,7 @@ impl Submission {
         tenant: &Tenant,
         job: NewJob,
         reserved: bool,
+        cache: Option<sluice_protocol::CacheWrite>,
     ) -> Result<JobEnvelope, ApiError> {
         let created_at_ms = job.created_at_ms;
         Ok(JobEnvelope {
@@ -96,6 +101,7 @@ impl Submission {
             metadata: self.metadata,
             stream: self.stream,
             reserved,
+            cache,
         })
     }
 }
@@ -117,10 +123,27 @@ pub enum Follow {
 
 /// What became of a submission.
 pub enum Submitted {
-    /// This request's job, acknowledged by the broker.
+    /// This request's job, acknowledged by the broker (or, for [`Follow::No`], recorded
+    /// `completed` from the response cache).
     Fresh(Box<Fresh>),
     /// An idempotent retry: the first request's job.
     Replay(Uuid),
+    /// [`Follow::Wait`]: answered from the response cache, or by the job computing the same
+    /// answer; no job of this request exists.
+    Cached(Box<Cached>),
+    /// [`Follow::Wait`]: the job computing the same answer is still running past the wait
+    /// limit; the client polls it.
+    Waiting(Uuid),
+}
+
+/// A synchronous answer from the response cache.
+pub struct Cached {
+    /// The stored result (JSON).
+    pub body: Vec<u8>,
+    /// `x-sluice-cache`: `hit` or `coalesced`.
+    pub how: &'static str,
+    /// `RateLimit-Policy` / `RateLimit` for the response.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// A job this request created and the broker holds.
@@ -132,6 +155,8 @@ pub struct Fresh {
     /// With [`Follow::Wait`]: the job's watch and the guard that cancels it if the client
     /// leaves.
     pub wait: Option<(JobWatch, CancelOnDrop)>,
+    /// `x-sluice-cache` for the response, when the cache is on.
+    pub cache: Option<&'static str>,
 }
 
 /// Admits and publishes `sub`. After `Ok(Submitted::Fresh)` the job is durable; after `Err`
@@ -146,18 +171,29 @@ pub async fn submit(
     follow: Follow,
 ) -> Result<Submitted, ApiError> {
     let job = NewJob::now(sub.kind);
+    let lookup = match look_up(state, tenant, headers, &sub, job, follow).await? {
+        Looked::Answered(s) => return Ok(s),
+        Looked::Run(l) => l,
+    };
+    // Freed unless the job is queued, so an identical request can lead instead of waiting.
+    let lease = LeaseGuard::for_lookup(state, &lookup, job.id);
     let mut admitted = match admission::admit(state, tenant, headers, body, &sub, job).await? {
         Admission::Replay(first) => return Ok(Submitted::Replay(first)),
         Admission::Fresh(a) => a,
     };
     let headers = std::mem::take(&mut admitted.headers);
-    match publish(state, tenant, sub, job, admitted.reserved(), follow).await {
+    let reserved = admitted.reserved();
+    match publish(state, tenant, sub, job, reserved, follow, lookup.write()).await {
         Ok((view, wait)) => {
             admitted.commit().await;
+            if let Some(lease) = lease {
+                lease.commit();
+            }
             Ok(Submitted::Fresh(Box::new(Fresh {
                 view,
                 headers,
                 wait,
+                cache: lookup.header(),
             })))
         }
         Err(e) => {
@@ -175,9 +211,10 @@ async fn publish(
     job: NewJob,
     reserved: bool,
     follow: Follow,
+    cache: Option<sluice_protocol::CacheWrite>,
 ) -> Result<(JobView, Option<(JobWatch, CancelOnDrop)>), ApiError> {
     let hook_url = sub.webhook_url.take();
-    let env = sub.envelope(tenant, job, reserved)?;
+    let env = sub.envelope(tenant, job, reserved, cache)?;
     // Stored with a fresh secret before the job is published, so the dispatcher always
     // finds it; the secret is shown once, in the 202.
     let hook = match hook_url {
@@ -202,4 +239,131 @@ async fn publish(
     let mut view = queued_view(env);
     view.webhook = hook;
     Ok((view, wait))
+}
+
+enum Looked {
+    /// A hit or a coalesced wait answered the request.
+    Answered(Submitted),
+    /// Run the request's own job (storing its answer when the lookup says so).
+    Run(Lookup),
+}
+
+/// Looks `sub` up in the response cache before admission. A hit is answered here: on
+/// [`Follow::Wait`] with the stored answer, on [`Follow::No`] as a job recorded `completed`
+/// that never reaches the broker. A synchronous miss that another job is already computing
+/// waits for that job. A job with its own webhook always runs (its delivery is part of it).
+async fn look_up(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    sub: &Submission,
+    job: NewJob,
+    follow: Follow,
+) -> Result<Looked, ApiError> {
+    if sub.webhook_url.is_some() {
+        return Ok(Looked::Run(if state.cache.enabled() {
+            Lookup::Bypass
+        } else {
+            Lookup::Off
+        }));
+    }
+    let call = match sub.kind {
+        JobKind::ChatCompletion => Call::Chat,
+        JobKind::Embedding => Call::Embedding,
+    };
+    let lookup = state
+        .cache
+        .lookup(
+            &state.store,
+            &tenant.id,
+            call,
+            &sub.model,
+            &sub.request,
+            headers,
+            job.id,
+            follow == Follow::Wait,
+        )
+        .await;
+    match lookup {
+        Lookup::Hit(entry) => {
+            let limits = admission::admit_hit(state, tenant, headers, sub, job.id).await?;
+            Ok(Looked::Answered(match follow {
+                Follow::Wait => Submitted::Cached(Box::new(Cached {
+                    body: entry.body.clone(),
+                    how: "hit",
+                    headers: limits,
+                })),
+                Follow::No => cached_job(state, tenant, sub, job, &entry, limits).await?,
+            }))
+        }
+        Lookup::Follow { leader, write, key } => {
+            let wait = std::time::Duration::from_secs(state.cfg.delivery.sync_wait_s);
+            match follow_leader(state, leader, wait).await? {
+                Followed::Ended(o) if o.status == JobStatus::Completed => {
+                    let limits = admission::admit_hit(state, tenant, headers, sub, job.id).await?;
+                    let body = o.result.ok_or_else(|| {
+                        ApiError::Internal("completed job without a result".into())
+                    })?;
+                    Ok(Looked::Answered(Submitted::Cached(Box::new(Cached {
+                        body: body.into_bytes(),
+                        how: "coalesced",
+                        headers: limits,
+                    }))))
+                }
+                // The failure it would have got from its own job.
+                Followed::Ended(o) => Err(o.failure()),
+                Followed::StillRunning => Ok(Looked::Answered(Submitted::Waiting(leader))),
+                // The job it followed was never queued: run this one, unleased.
+                Followed::Gone => Ok(Looked::Run(Lookup::Lead {
+                    write,
+                    key,
+                    leased: false,
+                })),
+            }
+        }
+        other => Ok(Looked::Run(other)),
+    }
+}
+
+/// `POST /v1/jobs` hit: the job is recorded `completed` with the cached answer and the job
+/// it came from.
+async fn cached_job(
+    state: &AppState,
+    tenant: &Tenant,
+    sub: &Submission,
+    job: NewJob,
+    entry: &sluice_cache::Entry,
+    headers: Vec<(&'static str, String)>,
+) -> Result<Submitted, ApiError> {
+    let env = Submission {
+        kind: sub.kind,
+        model: sub.model.clone(),
+        priority: sub.priority,
+        metadata: sub.metadata.clone(),
+        deadline_s: sub.deadline_s,
+        stream: sub.stream,
+        webhook_url: None,
+        traceparent: sub.traceparent.clone(),
+        request: Value::Null,
+    }
+    .envelope(tenant, job, false, None)?;
+    state
+        .store
+        .record_cached(&env, entry)
+        .await
+        .map_err(store_unavailable)?;
+    let view = match state.store.get(env.id).await.map_err(store_unavailable)? {
+        Some(r) => JobView::from(r),
+        None => {
+            return Err(ApiError::Internal(
+                "a cached job's record is missing".into(),
+            ));
+        }
+    };
+    Ok(Submitted::Fresh(Box::new(Fresh {
+        view,
+        headers,
+        wait: None,
+        cache: Some("hit"),
+    })))
 }

@@ -65,6 +65,20 @@ pub struct JobEnvelope {
     /// worker skips the round trip. Messages written before this field settle as before.
     #[serde(default = "reserved_unless_told")]
     pub reserved: bool,
+    /// Store the answer in the response cache when the job completes (ingest decided the
+    /// request is cacheable). Absent from messages of jobs that are not cached, so their
+    /// encoding is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheWrite>,
+}
+
+/// Where a completed job's answer goes in the response cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheWrite {
+    /// The cache key: 64 hex digits (see `sluice-cache`).
+    pub key: String,
+    /// How long the entry lives, in seconds.
+    pub ttl_s: u32,
 }
 
 fn reserved_unless_told() -> bool {
@@ -125,6 +139,7 @@ mod tests {
             metadata: BTreeMap::from([("k".into(), "v".into())]),
             stream: false,
             reserved: true,
+            cache: None,
         }
     }
 

@@ -16,7 +16,7 @@ pub mod priority;
 pub mod status;
 pub mod subjects;
 
-pub use envelope::{DecodeError, EncodeError, JobEnvelope, JobKind, SCHEMA_VERSION};
+pub use envelope::{CacheWrite, DecodeError, EncodeError, JobEnvelope, JobKind, SCHEMA_VERSION};
 pub use priority::Priority;
 pub use status::JobStatus;
 pub use subjects::Subjects;

@@ -8,7 +8,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use sluice_protocol::{JobEnvelope, JobKind, Priority, SCHEMA_VERSION};
+use sluice_protocol::{CacheWrite, JobEnvelope, JobKind, Priority, SCHEMA_VERSION};
 use uuid::Uuid;
 
 fn samples() -> PathBuf {
@@ -31,6 +31,7 @@ fn v1_chat() -> JobEnvelope {
         metadata: BTreeMap::from([("order".into(), "42".into())]),
         stream: false,
         reserved: true,
+        cache: None,
     }
 }
 
@@ -58,6 +59,7 @@ fn v1_embedding_minimal() -> JobEnvelope {
         metadata: BTreeMap::new(),
         stream: false,
         reserved: true,
+        cache: None,
     }
 }
 
@@ -66,6 +68,18 @@ fn v1_unreserved() -> JobEnvelope {
     JobEnvelope {
         id: Uuid::parse_str("0192f0c1-7a4b-7cde-8f01-000000000004").unwrap(),
         reserved: false,
+        ..v1_chat()
+    }
+}
+
+/// Written after `cache` was added: a job whose answer goes to the response cache.
+fn v1_cached() -> JobEnvelope {
+    JobEnvelope {
+        id: Uuid::parse_str("0192f0c1-7a4b-7cde-8f01-000000000005").unwrap(),
+        cache: Some(CacheWrite {
+            key: "ab".repeat(32),
+            ttl_s: 3600,
+        }),
         ..v1_chat()
     }
 }
@@ -95,6 +109,20 @@ fn v1_streamed_chat_sample_decodes() {
 #[test]
 fn v1_unreserved_sample_decodes() {
     check("v1-unreserved.msgpack", v1_unreserved());
+}
+
+#[test]
+fn v1_cached_sample_decodes() {
+    check("v1-cached.msgpack", v1_cached());
+}
+
+/// `cache` is left out of a message when absent: a job that is not cached encodes byte for
+/// byte as it did before the field existed.
+#[test]
+fn an_uncached_envelope_encodes_as_before_the_cache_field() {
+    // The newest sample written before `cache`.
+    let before = std::fs::read(samples().join("v1-unreserved.msgpack")).unwrap();
+    assert_eq!(v1_unreserved().encode().unwrap(), before);
 }
 
 #[test]

@@ -246,14 +246,48 @@ impl Store {
         .await
     }
 
-    /// Worker: the upstream answered; `result` is the JSON response body.
+    /// Worker: the upstream answered; `result` is the JSON response body. A job ingest
+    /// marked cacheable (`env.cache`) also stores its answer in the response cache, in the
+    /// same round trip; a cache write that fails is only logged (the job's result is what
+    /// matters, and the next identical request simply misses).
     pub async fn record_completed(
         &self,
         env: &JobEnvelope,
         result: &[u8],
     ) -> Result<Transition, StoreError> {
-        self.advance(env, JobStatus::Completed, &[("result", result)], None)
-            .await
+        let set = [("result", result)];
+        let advance = self.advance(env, JobStatus::Completed, &set, None);
+        let Some((key, ttl_s)) = env
+            .cache
+            .as_ref()
+            .and_then(|c| Some((sluice_cache::CacheKey::from_hex(&c.key)?, c.ttl_s)))
+        else {
+            return advance.await;
+        };
+        let (prompt_tokens, completion_tokens) = crate::cache::usage_of(result);
+        let entry = sluice_cache::Entry {
+            v: sluice_cache::entry::ENTRY_VERSION,
+            source_job: env.id,
+            created_at_ms: now_ms(),
+            body: result.to_vec(),
+            prompt_tokens,
+            completion_tokens,
+        };
+        let (recorded, cached) =
+            tokio::join!(advance, self.cache_put(&key, &entry, u64::from(ttl_s)));
+        if let Err(e) = cached {
+            tracing::warn!(job = %env.id, error = %e, "cannot store the answer in the response cache");
+        }
+        recorded
+    }
+
+    /// A `completed` transition writing `set` (the result and any other fields).
+    pub(crate) async fn record_completed_with(
+        &self,
+        env: &JobEnvelope,
+        set: &[(&str, &[u8])],
+    ) -> Result<Transition, StoreError> {
+        self.advance(env, JobStatus::Completed, set, None).await
     }
 
     /// Worker or ingest: the job ended in `status` (failed, cancelled, expired) with `error`.

@@ -8,6 +8,8 @@
 //! | `{p}hooks:{tenant}` | set | the tenant's webhook endpoint ids |
 //! | `{p}hook:{id}` | hash | endpoint: tenant, url, events, secret(s), disabled, created_at |
 //! | `{p}hook:{id}:log` | list | the endpoint's latest delivery attempts (JSON, newest first) |
+//! | `{p}cache:{<hex>}` | string | response cache entry (MessagePack), expires with its model's TTL |
+//! | `{p}cache:{<hex>}:lead` | string | the job computing that entry (single-flight lease) |
 //!
 //! Job keys expire `redis.result_ttl_s` after the job was queued, and again after it ended;
 //! webhook endpoints live until deleted.
@@ -53,6 +55,16 @@ impl Keys {
 
     pub fn hook_log(&self, id: &str) -> String {
         format!("{}hook:{}:log", self.prefix, id)
+    }
+
+    /// A response cache entry; the digest is the key's hash tag.
+    pub fn cache_entry(&self, key: &sluice_cache::CacheKey) -> String {
+        format!("{}cache:{{{}}}", self.prefix, key.hex())
+    }
+
+    /// The single-flight lease of a cache entry, on the entry's shard.
+    pub fn cache_lead(&self, key: &sluice_cache::CacheKey) -> String {
+        format!("{}cache:{{{}}}:lead", self.prefix, key.hex())
     }
 }
 

@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - [`keys`]: the whole key schema, under one configurable prefix.
+//! - [`cache`]: response cache entries and their single-flight leases.
 //! - [`jobs`]: creating, reading and transitioning job records (Lua scripts do every
 //!   transition atomically, so ingest and any number of workers can race safely).
 //! - [`record`]: the typed job record read back from Redis.
 //! - [`replay`]: the audited operator replay (failed → queued) and the routing record.
 //! - [`webhooks`]: webhook endpoints, per-job webhook targets and delivery logs.
 
+pub mod cache;
 pub mod jobs;
 pub mod keys;
 pub mod record;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sluice_config::RedisConfig;
 
+pub use cache::Lead;
 pub use jobs::{JobError, RecordBase, Transition};
 pub use keys::Keys;
 pub use record::JobRecord;

@@ -32,6 +32,8 @@ pub struct JobRecord {
     pub route: Option<serde_json::Value>,
     /// How many times an operator replayed the job.
     pub replays: u64,
+    /// Answered from the response cache: the job whose upstream answer this is.
+    pub cached_from: Option<Uuid>,
 }
 
 impl JobRecord {
@@ -70,6 +72,7 @@ impl JobRecord {
             error: json("error"),
             route: json("route"),
             replays: ms("replays").unwrap_or(0),
+            cached_from: get("cached_from").and_then(|v| v.parse().ok()),
         })
     }
 }

@@ -283,7 +283,7 @@ async fn decide(
             Claimed::Replay(first) => return Ok(Some(first)),
         }
     }
-    let headers = limits(state, tenant, ids, sub, hold).await?;
+    let headers = limits(state, tenant, ids, sub, hold, true).await?;
     admitted.headers = headers;
     Ok(None)
 }
@@ -325,6 +325,7 @@ async fn limits(
     ids: &Ids<'_>,
     sub: &Submission,
     hold: &mut Hold,
+    count_tokens: bool,
 ) -> Result<Vec<(&'static str, String)>, ApiError> {
     let now = now_ms();
     let gov_cfg = state.gov.config();
@@ -354,7 +355,9 @@ async fn limits(
     // Counting tokens (with the model's real tokenizer) only matters when the job reserves
     // them against a budget or a token limit.
     if state.gov.reserves(&a) {
-        a.estimate = estimate::request(request);
+        if count_tokens {
+            a.estimate = estimate::request(request);
+        }
         // Until the script answers, a reservation may exist.
         hold.reserved = true;
     }
@@ -390,6 +393,32 @@ async fn limits(
             Err(refused(refusal))
         }
     }
+}
+
+/// A request answered from the response cache (a hit, or a wait for another job's
+/// answer): it calls no provider, so it reserves no tokens and no budget and is never
+/// settled, but with `cache.hits_count_against_limits` (the default) it counts against the
+/// request-rate limits, the loop check and the kill switch like any request. Returns the
+/// rate-limit headers for the response.
+pub async fn admit_hit(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    sub: &Submission,
+    job: Uuid,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    if !state.cache.hits_count_against_limits() {
+        return Ok(Vec::new());
+    }
+    let ids = Ids::read(headers)?;
+    let mut admitted = Admitted::new(state, tenant, job, &sub.model);
+    let counted = match admitted.hold_mut() {
+        Some(hold) => limits(state, tenant, &ids, sub, hold, false).await,
+        None => Err(ApiError::Internal("admission already settled".into())),
+    };
+    // An empty reservation (a budget applies) goes back at once: nothing will settle it.
+    admitted.refuse().await;
+    counted
 }
 
 fn unavailable(state: &AppState, e: sluice_governance::GovernanceError) -> ApiError {

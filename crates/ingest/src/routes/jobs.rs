@@ -119,6 +119,12 @@ pub async fn submit(
     let job = match submission::submit(&state, &tenant, &headers, &body, sub, Follow::No).await? {
         Submitted::Replay(first) => return replayed(&state, first).await,
         Submitted::Fresh(job) => job,
+        // Only a synchronous submission is answered with a bare result or waits for another.
+        Submitted::Cached(_) | Submitted::Waiting(_) => {
+            return Err(ApiError::Internal(
+                "a job submission answered synchronously".into(),
+            ));
+        }
     };
     let location = format!("/v1/jobs/{}", job.view.id);
     let mut resp = (StatusCode::ACCEPTED, [(LOCATION, location)], Json(job.view)).into_response();
@@ -126,6 +132,10 @@ pub async fn submit(
         if let Ok(v) = HeaderValue::from_str(&value) {
             resp.headers_mut().insert(name, v);
         }
+    }
+    if let Some(how) = job.cache {
+        resp.headers_mut()
+            .insert(crate::cache::CACHE_HEADER, HeaderValue::from_static(how));
     }
     Ok(resp)
 }

@@ -60,11 +60,25 @@ pub async fn chat_completions(
             "unknown_parameter",
         ));
     }
+    let include_usage = chat
+        .request
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true);
     let mut sub = Submission::chat(chat, &headers);
     if let Some(p) = header_priority(&headers)? {
         sub.priority = p;
     }
-    answer(state, tenant, headers, body, sub, slot, Shape::Verbatim).await
+    answer(
+        state,
+        tenant,
+        headers,
+        body,
+        sub,
+        slot,
+        Shape::Chat { include_usage },
+    )
+    .await
 }
 
 pub async fn embeddings(
@@ -88,14 +102,24 @@ pub async fn embeddings(
         traceparent: None,
         request: emb.request,
     };
-    answer(state, tenant, headers, body, sub, slot, Shape::Embeddings(format)).await
+    answer(
+        state,
+        tenant,
+        headers,
+        body,
+        sub,
+        slot,
+        Shape::Embeddings(format),
+    )
+    .await
 }
 
 /// How a completed job's stored result becomes the response body.
 #[derive(Clone, Copy, Debug)]
 enum Shape {
-    /// The upstream's JSON as it is.
-    Verbatim,
+    /// The upstream's JSON as it is; `include_usage`: the client asked for usage on a
+    /// stream's last chunk.
+    Chat { include_usage: bool },
     /// An embeddings list, its vectors in the format the client asked for.
     Embeddings(EncodingFormat),
 }
@@ -103,7 +127,7 @@ enum Shape {
 impl Shape {
     fn apply(self, result: String) -> Result<String, ApiError> {
         match self {
-            Shape::Verbatim => Ok(result),
+            Shape::Chat { .. } => Ok(result),
             Shape::Embeddings(format) => embeddings::shape_answer(result, format),
         }
     }
@@ -131,12 +155,35 @@ async fn answer(
     shape: Shape,
 ) -> Result<Response, ApiError> {
     let stream = sub.stream;
+    // A stream answered from the cache has usage on its last chunk only if the client
+    // asked for it.
+    let cached_stream = match shape {
+        Shape::Chat { include_usage } if stream => Some(include_usage),
+        Shape::Chat { .. } | Shape::Embeddings(_) => None,
+    };
+    let mut how = None;
     let (watch, guard, view) =
         match submission::submit(&state, &tenant, &headers, &body, sub, Follow::Wait).await? {
-            Submitted::Fresh(job) => match job.wait {
-                Some((watch, guard)) => (watch, guard, Some(job.view)),
+            Submitted::Cached(c) => {
+                let body = match shape {
+                    Shape::Chat { .. } => c.body,
+                    Shape::Embeddings(_) => shape
+                        .apply(String::from_utf8_lossy(&c.body).into_owned())?
+                        .into_bytes(),
+                };
+                return crate::cache::answer(&body, cached_stream, c.how, c.headers);
+            }
+            Submitted::Waiting(leader) => {
+                metrics::counter!("sluice_sync_wait_exceeded_total").increment(1);
+                return still_running(&state, leader, None).await;
+            }
+            Submitted::Fresh(job) => match (job.wait, job.cache) {
+                (Some((watch, guard)), cache) => {
+                    how = cache;
+                    (watch, guard, Some(job.view))
+                }
                 // (`Follow::Wait` always opens one; this only keeps the match whole.)
-                None => {
+                (None, _) => {
                     let watch = JobWatch::open(&state, job.view.id, 0).await?;
                     (
                         watch,
@@ -151,11 +198,18 @@ async fn answer(
             }
         };
     drop(body);
-    if stream {
+    let mut resp = if stream {
         run_streamed(state, watch, guard, view, slot).await
     } else {
         run_plain(state, watch, guard, view, shape).await
+    }?;
+    if let Some(how) = how {
+        resp.headers_mut().insert(
+            crate::cache::CACHE_HEADER,
+            axum::http::HeaderValue::from_static(how),
+        );
     }
+    Ok(resp)
 }
 
 /// `GET /v1/models`: the configured model ids in OpenAI's list format.

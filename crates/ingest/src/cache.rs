@@ -1,0 +1,518 @@
+//! The response cache at ingest: look a request up before admission, answer a hit without
+//! the broker or a worker, and make identical misses in flight wait for one job.
+//!
+//! ```text
+//! Submission ─ lookup ─▶ Off | Bypass          → the job runs, nothing is stored
+//!                        Hit(entry)            → answered here (x-sluice-cache: hit)
+//!                        Lead(write)           → the job runs and stores its answer
+//!                        Follow(leader, write) → wait for the leader's job (coalesced)
+//! ```
+//!
+//! The cache is an optimization, never a safety control: when Redis cannot be asked the
+//! request simply runs uncached (`bypass`, counted in `sluice_cache_errors_total`).
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    http::{HeaderMap, HeaderValue},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, Sse},
+    },
+};
+use serde_json::{Value, json};
+use sluice_cache::{CacheKey, Call, Control, Decision, Entry, LocalTier, Scope, policy};
+use sluice_config::{CacheConfig, CacheMode};
+use sluice_protocol::CacheWrite;
+use sluice_store::{Lead, Store, now_ms};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    error::ApiError,
+    routes::jobs::store_unavailable,
+    watch::{JobWatch, Outcome},
+};
+
+/// Response header that tells what the cache did.
+pub const CACHE_HEADER: &str = "x-sluice-cache";
+/// Request header that opts a request in (`on`) or out (`off`) whatever its model's mode.
+pub const OPT_HEADER: &str = "x-sluice-cache";
+
+pub struct ResponseCache {
+    cfg: CacheConfig,
+    tier: LocalTier,
+}
+
+/// What the cache makes of one request.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// The cache is switched off: no header.
+    Off,
+    /// Not cacheable, or the client said `no-store`.
+    Bypass,
+    Hit(Arc<Entry>),
+    /// Run the job and store its answer; `leased`: this job holds the single-flight lease,
+    /// to give back if it is never queued.
+    Lead {
+        write: CacheWrite,
+        key: CacheKey,
+        leased: bool,
+    },
+    /// Job `leader` is computing this answer: wait for it (and should it turn out never to
+    /// have been queued, run this request's own job, storing under `key`).
+    Follow {
+        leader: Uuid,
+        write: CacheWrite,
+        key: CacheKey,
+    },
+}
+
+impl Lookup {
+    pub fn header(&self) -> Option<&'static str> {
+        match self {
+            Lookup::Off => None,
+            Lookup::Bypass => Some("bypass"),
+            Lookup::Hit(_) => Some("hit"),
+            Lookup::Lead { .. } => Some("miss"),
+            Lookup::Follow { .. } => Some("coalesced"),
+        }
+    }
+
+    /// The envelope's `cache` for the job this request runs.
+    pub fn write(&self) -> Option<CacheWrite> {
+        match self {
+            Lookup::Lead { write, .. } => Some(write.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseCache {
+    pub fn new(cfg: &CacheConfig) -> ResponseCache {
+        ResponseCache {
+            cfg: cfg.clone(),
+            tier: LocalTier::new(
+                cfg.local_max_bytes,
+                std::time::Duration::from_millis(cfg.local_ttl_ms),
+            ),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    pub fn hits_count_against_limits(&self) -> bool {
+        self.cfg.hits_count_against_limits
+    }
+
+    /// Looks `request` (the body as forwarded upstream) up for job `job` of `tenant`.
+    /// `coalesce`: the caller can wait for another job's answer (the synchronous
+    /// endpoints); `POST /v1/jobs` cannot, so its misses never follow.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn lookup(
+        &self,
+        store: &Store,
+        tenant: &str,
+        call: Call,
+        model: &str,
+        request: &Value,
+        headers: &HeaderMap,
+        job: Uuid,
+        coalesce: bool,
+    ) -> Lookup {
+        if !self.cfg.enabled {
+            return Lookup::Off;
+        }
+        let opt = headers
+            .get(OPT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" => Some(true),
+                "off" | "false" | "0" => Some(false),
+                _ => None,
+            });
+        let control = Control::parse(
+            headers
+                .get(axum::http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let mode = match self.cfg.mode(model, call == Call::Embedding) {
+            CacheMode::Off => policy::Mode::Off,
+            CacheMode::Deterministic => policy::Mode::Deterministic,
+            CacheMode::Always => policy::Mode::Always,
+        };
+        let decision = policy::decide(&policy::Inputs {
+            call,
+            mode,
+            opt,
+            control,
+            request,
+        });
+        let Decision::Use {
+            read, max_age_s, ..
+        } = decision
+        else {
+            metrics::counter!("sluice_cache_requests_total", "result" => "bypass").increment(1);
+            return Lookup::Bypass;
+        };
+        let key = CacheKey::new(Scope::Tenant(tenant), call, model, request);
+        let write = CacheWrite {
+            key: key.hex(),
+            // Validated at start-up to fit.
+            ttl_s: u32::try_from(self.cfg.ttl_s(model)).unwrap_or(u32::MAX),
+        };
+        let lookup = if read {
+            self.read(store, &key, max_age_s, job, coalesce).await
+        } else {
+            // `no-cache`: skip the lookup, refresh the entry.
+            Ok(Lookup::Lead {
+                write: write.clone(),
+                key,
+                leased: false,
+            })
+        };
+        let lookup = match lookup {
+            Ok(Lookup::Lead { leased, .. }) => Lookup::Lead { write, key, leased },
+            Ok(l) => l,
+            Err(e) => {
+                metrics::counter!("sluice_cache_errors_total").increment(1);
+                tracing::warn!(error = %e, "response cache unavailable; running the request uncached");
+                Lookup::Bypass
+            }
+        };
+        let result = lookup.header().unwrap_or("off");
+        metrics::counter!("sluice_cache_requests_total", "result" => result).increment(1);
+        lookup
+    }
+
+    async fn read(
+        &self,
+        store: &Store,
+        key: &CacheKey,
+        max_age_s: Option<u64>,
+        job: Uuid,
+        coalesce: bool,
+    ) -> Result<Lookup, sluice_store::StoreError> {
+        let now = now_ms();
+        if let Some(e) = self.tier.get(key).filter(|e| e.acceptable(now, max_age_s)) {
+            return Ok(Lookup::Hit(e));
+        }
+        if let Some(e) = store.cache_get(key).await? {
+            let e = Arc::new(e);
+            self.tier.insert(*key, e.clone());
+            if e.acceptable(now, max_age_s) {
+                return Ok(Lookup::Hit(e));
+            }
+        }
+        let lead = |leased| Lookup::Lead {
+            write: CacheWrite {
+                key: String::new(),
+                ttl_s: 0,
+            },
+            key: *key,
+            leased,
+        };
+        if !coalesce {
+            return Ok(lead(false));
+        }
+        match store.cache_lead(key, job, self.cfg.lease_ms).await? {
+            Lead::Follower(leader) => Ok(Lookup::Follow {
+                leader,
+                write: CacheWrite {
+                    key: String::new(),
+                    ttl_s: 0,
+                },
+                key: *key,
+            }),
+            Lead::Leader => {
+                // The previous leader may have stored the answer between our read and our
+                // lease: look once more, so a burst makes one upstream call, not two.
+                match store.cache_get(key).await? {
+                    Some(e) if e.acceptable(now, max_age_s) => {
+                        store.cache_release(key, job).await?;
+                        Ok(Lookup::Hit(Arc::new(e)))
+                    }
+                    _ => Ok(lead(true)),
+                }
+            }
+        }
+    }
+}
+
+/// Frees this job's single-flight lease when dropped while armed: the job was refused or
+/// never queued, so the next identical request may lead instead of waiting for a job that
+/// will not come. The release runs as a task tracked by the server.
+pub struct LeaseGuard {
+    state: AppState,
+    key: CacheKey,
+    job: Uuid,
+    armed: bool,
+}
+
+impl LeaseGuard {
+    /// A guard for `lookup`'s lease, if it took one.
+    pub fn for_lookup(state: &AppState, lookup: &Lookup, job: Uuid) -> Option<LeaseGuard> {
+        match lookup {
+            Lookup::Lead {
+                key, leased: true, ..
+            } => Some(LeaseGuard {
+                state: state.clone(),
+                key: *key,
+                job,
+                armed: true,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The job is queued: it frees the lease when it stores its answer.
+    pub fn commit(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let state = self.state.clone();
+        let (key, job) = (self.key, self.job);
+        self.state.background.spawn(async move {
+            if let Err(e) = state.store.cache_release(&key, job).await {
+                tracing::warn!(error = %e, "cannot free a cache lease; it expires with its TTL");
+            }
+        });
+    }
+}
+
+/// What became of the job a coalesced request waited for.
+pub enum Followed {
+    /// It ended: its outcome is this request's.
+    Ended(Outcome),
+    /// Still running when the wait limit passed.
+    StillRunning,
+    /// It does not exist (never queued): run this request's own job.
+    Gone,
+}
+
+/// Waits up to `limit` for job `leader`, whose answer this request shares.
+pub async fn follow(state: &AppState, leader: Uuid, limit: Duration) -> Result<Followed, ApiError> {
+    let deadline = Instant::now() + limit;
+    let check = Duration::from_millis(state.cfg.delivery.recheck_ms.max(1)).saturating_mul(2);
+    let mut watch = JobWatch::open(state, leader, 0).await?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(check.min(left), watch.wait_terminal()).await {
+            Ok(r) => return r.map(Followed::Ended),
+            Err(_) if Instant::now() >= deadline => return Ok(Followed::StillRunning),
+            Err(_) => {
+                if state
+                    .store
+                    .status(leader)
+                    .await
+                    .map_err(store_unavailable)?
+                    .is_none()
+                {
+                    return Ok(Followed::Gone);
+                }
+            }
+        }
+    }
+}
+
+/// The synchronous answer of a hit or a coalesced wait: the stored JSON, or for a stream
+/// request its re-chunking as server-sent events.
+pub fn answer(
+    body: &[u8],
+    stream: Option<bool>,
+    how: &'static str,
+    extra: Vec<(&'static str, String)>,
+) -> Result<Response, ApiError> {
+    let mut resp = match stream {
+        None => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body.to_vec(),
+        )
+            .into_response(),
+        Some(include_usage) => {
+            let completion: Value = serde_json::from_slice(body)
+                .map_err(|_| ApiError::Internal("a cached answer is not JSON".into()))?;
+            let events = rechunk(&completion, include_usage)
+                .into_iter()
+                .map(|c| Ok::<_, Infallible>(Event::default().data(c.to_string())))
+                .chain(std::iter::once(Ok(Event::default().data("[DONE]"))));
+            Sse::new(futures_util::stream::iter(events)).into_response()
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert(CACHE_HEADER, HeaderValue::from_static(how));
+    for (k, v) in extra {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// A cached chat completion as the chunks of a stream, the way the provider would have
+/// sent it: per choice a role chunk, the content in word-sized pieces, tool calls, then the
+/// finish reason; with `include_usage` a last chunk with empty `choices` and the usage.
+pub fn rechunk(completion: &Value, include_usage: bool) -> Vec<Value> {
+    let id = completion.get("id").cloned().unwrap_or(Value::Null);
+    let created = completion.get("created").cloned().unwrap_or(json!(0));
+    let model = completion.get("model").cloned().unwrap_or(Value::Null);
+    let fingerprint = completion.get("system_fingerprint").cloned();
+    let chunk = |choices: Value, usage: Option<&Value>| {
+        let mut c = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created,
+            "model": model, "choices": choices,
+        });
+        if let Some(f) = &fingerprint {
+            c["system_fingerprint"] = f.clone();
+        }
+        if include_usage {
+            c["usage"] = usage.cloned().unwrap_or(Value::Null);
+        }
+        c
+    };
+    let mut out = Vec::new();
+    let choices = completion
+        .get("choices")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (n, choice) in choices.iter().enumerate() {
+        let index = choice.get("index").cloned().unwrap_or(json!(n));
+        let message = choice.get("message").cloned().unwrap_or(json!({}));
+        let role = message.get("role").cloned().unwrap_or(json!("assistant"));
+        let delta_chunk = |delta: Value, finish: Value| {
+            chunk(
+                json!([{ "index": index, "delta": delta, "logprobs": null, "finish_reason": finish }]),
+                None,
+            )
+        };
+        out.push(delta_chunk(
+            json!({ "role": role, "content": "" }),
+            Value::Null,
+        ));
+        if let Some(text) = message.get("content").and_then(Value::as_str) {
+            for piece in pieces(text) {
+                out.push(delta_chunk(json!({ "content": piece }), Value::Null));
+            }
+        }
+        if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+            for (i, call) in calls.iter().enumerate() {
+                let mut c = call.clone();
+                c["index"] = json!(i);
+                out.push(delta_chunk(json!({ "tool_calls": [c] }), Value::Null));
+            }
+        }
+        let finish = choice
+            .get("finish_reason")
+            .cloned()
+            .unwrap_or(json!("stop"));
+        out.push(delta_chunk(json!({}), finish));
+    }
+    if include_usage {
+        out.push(chunk(json!([]), completion.get("usage")));
+    }
+    out
+}
+
+/// `text` cut after each run of whitespace: word-sized pieces that concatenate back to it.
+fn pieces(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut in_space = false;
+    for (i, ch) in text.char_indices() {
+        if ch.is_whitespace() {
+            in_space = true;
+        } else if in_space {
+            out.push(&text[start..i]);
+            start = i;
+            in_space = false;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion() -> Value {
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, friend."},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        })
+    }
+
+    #[test]
+    fn pieces_concatenate_back_to_the_text() {
+        for text in ["", "one", "a b  c", " lead", "trail ", "héllo wörld \n x"] {
+            assert_eq!(pieces(text).concat(), text);
+        }
+        assert_eq!(pieces("a b c"), vec!["a ", "b ", "c"]);
+    }
+
+    #[test]
+    fn a_rechunked_answer_reassembles_to_the_cached_one() {
+        let chunks = rechunk(&completion(), true);
+        let mut content = String::new();
+        let mut finish = None;
+        for c in &chunks[..chunks.len() - 1] {
+            assert_eq!(c["object"], "chat.completion.chunk");
+            assert_eq!(c["id"], "chatcmpl-1");
+            let choice = &c["choices"][0];
+            content.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+            if !choice["finish_reason"].is_null() {
+                finish = Some(choice["finish_reason"].clone());
+            }
+            assert!(c["usage"].is_null());
+        }
+        assert_eq!(content, "Hello there, friend.");
+        assert_eq!(finish, Some(json!("stop")));
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"]["total_tokens"], 7);
+    }
+
+    #[test]
+    fn without_include_usage_no_chunk_carries_usage() {
+        let chunks = rechunk(&completion(), false);
+        assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+        assert!(
+            chunks
+                .iter()
+                .all(|c| !c["choices"].as_array().unwrap().is_empty())
+        );
+    }
+
+    #[test]
+    fn tool_calls_are_streamed_with_their_index() {
+        let mut c = completion();
+        c["choices"][0]["message"] = json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]});
+        c["choices"][0]["finish_reason"] = json!("tool_calls");
+        let chunks = rechunk(&c, false);
+        let call = chunks
+            .iter()
+            .find_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+            .expect("a tool call chunk");
+        assert_eq!(call[0]["index"], 0);
+        assert_eq!(call[0]["function"]["name"], "f");
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+    }
+}
