@@ -28,11 +28,7 @@ fn envelope() -> JobEnvelope {
 }
 
 fn failure() -> JobError {
-    JobError {
-        message: "m".into(),
-        kind: "upstream_error".into(),
-        code: "c".into(),
-    }
+    JobError::new(sluice_protocol::ErrorCode::UpstreamError, "m")
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! job's SSE subscribers are notified and every worker is told, so the one running it drops
 //! the upstream call.
 
-use sluice_protocol::JobStatus;
+use sluice_protocol::{ErrorCode, JobStatus};
 use sluice_store::{JobError, StoreError, Transition};
 use uuid::Uuid;
 
@@ -18,11 +18,7 @@ pub async fn cancel_job(
     id: Uuid,
     why: &str,
 ) -> Result<Option<Transition>, StoreError> {
-    let err = JobError {
-        message: why.into(),
-        kind: "cancelled".into(),
-        code: "cancelled".into(),
-    };
+    let err = JobError::new(ErrorCode::Cancelled, why);
     let t = state.store.record_cancelled(id, &err).await?;
     if t == Some(Transition::Applied) {
         metrics::counter!("sluice_jobs_cancelled_total").increment(1);

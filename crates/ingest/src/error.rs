@@ -13,6 +13,7 @@ use axum::{
 };
 use serde_json::json;
 use sluice_governance::Dimension;
+use sluice_protocol::ErrorCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -41,7 +42,7 @@ pub enum ApiError {
     /// A job the client waited for synchronously ended without a result. `code` is the
     /// job's stored error code (written by Sluice, never upstream text).
     #[error("the job ended without a result: {code}")]
-    JobFailed { code: String, message: String },
+    JobFailed { code: ErrorCode, message: String },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("rate limit {policy} exceeded")]
@@ -100,7 +101,7 @@ impl ApiError {
             | ApiError::StoreUnavailable { .. }
             | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::JobFailed { code, .. } => job_failure_status(code),
+            ApiError::JobFailed { code, .. } => code.http_status(),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited { .. }
             | ApiError::BudgetExhausted { .. }
@@ -205,7 +206,7 @@ impl ApiError {
                 Some("conflict"),
             ),
             ApiError::JobFailed { code, message } => {
-                let kind = match job_failure_status(code) {
+                let kind = match code.http_status() {
                     StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
                     s if s.is_server_error() => "server_error",
                     _ => "invalid_request_error",
@@ -293,18 +294,6 @@ impl ApiError {
             ),
         };
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
-    }
-}
-
-/// The HTTP status for a job's stored error code.
-fn job_failure_status(code: &str) -> StatusCode {
-    match code {
-        "model_not_found" => StatusCode::NOT_FOUND,
-        "upstream_rejected" => StatusCode::BAD_REQUEST,
-        "upstream_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
-        "cancelled" => StatusCode::CONFLICT,
-        "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::BAD_GATEWAY,
     }
 }
 
@@ -405,21 +394,22 @@ mod tests {
     }
 
     #[test]
-    fn failed_jobs_map_to_the_status_an_sdk_expects() {
-        let f = |code: &str| ApiError::JobFailed {
-            code: code.into(),
+    fn failed_jobs_answer_with_their_code_and_type() {
+        let f = |code| ApiError::JobFailed {
+            code,
             message: "m".into(),
         };
-        assert_eq!(f("model_not_found").status(), StatusCode::NOT_FOUND);
+        let limited = f(ErrorCode::UpstreamRateLimited);
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.body()["error"]["type"], "rate_limit_error");
+        assert_eq!(limited.body()["error"]["code"], "upstream_rate_limited");
+        let exhausted = f(ErrorCode::MaxAttemptsExceeded);
+        assert_eq!(exhausted.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(exhausted.body()["error"]["type"], "server_error");
         assert_eq!(
-            f("upstream_rate_limited").status(),
-            StatusCode::TOO_MANY_REQUESTS
+            f(ErrorCode::ModelNotFound).body()["error"]["type"],
+            "invalid_request_error"
         );
-        assert_eq!(
-            f("upstream_rate_limited").body()["error"]["type"],
-            "rate_limit_error"
-        );
-        assert_eq!(f("max_attempts_exceeded").status(), StatusCode::BAD_GATEWAY);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
-use sluice_protocol::JobStatus;
+use sluice_protocol::{ErrorCode, JobStatus};
 use uuid::Uuid;
 
 use crate::{AppState, error::ApiError, routes::jobs::store_unavailable};
@@ -48,10 +48,22 @@ impl Outcome {
             .as_deref()
             .and_then(|e| serde_json::from_str(e).ok())
             .unwrap_or(Value::Null);
-        let field = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_string);
+        let field = |k: &str| err.get(k).and_then(Value::as_str);
+        // Every terminal record Sluice writes carries a code; without one, the status says.
+        let code = field("code")
+            .and_then(ErrorCode::parse)
+            .unwrap_or(match self.status {
+                JobStatus::Cancelled => ErrorCode::Cancelled,
+                JobStatus::Expired => ErrorCode::DeadlineExceeded,
+                JobStatus::Queued
+                | JobStatus::InProgress
+                | JobStatus::Completed
+                | JobStatus::Failed => ErrorCode::UpstreamError,
+            });
         ApiError::JobFailed {
-            code: field("code").unwrap_or_else(|| self.status.as_str().to_string()),
-            message: field("message").unwrap_or_else(|| format!("The job ended {}.", self.status)),
+            code,
+            message: field("message")
+                .map_or_else(|| format!("The job ended {}.", self.status), str::to_string),
         }
     }
 }

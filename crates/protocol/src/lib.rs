@@ -8,15 +8,19 @@
 //!   tests (and several stacks) can share one NATS server.
 //! - [`status`]: job states with OpenAI's vocabulary and the monotonic transition rule.
 //! - [`priority`]: `high` | `normal` | `low`.
+//! - [`outcome`]: how a job ends — stored error codes (and their HTTP status), the worker's
+//!   terminal outcomes, dead-letter reasons.
 //!
 //! This crate depends on nothing async, so any tool can decode a message off the wire.
 
 pub mod envelope;
+pub mod outcome;
 pub mod priority;
 pub mod status;
 pub mod subjects;
 
 pub use envelope::{CacheWrite, DecodeError, EncodeError, JobEnvelope, JobKind, SCHEMA_VERSION};
+pub use outcome::{DeadLetterReason, ErrorCode, Outcome};
 pub use priority::Priority;
 pub use status::JobStatus;
 pub use subjects::Subjects;

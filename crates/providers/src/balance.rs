@@ -9,12 +9,14 @@ use tokio::time::Instant;
 
 use crate::deployment::{Deployment, Slot, Unavailable};
 
-/// The outcome of a pick: a reserved slot, or the shortest time until one may be free.
+/// The outcome of a pick: a reserved slot, or the shortest time until one may be free and
+/// why the last deployment looked at could not take it (`None`: no deployment was left to
+/// look at).
 pub enum Pick {
     Slot(Slot),
     None {
         retry_in: Option<std::time::Duration>,
-        reason: &'static str,
+        reason: Option<Unavailable>,
     },
 }
 
@@ -23,7 +25,7 @@ pub fn pick(deps: &[Arc<Deployment>], exclude: &[usize], tokens: f64) -> (Option
     let now = Instant::now();
     let mut eligible: Vec<usize> = Vec::with_capacity(deps.len());
     let mut retry_in: Option<std::time::Duration> = None;
-    let mut reason = "no_deployment";
+    let mut reason = None;
     for (i, d) in deps.iter().enumerate() {
         if exclude.contains(&i) {
             continue;
@@ -31,14 +33,8 @@ pub fn pick(deps: &[Arc<Deployment>], exclude: &[usize], tokens: f64) -> (Option
         match d.check(now, tokens) {
             Ok(()) => eligible.push(i),
             Err(u) => {
-                let (wait, why) = match u {
-                    Unavailable::Busy => (None, "deployments_busy"),
-                    Unavailable::BreakerOpen => (None, "breaker_open"),
-                    Unavailable::CoolingDown(w) => (Some(w), "rate_limited"),
-                    Unavailable::NearQuota(w) => (Some(w), "quota"),
-                };
-                reason = why;
-                if let Some(w) = wait {
+                reason = Some(u);
+                if let Some(w) = u.wait() {
                     retry_in = Some(retry_in.map_or(w, |r| r.min(w)));
                 }
             }
@@ -108,7 +104,7 @@ mod tests {
     fn slot(p: Pick) -> Slot {
         match p {
             Pick::Slot(s) => s,
-            Pick::None { reason, .. } => panic!("no slot: {reason}"),
+            Pick::None { reason, .. } => panic!("no slot: {reason:?}"),
         }
     }
 
@@ -121,7 +117,7 @@ mod tests {
         assert!(matches!(
             pick(&deps, &[], 1.0).1,
             Pick::None {
-                reason: "deployments_busy",
+                reason: Some(Unavailable::Busy),
                 ..
             }
         ));
@@ -140,7 +136,7 @@ mod tests {
         });
         match pick(&deps, &[], 1.0).1 {
             Pick::None { reason, retry_in } => {
-                assert_eq!(reason, "rate_limited");
+                assert!(matches!(reason, Some(Unavailable::CoolingDown(_))));
                 assert_eq!(retry_in, Some(Duration::from_secs(3)));
             }
             Pick::Slot(_) => panic!("picked a cooling deployment"),
@@ -179,7 +175,7 @@ mod tests {
         assert!(matches!(
             pick(&deps, &[], 1.0).1,
             Pick::None {
-                reason: "breaker_open",
+                reason: Some(Unavailable::BreakerOpen),
                 ..
             }
         ));

@@ -60,6 +60,26 @@ pub enum Unavailable {
     NearQuota(Duration),
 }
 
+impl Unavailable {
+    /// A low-cardinality label (logs and error text).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unavailable::Busy => "deployments_busy",
+            Unavailable::BreakerOpen => "breaker_open",
+            Unavailable::CoolingDown(_) => "rate_limited",
+            Unavailable::NearQuota(_) => "quota",
+        }
+    }
+
+    /// How long at least until the deployment may take a call, when known.
+    pub fn wait(self) -> Option<Duration> {
+        match self {
+            Unavailable::Busy | Unavailable::BreakerOpen => None,
+            Unavailable::CoolingDown(w) | Unavailable::NearQuota(w) => Some(w),
+        }
+    }
+}
+
 impl Deployment {
     pub fn from_config(
         d: &DeploymentConfig,

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use sluice_protocol::ErrorCode;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     Retryable,
@@ -52,17 +54,17 @@ impl ProviderError {
         }
     }
 
-    /// A low-cardinality label for metrics and the stored error code.
-    pub fn code(&self) -> &'static str {
+    /// The stored error code; its `as_str()` is the metric label.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ProviderError::Timeout => "upstream_timeout",
-            ProviderError::Connect => "upstream_unreachable",
-            ProviderError::Status { status: 429, .. } => "upstream_rate_limited",
-            ProviderError::Status { status, .. } if *status >= 500 => "upstream_error",
-            ProviderError::Status { status: 404, .. } => "model_not_found",
-            ProviderError::Status { .. } => "upstream_rejected",
-            ProviderError::InvalidResponse => "upstream_invalid_response",
-            ProviderError::Transport => "upstream_transport",
+            ProviderError::Timeout => ErrorCode::UpstreamTimeout,
+            ProviderError::Connect => ErrorCode::UpstreamUnreachable,
+            ProviderError::Status { status: 429, .. } => ErrorCode::UpstreamRateLimited,
+            ProviderError::Status { status, .. } if *status >= 500 => ErrorCode::UpstreamError,
+            ProviderError::Status { status: 404, .. } => ErrorCode::ModelNotFound,
+            ProviderError::Status { .. } => ErrorCode::UpstreamRejected,
+            ProviderError::InvalidResponse => ErrorCode::UpstreamInvalidResponse,
+            ProviderError::Transport => ErrorCode::UpstreamTransport,
         }
     }
 }

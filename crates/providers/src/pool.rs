@@ -16,13 +16,14 @@ use bytes::Bytes;
 use rand::Rng;
 use serde_json::Value;
 use sluice_config::{Config, ConfigError, DeploymentConfig, HedgeConfig, ModelsConfig};
+use sluice_protocol::ErrorCode;
 use tokio::{sync::Mutex, time::Instant};
 
 use crate::{
     ErrorClass, OpenAiProvider, ProviderError,
     balance::{self, Pick},
     budget::RetryBudget,
-    deployment::{Deployment, Slot},
+    deployment::{Deployment, Slot, Unavailable},
     fallback::{self, StaleCache},
     routing::Router,
 };
@@ -87,9 +88,11 @@ pub struct Answer {
 pub enum CallError {
     #[error(transparent)]
     Upstream(#[from] ProviderError),
-    #[error("no deployment can take the call now ({reason})")]
+    /// `reason`: why the last deployment looked at could not take it (`None`: none was
+    /// left to try).
+    #[error("no deployment can take the call now ({})", reason.map_or("no_deployment", Unavailable::as_str))]
     Unavailable {
-        reason: &'static str,
+        reason: Option<Unavailable>,
         retry_in: Option<Duration>,
     },
     #[error("the retry budget is spent")]
@@ -113,19 +116,18 @@ impl CallError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    /// The stored error code; its `as_str()` is the metric label.
+    pub fn code(&self) -> ErrorCode {
         match self {
             CallError::Upstream(e) => e.code(),
-            CallError::Unavailable {
-                reason: "breaker_open",
-                ..
-            } => "upstream_circuit_open",
-            CallError::Unavailable {
-                reason: "rate_limited" | "quota",
-                ..
-            } => "upstream_rate_limited",
-            CallError::Unavailable { .. } => "upstream_unavailable",
-            CallError::BudgetExhausted => "retry_budget_exhausted",
+            CallError::Unavailable { reason, .. } => match reason {
+                Some(Unavailable::BreakerOpen) => ErrorCode::UpstreamCircuitOpen,
+                Some(Unavailable::CoolingDown(_) | Unavailable::NearQuota(_)) => {
+                    ErrorCode::UpstreamRateLimited
+                }
+                Some(Unavailable::Busy) | None => ErrorCode::UpstreamUnavailable,
+            },
+            CallError::BudgetExhausted => ErrorCode::RetryBudgetExhausted,
         }
     }
 }
@@ -288,31 +290,49 @@ impl Pools {
             Ok(v) => v,
             Err(e) => return self.last_resort(req, e),
         };
+        let answered = self
+            .through_chain(&chain, req, tokens, &Plain { req, tokens })
+            .await;
+        match answered {
+            Ok((i, mut a)) => {
+                if i > 0 {
+                    a.served = Served::FallbackModel;
+                }
+                self.stale.put(req.model, req.body, &a.body);
+                metrics::counter!("sluice_answers_total", "served" => a.served.as_str())
+                    .increment(1);
+                Ok(a)
+            }
+            Err(e) => self.last_resort(req, e),
+        }
+    }
+
+    /// Tries the pools of `chain` in order with `one` until one answers; returns the chain
+    /// index that did. A permanent error ends the chain.
+    async fn through_chain<C: Caller>(
+        &self,
+        chain: &[String],
+        req: &CallRequest<'_>,
+        tokens: f64,
+        one: &C,
+    ) -> Result<(usize, C::Out), CallError> {
         let mut calls = 0u32;
         let mut last = None;
         for (i, model) in chain.iter().enumerate() {
-            match self
-                .call_pool(self.pool(model), model, req, tokens, &mut calls)
-                .await
-            {
-                Ok(mut a) => {
-                    if i > 0 {
-                        a.served = Served::FallbackModel;
-                    }
-                    self.stale.put(req.model, req.body, &a.body);
-                    metrics::counter!("sluice_answers_total", "served" => a.served.as_str())
-                        .increment(1);
-                    return Ok(a);
-                }
+            let pool = self.pool(model);
+            let answered = self
+                .call_pool(pool, model, req, tokens, &mut calls, one)
+                .await;
+            match answered {
+                Ok(a) => return Ok((i, a)),
                 Err(e) if e.class() == ErrorClass::Permanent => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
-        let err = last.unwrap_or(CallError::Unavailable {
-            reason: "no_deployment",
+        Err(last.unwrap_or(CallError::Unavailable {
+            reason: None,
             retry_in: None,
-        });
-        self.last_resort(req, err)
+        }))
     }
 
     /// On the last attempt, a stale answer or the degradation message instead of `err`.
@@ -345,14 +365,17 @@ impl Pools {
         })
     }
 
-    async fn call_pool(
+    /// One pool's deployments, one after the other with jittered backoff, each call after
+    /// the first budget-gated, until `one` answers or a permanent error.
+    async fn call_pool<C: Caller>(
         &self,
         pool: &Pool,
         model: &str,
         req: &CallRequest<'_>,
         tokens: f64,
         calls: &mut u32,
-    ) -> Result<Answer, CallError> {
+        one: &C,
+    ) -> Result<C::Out, CallError> {
         let mut tried: Vec<usize> = Vec::with_capacity(pool.deps.len());
         let mut last: Option<CallError> = None;
         while *calls < self.cfg.max_calls_per_attempt {
@@ -380,17 +403,14 @@ impl Pools {
             }
             tried.extend(idx);
             *calls += 1;
-            match self
-                .attempt(pool, model, req, tokens, slot, &mut tried, calls)
-                .await
-            {
+            match one.call(self, pool, model, slot, &mut tried, calls).await {
                 Ok(a) => return Ok(a),
                 Err(e) if e.class() == ErrorClass::Permanent => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or(CallError::Unavailable {
-            reason: "no_deployment",
+            reason: None,
             retry_in: None,
         }))
     }
@@ -468,47 +488,86 @@ impl Pools {
     /// bytes flow they belong to the client, so a failure mid-stream is not retried.
     pub async fn stream(&self, req: &CallRequest<'_>) -> Result<StreamAnswer, CallError> {
         let (tokens, chain) = self.begin(req).await?;
-        let mut calls = 0u32;
-        let mut last = None;
-        for model in &chain {
-            let pool = self.pool(model);
-            let mut tried = Vec::with_capacity(pool.deps.len());
-            while calls < self.cfg.max_calls_per_attempt {
-                let (idx, pick) = balance::pick(&pool.deps, &tried, tokens);
-                let Pick::Slot(slot) = pick else { break };
-                if calls > 0 && !self.withdraw().await {
-                    return Err(last.unwrap_or(CallError::BudgetExhausted));
-                }
-                tried.extend(idx);
-                calls += 1;
-                let dep = slot.deployment().clone();
-                let body = with_model(req.body, dep.upstream_model.as_deref().unwrap_or(model));
-                match dep.client.chat_completion_stream(body).await {
-                    Ok(inner) => {
-                        let stream = Box::pin(SlotStream {
-                            inner,
-                            slot: Some(slot),
-                        });
-                        return Ok(StreamAnswer {
-                            model: model.clone(),
-                            deployment: dep.name.clone(),
-                            stream,
-                        });
-                    }
-                    Err(e) => {
-                        slot.failed(e.clone());
-                        if e.class() == ErrorClass::Permanent {
-                            return Err(CallError::Upstream(e));
-                        }
-                        last = Some(CallError::Upstream(e));
-                    }
-                }
-            }
+        let (_, answer) = self
+            .through_chain(&chain, req, tokens, &Streaming { body: req.body })
+            .await?;
+        Ok(answer)
+    }
+}
+
+/// One call on a reserved slot, as [`Pools::call_pool`] makes it: the plain call (hedged)
+/// or opening a stream.
+trait Caller: Sync {
+    type Out;
+    fn call(
+        &self,
+        pools: &Pools,
+        pool: &Pool,
+        model: &str,
+        slot: Slot,
+        tried: &mut Vec<usize>,
+        calls: &mut u32,
+    ) -> impl Future<Output = Result<Self::Out, CallError>> + Send;
+}
+
+struct Plain<'r, 'a> {
+    req: &'r CallRequest<'a>,
+    tokens: f64,
+}
+
+impl Caller for Plain<'_, '_> {
+    type Out = Answer;
+    async fn call(
+        &self,
+        pools: &Pools,
+        pool: &Pool,
+        model: &str,
+        slot: Slot,
+        tried: &mut Vec<usize>,
+        calls: &mut u32,
+    ) -> Result<Answer, CallError> {
+        pools
+            .attempt(pool, model, self.req, self.tokens, slot, tried, calls)
+            .await
+    }
+}
+
+struct Streaming<'r> {
+    body: &'r [u8],
+}
+
+impl Caller for Streaming<'_> {
+    type Out = StreamAnswer;
+    /// Opens the streaming call on `slot`; the slot is settled when the stream ends.
+    async fn call(
+        &self,
+        _: &Pools,
+        _: &Pool,
+        model: &str,
+        slot: Slot,
+        _: &mut Vec<usize>,
+        _: &mut u32,
+    ) -> Result<StreamAnswer, CallError> {
+        open_stream(slot, model, self.body).await
+    }
+}
+
+async fn open_stream(slot: Slot, model: &str, body: &[u8]) -> Result<StreamAnswer, CallError> {
+    let dep = slot.deployment().clone();
+    let body = with_model(body, dep.upstream_model.as_deref().unwrap_or(model));
+    match dep.client.chat_completion_stream(body).await {
+        Ok(inner) => Ok(StreamAnswer {
+            model: model.to_string(),
+            deployment: dep.name.clone(),
+            stream: Box::pin(SlotStream {
+                inner,
+                slot: Some(slot),
+            }),
+        }),
+        Err(e) => {
+            slot.failed(e.clone());
+            Err(CallError::Upstream(e))
         }
-        Err(last.unwrap_or(CallError::Unavailable {
-            reason: "no_deployment",
-            retry_in: None,
-        }))
     }
 }
 
@@ -566,7 +625,7 @@ async fn send(slot: Slot, model: &str, req: &CallRequest<'_>) -> Result<Answer, 
     };
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     };
     metrics::counter!("sluice_upstream_calls_total", "deployment" => dep.name.clone(), "outcome" => outcome).increment(1);
     match result {

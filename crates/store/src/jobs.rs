@@ -18,8 +18,8 @@
 use std::collections::BTreeMap;
 
 use redis::Script;
-use serde::{Deserialize, Serialize};
-use sluice_protocol::{JobEnvelope, JobKind, JobStatus, Priority};
+use serde::Serialize;
+use sluice_protocol::{ErrorCode, JobEnvelope, JobKind, JobStatus, Priority};
 use uuid::Uuid;
 
 use crate::{JobRecord, Store, StoreError, now_ms};
@@ -186,14 +186,40 @@ impl<'a> From<&'a JobEnvelope> for RecordBase<'a> {
     }
 }
 
-/// The error recorded on a failed job, in OpenAI's error vocabulary. It never carries raw
+/// The error recorded on a failed job, in OpenAI's error vocabulary
+/// (`{"message", "type", "code"}`, the type following from the code). It never carries raw
 /// upstream text: `message` is written by Sluice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobError {
+    pub code: ErrorCode,
     pub message: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub code: String,
+}
+
+impl JobError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> JobError {
+        JobError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl Serialize for JobError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            code: ErrorCode,
+        }
+        Stored {
+            message: &self.message,
+            kind: self.code.error_type(),
+            code: self.code,
+        }
+        .serialize(s)
+    }
 }
 
 impl Store {

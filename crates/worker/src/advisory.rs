@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use sluice_protocol::Priority;
-use sluice_protocol::{JobEnvelope, JobStatus};
+use sluice_protocol::{DeadLetterReason, ErrorCode, JobEnvelope, JobStatus};
 use sluice_queue::{DeadLetter, Queue, QueueError};
 use sluice_store::{JobError, Store};
 use tokio_util::sync::CancellationToken;
@@ -174,26 +174,22 @@ pub async fn strand_to_dead_letter(
     let env = JobEnvelope::decode(&msg.payload).ok();
     let (reason, tenant, job_id) = match &env {
         Some(env) => (
-            "max_deliveries",
+            DeadLetterReason::MaxDeliveries,
             env.tenant.as_str(),
             Some(env.id.to_string()),
         ),
-        None => ("undecodable", "unknown", None),
+        None => (DeadLetterReason::Undecodable, "unknown", None),
     };
     let error = format!("The server stopped delivering the message after {deliveries} deliveries.");
     if let Some(env) = &env {
-        let err = JobError {
-            message: error.clone(),
-            kind: "upstream_error".into(),
-            code: "max_attempts_exceeded".into(),
-        };
+        let err = JobError::new(ErrorCode::MaxAttemptsExceeded, error.clone());
         store
             .record_ended(env, JobStatus::Failed, &err)
             .await
             .map_err(|e| broker(&e))?;
     }
     let dl = DeadLetter {
-        reason,
+        reason: reason.as_str(),
         tenant,
         job_id,
         original_subject: msg.subject.as_str(),
@@ -206,6 +202,10 @@ pub async fn strand_to_dead_letter(
     if let Err(e) = stream.delete_message(seq).await {
         tracing::debug!(seq, error = %e, "the max-delivered original was already gone");
     }
-    tracing::warn!(reason, tenant, "max-delivered message dead-lettered");
+    tracing::warn!(
+        reason = reason.as_str(),
+        tenant,
+        "max-delivered message dead-lettered"
+    );
     Ok(true)
 }

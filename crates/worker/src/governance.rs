@@ -13,10 +13,11 @@
 //! server-side delivery limit for that reason; the worker dead-letters after
 //! `worker.max_attempts` real attempts).
 //!
-//! Settlement: a job that completed settles against the `usage` in its response (plain or
-//! streamed); any other terminal outcome settles with zero usage, returning the reservation.
-//! Settling is exactly once per job id whatever the number of deliveries. A job whose
-//! envelope says admission reserved nothing (no budget or token limit applied) skips it.
+//! Settlement (what to settle is decided in [`crate::attempt`]): a job that completed
+//! settles against the `usage` in its response (plain or streamed); any other terminal
+//! outcome settles with zero usage, returning the reservation. Settling is exactly once per
+//! job id whatever the number of deliveries. A job whose envelope says admission reserved
+//! nothing (no budget or token limit applied) skips it.
 
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use sluice_governance::{estimate::Usage, inflight::Slot, settle::usage_from_resp
 use sluice_protocol::JobEnvelope;
 use sluice_store::now_ms;
 
-use crate::{Shared, job::Outcome};
+use crate::Shared;
 
 /// Longest deferral delay.
 pub const MAX_DEFER: Duration = Duration::from_secs(30);
@@ -70,21 +71,8 @@ pub fn defer_delay(job_ms: u64, waiting: u64, cap: u64) -> Duration {
     full.mul_f64(1.0 - rand::random::<f64>() * 0.5)
 }
 
-/// After the job's outcome is known: settle a terminal job and free its slot.
-pub async fn finish(shared: &Shared, env: &JobEnvelope, outcome: &Outcome) {
-    // A completed job was settled with its actual usage by `completed`.
-    let terminal = matches!(outcome, Outcome::Done { .. } | Outcome::DeadLetter { .. })
-        && !matches!(outcome, Outcome::Done { label: "completed" });
-    if terminal && env.reserved {
-        let usage = match outcome {
-            // A redelivery of a finished job: its usage is in the stored result.
-            Outcome::Done {
-                label: "already_done",
-            } => recorded_usage(shared, env).await,
-            _ => Usage::default(),
-        };
-        settle(shared, env, usage).await;
-    }
+/// After the job's outcome is known: frees its in-flight slot.
+pub async fn release(shared: &Shared, env: &JobEnvelope) {
     if let Err(e) = shared.gov.release_in_flight(&env.tenant, env.id).await {
         tracing::debug!(job = %env.id, error = %e, "cannot release the in-flight slot; its lease expires");
     }
@@ -95,21 +83,8 @@ pub async fn finish(shared: &Shared, env: &JobEnvelope, outcome: &Outcome) {
     }
 }
 
-/// The job completed with `response`: settle its actual usage.
-pub async fn completed(shared: &Shared, env: &JobEnvelope, response: &[u8]) {
-    if !env.reserved {
-        return;
-    }
-    settle(
-        shared,
-        env,
-        usage_from_response(response).unwrap_or_default(),
-    )
-    .await;
-}
-
 /// Settles the job's reservation; a job admission reserved nothing for has nothing to settle.
-async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) {
+pub async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) {
     if !env.reserved {
         return;
     }
@@ -118,7 +93,8 @@ async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) {
     }
 }
 
-async fn recorded_usage(shared: &Shared, env: &JobEnvelope) -> Usage {
+/// The usage in the job's stored result (a redelivery of a finished job).
+pub async fn recorded_usage(shared: &Shared, env: &JobEnvelope) -> Usage {
     match shared.store.get(env.id).await {
         Ok(Some(r)) => r
             .result

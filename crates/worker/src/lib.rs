@@ -10,13 +10,14 @@
 //! finish, then are released to the broker for another replica.
 
 pub mod advisory;
+pub mod apply;
+pub mod attempt;
 pub mod backoff;
 pub mod call;
 pub mod cancel;
 pub mod governance;
 pub mod job;
 pub mod schedule;
-pub mod settle;
 pub mod streamed;
 
 use std::{sync::Arc, time::Duration};
@@ -309,8 +310,7 @@ impl Fetcher {
         self.tasks.spawn(async move {
             let _permit = permit;
             metrics::gauge!("sluice_worker_in_flight").increment(1.0);
-            let outcome = job::run(&shared, &delivery, &stop).await;
-            settle::settle(&shared, delivery, outcome).await;
+            job::run(&shared, delivery, &stop).await;
             metrics::gauge!("sluice_worker_in_flight").decrement(1.0);
         });
     }

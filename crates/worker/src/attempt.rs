@@ -1,0 +1,418 @@
+//! What to do after one delivery, decided in one place: [`decide`] turns what running the
+//! delivery came to ([`Ran`]) into a [`Decision`] — the terminal state to record, what to
+//! settle against the job's reservation, and what to tell the broker. It is pure (no I/O,
+//! no clock, no randomness) and tested as a table below; [`crate::apply`] performs it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_protocol::{DeadLetterReason, ErrorCode, JobStatus, Outcome};
+use sluice_providers::{CallError, ErrorClass};
+use sluice_store::JobError;
+
+/// What running one delivery came to.
+#[derive(Debug)]
+pub enum Ran {
+    /// The payload is not a job envelope this version can read (the decoder's own text).
+    Undecodable(String),
+    /// The tenant is at its in-flight cap: redeliver after the delay (not an attempt).
+    Deferred(Duration),
+    /// Every attempt was spent before this delivery.
+    OutOfAttempts,
+    /// The job's outcome was already recorded (a redelivery after a lost ack).
+    AlreadyEnded(JobStatus),
+    /// The job's publish was answered 503: nobody knows its id.
+    RejectedPublish,
+    /// Its deadline passed before it could run.
+    DeadlinePassed,
+    /// Cancelled while it ran.
+    Cancelled,
+    /// The worker is shutting down.
+    Released,
+    /// The upstream answered with this body.
+    Answered(Bytes),
+    /// The upstream call failed.
+    Upstream(CallError),
+    /// Redis could not be written (the start, streamed chunks, or the outcome).
+    StoreUnavailable,
+    /// The outcome is recorded but its webhooks could not be enqueued.
+    WebhooksNotEnqueued,
+}
+
+/// What [`crate::apply`] does with a delivery.
+#[derive(Debug, PartialEq)]
+pub struct Decision {
+    pub record: Record,
+    pub settle: Settle,
+    pub broker: Broker,
+}
+
+/// The job state to write before anything else.
+#[derive(Debug, PartialEq)]
+pub enum Record {
+    Nothing,
+    /// `completed` with the upstream's body; its usage is settled in the same round trip.
+    Completed(Bytes),
+    /// A terminal state without a result.
+    Ended(JobStatus, JobError),
+    /// Already terminal: tell waiters and enqueue the webhooks again (deduplicated by id).
+    Emit(JobStatus),
+}
+
+/// What to settle against the job's reservation (exactly once per job, whichever delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Not terminal (or settled with the record: [`Record::Completed`]).
+    Nothing,
+    /// The usage in the stored result (a redelivery of a finished job).
+    Recorded,
+    /// Return the reservation: nothing was used.
+    Zero,
+}
+
+/// What to tell the broker.
+#[derive(Debug, PartialEq)]
+pub enum Broker {
+    Ack(Outcome),
+    /// NAK with the backoff of the attempt, at least `at_least`.
+    Retry {
+        reason: RetryReason,
+        at_least: Option<Duration>,
+    },
+    /// NAK with exactly this delay (a deferral: not an attempt).
+    Defer(Duration),
+    /// NAK at once (shutting down: another replica takes it).
+    Release,
+    /// Move to the dead-letter stream, then terminate.
+    DeadLetter {
+        reason: DeadLetterReason,
+        error: String,
+    },
+}
+
+/// Why a delivery is retried (the `reason` label of `sluice_worker_retries_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    UpstreamRetry,
+    StoreUnavailable,
+    WebhookEmit,
+}
+
+impl RetryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::UpstreamRetry => "upstream_retry",
+            RetryReason::StoreUnavailable => "store_unavailable",
+            RetryReason::WebhookEmit => "webhook_emit",
+        }
+    }
+}
+
+/// The decision for delivery `attempt` (1-based, deferrals not counted) of a job allowed
+/// `max` attempts, from what running it came to.
+pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
+    let ack = |outcome, settle| Decision {
+        record: Record::Nothing,
+        settle,
+        broker: Broker::Ack(outcome),
+    };
+    let retry = |reason, at_least| Decision {
+        record: Record::Nothing,
+        settle: Settle::Nothing,
+        broker: Broker::Retry { reason, at_least },
+    };
+    match ran {
+        Ran::Undecodable(error) => Decision {
+            record: Record::Nothing,
+            settle: Settle::Nothing,
+            broker: Broker::DeadLetter {
+                reason: DeadLetterReason::Undecodable,
+                error,
+            },
+        },
+        Ran::Deferred(delay) => Decision {
+            record: Record::Nothing,
+            settle: Settle::Nothing,
+            broker: Broker::Defer(delay),
+        },
+        Ran::OutOfAttempts => exhausted(attempt, max, None),
+        // A job cancelled through ingest was emitted there.
+        Ran::AlreadyEnded(JobStatus::Cancelled) => ack(Outcome::AlreadyDone, Settle::Recorded),
+        Ran::AlreadyEnded(status) => Decision {
+            record: Record::Emit(status),
+            settle: Settle::Recorded,
+            broker: Broker::Ack(Outcome::AlreadyDone),
+        },
+        Ran::RejectedPublish => ack(Outcome::RejectedPublish, Settle::Nothing),
+        Ran::DeadlinePassed => Decision {
+            record: Record::Ended(
+                JobStatus::Expired,
+                JobError::new(
+                    ErrorCode::DeadlineExceeded,
+                    "The job's deadline passed before it could run.",
+                ),
+            ),
+            settle: Settle::Zero,
+            broker: Broker::Ack(Outcome::Expired),
+        },
+        Ran::Cancelled => ack(Outcome::Cancelled, Settle::Zero),
+        Ran::Released => Decision {
+            record: Record::Nothing,
+            settle: Settle::Nothing,
+            broker: Broker::Release,
+        },
+        Ran::Answered(body) => Decision {
+            record: Record::Completed(body),
+            settle: Settle::Nothing,
+            broker: Broker::Ack(Outcome::Completed),
+        },
+        Ran::Upstream(e) => match e.class() {
+            ErrorClass::Permanent => Decision {
+                record: Record::Ended(
+                    JobStatus::Failed,
+                    JobError::new(
+                        e.code(),
+                        format!("The upstream provider rejected the request ({}).", e.code()),
+                    ),
+                ),
+                settle: Settle::Zero,
+                broker: Broker::Ack(Outcome::Failed),
+            },
+            ErrorClass::Retryable if attempt >= max => exhausted(attempt, max, Some(e.code())),
+            ErrorClass::Retryable => retry(RetryReason::UpstreamRetry, e.retry_after()),
+        },
+        Ran::StoreUnavailable => retry(RetryReason::StoreUnavailable, None),
+        Ran::WebhooksNotEnqueued => retry(RetryReason::WebhookEmit, None),
+    }
+}
+
+/// `failed` after the last attempt, then the dead-letter stream. A provider that kept rate
+/// limiting is reported as such, so a synchronous client gets a 429 it knows how to handle.
+fn exhausted(attempt: u64, max: u64, last: Option<ErrorCode>) -> Decision {
+    let message = format!(
+        "The job failed after {} attempts (last error: {}).",
+        attempt.min(max),
+        last.map_or("the job failed on every attempt", ErrorCode::as_str)
+    );
+    let code = match last {
+        Some(ErrorCode::UpstreamRateLimited) => ErrorCode::UpstreamRateLimited,
+        _ => ErrorCode::MaxAttemptsExceeded,
+    };
+    Decision {
+        record: Record::Ended(JobStatus::Failed, JobError::new(code, message.clone())),
+        settle: Settle::Zero,
+        broker: Broker::DeadLetter {
+            reason: DeadLetterReason::MaxAttempts,
+            error: message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_providers::ProviderError;
+
+    use super::*;
+
+    fn status(status: u16, retry_after: Option<Duration>) -> Ran {
+        Ran::Upstream(CallError::Upstream(ProviderError::Status {
+            status,
+            retry_after,
+        }))
+    }
+
+    fn failed(code: ErrorCode) -> Record {
+        Record::Ended(
+            JobStatus::Failed,
+            JobError::new(code, String::new()), // compared by code below
+        )
+    }
+
+    /// `(attempt, max, what ran) → (record, settle, broker)`, with a recorded error compared by
+    /// status and code.
+    #[test]
+    fn decisions() {
+        let s = Duration::from_secs;
+        let retry = |reason, at_least| Broker::Retry { reason, at_least };
+        let dead = |reason| move |b: &Broker| matches!(b, Broker::DeadLetter { reason: r, .. } if *r == reason);
+        type Check = Box<dyn Fn(&Broker) -> bool>;
+        let is = |want: Broker| -> Check { Box::new(move |b| *b == want) };
+        let cases: Vec<(u64, u64, Ran, Record, Settle, Check)> = vec![
+            (
+                1,
+                5,
+                Ran::Undecodable("bad".into()),
+                Record::Nothing,
+                Settle::Nothing,
+                Box::new(dead(DeadLetterReason::Undecodable)),
+            ),
+            (
+                1,
+                5,
+                Ran::Deferred(s(3)),
+                Record::Nothing,
+                Settle::Nothing,
+                is(Broker::Defer(s(3))),
+            ),
+            (
+                6,
+                5,
+                Ran::OutOfAttempts,
+                failed(ErrorCode::MaxAttemptsExceeded),
+                Settle::Zero,
+                Box::new(dead(DeadLetterReason::MaxAttempts)),
+            ),
+            (
+                2,
+                5,
+                Ran::AlreadyEnded(JobStatus::Completed),
+                Record::Emit(JobStatus::Completed),
+                Settle::Recorded,
+                is(Broker::Ack(Outcome::AlreadyDone)),
+            ),
+            (
+                2,
+                5,
+                Ran::AlreadyEnded(JobStatus::Cancelled),
+                Record::Nothing,
+                Settle::Recorded,
+                is(Broker::Ack(Outcome::AlreadyDone)),
+            ),
+            (
+                1,
+                5,
+                Ran::RejectedPublish,
+                Record::Nothing,
+                Settle::Nothing,
+                is(Broker::Ack(Outcome::RejectedPublish)),
+            ),
+            (
+                1,
+                5,
+                Ran::DeadlinePassed,
+                Record::Ended(
+                    JobStatus::Expired,
+                    JobError::new(ErrorCode::DeadlineExceeded, ""),
+                ),
+                Settle::Zero,
+                is(Broker::Ack(Outcome::Expired)),
+            ),
+            (
+                1,
+                5,
+                Ran::Cancelled,
+                Record::Nothing,
+                Settle::Zero,
+                is(Broker::Ack(Outcome::Cancelled)),
+            ),
+            (
+                1,
+                5,
+                Ran::Released,
+                Record::Nothing,
+                Settle::Nothing,
+                is(Broker::Release),
+            ),
+            (
+                1,
+                5,
+                Ran::Answered(Bytes::from_static(b"{}")),
+                Record::Completed(Bytes::from_static(b"{}")),
+                Settle::Nothing,
+                is(Broker::Ack(Outcome::Completed)),
+            ),
+            (
+                1,
+                5,
+                status(400, None),
+                failed(ErrorCode::UpstreamRejected),
+                Settle::Zero,
+                is(Broker::Ack(Outcome::Failed)),
+            ),
+            (
+                5,
+                5,
+                status(404, None),
+                failed(ErrorCode::ModelNotFound),
+                Settle::Zero,
+                is(Broker::Ack(Outcome::Failed)),
+            ),
+            (
+                1,
+                5,
+                status(503, None),
+                Record::Nothing,
+                Settle::Nothing,
+                is(retry(RetryReason::UpstreamRetry, None)),
+            ),
+            (
+                4,
+                5,
+                status(429, Some(s(2))),
+                Record::Nothing,
+                Settle::Nothing,
+                is(retry(RetryReason::UpstreamRetry, Some(s(2)))),
+            ),
+            (
+                5,
+                5,
+                status(503, None),
+                failed(ErrorCode::MaxAttemptsExceeded),
+                Settle::Zero,
+                Box::new(dead(DeadLetterReason::MaxAttempts)),
+            ),
+            (
+                5,
+                5,
+                status(429, None),
+                failed(ErrorCode::UpstreamRateLimited),
+                Settle::Zero,
+                Box::new(dead(DeadLetterReason::MaxAttempts)),
+            ),
+            (
+                1,
+                5,
+                Ran::StoreUnavailable,
+                Record::Nothing,
+                Settle::Nothing,
+                is(retry(RetryReason::StoreUnavailable, None)),
+            ),
+            (
+                1,
+                5,
+                Ran::WebhooksNotEnqueued,
+                Record::Nothing,
+                Settle::Nothing,
+                is(retry(RetryReason::WebhookEmit, None)),
+            ),
+        ];
+        for (attempt, max, ran, record, settle, broker) in cases {
+            let what = format!("{ran:?} at {attempt}/{max}");
+            let d = decide(attempt, max, ran);
+            match (&d.record, &record) {
+                (Record::Ended(a, ea), Record::Ended(b, eb)) => {
+                    assert_eq!((a, ea.code), (b, eb.code), "{what}");
+                }
+                _ => assert_eq!(d.record, record, "{what}"),
+            }
+            assert_eq!(d.settle, settle, "{what}");
+            assert!(broker(&d.broker), "{what}: {:?}", d.broker);
+        }
+    }
+
+    #[test]
+    fn an_exhausted_job_says_how_many_attempts_it_had() {
+        let d = decide(7, 5, Ran::OutOfAttempts);
+        let Broker::DeadLetter { error, .. } = &d.broker else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            error,
+            "The job failed after 5 attempts (last error: the job failed on every attempt)."
+        );
+        let Record::Ended(_, e) = &d.record else {
+            panic!("{d:?}")
+        };
+        assert_eq!(&e.message, error);
+    }
+}
