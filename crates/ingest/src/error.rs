@@ -61,6 +61,9 @@ pub enum ApiError {
     },
     #[error("idempotency key reused with a different body")]
     IdempotencyConflict,
+    /// The key's first request is still being published (past the wait for its outcome).
+    #[error("idempotency key in use by a request in progress")]
+    IdempotencyInProgress { retry_after_s: u64 },
     #[error("admission state unavailable: {reason}")]
     AdmissionUnavailable { retry_after_s: u64, reason: String },
     #[error("admin key required")]
@@ -99,6 +102,7 @@ impl ApiError {
             | ApiError::Shed { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TenantDisabled | ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IdempotencyInProgress { .. } => StatusCode::CONFLICT,
             ApiError::AdmissionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -123,6 +127,7 @@ impl ApiError {
             ApiError::TenantDisabled => "tenant_disabled",
             ApiError::Shed { .. } => "shed",
             ApiError::IdempotencyConflict => "idempotency_conflict",
+            ApiError::IdempotencyInProgress { .. } => "idempotency_in_progress",
             ApiError::AdmissionUnavailable { .. } => "admission_unavailable",
             ApiError::Forbidden => "forbidden",
         }
@@ -246,6 +251,12 @@ impl ApiError {
                 None,
                 Some("idempotency_key_reused"),
             ),
+            ApiError::IdempotencyInProgress { .. } => (
+                "A request with this Idempotency-Key is still in progress; retry after the indicated delay.".into(),
+                "invalid_request_error",
+                None,
+                Some("idempotency_key_in_use"),
+            ),
             ApiError::AdmissionUnavailable { .. } => (
                 "Rate limits cannot be checked right now; retry after the indicated delay.".into(),
                 "server_error",
@@ -317,6 +328,7 @@ impl IntoResponse for ApiError {
             | ApiError::BudgetExhausted { retry_after_s, .. }
             | ApiError::LoopDetected { retry_after_s }
             | ApiError::Shed { retry_after_s, .. }
+            | ApiError::IdempotencyInProgress { retry_after_s }
             | ApiError::AdmissionUnavailable { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
         };

@@ -9,8 +9,9 @@
 //! | `{p}hook:{id}` | hash | endpoint: tenant, url, events, secret(s), disabled, created_at |
 //! | `{p}hook:{id}:log` | list | the endpoint's latest delivery attempts (JSON, newest first) |
 //!
-//! Job keys expire `redis.result_ttl_s` after the job was queued, and again after it ended;
-//! webhook endpoints live until deleted.
+//! A job's keys expire [`crate::PENDING_TTL_S`] (a week, or `redis.result_ttl_s` if longer)
+//! after the job was queued, and `redis.result_ttl_s` after it ended; webhook endpoints live
+//! until deleted.
 
 use uuid::Uuid;
 
