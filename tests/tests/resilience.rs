@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use sluice_e2e::{ACME_KEY, Api, TestEnv, chat_body, nats_url, wait_until};
+use sluice_e2e::{ACME_KEY, Api, TestEnv, chat_body, own_nats::OwnNats, wait_until};
 use sluice_sim::SimConfig;
 
 const LONG: Duration = Duration::from_secs(40);
@@ -65,66 +65,13 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_result_is_recorded_once()
     Ok(())
 }
 
-/// A NATS server of this test's own, so it can be stopped and started.
-struct OwnNats {
-    bin: String,
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl OwnNats {
-    async fn start(&mut self) -> Result<()> {
-        let child = tokio::process::Command::new(&self.bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        wait_until(LONG, || async {
-            Ok(tokio::net::TcpStream::connect(&addr).await.is_ok())
-        })
-        .await
-    }
-
-    async fn stop(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.start_kill()?;
-            c.wait().await?;
-        }
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_answers_503_then_service_resumes_without_restart() -> Result<()> {
-    let Ok(bin) = std::env::var("SLUICE_TEST_NATS_BIN") else {
-        anyhow::bail!("SLUICE_TEST_NATS_BIN is not set; run the suite with scripts/test.sh");
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = std::env::temp_dir().join(sluice_e2e::unique("sluice-nats-"));
-    let mut nats = OwnNats {
-        bin,
-        port,
-        dir: dir.clone(),
-        child: None,
-    };
+    let mut nats = OwnNats::new()?;
     nats.start().await?;
 
     let mut env = TestEnv::new();
-    env.cfg.nats.url = format!("nats://127.0.0.1:{port}");
+    env.cfg.nats.url = nats.url();
     env.cfg.nats.publish_timeout_ms = 500;
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
@@ -198,8 +145,6 @@ async fn broker_down_answers_503_then_service_resumes_without_restart() -> Resul
 
     ingest.shutdown(Duration::from_secs(5)).await;
     nats.stop().await?;
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = nats_url();
     Ok(())
 }
 

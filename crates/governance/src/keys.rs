@@ -7,6 +7,7 @@
 //! | `{p}res:{job}` | hash | a job's reservation until it is settled |
 //! | `{p}loop:{tenant}:{chain}:{prompt hash}` | string | requests this minute |
 //! | `{p}idem:{tenant}:{key hash}` | string | `body hash` and first job id |
+//! | `{p}idem:{tenant}:{key hash}:ok` | string | that job's id, once the broker took it |
 //! | `{p}tenant:{id}` | hash | `disabled` (kill switch), `created_at` |
 //! | `{p}tenants` | set | tenant ids known to the admin API |
 //! | `{p}apikey:{sha256}` | hash | tenant, key id, created/expires/revoked |
@@ -52,6 +53,10 @@ impl GovKeys {
 
     pub fn idempotency(&self, tenant: &str, key_hash: &str) -> String {
         format!("{}idem:{tenant}:{key_hash}", self.p)
+    }
+
+    pub fn idempotency_accepted(&self, tenant: &str, key_hash: &str) -> String {
+        format!("{}idem:{tenant}:{key_hash}:ok", self.p)
     }
 
     pub fn tenant(&self, id: &str) -> String {

@@ -246,31 +246,36 @@ async fn loops_kill_switch_and_idempotency() {
     );
 
     let (j1, j2) = (Uuid::now_v7(), Uuid::now_v7());
+    let claim = |tenant: &'static str, body: &'static str, job: Uuid| {
+        let a = &a;
+        async move {
+            a.claim_idempotency(tenant, "k", body, job, 60)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim("acme", "body1", j1).await, Claim::New);
     assert_eq!(
-        a.claim_idempotency("acme", "k", "body1", j1).await.unwrap(),
-        Claim::New
+        claim("acme", "body1", j2).await,
+        Claim::Replay {
+            job: j1,
+            accepted: false
+        },
+        "pending until the broker took the job"
     );
-    assert_eq!(
-        a.claim_idempotency("acme", "k", "body1", j2).await.unwrap(),
-        Claim::Replay(j1)
-    );
-    assert_eq!(
-        a.claim_idempotency("acme", "k", "body2", j2).await.unwrap(),
-        Claim::Conflict
-    );
-    assert_eq!(
-        a.claim_idempotency("other", "k", "body1", j2)
-            .await
-            .unwrap(),
-        Claim::New,
-        "per tenant"
-    );
+    assert_eq!(claim("acme", "body2", j2).await, Claim::Conflict);
+    assert_eq!(claim("other", "body1", j2).await, Claim::New, "per tenant");
     a.release_idempotency("acme", "k", "body1", j1)
         .await
         .unwrap();
+    assert_eq!(claim("acme", "body1", j2).await, Claim::New);
+    a.accept_idempotency("acme", "k", j2).await.unwrap();
     assert_eq!(
-        a.claim_idempotency("acme", "k", "body1", j2).await.unwrap(),
-        Claim::New
+        claim("acme", "body1", j1).await,
+        Claim::Replay {
+            job: j2,
+            accepted: true
+        }
     );
 }
 

@@ -62,6 +62,16 @@ impl CancelOnDrop {
         }
     }
 
+    /// A guard that never cancels: for a client following a job it did not create (an
+    /// idempotent retry), whose leaving must not cancel the first request's job.
+    pub fn disarmed(state: AppState, id: Uuid) -> CancelOnDrop {
+        CancelOnDrop {
+            state,
+            id,
+            armed: false,
+        }
+    }
+
     /// The client got its answer (or the job id to poll): leave the job alone.
     pub fn disarm(&mut self) {
         self.armed = false;

@@ -65,6 +65,9 @@ pub enum ApiError {
     },
     #[error("idempotency key reused with a different body")]
     IdempotencyConflict,
+    /// The key's first request is still being published (past the wait for its outcome).
+    #[error("idempotency key in use by a request in progress")]
+    IdempotencyInProgress { retry_after_s: u64 },
     #[error("admission state unavailable: {reason}")]
     AdmissionUnavailable { retry_after_s: u64, reason: String },
     #[error("admin key required")]
@@ -111,6 +114,7 @@ impl ApiError {
             | ApiError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TenantDisabled | ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IdempotencyInProgress { .. } => StatusCode::CONFLICT,
             ApiError::AdmissionUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -136,6 +140,7 @@ impl ApiError {
             ApiError::TenantDisabled => "tenant_disabled",
             ApiError::Shed { .. } => "shed",
             ApiError::IdempotencyConflict => "idempotency_conflict",
+            ApiError::IdempotencyInProgress { .. } => "idempotency_in_progress",
             ApiError::AdmissionUnavailable { .. } => "admission_unavailable",
             ApiError::Forbidden => "forbidden",
             ApiError::RequestTimeout => "request_timeout",
@@ -262,6 +267,12 @@ impl ApiError {
                 None,
                 Some("idempotency_key_reused"),
             ),
+            ApiError::IdempotencyInProgress { .. } => (
+                "A request with this Idempotency-Key is still in progress; retry after the indicated delay.".into(),
+                "invalid_request_error",
+                None,
+                Some("idempotency_key_in_use"),
+            ),
             ApiError::AdmissionUnavailable { .. } => (
                 "Rate limits cannot be checked right now; retry after the indicated delay.".into(),
                 "server_error",
@@ -339,6 +350,7 @@ impl IntoResponse for ApiError {
             | ApiError::BudgetExhausted { retry_after_s, .. }
             | ApiError::LoopDetected { retry_after_s }
             | ApiError::Shed { retry_after_s, .. }
+            | ApiError::IdempotencyInProgress { retry_after_s }
             | ApiError::AdmissionUnavailable { retry_after_s, .. }
             | ApiError::TooManySyncWaits { retry_after_s }
             | ApiError::TooManyStreams { retry_after_s } => Some(*retry_after_s),

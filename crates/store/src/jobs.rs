@@ -242,7 +242,7 @@ impl Store {
         let mut inv = self.scripts.create.key(self.keys.job(rec.id));
         inv.key(self.keys.job_events(rec.id));
         inv.key(self.keys.rejected(rec.id));
-        inv.arg(self.ttl_s)
+        inv.arg(self.pending_ttl_s)
             .arg(status_event(JobStatus::Queued, now, None))
             .arg("status")
             .arg(JobStatus::Queued.as_str())
@@ -409,12 +409,17 @@ impl Store {
         set: &[(&str, &[u8])],
     ) -> Result<Transition, StoreError> {
         let base = base_fields(&rec)?;
+        let ttl = if status.is_terminal() {
+            self.ttl_s
+        } else {
+            self.pending_ttl_s
+        };
         let mut inv = self.scripts.transition.key(self.keys.job(rec.id));
         inv.key(self.keys.job_events(rec.id));
         inv.key(self.keys.rejected(rec.id));
         inv.arg(status.as_str())
             .arg(now_ms())
-            .arg(self.ttl_s)
+            .arg(ttl)
             .arg(base.len());
         for (k, v) in &base {
             inv.arg(*k).arg(v);
@@ -481,7 +486,7 @@ impl Store {
         pipe.atomic()
             .del(&[self.keys.job(id), self.keys.job_events(id)])
             .ignore()
-            .set_ex(self.keys.rejected(id), 1, self.ttl_s)
+            .set_ex(self.keys.rejected(id), 1, self.pending_ttl_s)
             .ignore();
         let mut conn = self.conn().await?;
         self.timed(pipe.query_async::<()>(&mut conn)).await

@@ -11,8 +11,9 @@
 //! | `{p}cache:{<hex>}` | string | response cache entry (MessagePack), expires with its model's TTL |
 //! | `{p}cache:{<hex>}:lead` | string | the job computing that entry (single-flight lease) |
 //!
-//! Job keys expire `redis.result_ttl_s` after the job was queued, and again after it ended;
-//! webhook endpoints live until deleted.
+//! A job's keys expire [`crate::PENDING_TTL_S`] (a week, or `redis.result_ttl_s` if longer)
+//! after the job was queued, and `redis.result_ttl_s` after it ended; webhook endpoints live
+//! until deleted.
 
 use uuid::Uuid;
 

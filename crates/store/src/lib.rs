@@ -52,6 +52,15 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
+/// How long the record of a job that has not ended yet (queued or running) is kept, and the
+/// tombstone of a rejected publish: a week, or `redis.result_ttl_s` if that is longer. The
+/// JOBS stream keeps a message until a worker takes it, however long the backlog, so no
+/// configured time bounds how long a job waits; no process sees queued jobs to renew their
+/// records either. A week covers any backlog an operator would let stand (it is how long an
+/// unsettled budget reservation is kept) and still bounds what a message that is never
+/// delivered leaves in Redis. When the job ends, its record is kept for `result_ttl_s`.
+pub const PENDING_TTL_S: u64 = 7 * 24 * 3600;
+
 /// Handle to the job store; cheap to clone.
 ///
 /// Every clone shares a few multiplexed connections: concurrent commands from any number of
@@ -62,7 +71,10 @@ pub struct Store {
     conns: std::sync::Arc<[ConnectionManager]>,
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     keys: Keys,
+    /// How long an ended job's record, result and history are kept (`redis.result_ttl_s`).
     ttl_s: u64,
+    /// How long the record of a job that has not ended is kept: see [`PENDING_TTL_S`].
+    pending_ttl_s: u64,
     timeout: Duration,
     scripts: std::sync::Arc<jobs::Scripts>,
 }
@@ -93,6 +105,7 @@ impl Store {
             next: Default::default(),
             keys: Keys::new(&cfg.prefix),
             ttl_s: cfg.result_ttl_s,
+            pending_ttl_s: cfg.result_ttl_s.max(PENDING_TTL_S),
             timeout,
             scripts: std::sync::Arc::new(jobs::Scripts::new()),
         })

@@ -67,7 +67,7 @@ impl Store {
         inv.key(self.keys.job_events(id))
             .arg(now_ms())
             .arg(actor)
-            .arg(self.ttl_s)
+            .arg(self.pending_ttl_s)
             .arg(token);
         let mut conn = self.conn().await?;
         let (applied, value): (i64, String) = self.timed(inv.invoke_async(&mut conn)).await?;

@@ -239,7 +239,7 @@ impl Store {
             .ignore()
             .cmd("EXPIRE")
             .arg(&key)
-            .arg(self.ttl_s)
+            .arg(self.pending_ttl_s)
             .ignore();
         self.timed(pipe.query_async::<()>(&mut conn)).await
     }

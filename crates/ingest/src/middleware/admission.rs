@@ -13,7 +13,7 @@
 //! [`Admitted::undo`]ne) before [`Admitted::commit`], it gives them back, so no early return
 //! and no client that goes away can leak them.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::http::HeaderMap;
 use serde_json::Value;
@@ -22,6 +22,7 @@ use sluice_config::FailPolicy;
 use sluice_governance::{Refusal, admission::Policy, estimate, idempotency::Claim};
 use sluice_protocol::JobKind;
 use sluice_store::{RecordBase, now_ms};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{AppState, auth::Tenant, error::ApiError, submission::Submission};
@@ -95,9 +96,30 @@ impl Admitted {
         self.hold.as_mut()
     }
 
-    /// The broker acknowledged the job: it keeps everything admission took.
+    /// The broker acknowledged the job: it keeps everything admission took, and its
+    /// idempotency claim is marked accepted, so retries answer with it. The mark is written
+    /// by a tracked task (awaited), so a client that leaves now cannot stop it half way.
     pub async fn commit(mut self) {
-        self.hold = None;
+        let Some(hold) = self.hold.take() else {
+            return;
+        };
+        let Some((key_hash, _)) = hold.claim.clone() else {
+            return;
+        };
+        let tracker = hold.state.background.clone();
+        let marked = tracker.spawn(async move {
+            if let Err(e) = hold
+                .state
+                .gov
+                .accept_idempotency(&hold.tenant, &key_hash, hold.job)
+                .await
+            {
+                // The job is durable: the client gets its 202. Retries wait for the pending
+                // claim's lease, then make a new job.
+                tracing::warn!(job = %hold.job, error = %e, "cannot mark an idempotency key accepted");
+            }
+        });
+        let _ = marked.await;
     }
 
     /// The job will not be published after all (or may have been, unacknowledged): give
@@ -279,8 +301,9 @@ async fn decide(
     };
     if let Some(key) = ids.idempotency {
         match claim(state, tenant, key, body, hold.job).await? {
-            Claimed::New(c) => hold.claim = Some(c),
-            Claimed::Replay(first) => return Ok(Some(first)),
+            Some(Claimed::New(c)) => hold.claim = Some(c),
+            Some(Claimed::Replay(first)) => return Ok(Some(first)),
+            None => {}
         }
     }
     let headers = limits(state, tenant, ids, sub, hold, true).await?;
@@ -295,26 +318,60 @@ enum Claimed {
     Replay(Uuid),
 }
 
-/// Claims `Idempotency-Key` `key` for job `job`.
+/// Claims `Idempotency-Key` `key` for job `job`. A retry whose first request is still being
+/// published waits for its outcome (at most the claim's lease): the first job once the
+/// broker took it, or the key itself if the first request gave it back. `None`: Redis could
+/// not be asked and `fail_open` admits the request unchecked.
 async fn claim(
     state: &AppState,
     tenant: &Tenant,
     key: &str,
     body: &[u8],
     job: Uuid,
-) -> Result<Claimed, ApiError> {
+) -> Result<Option<Claimed>, ApiError> {
     let key_hash = hex::encode(Sha256::digest(key.as_bytes()));
     let body_hash = hex::encode(Sha256::digest(body));
-    match state
-        .gov
-        .claim_idempotency(&tenant.id, &key_hash, &body_hash, job)
-        .await
-    {
-        Ok(Claim::New) => Ok(Claimed::New((key_hash, body_hash))),
-        Ok(Claim::Replay(first)) => Ok(Claimed::Replay(first)),
-        Ok(Claim::Conflict) => Err(ApiError::IdempotencyConflict),
-        Err(e) => Err(unavailable(state, e)),
+    let lease = pending_lease(state);
+    let deadline = Instant::now() + lease;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let claimed = state
+            .gov
+            .claim_idempotency(&tenant.id, &key_hash, &body_hash, job, lease.as_secs())
+            .await;
+        match claimed {
+            Ok(Claim::New) => return Ok(Some(Claimed::New((key_hash, body_hash)))),
+            Ok(Claim::Replay {
+                job: first,
+                accepted: true,
+            }) => return Ok(Some(Claimed::Replay(first))),
+            Ok(Claim::Replay { .. }) if Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Ok(Claim::Replay { .. }) => {
+                return Err(ApiError::IdempotencyInProgress {
+                    retry_after_s: state.cfg.ingest.retry_after_s,
+                });
+            }
+            Ok(Claim::Conflict) => return Err(ApiError::IdempotencyConflict),
+            Err(e) if state.gov.config().on_store_error == FailPolicy::FailOpen => {
+                metrics::counter!("sluice_governance_store_unavailables_total", "policy" => "fail_open")
+                    .increment(1);
+                tracing::warn!(error = %e, "idempotency state unavailable; admitting unchecked (fail_open)");
+                return Ok(None);
+            }
+            Err(e) => return Err(unavailable(state, e)),
+        }
     }
+}
+
+/// How long a claim stays pending at most: comfortably more than admission and the publish
+/// take (every step is bounded by a Redis or a publish timeout). A first request whose
+/// ingest died frees its key after this; a retry waits no longer than this.
+fn pending_lease(state: &AppState) -> Duration {
+    let steps_ms = state.cfg.nats.publish_timeout_ms + 4 * state.cfg.redis.command_timeout_ms;
+    Duration::from_secs((2 * steps_ms).div_ceil(1000).max(5))
 }
 
 /// Checks the rate limits, loops and budgets of the job `hold` is for and commits them;

@@ -8,7 +8,8 @@
 //! format is OpenAI's exactly. A wait longer than `delivery.sync_wait_s` is answered `202`
 //! with the job so the client can poll instead of losing the work. A client that goes away
 //! first cancels the job ([`CancelOnDrop`]): a queued job never runs, a running one's
-//! upstream call is dropped.
+//! upstream call is dropped. An idempotent retry follows the first request's job without
+//! that guard: it did not create the job, so leaving does not cancel it.
 
 use std::{convert::Infallible, time::Duration};
 
@@ -193,8 +194,9 @@ async fn answer(
                 }
             },
             Submitted::Replay(first) => {
+                // Not this request's job: leaving does not cancel it.
                 let watch = JobWatch::open(&state, first, 0).await?;
-                (watch, CancelOnDrop::new(state.clone(), first), None)
+                (watch, CancelOnDrop::disarmed(state.clone(), first), None)
             }
         };
     drop(body);
