@@ -7,14 +7,15 @@
 //! first request that is refused or cannot be published releases its claim, so the client
 //! may retry with the same key.
 
+use sluice_store::Lua;
 use uuid::Uuid;
 
 use crate::{GovernanceError, Governor};
 
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
+pub(crate) static RELEASE: Lua = Lua::new(
+    "idempotency_release",
+    include_str!("../lua/idempotency_release.lua"),
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -34,7 +35,7 @@ impl Governor {
         body_hash: &str,
         job: Uuid,
     ) -> Result<Claim, GovernanceError> {
-        let k = self.keys.idempotency(tenant, key_hash);
+        let k = self.keys().idempotency(tenant, key_hash);
         let value = format!("{body_hash} {job}");
         let store = self.store();
         let mut conn = store.conn().await?;
@@ -68,12 +69,9 @@ impl Governor {
         body_hash: &str,
         job: Uuid,
     ) -> Result<(), GovernanceError> {
-        let script = redis::Script::new(RELEASE);
-        let mut inv = script.key(self.keys.idempotency(tenant, key_hash));
+        let mut inv = RELEASE.key(self.keys().idempotency(tenant, key_hash));
         inv.arg(format!("{body_hash} {job}"));
-        let store = self.store();
-        let mut conn = store.conn().await?;
-        let _: i64 = store.timed(inv.invoke_async(&mut conn)).await?;
+        let _: i64 = self.store().invoke(&inv).await?;
         Ok(())
     }
 }

@@ -6,12 +6,15 @@
 //!   transition atomically, so ingest and any number of workers can race safely).
 //! - [`record`]: the typed job record read back from Redis.
 //! - [`replay`]: the audited operator replay (failed → queued) and the routing record.
+//! - [`scripts`]: the one loader of every Redis script (the store's `lua/*.lua` and the
+//!   governance crate's), each a file that opens with its KEYS/ARGV contract.
 //! - [`webhooks`]: webhook endpoints, per-job webhook targets and delivery logs.
 
 pub mod jobs;
 pub mod keys;
 pub mod record;
 pub mod replay;
+pub mod scripts;
 pub mod webhooks;
 
 use std::time::Duration;
@@ -23,6 +26,7 @@ pub use jobs::{JobError, RecordBase, Transition};
 pub use keys::Keys;
 pub use record::JobRecord;
 pub use replay::Replay;
+pub use scripts::Lua;
 pub use webhooks::{Endpoint, HookTargets};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +65,6 @@ pub struct Store {
     keys: Keys,
     ttl_s: u64,
     timeout: Duration,
-    scripts: std::sync::Arc<jobs::Scripts>,
 }
 
 impl Store {
@@ -91,7 +94,6 @@ impl Store {
             keys: Keys::new(&cfg.prefix),
             ttl_s: cfg.result_ttl_s,
             timeout,
-            scripts: std::sync::Arc::new(jobs::Scripts::new()),
         })
     }
 
