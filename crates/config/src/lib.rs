@@ -8,6 +8,7 @@
 //! a secret field holds `env::NAME` and is resolved from the environment into a
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
+mod catalog;
 mod delivery;
 mod env;
 mod governance;
