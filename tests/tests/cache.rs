@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::json;
 use sluice_cache::{CacheKey, Call, Scope};
 use sluice_e2e::TestEnv;
-use sluice_protocol::{CacheWrite, JobEnvelope, JobKind, JobStatus, Priority, SCHEMA_VERSION};
+use sluice_protocol::{CacheWrite, ErrorCode, JobEnvelope, JobKind, JobStatus, Priority, SCHEMA_VERSION};
 use sluice_store::{JobError, Lead};
 use uuid::Uuid;
 
@@ -74,11 +74,7 @@ async fn failed_and_uncached_jobs_store_nothing() -> Result<()> {
     let k = key(&sluice_e2e::unique("q"));
     let failed = envelope(Some(&k));
     store.record_started(&failed, 1).await?;
-    let err = JobError {
-        message: "m".into(),
-        kind: "upstream_error".into(),
-        code: "upstream_server_error".into(),
-    };
+    let err = JobError::new(ErrorCode::UpstreamError, "m");
     store.record_ended(&failed, JobStatus::Failed, &err).await?;
     assert_eq!(store.cache_get(&k).await?, None);
 

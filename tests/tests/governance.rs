@@ -148,7 +148,7 @@ async fn budget_used(env: &TestEnv) -> Result<u64> {
     let (period, _) =
         sluice_governance::period::current(BudgetPeriod::Month, sluice_store::now_ms());
     let store = env.store()?;
-    let key = sluice_governance::GovKeys::new(store.keys().prefix()).budget("acme", &period);
+    let key = store.keys().budget("acme", &period);
     let mut conn = store.conn().await?;
     let v: Option<u64> = redis::cmd("HGET")
         .arg(key)

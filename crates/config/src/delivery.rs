@@ -22,7 +22,8 @@ pub struct DeliveryConfig {
     /// The worker batches streamed upstream chunks into one history event per this interval,
     /// which bounds a job's event history by its duration, not its token count.
     pub stream_flush_ms: u64,
-    /// Model ids listed by `GET /v1/models`.
+    /// The models `[upstream]` serves without a pool. `GET /v1/models` lists them, every
+    /// pool alias and the routing alias (`Config::model_ids`).
     pub models: Vec<String>,
     /// Running jobs one worker tracks for cancellation (its concurrency fits easily).
     pub max_tracked_jobs: usize,

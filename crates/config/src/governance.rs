@@ -282,6 +282,8 @@ mod tests {
     #[test]
     fn the_readme_example_parses_and_nonsense_is_refused() -> Result<(), crate::ConfigError> {
         let text = r#"
+[delivery]
+models = ["sim-small", "sim-large", "gpt-4o-mini"]
 [governance]
 admin_key_sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 max_in_flight_per_tenant = 32

@@ -9,6 +9,7 @@
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
 mod cache;
+mod catalog;
 mod delivery;
 mod env;
 mod governance;

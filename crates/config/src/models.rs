@@ -332,6 +332,8 @@ mod tests {
     #[test]
     fn pools_parse_and_validate() {
         let toml = r#"
+[delivery]
+models = ["small", "sim-small", "sim-large"]
 [models]
 retry_budget_ratio = 0.1
 [[models.pools]]

@@ -264,6 +264,7 @@ impl Config {
         self.webhooks.validate()?;
         self.governance.validate()?;
         self.models.validate()?;
+        self.check_model_references()?;
         let mut tenants = HashSet::new();
         let mut keys = HashSet::new();
         for t in &self.tenants {

@@ -15,73 +15,11 @@
 use sluice_config::{GovernanceConfig, Limit};
 use uuid::Uuid;
 
+use sluice_store::Lua;
+
 use crate::{GovernanceError, Governor, estimate::Usage, period};
 
-pub(crate) const ADMIT: &str = r#"
-local now = tonumber(ARGV[1])
-if redis.call('HGET', KEYS[1], 'disabled') == '1' then return {1, 0, 0, 0, 0, 0} end
-local loop_max = tonumber(ARGV[2])
-if loop_max > 0 then
-  local n = redis.call('INCR', KEYS[2])
-  if n == 1 then redis.call('PEXPIRE', KEYS[2], 60000) end
-  if n > loop_max then return {2, 0, redis.call('PTTL', KEYS[2]), 0, 0, 0} end
-end
-local nrate = tonumber(ARGV[10])
-local news = {}
-local best, best_ratio, best_rem, best_reset = 0, 2, 0, 0
-local token_dims = {}
-for i = 1, nrate do
-  local b = 10 + (i - 1) * 4
-  local T, tau, cost = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  local tat = tonumber(redis.call('GET', KEYS[5 + i]) or '0')
-  if tat < now then tat = now end
-  local new = tat + cost * T
-  if new - now > tau then
-    return {3, i, math.ceil(new - now - tau), 0, 0, 0}
-  end
-  news[i] = new
-  local rem = math.floor((tau - (new - now)) / T)
-  local ratio = (tau - (new - now)) / tau
-  if ratio < best_ratio then best, best_ratio, best_rem, best_reset = i, ratio, rem, math.ceil(new - now) end
-  if ARGV[b + 4] == '1' then table.insert(token_dims, {KEYS[5 + i], T}) end
-end
-local btok, bcost = tonumber(ARGV[3]), tonumber(ARGV[4])
-local kb = 11 + nrate * 4
-local ktok, kcost = tonumber(ARGV[kb]), tonumber(ARGV[kb + 1])
-local etok, ecost = tonumber(ARGV[5]), tonumber(ARGV[6])
-local used_t, used_c = 0, 0
-if btok > 0 or bcost > 0 then
-  used_t = tonumber(redis.call('HGET', KEYS[3], 'tokens') or '0')
-  used_c = tonumber(redis.call('HGET', KEYS[3], 'cost') or '0')
-  if btok > 0 and used_t + etok > btok then return {4, 1, 0, 0, 0, 0} end
-  if bcost > 0 and used_c + ecost > bcost then return {4, 2, 0, 0, 0, 0} end
-end
-if ktok > 0 or kcost > 0 then
-  local kt = tonumber(redis.call('HGET', KEYS[5], 'tokens') or '0')
-  local kc = tonumber(redis.call('HGET', KEYS[5], 'cost') or '0')
-  if ktok > 0 and kt + etok > ktok then return {4, 3, 0, 0, 0, 0} end
-  if kcost > 0 and kc + ecost > kcost then return {4, 4, 0, 0, 0, 0} end
-  redis.call('HINCRBY', KEYS[5], 'tokens', etok)
-  redis.call('HINCRBY', KEYS[5], 'cost', ecost)
-  redis.call('EXPIRE', KEYS[5], ARGV[kb + 2])
-end
-if btok > 0 or bcost > 0 then
-  redis.call('HINCRBY', KEYS[3], 'tokens', etok)
-  redis.call('HINCRBY', KEYS[3], 'cost', ecost)
-  redis.call('EXPIRE', KEYS[3], ARGV[8])
-end
-for i = 1, nrate do
-  redis.call('SET', KEYS[5 + i], tostring(news[i]), 'PX', math.ceil(news[i] - now) + 1000)
-end
-if ARGV[9] == '1' then
-  local budget, kbudget = '', ''
-  if btok > 0 or bcost > 0 then budget = KEYS[3] end
-  if ktok > 0 or kcost > 0 then kbudget = KEYS[5] end
-  redis.call('HSET', KEYS[4], 'tokens', etok, 'cost', ecost, 'budget', budget, 'kbudget', kbudget, 'rl', cjson.encode(token_dims))
-  redis.call('EXPIRE', KEYS[4], ARGV[7])
-end
-return {0, best, best_reset, best_rem, used_t + etok, used_c + ecost}
-"#;
+pub(crate) static ADMIT: Lua = Lua::new("admit", include_str!("../lua/admit.lua"));
 
 /// How long an unsettled reservation is kept (a job that never ends keeps its estimate).
 const RESERVATION_TTL_S: u64 = 7 * 24 * 3600;
@@ -232,11 +170,11 @@ impl Governor {
             return self.admit_unlimited(a, est_cost).await;
         }
 
-        let mut inv = self.scripts.admit.key(self.keys.tenant(a.tenant));
-        inv.key(self.keys.loop_counter(a.tenant, chain, a.prompt_hash))
-            .key(self.keys.budget(a.tenant, &period_name))
-            .key(self.keys.reservation(a.job))
-            .key(self.keys.key_budget(a.tenant, a.key_id, &key_period));
+        let mut inv = ADMIT.key(self.keys().tenant(a.tenant));
+        inv.key(self.keys().loop_counter(a.tenant, chain, a.prompt_hash))
+            .key(self.keys().budget(a.tenant, &period_name))
+            .key(self.keys().reservation(a.job))
+            .key(self.keys().key_budget(a.tenant, a.key_id, &key_period));
         for r in &rates {
             inv.key(&r.key);
         }
@@ -259,9 +197,7 @@ impl Governor {
         inv.arg(key_tokens)
             .arg(key_cost)
             .arg(key_reset_ms / 1000 + 3600);
-        let store = self.store();
-        let mut conn = store.conn().await?;
-        let reply: Vec<i64> = store.timed(inv.invoke_async(&mut conn)).await?;
+        let reply: Vec<i64> = self.store().invoke(&inv).await?;
         let [code, idx, ms, rem, used, used_cost] = <[i64; 6]>::try_from(reply).map_err(|r| {
             GovernanceError::Protocol(format!("admission returned {} values", r.len()))
         })?;
@@ -313,7 +249,7 @@ impl Governor {
         let disabled: Option<String> = self
             .query(
                 redis::cmd("HGET")
-                    .arg(self.keys.tenant(a.tenant))
+                    .arg(self.keys().tenant(a.tenant))
                     .arg("disabled")
                     .to_owned(),
             )
@@ -384,7 +320,7 @@ impl Governor {
                     continue;
                 }
                 out.push(RateArg {
-                    key: self.keys.rate(dim.as_str(), &subject, tokens),
+                    key: self.keys().rate(dim.as_str(), &subject, tokens),
                     policy: Policy {
                         dimension: dim,
                         tokens,

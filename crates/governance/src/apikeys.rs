@@ -62,16 +62,16 @@ impl Governor {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(
-                self.keys.api_key(&digest),
+                self.keys().api_key(&digest),
                 &[
                     ("tenant", tenant),
                     ("key_id", key_id.as_str()),
                     ("created_at", now_ms.to_string().as_str()),
                 ],
             )
-            .hset(self.keys.tenant_keys(tenant), &key_id, &digest)
-            .sadd(self.keys.tenants(), tenant)
-            .hset_nx(self.keys.tenant(tenant), "created_at", now_ms);
+            .hset(self.keys().tenant_keys(tenant), &key_id, &digest)
+            .sadd(self.keys().tenants(), tenant)
+            .hset_nx(self.keys().tenant(tenant), "created_at", now_ms);
         self.run(pipe).await?;
         Ok(CreatedKey {
             tenant: tenant.to_string(),
@@ -84,7 +84,7 @@ impl Governor {
         let ids: Vec<(String, String)> = self
             .query(
                 redis::cmd("HGETALL")
-                    .arg(self.keys.tenant_keys(tenant))
+                    .arg(self.keys().tenant_keys(tenant))
                     .to_owned(),
             )
             .await?;
@@ -110,8 +110,8 @@ impl Governor {
         };
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .del(self.keys.api_key(&digest))
-            .hdel(self.keys.tenant_keys(tenant), key_id);
+            .del(self.keys().api_key(&digest))
+            .hdel(self.keys().tenant_keys(tenant), key_id);
         self.run(pipe).await?;
         Ok(true)
     }
@@ -131,8 +131,11 @@ impl Governor {
         let created = self.create_key(tenant, now_ms).await?;
         let expires = now_ms + overlap_s * 1000;
         let mut pipe = redis::pipe();
-        pipe.hset(self.keys.api_key(&digest), "expires_at", expires)
-            .pexpire(self.keys.api_key(&digest), (overlap_s * 1000).max(1) as i64);
+        pipe.hset(self.keys().api_key(&digest), "expires_at", expires)
+            .pexpire(
+                self.keys().api_key(&digest),
+                (overlap_s * 1000).max(1) as i64,
+            );
         self.run(pipe).await?;
         Ok(Some(created))
     }
@@ -144,7 +147,7 @@ impl Governor {
         key_id: &str,
     ) -> Result<Option<String>, GovernanceError> {
         let cmd = redis::cmd("HGET")
-            .arg(self.keys.tenant_keys(tenant))
+            .arg(self.keys().tenant_keys(tenant))
             .arg(key_id)
             .to_owned();
         self.query(cmd).await
@@ -166,7 +169,7 @@ impl Governor {
         let f: HashMap<String, String> = self
             .query(
                 redis::cmd("HGETALL")
-                    .arg(self.keys.api_key(digest))
+                    .arg(self.keys().api_key(digest))
                     .to_owned(),
             )
             .await?;
@@ -193,10 +196,10 @@ impl Governor {
     ) -> Result<(), GovernanceError> {
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .sadd(self.keys.tenants(), id)
-            .hset_nx(self.keys.tenant(id), "created_at", now_ms)
+            .sadd(self.keys().tenants(), id)
+            .hset_nx(self.keys().tenant(id), "created_at", now_ms)
             .hset(
-                self.keys.tenant(id),
+                self.keys().tenant(id),
                 "disabled",
                 if disabled { "1" } else { "0" },
             );
@@ -206,8 +209,8 @@ impl Governor {
     /// Registers a tenant without touching its kill switch.
     pub async fn seed_tenant(&self, id: &str, now_ms: u64) -> Result<(), GovernanceError> {
         let mut pipe = redis::pipe();
-        pipe.atomic().sadd(self.keys.tenants(), id).hset_nx(
-            self.keys.tenant(id),
+        pipe.atomic().sadd(self.keys().tenants(), id).hset_nx(
+            self.keys().tenant(id),
             "created_at",
             now_ms,
         );
@@ -216,7 +219,7 @@ impl Governor {
 
     pub async fn list_tenants(&self) -> Result<Vec<TenantInfo>, GovernanceError> {
         let mut ids: Vec<String> = self
-            .query(redis::cmd("SMEMBERS").arg(self.keys.tenants()).to_owned())
+            .query(redis::cmd("SMEMBERS").arg(self.keys().tenants()).to_owned())
             .await?;
         ids.sort();
         let mut out = Vec::with_capacity(ids.len());
@@ -224,7 +227,7 @@ impl Governor {
             let d: Option<String> = self
                 .query(
                     redis::cmd("HGET")
-                        .arg(self.keys.tenant(&id))
+                        .arg(self.keys().tenant(&id))
                         .arg("disabled")
                         .to_owned(),
                 )

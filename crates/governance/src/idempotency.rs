@@ -14,14 +14,15 @@
 //! short lease only, so one whose ingest died before publishing frees the key soon; the
 //! accepted one lives for the whole window.
 
+use sluice_store::Lua;
 use uuid::Uuid;
 
 use crate::{GovernanceError, Governor};
 
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
+pub(crate) static RELEASE: Lua = Lua::new(
+    "idempotency_release",
+    include_str!("../lua/idempotency_release.lua"),
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -48,14 +49,14 @@ impl Governor {
         let value = format!("{body_hash} {job}");
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
-            .arg(self.keys.idempotency(tenant, key_hash))
+            .arg(self.keys().idempotency(tenant, key_hash))
             .arg(&value)
             .arg("NX")
             .arg("GET")
             .arg("EX")
             .arg(lease_s.clamp(1, self.config().idempotency_ttl_s))
             .cmd("GET")
-            .arg(self.keys.idempotency_accepted(tenant, key_hash));
+            .arg(self.keys().idempotency_accepted(tenant, key_hash));
         let store = self.store();
         let mut conn = store.conn().await?;
         let (previous, accepted): (Option<String>, Option<String>) =
@@ -86,13 +87,13 @@ impl Governor {
         let ttl = self.config().idempotency_ttl_s;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
-            .arg(self.keys.idempotency_accepted(tenant, key_hash))
+            .arg(self.keys().idempotency_accepted(tenant, key_hash))
             .arg(job.to_string())
             .arg("EX")
             .arg(ttl)
             .ignore()
             .cmd("EXPIRE")
-            .arg(self.keys.idempotency(tenant, key_hash))
+            .arg(self.keys().idempotency(tenant, key_hash))
             .arg(ttl)
             .ignore();
         let store = self.store();
@@ -109,12 +110,9 @@ impl Governor {
         body_hash: &str,
         job: Uuid,
     ) -> Result<(), GovernanceError> {
-        let script = redis::Script::new(RELEASE);
-        let mut inv = script.key(self.keys.idempotency(tenant, key_hash));
+        let mut inv = RELEASE.key(self.keys().idempotency(tenant, key_hash));
         inv.arg(format!("{body_hash} {job}"));
-        let store = self.store();
-        let mut conn = store.conn().await?;
-        let _: i64 = store.timed(inv.invoke_async(&mut conn)).await?;
+        let _: i64 = self.store().invoke(&inv).await?;
         Ok(())
     }
 }

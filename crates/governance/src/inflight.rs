@@ -7,31 +7,15 @@
 //! tenants' messages through. Deferrals are counted per job (`{p}deferred:{tenant}`), so the
 //! worker can tell them from failed attempts and back off the deferral delay.
 
+use sluice_store::Lua;
 use uuid::Uuid;
 
 use crate::{GovernanceError, Governor};
 
-pub(crate) const ACQUIRE: &str = r#"
-local now = tonumber(ARGV[3])
-local deferred = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[4]))
-  return {1, deferred, 0}
-end
-local all = redis.call('HGETALL', KEYS[1])
-local live = 0
-for i = 1, #all, 2 do
-  if tonumber(all[i + 1]) < now then redis.call('HDEL', KEYS[1], all[i]) else live = live + 1 end
-end
-if live >= tonumber(ARGV[2]) then
-  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-  redis.call('EXPIRE', KEYS[2], 86400)
-  return {0, deferred + 1, redis.call('HLEN', KEYS[2])}
-end
-redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[4]))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
-return {1, deferred, 0}
-"#;
+pub(crate) static ACQUIRE: Lua = Lua::new(
+    "inflight_acquire",
+    include_str!("../lua/inflight_acquire.lua"),
+);
 
 /// The answer to [`Governor::acquire_in_flight`]; `deferrals` counts how often the job was
 /// deferred so far (these deliveries are not attempts), `waiting` how many of the tenant's
@@ -70,19 +54,13 @@ impl Governor {
         if cap == 0 {
             return Ok(Slot::Acquired { deferrals: 0 });
         }
-        let mut inv = self
-            .scripts
-            .inflight_acquire
-            .key(self.keys.inflight(tenant));
-        inv.key(self.keys.deferred(tenant))
+        let mut inv = ACQUIRE.key(self.keys().inflight(tenant));
+        inv.key(self.keys().deferred(tenant))
             .arg(job.to_string())
             .arg(cap)
             .arg(now_ms)
             .arg(lease_ms);
-        let store = self.store();
-        let mut conn = store.conn().await?;
-        let (ok, deferrals, waiting): (i64, u64, u64) =
-            store.timed(inv.invoke_async(&mut conn)).await?;
+        let (ok, deferrals, waiting): (i64, u64, u64) = self.store().invoke(&inv).await?;
         Ok(if ok == 1 {
             Slot::Acquired { deferrals }
         } else {
@@ -101,8 +79,8 @@ impl Governor {
         let store = self.store();
         let mut conn = store.conn().await?;
         let mut pipe = redis::pipe();
-        pipe.hdel(self.keys.inflight(tenant), job.to_string())
-            .hdel(self.keys.deferred(tenant), job.to_string());
+        pipe.hdel(self.keys().inflight(tenant), job.to_string())
+            .hdel(self.keys().deferred(tenant), job.to_string());
         let _: redis::Value = store.timed(pipe.query_async(&mut conn)).await?;
         Ok(())
     }

@@ -2,7 +2,6 @@
 //! kept in Redis so that it holds exactly across any number of ingest and worker replicas.
 //!
 //! # Layout
-//! - [`keys`]: the governance part of the Redis key schema (under the store's prefix).
 //! - [`admission`]: one Lua script per request checks the kill switch, loop detection, every
 //!   rate-limit dimension (GCRA for requests and tokens) and the budgets, and only if all
 //!   pass commits them together and records the job's token/cost reservation.
@@ -14,23 +13,25 @@
 //!   short-TTL bounded cache, so a revocation reaches every replica within seconds.
 //! - [`idempotency`]: `Idempotency-Key` → first job id, per tenant, with the body hash.
 //! - [`inflight`]: the per-tenant cap on jobs running across all workers.
+//!
+//! The scripts are `lua/*.lua` files (each opens with its KEYS/ARGV contract), run through
+//! the store's one loader ([`sluice_store::scripts`]); every key is built by the store's key
+//! schema ([`sluice_store::Keys`]).
 
 pub mod admission;
 pub mod apikeys;
 pub mod estimate;
 pub mod idempotency;
 pub mod inflight;
-pub mod keys;
 pub mod period;
 pub mod settle;
 
 use std::sync::Arc;
 
 use sluice_config::GovernanceConfig;
-use sluice_store::{Store, StoreError};
+use sluice_store::{Keys, Lua, Store, StoreError};
 
 pub use admission::{Admission, Decision, Dimension, Refusal};
-pub use keys::GovKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GovernanceError {
@@ -50,30 +51,15 @@ impl From<redis::RedisError> for GovernanceError {
 #[derive(Clone)]
 pub struct Governor {
     store: Store,
-    keys: GovKeys,
     cfg: Arc<GovernanceConfig>,
-    scripts: Arc<Scripts>,
-}
-
-struct Scripts {
-    admit: redis::Script,
-    settle: redis::Script,
-    inflight_acquire: redis::Script,
 }
 
 impl Governor {
     /// Shares the job store's connection pool and key prefix.
     pub fn new(store: Store, cfg: GovernanceConfig) -> Governor {
-        let keys = GovKeys::new(store.keys().prefix());
         Governor {
             store,
-            keys,
             cfg: Arc::new(cfg),
-            scripts: Arc::new(Scripts {
-                admit: redis::Script::new(admission::ADMIT),
-                settle: redis::Script::new(settle::SETTLE),
-                inflight_acquire: redis::Script::new(inflight::ACQUIRE),
-            }),
         }
     }
 
@@ -81,11 +67,20 @@ impl Governor {
         &self.cfg
     }
 
-    pub fn keys(&self) -> &GovKeys {
-        &self.keys
+    /// The key schema (the store's: governance keys live under the same prefix).
+    pub fn keys(&self) -> &Keys {
+        self.store.keys()
     }
 
     pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 }
+
+/// The governance scripts (for the contract and compile checks).
+pub const SCRIPTS: &[&Lua] = &[
+    &admission::ADMIT,
+    &settle::SETTLE,
+    &inflight::ACQUIRE,
+    &idempotency::RELEASE,
+];

@@ -12,38 +12,12 @@
 //! so a streamed job settles exactly what the same job unstreamed would.
 
 use serde_json::Value;
+use sluice_store::Lua;
 use uuid::Uuid;
 
 use crate::{GovernanceError, Governor, estimate::Usage};
 
-pub(crate) const SETTLE: &str = r#"
-local r = redis.call('HGETALL', KEYS[1])
-if #r == 0 then return 0 end
-local h = {}
-for i = 1, #r, 2 do h[r[i]] = r[i + 1] end
-redis.call('DEL', KEYS[1])
-local now = tonumber(ARGV[3])
-local dt = tonumber(ARGV[1]) - tonumber(h.tokens)
-local dc = tonumber(ARGV[2]) - tonumber(h.cost)
-for _, b in ipairs({h.budget or '', h.kbudget or ''}) do
-  if b ~= '' and redis.call('EXISTS', b) == 1 then
-    redis.call('HINCRBY', b, 'tokens', dt)
-    redis.call('HINCRBY', b, 'cost', dc)
-  end
-end
-for _, e in ipairs(cjson.decode(h.rl)) do
-  local tat = tonumber(redis.call('GET', e[1]) or '0')
-  if tat > 0 then
-    local new = tat + dt * e[2]
-    if new > now then
-      redis.call('SET', e[1], tostring(new), 'PX', math.ceil(new - now) + 1000)
-    else
-      redis.call('DEL', e[1])
-    end
-  end
-end
-return 1
-"#;
+pub(crate) static SETTLE: Lua = Lua::new("settle", include_str!("../lua/settle.lua"));
 
 impl Governor {
     /// Settles job `job` of `model` against `usage`. `Ok(true)` if this call settled it,
@@ -56,11 +30,9 @@ impl Governor {
         now_ms: u64,
     ) -> Result<bool, GovernanceError> {
         let cost = crate::estimate::cost_micro_usd(self.config(), model, usage);
-        let mut inv = self.scripts.settle.key(self.keys.reservation(job));
+        let mut inv = SETTLE.key(self.keys().reservation(job));
         inv.arg(usage.total()).arg(cost).arg(now_ms);
-        let store = self.store();
-        let mut conn = store.conn().await?;
-        let settled: i64 = store.timed(inv.invoke_async(&mut conn)).await?;
+        let settled: i64 = self.store().invoke(&inv).await?;
         if settled == 1 {
             metrics::counter!("sluice_governance_settled_tokens_total").increment(usage.total());
         }

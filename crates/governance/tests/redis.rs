@@ -463,3 +463,11 @@ async fn only_budgets_and_token_limits_need_the_estimate() {
         "another tenant's budget"
     );
 }
+
+#[tokio::test]
+async fn every_script_states_its_contract_and_compiles() {
+    let store = sluice_store::Store::new(&redis_cfg()).unwrap();
+    sluice_store::scripts::check(&store, sluice_governance::SCRIPTS)
+        .await
+        .unwrap();
+}

@@ -1,7 +1,8 @@
 //! Job states (OpenAI's batch vocabulary) and the rule that keeps transitions monotonic.
 //!
-//! The store enforces the same rule atomically in Redis (see `sluice-store`); this module is
-//! the reference the Lua script is tested against.
+//! The store enforces the same rule atomically in Redis: `sluice-store` generates the Lua
+//! scripts' table of allowed transitions from [`JobStatus::may_become`], and a table test runs
+//! every `(from, to)` pair through the scripts against Redis.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,16 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Every state, in rank order.
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::InProgress,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+        JobStatus::Expired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Queued => "queued",
@@ -101,7 +112,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for s in [Queued, InProgress, Completed, Failed, Cancelled, Expired] {
+        for s in JobStatus::ALL {
             assert_eq!(JobStatus::parse(s.as_str()), Some(s));
         }
     }

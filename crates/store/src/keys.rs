@@ -1,4 +1,8 @@
-//! The Redis key schema. Every key Sluice writes is built here, under one prefix.
+//! The Redis key schema: every key Sluice writes is built here, under one configurable prefix
+//! (`redis.prefix`). The store owns it because it owns Redis; the governance crate, which
+//! builds on the store, reaches it through `Governor::keys()`, so no other crate formats a key.
+//!
+//! Jobs and webhooks:
 //!
 //! | key | type | what |
 //! |---|---|---|
@@ -14,6 +18,24 @@
 //! A job's keys expire [`crate::PENDING_TTL_S`] (a week, or `redis.result_ttl_s` if longer)
 //! after the job was queued, and `redis.result_ttl_s` after it ended; webhook endpoints live
 //! until deleted.
+//!
+//! Governance (`sluice-governance`):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{p}rl:{dim}:{subject}:{r\|t}` | string | GCRA theoretical arrival time (ms) of one limit |
+//! | `{p}budget:{tenant}:{period}` | hash | `tokens`, `cost` (micro-USD): settled + reserved |
+//! | `{p}kbudget:{tenant}:{key id}:{period}` | hash | the same for one API key's budget |
+//! | `{p}res:{job}` | hash | a job's reservation until it is settled |
+//! | `{p}loop:{tenant}:{chain}:{prompt hash}` | string | requests this minute |
+//! | `{p}idem:{tenant}:{key hash}` | string | `body hash` and first job id |
+//! | `{p}idem:{tenant}:{key hash}:ok` | string | that job's id, once the broker took it |
+//! | `{p}tenant:{id}` | hash | `disabled` (kill switch), `created_at` |
+//! | `{p}tenants` | set | tenant ids known to the admin API |
+//! | `{p}apikey:{sha256}` | hash | tenant, key id, created/expires/revoked |
+//! | `{p}apikeys:{tenant}` | hash | key id → sha256 |
+//! | `{p}inflight:{tenant}` | hash | job id → lease expiry (ms) of running jobs |
+//! | `{p}deferred:{tenant}` | hash | job id → times deferred at the in-flight cap |
 
 use uuid::Uuid;
 
@@ -67,17 +89,113 @@ impl Keys {
     pub fn cache_lead(&self, key: &sluice_cache::CacheKey) -> String {
         format!("{}cache:{{{}}}:lead", self.prefix, key.hex())
     }
+
+    /// GCRA state of one rate limit: `dim` is the dimension's name, `subject` who it counts.
+    pub fn rate(&self, dim: &str, subject: &str, tokens: bool) -> String {
+        format!(
+            "{}rl:{dim}:{subject}:{}",
+            self.prefix,
+            if tokens { "t" } else { "r" }
+        )
+    }
+
+    pub fn budget(&self, tenant: &str, period: &str) -> String {
+        format!("{}budget:{tenant}:{period}", self.prefix)
+    }
+
+    pub fn key_budget(&self, tenant: &str, key_id: &str, period: &str) -> String {
+        format!("{}kbudget:{tenant}:{key_id}:{period}", self.prefix)
+    }
+
+    pub fn reservation(&self, job: Uuid) -> String {
+        format!("{}res:{job}", self.prefix)
+    }
+
+    pub fn loop_counter(&self, tenant: &str, chain: &str, prompt_hash: &str) -> String {
+        format!("{}loop:{tenant}:{chain}:{prompt_hash}", self.prefix)
+    }
+
+    pub fn idempotency(&self, tenant: &str, key_hash: &str) -> String {
+        format!("{}idem:{tenant}:{key_hash}", self.prefix)
+    }
+
+    pub fn idempotency_accepted(&self, tenant: &str, key_hash: &str) -> String {
+        format!("{}idem:{tenant}:{key_hash}:ok", self.prefix)
+    }
+
+    pub fn tenant(&self, id: &str) -> String {
+        format!("{}tenant:{id}", self.prefix)
+    }
+
+    pub fn tenants(&self) -> String {
+        format!("{}tenants", self.prefix)
+    }
+
+    pub fn api_key(&self, sha256: &str) -> String {
+        format!("{}apikey:{sha256}", self.prefix)
+    }
+
+    pub fn tenant_keys(&self, tenant: &str) -> String {
+        format!("{}apikeys:{tenant}", self.prefix)
+    }
+
+    pub fn inflight(&self, tenant: &str) -> String {
+        format!("{}inflight:{tenant}", self.prefix)
+    }
+
+    pub fn deferred(&self, tenant: &str) -> String {
+        format!("{}deferred:{tenant}", self.prefix)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The key names are a stored format (records outlive a deploy): they stay byte for byte.
     #[test]
-    fn keys_live_under_the_prefix() {
+    fn key_names_are_stable() {
         let k = Keys::new("t1:");
         let id = Uuid::nil();
-        assert_eq!(k.job(id), "t1:job:00000000-0000-0000-0000-000000000000");
-        assert!(k.job_events(id).starts_with("t1:job:"));
+        let nil = "00000000-0000-0000-0000-000000000000";
+        let cases = [
+            (k.job(id), format!("t1:job:{nil}")),
+            (k.job_events(id), format!("t1:job:{nil}:events")),
+            (k.rejected(id), format!("t1:rejected:{nil}")),
+            (k.tenant_hooks("acme"), "t1:hooks:acme".into()),
+            (k.hook("h1"), "t1:hook:h1".into()),
+            (k.hook_log("h1"), "t1:hook:h1:log".into()),
+            (
+                k.rate("model", "acme:m", true),
+                "t1:rl:model:acme:m:t".into(),
+            ),
+            (
+                k.rate("tenant", "acme", false),
+                "t1:rl:tenant:acme:r".into(),
+            ),
+            (
+                k.budget("acme", "d20261201"),
+                "t1:budget:acme:d20261201".into(),
+            ),
+            (
+                k.key_budget("acme", "k1", "d20261201"),
+                "t1:kbudget:acme:k1:d20261201".into(),
+            ),
+            (k.reservation(id), format!("t1:res:{nil}")),
+            (
+                k.loop_counter("acme", "-", "ab"),
+                "t1:loop:acme:-:ab".into(),
+            ),
+            (k.idempotency("acme", "ab"), "t1:idem:acme:ab".into()),
+            (k.tenant("acme"), "t1:tenant:acme".into()),
+            (k.tenants(), "t1:tenants".into()),
+            (k.api_key("ab"), "t1:apikey:ab".into()),
+            (k.tenant_keys("acme"), "t1:apikeys:acme".into()),
+            (k.inflight("acme"), "t1:inflight:acme".into()),
+            (k.deferred("acme"), "t1:deferred:acme".into()),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
     }
 }

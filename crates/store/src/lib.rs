@@ -7,6 +7,8 @@
 //!   transition atomically, so ingest and any number of workers can race safely).
 //! - [`record`]: the typed job record read back from Redis.
 //! - [`replay`]: the audited operator replay (failed → queued) and the routing record.
+//! - [`scripts`]: the one loader of every Redis script (the store's `lua/*.lua` and the
+//!   governance crate's), each a file that opens with its KEYS/ARGV contract.
 //! - [`webhooks`]: webhook endpoints, per-job webhook targets and delivery logs.
 
 pub mod cache;
@@ -14,6 +16,7 @@ pub mod jobs;
 pub mod keys;
 pub mod record;
 pub mod replay;
+pub mod scripts;
 pub mod webhooks;
 
 use std::time::Duration;
@@ -26,6 +29,7 @@ pub use jobs::{JobError, RecordBase, Transition};
 pub use keys::Keys;
 pub use record::JobRecord;
 pub use replay::Replay;
+pub use scripts::Lua;
 pub use webhooks::{Endpoint, HookTargets};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +80,6 @@ pub struct Store {
     /// How long the record of a job that has not ended is kept: see [`PENDING_TTL_S`].
     pending_ttl_s: u64,
     timeout: Duration,
-    scripts: std::sync::Arc<jobs::Scripts>,
 }
 
 impl Store {
@@ -107,7 +110,6 @@ impl Store {
             ttl_s: cfg.result_ttl_s,
             pending_ttl_s: cfg.result_ttl_s.max(PENDING_TTL_S),
             timeout,
-            scripts: std::sync::Arc::new(jobs::Scripts::new()),
         })
     }
 

@@ -214,13 +214,12 @@ async fn answer(
     Ok(resp)
 }
 
-/// `GET /v1/models`: the configured model ids in OpenAI's list format.
+/// `GET /v1/models`: the configured models (`Config::model_ids`) in OpenAI's list format.
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
     let data: Vec<Value> = state
         .cfg
-        .delivery
-        .models
-        .iter()
+        .model_ids()
+        .into_iter()
         .map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "sluice" }))
         .collect();
     Json(json!({ "object": "list", "data": data }))
