@@ -543,6 +543,7 @@ mod tests {
             metadata: BTreeMap::new(),
             stream: false,
             reserved: false,
+            cache: None,
         }
     }
 
