@@ -66,6 +66,10 @@ async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> 
     match d.settle {
         Settle::Nothing => {}
         Settle::Zero => governance::settle(shared, env, Default::default()).await,
+        Settle::Reservation => {
+            let usage = governance::reserved_usage(env);
+            governance::settle(shared, env, usage).await;
+        }
         Settle::Recorded => {
             let usage = governance::recorded_usage(shared, env).await;
             governance::settle(shared, env, usage).await;

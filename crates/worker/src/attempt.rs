@@ -68,6 +68,9 @@ pub enum Settle {
     Recorded,
     /// Return the reservation: nothing was used.
     Zero,
+    /// Charge what admission reserved for the request: it ran, and what it used is not
+    /// known (a job cancelled mid-call generated and may have streamed tokens).
+    Reservation,
 }
 
 /// What to tell the broker.
@@ -163,7 +166,7 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
             settle: Settle::Zero,
             broker: Broker::Ack(Outcome::Expired),
         },
-        Ran::Cancelled => ack(Outcome::Cancelled, Settle::Zero),
+        Ran::Cancelled => ack(Outcome::Cancelled, Settle::Reservation),
         Ran::Released => Decision {
             record: Record::Nothing,
             settle: Settle::Nothing,
@@ -311,7 +314,7 @@ mod tests {
                 5,
                 Ran::Cancelled,
                 Record::Nothing,
-                Settle::Zero,
+                Settle::Reservation,
                 is(Broker::Ack(Outcome::Cancelled)),
             ),
             (
