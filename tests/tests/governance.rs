@@ -757,3 +757,45 @@ async fn the_cost_budget_soft_threshold_is_reported() -> Result<()> {
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_still_charges_the_budget() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.governance.tenants.insert(
+        "acme".into(),
+        TenantPolicy {
+            budget: Budget {
+                period: BudgetPeriod::Month,
+                tokens: 1_000_000,
+                cost_usd: 0.0,
+            },
+            ..Default::default()
+        },
+    );
+    let sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    let body = chat_body("a long answer, then cancelled [[sim:sleep=20000]]");
+    let id = api.submit_ok(&body).await?;
+    api.wait_status(&id, &["in_progress"], LONG).await?;
+    wait_until(LONG, || async { Ok(sim.counters().in_flight == 1) }).await?;
+    let r = env
+        .http
+        .post(format!("{}/v1/jobs/{id}/cancel", ingest.base_url()))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    wait_until(LONG, || async { Ok(sim.counters().in_flight == 0) }).await?;
+    // Settled (not returned): submit-then-cancel must not be a way around the budget.
+    let reserved = sluice_governance::estimate::request(&body).total();
+    // The worker acknowledged the message, so it settled (during the call the reservation
+    // reads the same; before the fix the settlement returned it and this read 0).
+    sluice_e2e::wait_jobs_settled(&env.queue().await?, LONG).await?;
+    assert_eq!(budget_used(&env).await?, reserved);
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

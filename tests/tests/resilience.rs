@@ -314,3 +314,86 @@ async fn sigterm_releases_jobs_that_outlast_the_grace_period() -> Result<()> {
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+/// A Redis of this test's own (so pausing it disturbs no other test), stopped on drop.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start() -> Result<OwnRedis> {
+        let bin = std::env::var("SLUICE_TEST_REDIS_BIN").unwrap_or_else(|_| "redis-server".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        Ok(OwnRedis { child, port })
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill {sig} failed");
+        Ok(())
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_loses_no_job_and_burns_no_attempt() -> Result<()> {
+    let redis = OwnRedis::start()?;
+    let mut env = TestEnv::new();
+    env.cfg.redis.url = format!("redis://127.0.0.1:{}", redis.port);
+    env.cfg.redis.command_timeout_ms = 1000;
+    // Three attempts with backoff of at most 0.5 s: spent in about a second if store errors
+    // counted. The pause lasts several times that.
+    env.cfg.worker.max_attempts = 3;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let body = chat_body(&format!("outage {i}"));
+        // Our Redis may still be warming up: retry a refused admission a few times.
+        let mut tries = 0;
+        let id = loop {
+            match api.submit_ok(&body).await {
+                Ok(id) => break id,
+                Err(_) if tries < 10 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        ids.push(id);
+    }
+
+    redis.signal("-STOP")?;
+    let worker = env.worker().await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    redis.signal("-CONT")?;
+
+    for id in &ids {
+        let job = api.wait_status(id, &["completed", "failed"], LONG).await?;
+        assert_eq!(job["status"], "completed", "{job}");
+        assert_eq!(job["attempts"], 1, "store errors are not attempts: {job}");
+    }
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

@@ -9,6 +9,8 @@
 //! - [`dead_letter`]: moving a message to the dead-letter stream with its reason.
 //! - [`dlq`]: listing, showing and replaying dead letters.
 //! - [`notify`]: core NATS job-event notifications and cancellation broadcasts.
+//! - [`puller`]: no-wait pull requests over one long-lived inbox per consumer.
+//! - [`backlog`]: how much work waits per priority class (load shedding).
 
 pub mod backlog;
 pub mod consumer;

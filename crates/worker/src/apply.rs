@@ -16,6 +16,7 @@ use crate::{
     attempt::{Broker, Decision, Ran, Record, Settle, decide},
     backoff::redelivery_delay,
     governance,
+    hold::Hold,
 };
 
 /// The job a delivery carried, once it held an in-flight slot, and its attempt number.
@@ -31,10 +32,17 @@ pub async fn apply(
     delivery: Delivery,
     job: Option<Running<'_>>,
     decision: Decision,
+    hold: &mut Hold<'_>,
 ) {
     let broker = match &job {
         Some(job) => {
-            let broker = record_and_settle(shared, job, decision).await;
+            let broker = loop {
+                // A write that failed is tried again while the message is held.
+                let broker = record_and_settle(shared, job, &decision).await;
+                if let Some(broker) = hold.wait(&delivery, broker).await {
+                    break broker;
+                }
+            };
             governance::release(shared, job.env).await;
             broker
         }
@@ -43,7 +51,7 @@ pub async fn apply(
     tell_broker(shared, delivery, job.as_ref(), broker).await;
 }
 
-async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: Decision) -> Broker {
+async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> Broker {
     let env = job.env;
     let written = match &d.record {
         Record::Nothing => Ok(()),
@@ -58,12 +66,16 @@ async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: Decision) -> B
     match d.settle {
         Settle::Nothing => {}
         Settle::Zero => governance::settle(shared, env, Default::default()).await,
+        Settle::Reservation => {
+            let usage = governance::reserved_usage(env);
+            governance::settle(shared, env, usage).await;
+        }
         Settle::Recorded => {
             let usage = governance::recorded_usage(shared, env).await;
             governance::settle(shared, env, usage).await;
         }
     }
-    d.broker
+    d.broker.clone()
 }
 
 /// Recording the result, settling the usage and reading the webhook targets are
@@ -164,7 +176,8 @@ async fn tell_broker(
             );
             delivery.nak(delay).await
         }
-        Broker::Release => delivery.nak(Duration::ZERO).await,
+        // Holding ends in `Retry` or `Release` (see `Hold::wait`); never reached.
+        Broker::Release | Broker::Wait(_) => delivery.nak(Duration::ZERO).await,
         Broker::Defer(delay) => delivery.nak(delay).await,
         Broker::DeadLetter { reason, error } => {
             let tenant = env.map_or("unknown", |e| e.tenant.as_str());

@@ -68,10 +68,13 @@ pub enum Settle {
     Recorded,
     /// Return the reservation: nothing was used.
     Zero,
+    /// Charge what admission reserved for the request: it ran, and what it used is not
+    /// known (a job cancelled mid-call generated and may have streamed tokens).
+    Reservation,
 }
 
 /// What to tell the broker.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Broker {
     Ack(Outcome),
     /// NAK with the backoff of the attempt, at least `at_least`.
@@ -79,6 +82,9 @@ pub enum Broker {
         reason: RetryReason,
         at_least: Option<Duration>,
     },
+    /// Keep the message: wait in the worker, then try the same step again. Not an attempt
+    /// (see [`crate::hold`]).
+    Wait(RetryReason),
     /// NAK with exactly this delay (a deferral: not an attempt).
     Defer(Duration),
     /// NAK at once (shutting down: another replica takes it).
@@ -121,6 +127,11 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
         settle: Settle::Nothing,
         broker: Broker::Retry { reason, at_least },
     };
+    let wait = |reason| Decision {
+        record: Record::Nothing,
+        settle: Settle::Nothing,
+        broker: Broker::Wait(reason),
+    };
     match ran {
         Ran::Undecodable(error) => Decision {
             record: Record::Nothing,
@@ -155,7 +166,7 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
             settle: Settle::Zero,
             broker: Broker::Ack(Outcome::Expired),
         },
-        Ran::Cancelled => ack(Outcome::Cancelled, Settle::Zero),
+        Ran::Cancelled => ack(Outcome::Cancelled, Settle::Reservation),
         Ran::Released => Decision {
             record: Record::Nothing,
             settle: Settle::Nothing,
@@ -181,8 +192,9 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
             ErrorClass::Retryable if attempt >= max => exhausted(attempt, max, Some(e.code())),
             ErrorClass::Retryable => retry(RetryReason::UpstreamRetry, e.retry_after()),
         },
-        Ran::StoreUnavailable => retry(RetryReason::StoreUnavailable, None),
-        Ran::WebhooksNotEnqueued => retry(RetryReason::WebhookEmit, None),
+        // Infrastructure errors do not spend attempts.
+        Ran::StoreUnavailable => wait(RetryReason::StoreUnavailable),
+        Ran::WebhooksNotEnqueued => wait(RetryReason::WebhookEmit),
     }
 }
 
@@ -302,7 +314,7 @@ mod tests {
                 5,
                 Ran::Cancelled,
                 Record::Nothing,
-                Settle::Zero,
+                Settle::Reservation,
                 is(Broker::Ack(Outcome::Cancelled)),
             ),
             (
@@ -369,13 +381,22 @@ mod tests {
                 Settle::Zero,
                 Box::new(dead(DeadLetterReason::MaxAttempts)),
             ),
+            // Infrastructure errors keep the message, whatever the attempt.
             (
                 1,
                 5,
                 Ran::StoreUnavailable,
                 Record::Nothing,
                 Settle::Nothing,
-                is(retry(RetryReason::StoreUnavailable, None)),
+                is(Broker::Wait(RetryReason::StoreUnavailable)),
+            ),
+            (
+                5,
+                5,
+                Ran::StoreUnavailable,
+                Record::Nothing,
+                Settle::Nothing,
+                is(Broker::Wait(RetryReason::StoreUnavailable)),
             ),
             (
                 1,
@@ -383,7 +404,15 @@ mod tests {
                 Ran::WebhooksNotEnqueued,
                 Record::Nothing,
                 Settle::Nothing,
-                is(retry(RetryReason::WebhookEmit, None)),
+                is(Broker::Wait(RetryReason::WebhookEmit)),
+            ),
+            (
+                2,
+                5,
+                Ran::Upstream(CallError::BudgetExhausted),
+                Record::Nothing,
+                Settle::Nothing,
+                is(retry(RetryReason::UpstreamRetry, None)),
             ),
         ];
         for (attempt, max, ran, record, settle, broker) in cases {

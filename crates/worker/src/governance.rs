@@ -14,8 +14,9 @@
 //! `worker.max_attempts` real attempts).
 //!
 //! Settlement (what to settle is decided in [`crate::attempt`]): a job that completed
-//! settles against the `usage` in its response (plain or streamed); any other terminal
-//! outcome settles with zero usage, returning the reservation. Settling is exactly once per
+//! settles against the `usage` in its response (plain or streamed); a job cancelled while it
+//! ran is charged its reservation (tokens were generated, and may have been streamed); any
+//! other terminal outcome settles with zero usage, returning the reservation. Settling is exactly once per
 //! job id whatever the number of deliveries. A job whose envelope says admission reserved
 //! nothing (no budget or token limit applied) skips it.
 
@@ -91,6 +92,14 @@ pub async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) {
     if let Err(e) = shared.gov.settle(env.id, &env.model, usage, now_ms()).await {
         tracing::warn!(job = %env.id, error = %e, "cannot settle the job's reservation");
     }
+}
+
+/// What admission reserved for the job's request (its estimate: prompt plus the output
+/// allowance).
+pub fn reserved_usage(env: &JobEnvelope) -> Usage {
+    serde_json::from_slice(&env.request)
+        .map(|r| sluice_governance::estimate::request(&r))
+        .unwrap_or_default()
 }
 
 /// The usage in the job's stored result (a redelivery of a finished job).

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use sluice_protocol::JobEnvelope;
+use sluice_providers::CallError;
 use sluice_queue::Delivery;
 use sluice_store::{Transition, now_ms};
 use tokio_util::sync::CancellationToken;
@@ -15,35 +16,48 @@ use crate::{
     apply::{Running, apply},
     attempt::{Ran, decide},
     governance::{self, Gate},
+    hold::Hold,
     streamed::StreamError,
 };
 
 /// Runs the delivery to its end: decided, recorded, settled and answered to the broker.
 pub async fn run(shared: &Shared, delivery: Delivery, stop: &CancellationToken) {
     let max = u64::from(shared.cfg.worker.max_attempts);
+    let mut hold = Hold::new(shared, stop);
     let env = match JobEnvelope::decode(delivery.payload()) {
         Ok(env) => env,
         Err(e) => {
             let decision = decide(0, max, Ran::Undecodable(e.to_string()));
-            return apply(shared, delivery, None, decision).await;
+            return apply(shared, delivery, None, decision, &mut hold).await;
         }
     };
     // Deliveries that were deferrals at the tenant's in-flight cap are not attempts.
     let deferrals = match governance::acquire(shared, &env).await {
         Gate::Run { deferrals } => deferrals,
         Gate::Defer { delay } => {
-            return apply(shared, delivery, None, decide(0, max, Ran::Deferred(delay))).await;
+            let decision = decide(0, max, Ran::Deferred(delay));
+            return apply(shared, delivery, None, decision, &mut hold).await;
         }
     };
     let attempt = delivery.delivered().saturating_sub(deferrals).max(1);
-    let ran = if attempt > max {
-        Ran::OutOfAttempts
-    } else {
-        started(shared, &delivery, stop, &env, attempt).await
+    let decision = loop {
+        let ran = if attempt > max {
+            Ran::OutOfAttempts
+        } else {
+            started(shared, &delivery, stop, &env, attempt).await
+        };
+        // An infrastructure error keeps the message and tries the attempt again.
+        let mut decision = decide(attempt, max, ran);
+        match hold.wait(&delivery, decision.broker.clone()).await {
+            None => continue,
+            Some(broker) => {
+                decision.broker = broker;
+                break decision;
+            }
+        }
     };
-    let decision = decide(attempt, max, ran);
     let job = Running { env: &env, attempt };
-    apply(shared, delivery, Some(job), decision).await;
+    apply(shared, delivery, Some(job), decision, &mut hold).await;
 }
 
 async fn started(
@@ -87,6 +101,11 @@ async fn started(
     };
     match result {
         Ok(body) => Ran::Answered(body),
+        Err(StreamError::Upstream(CallError::BudgetExhausted)) => {
+            // No call was made: not an upstream failure.
+            tracing::info!(job = %env.id, tenant = %env.tenant, attempt, "the retry budget refused the call");
+            Ran::Upstream(CallError::BudgetExhausted)
+        }
         Err(StreamError::Upstream(e)) => {
             let code = e.code().as_str();
             metrics::counter!("sluice_worker_upstream_errors_total", "code" => code).increment(1);
@@ -100,7 +119,7 @@ async fn started(
     }
 }
 
-async fn with_heartbeats<F, T>(call: F, delivery: &Delivery, every: Duration) -> T
+pub(crate) async fn with_heartbeats<F, T>(call: F, delivery: &Delivery, every: Duration) -> T
 where
     F: std::future::Future<Output = T>,
 {

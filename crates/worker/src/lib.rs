@@ -4,10 +4,22 @@
 //! broker for exactly as many messages as it has free slots — `high` first, then `normal`,
 //! then `low`, with a guaranteed share for the lower classes ([`schedule`]) — so nothing
 //! waits unacknowledged on the client. Each job runs in its own task ([`job`]), and its
-//! delivery is settled in one place ([`settle`]) only after the outcome is in Redis.
+//! delivery is settled in one place ([`apply`]) only after the outcome is in Redis.
 //!
 //! On shutdown the loop stops fetching; in-flight jobs get `worker.shutdown_grace_s` to
 //! finish, then are released to the broker for another replica.
+//!
+//! # Layout
+//! - [`job`]: one delivery — decode, in-flight slot, start, upstream call with heartbeats.
+//! - [`attempt`]: the pure `decide` from what the delivery came to, to a decision.
+//! - [`apply`]: performs a decision — records the end, settles, acks/NAKs/dead-letters.
+//! - [`call`]: the upstream call of one attempt (routing, then the model pools);
+//!   [`streamed`]: the same for `stream: true`, forwarding chunks as job events.
+//! - [`hold`]: keeping a message through a store outage instead of spending attempts.
+//! - [`governance`]: the per-tenant in-flight cap (deferrals) and settling reservations.
+//! - [`backoff`]: redelivery delays; [`schedule`]: the fetch order between priorities.
+//! - [`cancel`]: cancelling running jobs; [`advisory`]: dead-lettering what the server
+//!   stopped delivering.
 
 pub mod advisory;
 pub mod apply;
@@ -16,6 +28,7 @@ pub mod backoff;
 pub mod call;
 pub mod cancel;
 pub mod governance;
+pub mod hold;
 pub mod job;
 pub mod schedule;
 pub mod streamed;

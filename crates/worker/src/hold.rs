@@ -1,0 +1,73 @@
+//! Keeping a message through an infrastructure outage instead of spending its attempts.
+//!
+//! A NAK is a delivery, and deliveries are attempts: if every Redis error NAKed, a store
+//! outage of some seconds would end queued jobs `failed max_attempts_exceeded` without one
+//! upstream call. So when [`crate::attempt::decide`] says [`Broker::Wait`] (the store could
+//! not be written, webhooks could not be enqueued), the worker keeps the message: it waits with backoff, sending in-progress heartbeats so the
+//! broker does not redeliver it, and then tries the same step again. The hold is bounded
+//! ([`HOLD_LIMIT`]); past it, or when the worker stops, the message goes back to the broker.
+
+use std::time::Duration;
+
+use sluice_queue::Delivery;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Shared, attempt::Broker, backoff::redelivery_delay};
+
+/// Longest a delivery is kept in the worker waiting for its infrastructure.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(300);
+
+pub struct Hold<'a> {
+    shared: &'a Shared,
+    stop: &'a CancellationToken,
+    since: Instant,
+    waits: u64,
+}
+
+impl<'a> Hold<'a> {
+    pub fn new(shared: &'a Shared, stop: &'a CancellationToken) -> Hold<'a> {
+        Hold {
+            shared,
+            stop,
+            since: Instant::now(),
+            waits: 0,
+        }
+    }
+
+    /// For a [`Broker::Wait`]: waits before the step is tried again and returns `None`, or
+    /// returns what to tell the broker instead (the worker is stopping: release it; the hold
+    /// is over its limit: an ordinary retry). Any other decision passes through.
+    pub async fn wait(&mut self, delivery: &Delivery, broker: Broker) -> Option<Broker> {
+        let Broker::Wait(reason) = broker else {
+            return Some(broker);
+        };
+        if self.stop.is_cancelled() {
+            return Some(Broker::Release);
+        }
+        if self.since.elapsed() >= HOLD_LIMIT {
+            return Some(Broker::Retry {
+                reason,
+                at_least: None,
+            });
+        }
+        self.waits += 1;
+        metrics::counter!("sluice_worker_holds_total", "reason" => reason.as_str()).increment(1);
+        let w = &self.shared.cfg.worker;
+        let base = Duration::from_millis(w.backoff_base_ms.max(1));
+        let delay = redelivery_delay(
+            self.waits,
+            base,
+            Duration::from_millis(w.backoff_max_ms).max(base),
+            Some(base),
+        );
+        let every = Duration::from_secs(w.ack_wait_s).max(Duration::from_secs(1)) / 3;
+        if let Err(e) = delivery.progress().await {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
+        tokio::select! {
+            () = crate::job::with_heartbeats(tokio::time::sleep(delay), delivery, every) => None,
+            () = self.stop.cancelled() => Some(Broker::Release),
+        }
+    }
+}
