@@ -11,7 +11,8 @@ use crate::ConfigError;
 #[serde(deny_unknown_fields, default)]
 pub struct GovernanceConfig {
     /// What admission does when Redis cannot be asked: refuse (`fail_closed`, 503) or admit
-    /// without limits (`fail_open`). Either way it shows in metrics and `/readyz`.
+    /// without limits (`fail_open`), the same for every check, `Idempotency-Key` included
+    /// (unchecked: not deduplicated). Either way it shows in metrics and `/readyz`.
     pub on_store_error: FailPolicy,
     /// Length of every rate-limit window.
     pub window_s: u64,

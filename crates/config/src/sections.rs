@@ -76,7 +76,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Multiplexed connections per process; concurrent commands are pipelined onto them.
     pub connections: usize,
-    /// How long a job record, its result and its event history are kept.
+    /// How long a job record, its result and its event history are kept after the job
+    /// ended (until then: `sluice_store::PENDING_TTL_S`, a week, or this if longer).
     pub result_ttl_s: u64,
     pub command_timeout_ms: u64,
 }

@@ -7,7 +7,8 @@
 //!
 //! 1. [`shedding`]: queue depth and oldest age per priority class;
 //! 2. [`admission`]: `Idempotency-Key`, then one Redis round trip for the kill switch, loop
-//!    detection, every rate-limit dimension and the budgets (see `sluice_governance`).
+//!    detection, every rate-limit dimension and the budgets (see `sluice_governance`); an
+//!    admitted job is an [`admission::Admitted`] guard until its publish is acknowledged.
 //!
 //! Long-lived work also takes a place in [`slots`]: a synchronous wait a per-tenant one,
 //! an SSE stream a per-tenant and a total one.

@@ -230,8 +230,8 @@ async fn replayed(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
         Some(r) => {
             serde_json::to_value(JobView::from(r)).map_err(|e| ApiError::Internal(e.to_string()))?
         }
-        // The first request is still being admitted, or its record expired: its id is all
-        // there is.
+        // The broker took the first request's job (admission waited for that), so its
+        // record expired or was lost: its id is all there is.
         None => serde_json::json!({"id": id, "object": "job", "status": "queued"}),
     };
     let headers = [
