@@ -13,45 +13,26 @@
 use std::collections::BTreeMap;
 
 use futures_util::future::try_join_all;
-use sluice_config::{
-    Budget, BudgetPeriod, GovernanceConfig, Limit, Price, RedisConfig, TenantPolicy,
-};
+use sluice_config::{BudgetPeriod, GovernanceConfig, Limit, Price, RedisConfig};
 use sluice_governance::{Admission, Governor, estimate::Usage};
 use sluice_protocol::{JobEnvelope, JobKind, Priority, SCHEMA_VERSION};
 use sluice_store::Store;
 use uuid::Uuid;
 
+mod common;
+
+/// Issue 17's realistic configuration: the shared governed one (limits, loop detection, a
+/// daily token and cost budget) with a price for the model and an in-flight cap.
 fn config() -> GovernanceConfig {
-    let big = Limit {
-        requests: 1_000_000_000,
-        tokens: 1_000_000_000_000,
-        burst: 1.0,
-    };
-    let mut cfg = GovernanceConfig {
-        tenant: big,
-        key: big,
-        model: big,
-        loop_max_per_minute: 1_000_000_000,
-        max_in_flight_per_tenant: 1_000_000,
-        ..Default::default()
-    };
+    let mut cfg = common::governed(BudgetPeriod::Day, 1e12);
+    // Tenant, key and model limits; no global one.
+    cfg.global = Limit::default();
+    cfg.max_in_flight_per_tenant = 1_000_000;
     cfg.prices.insert(
         "m".into(),
         Price {
             prompt_per_mtok: 0.15,
             completion_per_mtok: 0.6,
-        },
-    );
-    let budget = Budget {
-        period: BudgetPeriod::Day,
-        tokens: u64::MAX / 4,
-        cost_usd: 1e12,
-    };
-    cfg.tenants.insert(
-        "bench".into(),
-        TenantPolicy {
-            budget,
-            ..Default::default()
         },
     );
     cfg
