@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sluice_config::{Budget, BudgetPeriod, GovernanceConfig, Limit, RedisConfig, TenantPolicy};
+use sluice_config::{BudgetPeriod, GovernanceConfig, RedisConfig};
 use sluice_governance::{
     Admission, Governor,
     apikeys::{KeyCache, KeyInfo},
@@ -22,33 +22,10 @@ use sluice_governance::{
 };
 use uuid::Uuid;
 
+mod common;
+
 fn config() -> GovernanceConfig {
-    let big = Limit {
-        requests: 1_000_000_000,
-        tokens: 1_000_000_000_000,
-        burst: 1.0,
-    };
-    let mut cfg = GovernanceConfig {
-        global: big,
-        tenant: big,
-        key: big,
-        model: big,
-        loop_max_per_minute: 1_000_000_000,
-        ..Default::default()
-    };
-    let budget = Budget {
-        period: BudgetPeriod::Month,
-        tokens: u64::MAX / 4,
-        cost_usd: 0.0,
-    };
-    cfg.tenants.insert(
-        "bench".into(),
-        TenantPolicy {
-            budget,
-            ..Default::default()
-        },
-    );
-    cfg
+    common::governed(BudgetPeriod::Month, 0.0)
 }
 
 async fn one(
