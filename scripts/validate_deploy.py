@@ -205,11 +205,9 @@ def run_errors(spec: Spec, bin_dir: Path, nats_url: str, redis_url: str, tag: st
                 errs.append(f"{spec.origin}: GET {path} answered {got}, not 200")
             return errs
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=25)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            # Shutdown is not what is checked here (a worker would drain for its grace).
+            proc.kill()
+            proc.wait()
             log.close()
 
 
