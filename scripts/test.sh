@@ -49,3 +49,6 @@ bash "$ROOT/scripts/sdk_test.sh"
 
 # docker-compose.yml and k8s/ against their schemas and the services' own config and routes.
 bash "$ROOT/scripts/validate_deploy.sh"
+
+# A loopback 3-node NATS cluster loses the JOBS stream's leader and a worker under load.
+bash "$ROOT/scripts/cluster.sh" drill --short

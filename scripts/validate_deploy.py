@@ -205,11 +205,9 @@ def run_errors(spec: Spec, bin_dir: Path, nats_url: str, redis_url: str, tag: st
                 errs.append(f"{spec.origin}: GET {path} answered {got}, not 200")
             return errs
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=25)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            # Shutdown is not what is checked here (a worker would drain for its grace).
+            proc.kill()
+            proc.wait()
             log.close()
 
 
@@ -335,8 +333,26 @@ def priorities() -> list[str]:
     return sorted(set(names))
 
 
+# The CRD schema does not forbid unknown fields (the API server prunes them and the
+# nats-jetstream scaler ignores unknown metadata), so a misspelt key would pass silently.
+SCALED_OBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
+                      "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback",
+                      "advanced", "triggers"}
+TRIGGER_KEYS = {"type", "name", "metadata", "metricType", "useCachedMetrics", "authenticationRef"}
+NATS_JETSTREAM_METADATA = {"natsServerMonitoringEndpoint", "account", "stream", "consumer",
+                           "lagThreshold", "activationLagThreshold", "useHttps"}
+
+
 def keda_errors(overlay: str, objs: list[dict], specs: list[Spec]) -> list[str]:
     errs = []
+    for so in by_kind(objs, "ScaledObject"):
+        name = f"{overlay}: ScaledObject/{so['metadata']['name']}"
+        errs += [f"{name}: unknown spec field {k}" for k in sorted(set(so["spec"]) - SCALED_OBJECT_SPEC)]
+        for t in so["spec"].get("triggers", []):
+            errs += [f"{name}: unknown trigger field {k}" for k in sorted(set(t) - TRIGGER_KEYS)]
+            if t.get("type") == "nats-jetstream":
+                extra = set(t.get("metadata", {})) - NATS_JETSTREAM_METADATA
+                errs += [f"{name}: unknown nats-jetstream metadata {k}" for k in sorted(extra)]
     worker = next((s for s in specs if s.binary == "sluice-worker"), None)
     if worker is None:
         return [f"{overlay}: no worker Deployment"]
@@ -481,6 +497,9 @@ def self_test(objs: list[dict], args) -> list[str]:
         "a port the service does not listen on": lambda o: _container(o, "worker")["ports"][0].update(
             containerPort=9091
         ),
+        "a misspelt KEDA trigger setting": lambda o: next(x for x in o if x["kind"] == "ScaledObject")["spec"][
+            "triggers"
+        ][0]["metadata"].update(lagTreshold="10"),
         "a grace period shorter than the drain": lambda o: _deployment(o, "worker")["spec"]["template"][
             "spec"
         ].update(terminationGracePeriodSeconds=10),
@@ -490,6 +509,7 @@ def self_test(objs: list[dict], args) -> list[str]:
         broken = copy.deepcopy(objs)
         mutate(broken)
         specs, errs = k8s_specs("self-test", broken)
+        errs += keda_errors("self-test", broken, specs)
         specs = [s for s in specs if s.binary in ("sluice-worker", "sluice-ingest")]
         errs += check_specs(specs, args, args.tag)
         print(f"  self-test, {what}: {'caught' if errs else 'MISSED'}" + (f" ({errs[0][:140]})" if errs else ""))
