@@ -244,3 +244,34 @@ async fn an_out_of_range_last_event_id_is_a_400() -> Result<()> {
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_and_readyz_reports_eviction() -> Result<()> {
+    let env = TestEnv::new();
+    let ingest = env.ingest().await?;
+    let r = env
+        .http
+        .get(format!("{}/v1/models", ingest.base_url()))
+        .header("authorization", format!("bearer {ACME_KEY}"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let ready: Value = env
+        .http
+        .get(format!("{}/readyz", ingest.base_url()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut redis = redis::Client::open(sluice_e2e::redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let (_, policy): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(ready["redis_maxmemory_policy"], policy.as_str());
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

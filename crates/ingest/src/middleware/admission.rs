@@ -164,7 +164,7 @@ async fn admit(
     // Counting tokens (with the model's real tokenizer) only matters when the job reserves
     // them against a budget or a token limit.
     if state.gov.reserves(&a) {
-        a.estimate = estimate::request(request);
+        a.estimate = estimate_tokens(request, body.len()).await;
     }
     let decision = match state.gov.admit(&a, now).await {
         Ok(d) => d,
@@ -199,6 +199,22 @@ async fn admit(
                 .increment(1);
             Err(refused(refusal))
         }
+    }
+}
+
+/// Bodies up to this are tokenized on the runtime thread; larger ones (up to
+/// `ingest.max_body_bytes`, a megabyte by default: tens of milliseconds of tokenizer work)
+/// on the blocking pool, so they do not stall every other request on the thread.
+const INLINE_TOKENIZE_BYTES: usize = 32 * 1024;
+
+async fn estimate_tokens(request: &Value, body_len: usize) -> estimate::Usage {
+    if body_len <= INLINE_TOKENIZE_BYTES {
+        return estimate::request(request);
+    }
+    let owned = request.clone();
+    match tokio::task::spawn_blocking(move || estimate::request(&owned)).await {
+        Ok(usage) => usage,
+        Err(_) => estimate::request(request),
     }
 }
 
