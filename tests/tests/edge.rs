@@ -244,3 +244,62 @@ async fn an_out_of_range_last_event_id_is_a_400() -> Result<()> {
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_and_readyz_reports_eviction() -> Result<()> {
+    let env = TestEnv::new();
+    let ingest = env.ingest().await?;
+    let r = env
+        .http
+        .get(format!("{}/v1/models", ingest.base_url()))
+        .header("authorization", format!("bearer {ACME_KEY}"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let ready: Value = env
+        .http
+        .get(format!("{}/readyz", ingest.base_url()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut redis = redis::Client::open(sluice_e2e::redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let (_, policy): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(ready["redis_maxmemory_policy"], policy.as_str());
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_tenant_opens_no_event_stream() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.governance.admin_key_sha256 = Some(sluice_config::hash_api_key("sk-test-admin"));
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let job = api.submit_ok(&chat_body("watch me")).await?;
+    let off = env
+        .http
+        .put(format!("{}/v1/admin/tenants/acme", ingest.base_url()))
+        .bearer_auth("sk-test-admin")
+        .json(&serde_json::json!({"disabled": true}))
+        .send()
+        .await?;
+    assert_eq!(off.status(), 200);
+    let r = env
+        .http
+        .get(format!("{}/v1/jobs/{job}/events", ingest.base_url()))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await?;
+    assert_eq!(body["error"]["code"], "tenant_disabled");
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

@@ -239,6 +239,26 @@ impl Governor {
         })
     }
 
+    /// Whether `tenant`'s kill switch is on (in the config or set through the admin API).
+    pub async fn is_disabled(&self, tenant: &str) -> Result<bool, GovernanceError> {
+        if self
+            .config()
+            .tenant_policy(tenant)
+            .is_some_and(|p| p.disabled)
+        {
+            return Ok(true);
+        }
+        let disabled: Option<String> = self
+            .query(
+                redis::cmd("HGET")
+                    .arg(self.keys.tenant(tenant))
+                    .arg("disabled")
+                    .to_owned(),
+            )
+            .await?;
+        Ok(disabled.as_deref() == Some("1"))
+    }
+
     /// [`Governor::admit`] for a request no limit, budget or loop check applies to: what the
     /// script would answer, from one `HGET` of the tenant's kill switch.
     async fn admit_unlimited(

@@ -258,19 +258,27 @@ impl Governor {
 
 type CacheMap = HashMap<[u8; 32], (Instant, Option<KeyInfo>)>;
 
-/// Digest → key (or its absence), each entry trusted for a short time. Bounded: when full,
-/// stale entries are dropped, and if none are stale, everything is.
+/// Digest → key (or its absence), each entry trusted for a short time. Found keys and
+/// unknown ones are kept apart, each map bounded by `capacity`: when one is full, its stale
+/// entries are dropped, and if none are stale, all of its entries are. So a flood of
+/// made-up keys only ever clears the unknown ones, never a valid key.
 #[derive(Clone)]
 pub struct KeyCache {
-    inner: Arc<Mutex<CacheMap>>,
+    inner: Arc<Mutex<Maps>>,
     ttl: Duration,
     capacity: usize,
+}
+
+#[derive(Default)]
+struct Maps {
+    found: CacheMap,
+    unknown: CacheMap,
 }
 
 impl KeyCache {
     pub fn new(ttl: Duration, capacity: usize) -> KeyCache {
         KeyCache {
-            inner: Arc::new(Mutex::new(HashMap::new())),
+            inner: Arc::new(Mutex::new(Maps::default())),
             ttl,
             capacity: capacity.max(1),
         }
@@ -278,15 +286,24 @@ impl KeyCache {
 
     /// `Some(entry)` when a fresh entry exists (`Some(None)`: known not to be a key).
     pub fn get(&self, digest: &[u8; 32]) -> Option<Option<KeyInfo>> {
-        let map = self.inner.lock().ok()?;
-        let (at, v) = map.get(digest)?;
+        let maps = self.inner.lock().ok()?;
+        let (at, v) = maps
+            .found
+            .get(digest)
+            .or_else(|| maps.unknown.get(digest))?;
         (at.elapsed() < self.ttl).then(|| v.clone())
     }
 
     pub fn put(&self, digest: [u8; 32], v: Option<KeyInfo>) {
-        let Ok(mut map) = self.inner.lock() else {
+        let Ok(mut maps) = self.inner.lock() else {
             return;
         };
+        let Maps { found, unknown } = &mut *maps;
+        let (map, other) = match v {
+            Some(_) => (found, unknown),
+            None => (unknown, found),
+        };
+        other.remove(&digest);
         if map.len() >= self.capacity && !map.contains_key(&digest) {
             let ttl = self.ttl;
             map.retain(|_, (at, _)| at.elapsed() < ttl);
@@ -298,7 +315,10 @@ impl KeyCache {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+        self.inner
+            .lock()
+            .map(|m| m.found.len() + m.unknown.len())
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -328,5 +348,22 @@ mod tests {
             assert!(cache.len() <= 3);
         }
         assert_eq!(cache.get(&[9; 32]), Some(None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_unknown_keys_does_not_evict_a_valid_one() {
+        let cache = KeyCache::new(Duration::from_secs(60), 4);
+        let info = KeyInfo {
+            tenant: "t".into(),
+            key_id: "k".into(),
+            created_at_ms: 0,
+            expires_at_ms: None,
+        };
+        cache.put([200; 32], Some(info.clone()));
+        for i in 0..100u8 {
+            cache.put([i; 32], None);
+        }
+        assert_eq!(cache.get(&[200; 32]), Some(Some(info)));
+        assert!(cache.len() <= 8, "each map stays bounded");
     }
 }

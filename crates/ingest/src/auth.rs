@@ -77,8 +77,7 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let Some(presented) = presented else {
         return ApiError::Unauthorized.into_response();
     };
@@ -102,6 +101,13 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
         }
         None => ApiError::Unauthorized.into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, token) = v.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn is_admin(state: &AppState, presented: &str) -> bool {
@@ -142,6 +148,15 @@ async fn stored_key(state: &AppState, presented: &str) -> Result<Option<Tenant>,
 mod tests {
     use super::*;
     use sluice_config::{KeyConfig, hash_api_key};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer sk-1", "bearer sk-1", "BEARER  sk-1 "] {
+            assert_eq!(bearer_token(v), Some("sk-1"), "{v}");
+        }
+        assert_eq!(bearer_token("Basic sk-1"), None);
+        assert_eq!(bearer_token("Bearersk-1"), None);
+    }
 
     #[test]
     fn finds_the_tenant_of_a_key_and_nothing_else() {

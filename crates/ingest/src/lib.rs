@@ -217,6 +217,22 @@ pub async fn ensure_streams_until_ready(
     }
 }
 
+/// Warns when Redis may evict keys: job records, idempotency claims and budget counters
+/// must not vanish under memory pressure (`maxmemory-policy noeviction`).
+async fn check_eviction(store: Store) {
+    match store.maxmemory_policy().await {
+        Ok(Some(p)) if p == "noeviction" => {}
+        Ok(Some(p)) => tracing::warn!(
+            policy = %p,
+            "Redis maxmemory-policy is not noeviction: under memory pressure it may drop job records, idempotency keys and budget counters"
+        ),
+        Ok(None) => tracing::warn!(
+            "cannot read Redis maxmemory-policy (CONFIG GET refused); make sure it is noeviction"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read Redis maxmemory-policy at start-up"),
+    }
+}
+
 /// A running ingest server (used by `main` and by tests).
 pub struct Server {
     pub addr: SocketAddr,
@@ -256,6 +272,7 @@ impl Server {
             ));
         }
         routes::admin::seed_tenants(&state).await;
+        tasks.spawn(check_eviction(state.store.clone()));
         let background = state.background.clone();
         let limits = serve::ConnLimits::from_config(&state.cfg.ingest);
         let app = router(state);

@@ -129,6 +129,26 @@ impl Store {
         }
     }
 
+    /// Redis's `maxmemory-policy` (`None` where `CONFIG GET` is not allowed, as on some
+    /// managed services). Anything but `noeviction` may drop job records and counters.
+    pub async fn maxmemory_policy(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        let reply: Result<Vec<String>, StoreError> = self
+            .timed(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut conn),
+            )
+            .await;
+        match reply {
+            Ok(pair) => Ok(pair.into_iter().nth(1)),
+            // A refused command (CONFIG disabled or renamed).
+            Err(StoreError::Protocol(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A handle on one of the shared connections (round robin). Never blocks: commands sent
     /// on it are queued onto the connection and pipelined with everyone else's.
     pub async fn conn(&self) -> Result<ConnectionManager, StoreError> {

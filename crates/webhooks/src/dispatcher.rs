@@ -26,7 +26,7 @@ use crate::{
     HookError,
     emit::{Delivery, ensure_stream},
     sign::sign,
-    ssrf::{GuardedResolver, Policy, literal_ip},
+    ssrf::{self, Policy, literal_ip},
 };
 
 /// Longest `Retry-After` honoured (a day).
@@ -57,14 +57,10 @@ enum Attempt {
 /// Runs until `stop`; in-flight deliveries finish (bounded by the attempt timeout).
 pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: CancellationToken) {
     let policy = Arc::new(Policy::new(&cfg.allow_private));
-    let http = match reqwest::Client::builder()
+    let http = match ssrf::client_builder(policy.clone())
         .tcp_nodelay(true)
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)))
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(GuardedResolver {
-            policy: policy.clone(),
-        }))
         .user_agent("Sluice-Webhooks/1")
         .build()
     {

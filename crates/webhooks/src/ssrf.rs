@@ -5,6 +5,10 @@
 //! a public address at registration and to `127.0.0.1` later (DNS rebinding) is still
 //! refused. A URL whose host is an IP literal is checked directly (no DNS is involved).
 //! Operators may allow internal addresses explicitly (`webhooks.allow_private`).
+//!
+//! The client never uses a proxy ([`client_builder`]): through `HTTP(S)_PROXY` the
+//! connection would go to the proxy, the resolver would never see the target's address,
+//! and the proxy would reach whatever internal address the name points to.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -116,8 +120,18 @@ pub fn literal_ip(url: &Url) -> Option<IpAddr> {
         .ok()
 }
 
+/// The webhook HTTP client's builder: the guarded resolver, no redirects, no proxy (not
+/// even one named by `HTTP_PROXY`, `HTTPS_PROXY` or `ALL_PROXY`).
+pub fn client_builder(policy: Arc<Policy>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(GuardedResolver { policy }))
+}
+
 /// Public unicast: not loopback, private, link-local (incl. cloud metadata 169.254.169.254
-/// and fd00:ec2::254), CGNAT, documentation, multicast, broadcast or unspecified.
+/// and fd00:ec2::254), CGNAT, documentation, multicast, broadcast or unspecified; and no
+/// IPv6 form that embeds or translates to such an IPv4 address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => public_v4(v4),
@@ -125,14 +139,23 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return public_v4(v4);
             }
-            let seg0 = v6.segments()[0];
+            let seg = v6.segments();
+            // 6to4 (2002::/16) carries an IPv4 address in its next 32 bits.
+            if seg[0] == 0x2002 {
+                let [a, b] = seg[1].to_be_bytes();
+                let [c, d] = seg[2].to_be_bytes();
+                return public_v4(Ipv4Addr::new(a, b, c, d));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254)
-                || (seg0 & 0xffc0) == 0xfe80 // link-local
-                || (seg0 == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
-                || (seg0 == 0x0064 && v6.segments()[1] == 0xff9b)) // NAT64 of anything
+                || seg[..6] == [0; 6] // IPv4-compatible ::a.b.c.d (deprecated)
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254)
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local
+                || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+                || (seg[0] == 0x2001 && seg[1] == 0) // Teredo: an obfuscated IPv4 inside
+                || (seg[0] == 0x0064 && seg[1] == 0xff9b)) // NAT64 (well-known and local)
         }
     }
 }
@@ -217,10 +240,25 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "::",
+            "fec0::1",
+            "feff::1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:0101::",
+            "2001:0:4136:e378::1",
+            "64:ff9b:1::a00:1",
         ] {
             assert!(!is_public(ip(bad)), "{bad}");
         }
-        for good in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"] {
+        for good in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(ip(good)), "{good}");
         }
     }
@@ -240,6 +278,69 @@ mod tests {
         assert!(parse("ftp://example.com").is_err());
         assert!(parse("http://user:pw@example.com").is_err());
         assert!(parse("not a url").is_err());
+    }
+
+    /// Set by [`a_proxy_in_the_environment_is_not_used`] for its child process.
+    const PROXY_CHILD: &str = "SLUICE_TEST_PROXY_CHILD";
+
+    /// With `HTTP_PROXY` and `ALL_PROXY` pointing at a listener, a delivery still connects
+    /// to its target (whose address the resolver checked), never to the proxy. The
+    /// environment can only be set for a child process, so the test runs itself again.
+    #[tokio::test]
+    async fn a_proxy_in_the_environment_is_not_used() {
+        if std::env::var_os(PROXY_CHILD).is_some() {
+            return proxied_delivery().await;
+        }
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        proxy.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", proxy.local_addr().unwrap());
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "ssrf::tests::a_proxy_in_the_environment_is_not_used",
+            ])
+            .env(PROXY_CHILD, "1")
+            .env("HTTP_PROXY", &url)
+            .env("http_proxy", &url)
+            .env("ALL_PROXY", &url)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(proxy.accept().is_err(), "the proxy was contacted");
+    }
+
+    /// The child: one request through the webhook client to a local target.
+    async fn proxied_delivery() {
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = target.local_addr().unwrap();
+        let serve = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut tcp, _) = target.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = tcp.read(&mut buf).await;
+            tcp.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let policy = Arc::new(Policy::new(&["127.0.0.1".into()]));
+        let client = client_builder(policy)
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap();
+        // A name, so the guarded resolver is on the path as in a real delivery.
+        let r = client
+            .post(format!("http://localhost:{}/hook", addr.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        serve.await.unwrap();
     }
 
     #[tokio::test]

@@ -306,7 +306,7 @@ async fn decide(
             None => {}
         }
     }
-    let headers = limits(state, tenant, ids, sub, hold, true).await?;
+    let headers = limits(state, tenant, ids, sub, hold, Some(body.len())).await?;
     admitted.headers = headers;
     Ok(None)
 }
@@ -382,7 +382,7 @@ async fn limits(
     ids: &Ids<'_>,
     sub: &Submission,
     hold: &mut Hold,
-    count_tokens: bool,
+    count_tokens: Option<usize>,
 ) -> Result<Vec<(&'static str, String)>, ApiError> {
     let now = now_ms();
     let gov_cfg = state.gov.config();
@@ -412,8 +412,8 @@ async fn limits(
     // Counting tokens (with the model's real tokenizer) only matters when the job reserves
     // them against a budget or a token limit.
     if state.gov.reserves(&a) {
-        if count_tokens {
-            a.estimate = estimate::request(request);
+        if let Some(body_len) = count_tokens {
+            a.estimate = estimate_tokens(request, body_len).await;
         }
         // Until the script answers, a reservation may exist.
         hold.reserved = true;
@@ -452,6 +452,22 @@ async fn limits(
     }
 }
 
+/// Bodies up to this are tokenized on the runtime thread; larger ones (up to
+/// `ingest.max_body_bytes`, a megabyte by default: tens of milliseconds of tokenizer work)
+/// on the blocking pool, so they do not stall every other request on the thread.
+const INLINE_TOKENIZE_BYTES: usize = 32 * 1024;
+
+async fn estimate_tokens(request: &Value, body_len: usize) -> estimate::Usage {
+    if body_len <= INLINE_TOKENIZE_BYTES {
+        return estimate::request(request);
+    }
+    let owned = request.clone();
+    match tokio::task::spawn_blocking(move || estimate::request(&owned)).await {
+        Ok(usage) => usage,
+        Err(_) => estimate::request(request),
+    }
+}
+
 /// A request answered from the response cache (a hit, or a wait for another job's
 /// answer): it calls no provider, so it reserves no tokens and no budget and is never
 /// settled, but with `cache.hits_count_against_limits` (the default) it counts against the
@@ -470,7 +486,7 @@ pub async fn admit_hit(
     let ids = Ids::read(headers)?;
     let mut admitted = Admitted::new(state, tenant, job, &sub.model);
     let counted = match admitted.hold_mut() {
-        Some(hold) => limits(state, tenant, &ids, sub, hold, false).await,
+        Some(hold) => limits(state, tenant, &ids, sub, hold, None).await,
         None => Err(ApiError::Internal("admission already settled".into())),
     };
     // An empty reservation (a budget applies) goes back at once: nothing will settle it.

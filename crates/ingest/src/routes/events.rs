@@ -51,6 +51,17 @@ pub async fn events(
         .try_acquire(&tenant.id)
         .map_err(|_| ApiError::TooManyStreams { retry_after_s: 1 })?;
     let (uuid, _) = owned_job(&state, &tenant, &id).await?;
+    // A disabled tenant's keys open no new streams (admission already refuses its jobs).
+    match state.gov.is_disabled(&tenant.id).await {
+        Ok(false) => {}
+        Ok(true) => return Err(ApiError::TenantDisabled),
+        Err(e) => {
+            return Err(ApiError::StoreUnavailable {
+                retry_after_s: 1,
+                reason: e.to_string(),
+            });
+        }
+    }
     let watch = JobWatch::open(&state, uuid, after).await?;
     let deadline = Instant::now() + Duration::from_secs(state.cfg.delivery.sse_max_s);
     let keepalive = Duration::from_secs(state.cfg.delivery.keepalive_s);

@@ -20,7 +20,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         && state
             .streams_ready
             .load(std::sync::atomic::Ordering::Acquire);
-    let redis = state.store.ping().await.is_ok();
+    let (ping, policy) = tokio::join!(state.store.ping(), state.store.maxmemory_policy());
+    let redis = ping.is_ok();
+    // Reported, not judged: with eviction Redis may drop records and counters under memory
+    // pressure, which breaks Sluice's guarantees (see SECURITY.md).
+    let eviction = match policy {
+        Ok(Some(p)) => p,
+        Ok(None) => "unknown".into(),
+        Err(_) => "unreachable".into(),
+    };
     let status = if nats && redis {
         StatusCode::OK
     } else {
@@ -40,7 +48,13 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("sluice_governance_degraded").set(if redis { 0.0 } else { 1.0 });
     (
         status,
-        Json(json!({ "status": word, "nats": nats, "redis": redis, "limits": limits })),
+        Json(json!({
+            "status": word,
+            "nats": nats,
+            "redis": redis,
+            "limits": limits,
+            "redis_maxmemory_policy": eviction,
+        })),
     )
 }
 
