@@ -46,3 +46,6 @@ fi
 
 # The official Python SDKs (openai, standardwebhooks) against a stack on the same servers.
 bash "$ROOT/scripts/sdk_test.sh"
+
+# The API against its own OpenAPI document (schemathesis, short bounded mode).
+bash "$ROOT/scripts/contract_test.sh"
