@@ -107,7 +107,7 @@ async fn put_tenant(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = tenant_id(&tenant)?;
-    let disabled = json_body::<TenantBody>(&body)?.map_or(false, |b| b.disabled);
+    let disabled = json_body::<TenantBody>(&body)?.is_some_and(|b| b.disabled);
     state
         .gov
         .put_tenant(id, disabled, now_ms())
