@@ -19,6 +19,7 @@ pub struct Config {
     pub delivery: crate::DeliveryConfig,
     pub webhooks: crate::WebhooksConfig,
     pub governance: crate::GovernanceConfig,
+    pub screening: crate::ScreeningConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

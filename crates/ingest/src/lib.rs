@@ -13,6 +13,8 @@
 //! - [`auth`]: API keys (config and Redis), the admin scope and the open-route allowlist.
 //! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
+//! - [`screening`]: prompt screening (injection phrases, role smuggling, system messages).
+//! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
 pub mod auth;
@@ -22,6 +24,7 @@ pub mod error;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod screening;
 pub mod validate;
 pub mod watch;
 

@@ -118,6 +118,7 @@ pub async fn submit(
         max_output_tokens: state.cfg.ingest.max_output_tokens,
     };
     let mut sub = validate::chat_submission(&body, limits)?;
+    crate::screening::check(&state.cfg.screening, &tenant, &sub.request)?;
     // The job's own webhook URL is input like the rest: checked (SSRF) before admission.
     let hook_url = match sub.webhook_url.take() {
         Some(url) => {

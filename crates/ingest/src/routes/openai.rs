@@ -52,6 +52,7 @@ pub async fn chat_completions(
         max_output_tokens: state.cfg.ingest.max_output_tokens,
     };
     let mut sub = crate::validate::chat_submission(&body, limits)?;
+    crate::screening::check(&state.cfg.screening, &tenant, &sub.request)?;
     if sub.webhook_url.is_some() {
         // The answer comes back on this connection; a job webhook belongs to POST /v1/jobs.
         return Err(ApiError::invalid(
