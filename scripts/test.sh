@@ -52,3 +52,14 @@ bash "$ROOT/scripts/validate_deploy.sh"
 
 # A loopback 3-node NATS cluster loses the JOBS stream's leader and a worker under load.
 bash "$ROOT/scripts/cluster.sh" drill --short
+
+# Supply chain: licenses, duplicate majors and sources need no network (deny.toml). The
+# advisory database is a git fetch, so advisories are checked where the network allows it.
+if cargo deny --version >/dev/null 2>&1; then
+  cargo deny check licenses bans sources
+else
+  log "cargo-deny not installed (cargo install --locked cargo-deny): skipping licenses/bans/sources"
+fi
+
+# The API against its own OpenAPI document (schemathesis, short bounded mode).
+bash "$ROOT/scripts/contract_test.sh"

@@ -20,6 +20,7 @@ pub struct Config {
     pub webhooks: crate::WebhooksConfig,
     pub governance: crate::GovernanceConfig,
     pub cache: crate::CacheConfig,
+    pub screening: crate::ScreeningConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

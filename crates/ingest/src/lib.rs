@@ -18,6 +18,8 @@
 //!   guard that gives them back when a job is not published.
 //! - [`serve`]: connections — header, idle and body-read timeouts, the connection cap.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
+//! - [`screening`]: prompt screening (injection phrases, role smuggling, system messages).
+//! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 
 pub mod auth;
@@ -30,6 +32,7 @@ pub mod openapi;
 pub mod routes;
 pub mod serve;
 pub mod submission;
+pub mod screening;
 pub mod validate;
 pub mod watch;
 

@@ -496,6 +496,7 @@ pub mod schemas {
     #[serde(deny_unknown_fields)]
     pub struct TenantUpdate {
         /// The kill switch.
+        #[schema(nullable = false)]
         pub disabled: Option<bool>,
     }
 
@@ -505,11 +506,12 @@ pub mod schemas {
         pub disabled: bool,
     }
 
-    /// A new key: `key` is shown in this answer only.
+    /// A new key: `secret` is shown in this answer only.
     #[derive(Serialize, ToSchema)]
     pub struct CreatedKey {
-        pub key: String,
+        pub tenant: String,
         pub key_id: String,
+        pub secret: String,
     }
 
     #[derive(Serialize, ToSchema)]
@@ -522,13 +524,14 @@ pub mod schemas {
     #[serde(deny_unknown_fields)]
     pub struct KeyRotation {
         /// Seconds the old key keeps working (at most 30 days).
-        #[schema(minimum = 0)]
+        #[schema(minimum = 0, nullable = false)]
         pub overlap_s: Option<u64>,
     }
 
     #[derive(Serialize, ToSchema)]
     #[serde(deny_unknown_fields)]
     pub struct DlqReplay {
+        #[schema(nullable = false)]
         pub sequences: Option<Vec<u64>>,
         pub tenant: Option<String>,
         pub reason: Option<String>,
@@ -538,6 +541,7 @@ pub mod schemas {
         pub limit: Option<u64>,
         /// Above 0, at most 200 (default 50).
         pub rate_per_s: Option<f64>,
+        #[schema(nullable = false)]
         pub dry_run: Option<bool>,
     }
 

@@ -197,11 +197,17 @@ impl Queue {
 
     /// One entry by DLQ sequence.
     pub async fn dlq_show(&self, seq: u64) -> Result<Option<DlqEntry>, QueueError> {
-        let stream = self
-            .js
-            .get_stream(self.subjects.dlq_stream())
-            .await
-            .map_err(broker)?;
+        let stream = match self.js.get_stream(self.subjects.dlq_stream()).await {
+            Ok(s) => s,
+            // No worker has run yet, so nothing was ever dead-lettered.
+            Err(e)
+                if matches!(e.kind(), async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(broker(e)),
+        };
         match stream.get_raw_message(seq).await {
             Ok(m) => Ok(Some(DlqEntry::from_parts(
                 seq,

@@ -4,6 +4,7 @@
 
 use axum::{
     Json, Router,
+    body::Bytes,
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -58,6 +59,24 @@ fn store(e: GovernanceError) -> ApiError {
     }
 }
 
+/// An optional JSON body: none when empty; otherwise it must parse, and a problem is a 400
+/// in OpenAI's shape (axum's own rejection is plain text).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map(Some).map_err(|e| {
+        ApiError::invalid(
+            format!(
+                "Invalid request body: {}.",
+                crate::validate::json_error_kind(&e)
+            ),
+            None,
+            "invalid_json",
+        )
+    })
+}
+
 fn tenant_id(id: &str) -> Result<&str, ApiError> {
     if sluice_protocol::subjects::is_token(id) {
         Ok(id)
@@ -85,10 +104,10 @@ struct TenantBody {
 async fn put_tenant(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
-    body: Option<Json<TenantBody>>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = tenant_id(&tenant)?;
-    let disabled = body.map(|Json(b)| b.disabled).unwrap_or(false);
+    let disabled = json_body::<TenantBody>(&body)?.is_some_and(|b| b.disabled);
     state
         .gov
         .put_tenant(id, disabled, now_ms())
@@ -146,11 +165,10 @@ struct RotateBody {
 async fn rotate_key(
     State(state): State<AppState>,
     Path((tenant, key_id)): Path<(String, String)>,
-    body: Option<Json<RotateBody>>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let overlap = body
-        .map(|Json(b)| b.overlap_s)
-        .unwrap_or(0)
+    let overlap = json_body::<RotateBody>(&body)?
+        .map_or(0, |b| b.overlap_s)
         .min(30 * 24 * 3600);
     match state
         .gov

@@ -4,7 +4,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     routing::{get, post},
 };
 use serde::Deserialize;
@@ -38,8 +38,22 @@ pub struct FilterParams {
 }
 
 impl FilterParams {
-    fn filter(&self, sequences: Vec<u64>) -> DlqFilter {
-        DlqFilter {
+    /// The broker's filter; a tenant or reason that is not one subject token is a 400 (it
+    /// could only ever match nothing, and the broker would refuse the subject).
+    fn filter(&self, sequences: Vec<u64>) -> Result<DlqFilter, ApiError> {
+        for (name, value) in [("tenant", &self.tenant), ("reason", &self.reason)] {
+            if value
+                .as_deref()
+                .is_some_and(|v| !sluice_protocol::subjects::is_token(v))
+            {
+                return Err(ApiError::invalid(
+                    format!("Invalid '{name}': 1-64 letters, digits, '-' or '_'."),
+                    Some(name),
+                    "invalid_value",
+                ));
+            }
+        }
+        Ok(DlqFilter {
             tenant: self.tenant.clone(),
             reason: self.reason.clone(),
             model: self.model.clone(),
@@ -47,7 +61,7 @@ impl FilterParams {
             until_ms: self.until_ms,
             sequences,
             limit: self.limit.unwrap_or(100).clamp(1, HTTP_LIMIT),
-        }
+        })
     }
 }
 
@@ -64,11 +78,21 @@ fn page(entries: Vec<DlqEntry>) -> Json<Value> {
 
 async fn list(
     State(state): State<AppState>,
-    Query(params): Query<FilterParams>,
+    params: Result<Query<FilterParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::invalid(
+            format!(
+                "Invalid query: {}.",
+                crate::validate::truncate(&e.body_text(), 200)
+            ),
+            None,
+            "invalid_value",
+        )
+    })?;
     let entries = state
         .queue
-        .dlq_list(&params.filter(Vec::new()))
+        .dlq_list(&params.filter(Vec::new())?)
         .await
         .map_err(broker)?;
     Ok(page(entries))
@@ -76,13 +100,21 @@ async fn list(
 
 async fn show(
     State(state): State<AppState>,
-    Path(seq): Path<u64>,
+    Path(seq): Path<String>,
 ) -> Result<Json<DlqEntry>, ApiError> {
-    match state.queue.dlq_show(seq).await.map_err(broker)? {
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "No dead letter with sequence '{}'.",
+            seq.chars().take(24).collect::<String>()
+        ))
+    };
+    // Stream sequences start at 1; anything else names no entry.
+    let Some(n) = seq.parse::<u64>().ok().filter(|n| *n > 0) else {
+        return Err(not_found());
+    };
+    match state.queue.dlq_show(n).await.map_err(broker)? {
         Some(e) => Ok(Json(e)),
-        None => Err(ApiError::NotFound(format!(
-            "No dead letter with sequence {seq}."
-        ))),
+        None => Err(not_found()),
     }
 }
 
@@ -133,7 +165,7 @@ async fn replay(
         until_ms: body.until_ms,
         limit: body.limit,
     };
-    let filter = params.filter(body.sequences);
+    let filter = params.filter(body.sequences)?;
     let opts = ReplayOptions {
         rate_per_s: rate,
         dry_run: body.dry_run,

@@ -115,7 +115,7 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let sub = validated(&state, &headers, &body).await?;
+    let sub = validated(&state, &tenant, &headers, &body).await?;
     let job = match submission::submit(&state, &tenant, &headers, &body, sub, Follow::No).await? {
         Submitted::Replay(first) => return replayed(&state, first).await,
         Submitted::Fresh(job) => job,
@@ -144,13 +144,16 @@ pub async fn submit(
 /// is input like the rest, checked (SSRF) before admission.
 async fn validated(
     state: &AppState,
+    tenant: &Tenant,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Submission, ApiError> {
     let limits = validate::Limits {
         max_output_tokens: state.cfg.ingest.max_output_tokens,
     };
-    let mut sub = Submission::chat(validate::chat_submission(body, limits)?, headers);
+    let chat = validate::chat_submission(body, limits)?;
+    crate::screening::check(&state.cfg.screening, tenant, &chat.request)?;
+    let mut sub = Submission::chat(chat, headers);
     if let Some(url) = sub.webhook_url.take() {
         let policy = sluice_webhooks::ssrf::Policy::new(&state.cfg.webhooks.allow_private);
         sub.webhook_url = Some(policy.check_url(&url).await?.to_string());

@@ -53,6 +53,7 @@ pub async fn chat_completions(
         max_output_tokens: state.cfg.ingest.max_output_tokens,
     };
     let chat = crate::validate::chat_submission(&body, limits)?;
+    crate::screening::check(&state.cfg.screening, &tenant, &chat.request)?;
     if chat.webhook_url.is_some() {
         // The answer comes back on this connection; a job webhook belongs to POST /v1/jobs.
         return Err(ApiError::invalid(
