@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use serde_json::{Value, json};
-use sluice_e2e::{ACME_KEY, Api, TestEnv};
+use sluice_e2e::{ACME_KEY, Api, TestEnv, chat_body, sse::SseReader};
 use sluice_sim::{SimConfig, SimHandle};
 
 /// A simulator, an ingest and a worker for one test.
@@ -114,6 +114,122 @@ async fn embeddings_come_back_in_the_encoding_format_the_client_asked_for() -> R
     let (status, err) = s.post_json("embeddings", &ask(Some("int8"))).await?;
     assert_eq!(status, 400);
     assert_eq!(err["error"]["param"], "encoding_format");
+    s.stop().await;
+    Ok(())
+}
+
+/// The data of every event of a streamed answer, `[DONE]` included.
+async fn stream_events(resp: reqwest::Response) -> Result<Vec<String>> {
+    anyhow::ensure!(resp.status() == 200, "stream answered {}", resp.status());
+    let events = SseReader::new(resp).collect().await?;
+    Ok(events.into_iter().map(|e| e.data).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_exactly_the_one_the_client_asked_for() -> Result<()> {
+    let mut env = TestEnv::new();
+    let s = Stack::start(&mut env, SimConfig::default()).await?;
+    let mut body = chat_body("Describe a lock on a canal.");
+    body["stream"] = json!(true);
+    let direct = |body: &Value| {
+        env.http
+            .post(format!("{}/chat/completions", s.sim.base_url()))
+            .json(body)
+            .send()
+    };
+
+    // Without include_usage: no `usage` member anywhere, every chunk has a choice (Sluice
+    // still asked the upstream for usage, to settle the budget).
+    let events = stream_events(s.post("chat/completions", &body).await?).await?;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d))
+        .collect::<Result<_, _>>()?;
+    assert!(chunks.len() > 2);
+    for c in &chunks {
+        assert!(c.get("usage").is_none(), "usage on an unasked stream: {c}");
+        assert!(
+            c["choices"].as_array().is_some_and(|a| !a.is_empty()),
+            "a chunk without choices: {c}"
+        );
+    }
+    let upstream = stream_events(direct(&body).await?).await?;
+    assert_eq!(
+        upstream.len(),
+        events.len(),
+        "the same chunks as the upstream's"
+    );
+
+    // With it: as OpenAI sends it, `usage: null` on every chunk, then one usage-only chunk.
+    body["stream_options"] = json!({ "include_usage": true });
+    let events = stream_events(s.post("chat/completions", &body).await?).await?;
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d))
+        .collect::<Result<_, _>>()?;
+    let (last, rest) = chunks.split_last().context("no chunks")?;
+    assert!(
+        rest.iter()
+            .all(|c| c["usage"].is_null() && c.get("usage").is_some())
+    );
+    assert_eq!(last["choices"], json!([]));
+    assert!(
+        last["usage"]["total_tokens"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+    );
+    let upstream = stream_events(direct(&body).await?).await?;
+    assert_eq!(upstream.len(), events.len());
+
+    // stream_options without stream is refused, as OpenAI does.
+    let mut plain = chat_body("x");
+    plain["stream_options"] = json!({ "include_usage": true });
+    let (status, err) = s.post_json("chat/completions", &plain).await?;
+    assert_eq!(status, 400);
+    assert_eq!(err["error"]["param"], "stream_options");
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_sluice_already_retried_tells_the_client_not_to_retry() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.max_attempts = 2;
+    let s = Stack::start(
+        &mut env,
+        SimConfig {
+            retry_after_s: 0,
+            ..SimConfig::default()
+        },
+    )
+    .await?;
+    let resp = s
+        .post(
+            "chat/completions",
+            &chat_body("always throttled [[sim:status=429]]"),
+        )
+        .await?;
+    assert_eq!(resp.status(), 429);
+    let h = resp.headers().clone();
+    let err: Value = resp.json().await?;
+    assert_eq!(err["error"]["code"], "upstream_rate_limited");
+    assert_eq!(
+        h.get("x-should-retry").and_then(|v| v.to_str().ok()),
+        Some("false"),
+        "{h:?}"
+    );
+    assert!(h.get("retry-after").is_none(), "{h:?}");
+    let calls = s.sim.counters().per_endpoint.chat_completions;
+    let most = u64::from(env.cfg.worker.max_attempts * env.cfg.models.max_calls_per_attempt);
+    assert!((1..=most).contains(&calls), "{calls} upstream calls");
+
+    // A malformed request is refused at once, and retrying it cannot help either.
+    let resp = s
+        .post("chat/completions", &json!({ "model": "sim-small" }))
+        .await?;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
     s.stop().await;
     Ok(())
 }

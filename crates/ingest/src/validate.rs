@@ -377,6 +377,19 @@ fn others(obj: &Map<String, Value>) -> Result<(), ApiError> {
     is("response_format", Value::is_object, "an object")?;
     is("stream_options", Value::is_object, "an object")?;
     is("logit_bias", Value::is_object, "an object")?;
+    if let Some(opts) = obj.get("stream_options").filter(|v| !v.is_null()) {
+        if obj.get("stream").and_then(Value::as_bool) != Some(true) {
+            return Err(ApiError::invalid(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                Some("stream_options"),
+                "invalid_value",
+            ));
+        }
+        match opts.get("include_usage") {
+            None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+            Some(_) => return Err(wrong_type("stream_options.include_usage", "a boolean")),
+        }
+    }
     match obj.get("stop") {
         None | Some(Value::Null) | Some(Value::String(_)) => {}
         Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => {}

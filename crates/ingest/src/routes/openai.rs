@@ -63,6 +63,9 @@ pub async fn chat_completions(
     if let Some(p) = header_priority(&headers)? {
         sub.priority = p;
     }
+    // Admission asks the upstream for usage on streams (to settle budgets); the client gets
+    // the usage chunk only if it asked for it too.
+    let client_usage = StreamShape::of(&sub.request);
     // The same admission as POST /v1/jobs: shedding, idempotency, rate limits, budgets. An
     // idempotent retry waits for the first request's job instead of queueing another.
     let job = admission::NewJob::now(JobKind::ChatCompletion);
@@ -75,7 +78,7 @@ pub async fn chat_completions(
         undo: Some((tenant, admitted)),
     };
     if env.stream {
-        run_streamed(state, env, admission).await
+        run_streamed(state, env, admission, client_usage).await
     } else {
         run_plain(state, env, admission, Answer::Verbatim).await
     }
@@ -239,10 +242,47 @@ async fn still_running(state: &AppState, env: JobEnvelope) -> Result<Response, A
     Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(view)).into_response())
 }
 
+/// The stream the client asked for: with or without `stream_options.include_usage`.
+#[derive(Clone, Copy, Debug)]
+struct StreamShape {
+    include_usage: bool,
+}
+
+impl StreamShape {
+    fn of(request: &Value) -> StreamShape {
+        let include_usage = request
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        StreamShape { include_usage }
+    }
+
+    /// The chunk as the client's stream carries it, or `None` when it does not carry it:
+    /// without `include_usage`, no `usage` member and no final usage-only chunk (OpenAI sends
+    /// neither, and code reading `choices[0]` breaks on an empty `choices`).
+    fn chunk(self, mut chunk: Value) -> Option<Value> {
+        if self.include_usage {
+            return Some(chunk);
+        }
+        let obj = chunk.as_object_mut()?;
+        let usage = obj.remove("usage");
+        let no_choices = obj
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty);
+        if no_choices && usage.is_some_and(|u| !u.is_null()) {
+            return None;
+        }
+        Some(chunk)
+    }
+}
+
 async fn run_streamed(
     state: AppState,
     env: JobEnvelope,
     adm: Admission,
+    shape: StreamShape,
 ) -> Result<Response, ApiError> {
     let (mut watch, mut guard) = submit(&state, &env, adm).await?;
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
@@ -289,6 +329,7 @@ async fn run_streamed(
         pending: seen.into_iter(),
         done: false,
         deadline,
+        shape,
     };
     let events = stream::unfold(relay, |mut r| async move {
         r.next().await.map(|e| (Ok::<_, Infallible>(e), r))
@@ -323,6 +364,7 @@ struct Relay {
     pending: std::vec::IntoIter<JobEvent>,
     done: bool,
     deadline: Instant,
+    shape: StreamShape,
 }
 
 impl Relay {
@@ -348,14 +390,15 @@ impl Relay {
 
     async fn translate(&mut self, ev: JobEvent) {
         if ev.kind() == "chunks" {
-            let chunks = ev
-                .value
-                .get("chunks")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let mut value = ev.value;
+            let chunks = match value.get_mut("chunks").map(Value::take) {
+                Some(Value::Array(chunks)) => chunks,
+                _ => Vec::new(),
+            };
+            let shape = self.shape;
             self.out = chunks
-                .iter()
+                .into_iter()
+                .filter_map(|c| shape.chunk(c))
                 .map(|c| Event::default().data(c.to_string()))
                 .collect::<Vec<_>>()
                 .into_iter();
@@ -372,8 +415,10 @@ impl Relay {
                 Ok(o) => o.failure(),
                 Err(e) => e,
             };
-            let body = json!({ "error": { "message": failure.to_string(), "type": "server_error", "param": null, "code": failure.label() } });
-            out.push(Event::default().data(body.to_string()));
+            // OpenAI's framing of a failure after the stream started: one `data:` event
+            // holding the error object, then the end of the stream (no `[DONE]`). The SDKs
+            // raise it as an API error.
+            out.push(Event::default().data(failure.body().to_string()));
         } else {
             out.push(Event::default().data("[DONE]"));
         }
