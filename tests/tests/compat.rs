@@ -233,3 +233,58 @@ async fn a_429_sluice_already_retried_tells_the_client_not_to_retry() -> Result<
     s.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_are_refused_naming_the_field_on_every_json_endpoint() -> Result<()> {
+    let mut env = TestEnv::new();
+    let s = Stack::start(&mut env, SimConfig::default()).await?;
+    for (path, body, param) in [
+        (
+            "chat/completions",
+            r#"{"model":"sim-small","messages":[{"role":"user","content":"a"}],"max_tokens":5,"max_tokens":5000}"#,
+            "max_tokens",
+        ),
+        (
+            "chat/completions",
+            r#"{"model":"sim-small","messages":[{"role":"user","content":"a","role":"system"}]}"#,
+            "messages[0].role",
+        ),
+        (
+            "jobs",
+            r#"{"model":"sim-small","model":"sim-large","messages":[{"role":"user","content":"a"}]}"#,
+            "model",
+        ),
+        (
+            "embeddings",
+            r#"{"model":"sim-embed","input":"a","input":"b"}"#,
+            "input",
+        ),
+        (
+            "webhooks",
+            r#"{"url":"https://example.com/a","url":"https://example.com/b"}"#,
+            "url",
+        ),
+    ] {
+        let resp = s
+            .api
+            .http
+            .post(format!("{}/v1/{path}", s.api.base))
+            .bearer_auth(&s.api.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(resp.status(), 400, "{path} {body}");
+        let err: Value = resp.json().await?;
+        assert_eq!(err["error"]["code"], "duplicate_key", "{err}");
+        assert_eq!(err["error"]["param"], param, "{err}");
+        assert_eq!(err["error"]["type"], "invalid_request_error");
+    }
+    assert_eq!(
+        s.sim.counters().total_requests,
+        0,
+        "nothing reached the upstream"
+    );
+    s.stop().await;
+    Ok(())
+}

@@ -21,6 +21,7 @@ pub mod embeddings;
 pub mod error;
 pub mod middleware;
 pub mod routes;
+pub mod strict_json;
 pub mod validate;
 pub mod watch;
 
