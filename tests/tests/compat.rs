@@ -288,3 +288,101 @@ async fn duplicate_keys_are_refused_naming_the_field_on_every_json_endpoint() ->
     s.stop().await;
     Ok(())
 }
+
+fn weather_tools() -> Value {
+    json!([{ "type": "function", "function": { "name": "get_weather", "parameters": {
+        "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] } } }])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_json_formats_models_and_request_ids_work_through_sluice() -> Result<()> {
+    let mut env = TestEnv::new();
+    let s = Stack::start(&mut env, SimConfig::default()).await?;
+    let mut body = chat_body("Call get_weather for Paris, please.");
+    body["tools"] = weather_tools();
+    body["tool_choice"] = json!("auto");
+    body["parallel_tool_calls"] = json!(true);
+    body["user"] = json!("u-1");
+    body["seed"] = json!(7);
+    body["stop"] = json!(["\n\n"]);
+    body["max_completion_tokens"] = json!(64);
+    let resp = s.post("chat/completions", &body).await?;
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str()?.to_string();
+    let plain: Value = resp.json().await?;
+    let call = &plain["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or(""))?;
+    assert!(args["city"].is_string(), "{args}");
+    assert_eq!(plain["choices"][0]["finish_reason"], "tool_calls");
+    // The request id is the job's: it can be read back.
+    let (code, job) = s.api.job(&request_id).await?;
+    assert_eq!((code, job["status"].as_str()), (200, Some("completed")));
+
+    // Streamed: tool-call deltas arrive as the upstream sent them, and the stored result is
+    // the assembled call.
+    body["stream"] = json!(true);
+    let resp = s.post("chat/completions", &body).await?;
+    let job_id = resp.headers()["x-request-id"].to_str()?.to_string();
+    let events = stream_events(resp).await?;
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d))
+        .collect::<Result<_, _>>()?;
+    let mut name = String::new();
+    let mut arguments = String::new();
+    for c in &chunks {
+        for d in c["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            name.push_str(d["function"]["name"].as_str().unwrap_or(""));
+            arguments.push_str(d["function"]["arguments"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(name, "get_weather");
+    assert_eq!(
+        arguments,
+        call["function"]["arguments"].as_str().unwrap_or("")
+    );
+    let job = s
+        .api
+        .wait_status(&job_id, &["completed"], Duration::from_secs(10))
+        .await?;
+    let result = &job["result"];
+    assert_eq!(
+        result["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        call["function"]["arguments"],
+        "{job}"
+    );
+
+    // A JSON schema answer is JSON matching it.
+    let mut body = chat_body("Give me tags.");
+    body["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": "t", "strict": true,
+        "schema": { "type": "object", "properties": { "tags": { "type": "array", "items": { "type": "string" } } }, "required": ["tags"] } } });
+    let (status, v) = s.post_json("chat/completions", &body).await?;
+    assert_eq!(status, 200, "{v}");
+    let content: Value =
+        serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap_or(""))?;
+    assert!(content["tags"][0].is_string(), "{content}");
+
+    // GET /v1/models/{id}, and the error shape of an unknown one.
+    let get = |path: String| s.api.http.get(path).bearer_auth(&s.api.key).send();
+    let resp = get(format!("{}/v1/models/sim-small", s.api.base)).await?;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let m: Value = resp.json().await?;
+    assert_eq!(
+        (m["id"].as_str(), m["object"].as_str()),
+        (Some("sim-small"), Some("model"))
+    );
+    let resp = get(format!("{}/v1/models/nope", s.api.base)).await?;
+    assert_eq!(resp.status(), 404);
+    let e: Value = resp.json().await?;
+    assert_eq!(e["error"]["code"], "model_not_found");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    s.stop().await;
+    Ok(())
+}

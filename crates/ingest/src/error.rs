@@ -29,6 +29,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     NotFound(String),
+    /// `GET /v1/models/{id}` for a model this deployment does not serve.
+    #[error("model not found")]
+    ModelNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("request body larger than {limit} bytes")]
@@ -90,7 +93,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueUnavailable { .. }
@@ -116,6 +119,7 @@ impl ApiError {
             ApiError::InvalidRequest { .. }
             | ApiError::Unauthorized
             | ApiError::NotFound(_)
+            | ApiError::ModelNotFound(_)
             | ApiError::MethodNotAllowed
             | ApiError::PayloadTooLarge { .. }
             | ApiError::Conflict(_)
@@ -145,6 +149,7 @@ impl ApiError {
             ApiError::InvalidRequest { .. } => "invalid_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
+            ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::QueueUnavailable { .. } => "queue_unavailable",
@@ -189,6 +194,15 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 Some("not_found"),
+            ),
+            ApiError::ModelNotFound(model) => (
+                format!(
+                    "The model '{}' does not exist or you do not have access to it.",
+                    crate::validate::truncate(model, 256)
+                ),
+                "invalid_request_error",
+                Some("model"),
+                Some("model_not_found"),
             ),
             ApiError::MethodNotAllowed => (
                 "Method not allowed for this URL.".into(),

@@ -166,6 +166,28 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "object": "list", "data": data }))
 }
 
+/// `GET /v1/models/{id}`: one configured model, or `404 model_not_found`.
+pub async fn model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state.cfg.delivery.models.contains(&id) {
+        Ok(Json(
+            json!({ "id": id, "object": "model", "created": 0, "owned_by": "sluice" }),
+        ))
+    } else {
+        Err(ApiError::ModelNotFound(id))
+    }
+}
+
+/// The `x-request-id` of an answer about a job: the job's id, which `GET /v1/jobs/{id}` reads.
+fn with_request_id(mut resp: Response, id: Uuid) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id.to_string()) {
+        resp.headers_mut().insert(crate::REQUEST_ID, v);
+    }
+    resp
+}
+
 fn header_priority(headers: &HeaderMap) -> Result<Option<Priority>, ApiError> {
     match headers.get("x-priority") {
         None => Ok(None),
@@ -221,11 +243,12 @@ async fn run_plain(
                 .result
                 .ok_or_else(|| ApiError::Internal("completed job without a result".into()))?;
             let body = answer.shape(body)?;
-            Ok((
+            let resp = (
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
                 body,
             )
-                .into_response())
+                .into_response();
+            Ok(with_request_id(resp, env.id))
         }
         Ok(Ok(o)) => Err(o.failure()),
     }
@@ -320,9 +343,10 @@ async fn run_streamed(
     }
     let deadline = Instant::now() + Duration::from_secs(state.cfg.delivery.sse_max_s);
     let keepalive = Duration::from_secs(state.cfg.delivery.keepalive_s);
+    let id = env.id;
     let relay = Relay {
         state,
-        id: env.id,
+        id,
         watch,
         guard,
         out: Vec::new().into_iter(),
@@ -334,9 +358,10 @@ async fn run_streamed(
     let events = stream::unfold(relay, |mut r| async move {
         r.next().await.map(|e| (Ok::<_, Infallible>(e), r))
     });
-    Ok(Sse::new(events)
+    let resp = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(keepalive))
-        .into_response())
+        .into_response();
+    Ok(with_request_id(resp, id))
 }
 
 async fn watch_outcome(state: &AppState, id: Uuid, status: JobStatus) -> Result<Outcome, ApiError> {
