@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs the Python SDK tests (tests/python) against a Sluice stack it starts itself: the
-# simulator, one ingest and one worker, on free loopback ports, using the NATS and Redis
-# given in SLUICE_TEST_NATS_URL / SLUICE_TEST_REDIS_URL (scripts/test.sh passes its own).
-# Installs the `openai` and `standardwebhooks` packages into a venv under .tools/.
-# Exits non-zero when a test fails.
+# Runs the Python SDK tests (tests/python) and the Node SDK tests (tests/node) against a
+# Sluice stack it starts itself: the simulator, one ingest and one worker, on free loopback
+# ports, using the NATS and Redis given in SLUICE_TEST_NATS_URL / SLUICE_TEST_REDIS_URL
+# (scripts/test.sh passes its own). Installs the `openai` and `standardwebhooks` Python
+# packages into a venv under .tools/, and the pinned `openai` npm package (Node 20+) under
+# .tools/node. Exits non-zero when a test fails.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -19,6 +20,17 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import openai, standa
   python3 -m venv "$VENV" >&2
   "$VENV/bin/pip" install --quiet --disable-pip-version-check openai standardwebhooks >&2 \
     || die "could not install the Python SDK test dependencies"
+fi
+
+# The official Node SDK, pinned (it sends encoding_format=base64 by default, among others).
+OPENAI_NODE_VERSION="6.9.1"
+NODE_DIR="$TOOLS/node"
+command -v node >/dev/null || die "node (20 or newer) is required for the Node SDK tests"
+if ! grep -q "\"version\": \"$OPENAI_NODE_VERSION\"" "$NODE_DIR/node_modules/openai/package.json" 2>/dev/null; then
+  log "installing openai@$OPENAI_NODE_VERSION (npm) into $NODE_DIR"
+  mkdir -p "$NODE_DIR"
+  (cd "$NODE_DIR" && npm install --no-audit --no-fund --silent "openai@$OPENAI_NODE_VERSION" >&2) \
+    || die "could not install the Node SDK"
 fi
 
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
@@ -102,3 +114,12 @@ if [ "$STATUS" -ne 0 ] || [ "$RAN" -eq 0 ]; then
   die "Python SDK tests failed"
 fi
 echo "sdk: $RAN passed, 0 failed"
+
+log "Node SDK tests against ingest on :$INGEST_PORT"
+if ! SLUICE_SDK_BASE_URL="http://127.0.0.1:$INGEST_PORT/v1" SLUICE_SDK_KEY="$KEY" \
+  SLUICE_SDK_SIM_URL="http://127.0.0.1:$SIM_PORT" NODE_PATH="$NODE_DIR/node_modules" \
+  node --test tests/node/ 2>&1 | tee "$RUN_DIR/node.log"; then
+  log "ingest log:"; tail -n 40 "$RUN_DIR/ingest.log" >&2
+  die "Node SDK tests failed"
+fi
+echo "sdk (node): $(grep -oE '^# pass [0-9]+' "$RUN_DIR/node.log" | grep -oE '[0-9]+') passed, 0 failed"

@@ -2,6 +2,12 @@
 //!
 //! 5xx bodies are opaque; the detail stays in the log line the trace layer writes. Each
 //! variant has a low-cardinality label for the `sluice_ingest_errors_total` metric.
+//!
+//! Every error also tells the client whether retrying can help ([`Retry`]): the official
+//! OpenAI SDKs retry 408/409/429/5xx on their own (twice by default) unless the answer says
+//! `x-should-retry: false`, and wait the `Retry-After` when it is at most a minute. A job
+//! that failed after the worker's own attempts says `false`, so the SDK does not run the whole
+//! chain again; a refusal that lifts says when (see docs/retries.md).
 
 use axum::{
     Json,
@@ -27,6 +33,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     NotFound(String),
+    /// `GET /v1/models/{id}` for a model this deployment does not serve.
+    #[error("model not found")]
+    ModelNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("request body larger than {limit} bytes")]
@@ -97,7 +106,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueUnavailable { .. }
@@ -120,12 +129,49 @@ impl ApiError {
         }
     }
 
+    /// Whether a client's retry can help, and when.
+    pub fn retry(&self) -> Retry {
+        let after = |s: u64| Retry::After(s);
+        match self {
+            ApiError::InvalidRequest { .. }
+            | ApiError::Unauthorized
+            | ApiError::NotFound(_)
+            | ApiError::ModelNotFound(_)
+            | ApiError::MethodNotAllowed
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::Conflict(_)
+            | ApiError::TenantDisabled
+            | ApiError::IdempotencyConflict
+            | ApiError::Forbidden => Retry::Never,
+            // The worker already spent its attempts (and its calls on other deployments); a
+            // client retry would run that whole chain again.
+            ApiError::JobFailed { .. } => Retry::Never,
+            // Nothing is known about whether it would recur: the SDK's own policy applies.
+            ApiError::Internal(_) => Retry::Unknown,
+            // Sending the same prompt again is the loop; the window is still truthful.
+            ApiError::LoopDetected { retry_after_s } => Retry::NeverBefore(*retry_after_s),
+            ApiError::QueueUnavailable { retry_after_s, .. }
+            | ApiError::StoreUnavailable { retry_after_s, .. }
+            | ApiError::Overloaded { retry_after_s }
+            | ApiError::RateLimited { retry_after_s, .. }
+            | ApiError::BudgetExhausted { retry_after_s, .. }
+            | ApiError::Shed { retry_after_s, .. }
+            | ApiError::IdempotencyInProgress { retry_after_s }
+            | ApiError::TooManySyncWaits { retry_after_s }
+            | ApiError::TooManyStreams { retry_after_s }
+            | ApiError::AdmissionUnavailable { retry_after_s, .. } => after(*retry_after_s),
+            // The body was too slow: the same client sending it again may well succeed.
+            ApiError::RequestTimeout => Retry::Unknown,
+        }
+    }
+
     /// Metric label.
     pub fn label(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest { .. } => "invalid_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
+            ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::QueueUnavailable { .. } => "queue_unavailable",
@@ -149,7 +195,9 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> serde_json::Value {
+    /// The OpenAI error object `{"error": {message, type, param, code}}`, also sent as the
+    /// last event of a stream that fails after it started.
+    pub fn body(&self) -> serde_json::Value {
         let (message, kind, param, code): (String, &str, Option<&str>, Option<&str>) = match self {
             ApiError::InvalidRequest {
                 message,
@@ -172,6 +220,15 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 Some("not_found"),
+            ),
+            ApiError::ModelNotFound(model) => (
+                format!(
+                    "The model '{}' does not exist or you do not have access to it.",
+                    crate::validate::truncate(model, 256)
+                ),
+                "invalid_request_error",
+                Some("model"),
+                Some("model_not_found"),
             ),
             ApiError::MethodNotAllowed => (
                 "Method not allowed for this URL.".into(),
@@ -308,6 +365,60 @@ impl ApiError {
     }
 }
 
+/// What an error tells the client about retrying, as the `x-should-retry` and `Retry-After`
+/// headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Retrying the same request cannot succeed (or Sluice already retried it).
+    Never,
+    /// Not before this many seconds, and not automatically.
+    NeverBefore(u64),
+    /// Retrying after this many seconds can succeed.
+    After(u64),
+    /// No advice: the client's own policy applies.
+    Unknown,
+}
+
+/// Longest `Retry-After` the official SDKs wait for; a longer one they replace with their
+/// own short backoff, which would only be refused again, so it is sent with
+/// `x-should-retry: false`.
+pub const SDK_MAX_RETRY_AFTER_S: u64 = 60;
+
+/// The header the official SDKs read before their own retry decision.
+pub const SHOULD_RETRY: &str = "x-should-retry";
+
+impl Retry {
+    fn apply(self, headers: &mut axum::http::HeaderMap) {
+        let (should, after) = match self {
+            Retry::Never => (Some(false), None),
+            Retry::NeverBefore(s) => (Some(false), Some(s)),
+            Retry::After(s) => (Some(s <= SDK_MAX_RETRY_AFTER_S), Some(s)),
+            Retry::Unknown => (None, None),
+        };
+        if let Some(should) = should {
+            headers.insert(
+                SHOULD_RETRY,
+                HeaderValue::from_static(if should { "true" } else { "false" }),
+            );
+        }
+        if let Some(s) = after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+    }
+}
+
+/// The HTTP status for a job's stored error code.
+fn job_failure_status(code: &str) -> StatusCode {
+    match code {
+        "model_not_found" => StatusCode::NOT_FOUND,
+        "upstream_rejected" => StatusCode::BAD_REQUEST,
+        "upstream_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+        "cancelled" => StatusCode::CONFLICT,
+        "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
 impl From<sluice_webhooks::HookError> for ApiError {
     fn from(e: sluice_webhooks::HookError) -> ApiError {
         use sluice_webhooks::HookError;
@@ -342,20 +453,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(kind = self.label(), detail = %self, "request failed");
         }
-        let retry_after = match &self {
-            ApiError::QueueUnavailable { retry_after_s, .. }
-            | ApiError::StoreUnavailable { retry_after_s, .. }
-            | ApiError::Overloaded { retry_after_s }
-            | ApiError::RateLimited { retry_after_s, .. }
-            | ApiError::BudgetExhausted { retry_after_s, .. }
-            | ApiError::LoopDetected { retry_after_s }
-            | ApiError::Shed { retry_after_s, .. }
-            | ApiError::IdempotencyInProgress { retry_after_s }
-            | ApiError::AdmissionUnavailable { retry_after_s, .. }
-            | ApiError::TooManySyncWaits { retry_after_s }
-            | ApiError::TooManyStreams { retry_after_s } => Some(*retry_after_s),
-            _ => None,
-        };
+        let retry = self.retry();
         if let ApiError::RateLimited { dimension, .. } = &self {
             metrics::counter!("sluice_ingest_rate_limited_total", "dimension" => dimension.as_str()).increment(1);
         }
@@ -369,9 +467,7 @@ impl IntoResponse for ApiError {
                 resp.headers_mut().insert(name, v);
             }
         }
-        if let Some(s) = retry_after {
-            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
-        }
+        retry.apply(resp.headers_mut());
         if status == StatusCode::REQUEST_TIMEOUT {
             // The rest of the body may still be on its way: the connection cannot be reused.
             resp.headers_mut()
@@ -433,5 +529,41 @@ mod tests {
         .into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()[RETRY_AFTER], "3");
+        assert_eq!(resp.headers()[SHOULD_RETRY], "true");
+    }
+
+    #[test]
+    fn retry_advice_says_what_sluice_already_did() {
+        let headers = |e: ApiError| e.into_response().headers().clone();
+        // A job that failed after the worker's attempts: never again, no Retry-After.
+        let h = headers(ApiError::JobFailed {
+            code: "upstream_rate_limited".into(),
+            message: "m".into(),
+        });
+        assert_eq!(h[SHOULD_RETRY], "false");
+        assert!(h.get(RETRY_AFTER).is_none());
+        // A window the SDK waits for, and one it would not.
+        let h = headers(ApiError::Shed {
+            priority: "low",
+            retry_after_s: 2,
+        });
+        assert_eq!(
+            (&h[SHOULD_RETRY], &h[RETRY_AFTER]),
+            (&"true".parse().unwrap(), &"2".parse().unwrap())
+        );
+        let h = headers(ApiError::BudgetExhausted {
+            cost: false,
+            retry_after_s: 3600,
+        });
+        assert_eq!(h[SHOULD_RETRY], "false");
+        assert_eq!(h[RETRY_AFTER], "3600");
+        let h = headers(ApiError::LoopDetected { retry_after_s: 5 });
+        assert_eq!(h[SHOULD_RETRY], "false");
+        assert_eq!(headers(ApiError::Unauthorized)[SHOULD_RETRY], "false");
+        assert!(
+            headers(ApiError::Internal("x".into()))
+                .get(SHOULD_RETRY)
+                .is_none()
+        );
     }
 }

@@ -33,6 +33,7 @@ pub mod routes;
 pub mod serve;
 pub mod submission;
 pub mod screening;
+pub mod strict_json;
 pub mod validate;
 pub mod watch;
 
@@ -149,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/embeddings", post(routes::openai::embeddings))
         .route("/v1/models", get(routes::openai::models))
+        .route("/v1/models/{id}", get(routes::openai::model))
         .route(
             "/v1/webhooks",
             post(routes::webhooks::create).get(routes::webhooks::list),
@@ -185,7 +187,23 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             serve::read_body,
         ))
+        .layer(axum::middleware::map_response(request_id))
         .with_state(state)
+}
+
+/// The response header naming the request, as OpenAI sends it (the SDKs expose it as
+/// `_request_id`); answers about a job carry the job's id.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Gives every response an `x-request-id`, unless its handler set one.
+async fn request_id(mut resp: Response) -> Response {
+    if !resp.headers().contains_key(REQUEST_ID)
+        && let Ok(v) =
+            axum::http::HeaderValue::from_str(&format!("req_{}", uuid::Uuid::now_v7().simple()))
+    {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
 }
 
 /// Bounds the requests in process; past the bound, answer 503 at once instead of queueing

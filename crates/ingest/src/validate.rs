@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use sluice_protocol::Priority;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, strict_json::StrictError};
 
 /// OpenAI chat-completions parameters that are forwarded upstream.
 const OPENAI_FIELDS: &[&str] = &[
@@ -103,16 +103,7 @@ pub(crate) fn json_object(
     body: &[u8],
     allowed: impl Fn(&str) -> bool,
 ) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(
-            format!(
-                "The request body is not valid JSON ({}).",
-                json_error_kind(&e)
-            ),
-            None,
-            "invalid_json",
-        )
-    })?;
+    let value = parse_body(body)?;
     let Value::Object(obj) = value else {
         return Err(ApiError::invalid(
             "The request body must be a JSON object.",
@@ -131,6 +122,31 @@ pub(crate) fn json_object(
         ));
     }
     Ok(obj)
+}
+
+/// Parses a request body as JSON, refusing a syntax error or a duplicate member name (at any
+/// depth, see [`crate::strict_json`]) with a `400`.
+pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    crate::strict_json::from_slice(body).map_err(|e| match e {
+        StrictError::Syntax(e) => ApiError::invalid(
+            format!(
+                "The request body is not valid JSON ({}).",
+                json_error_kind(&e)
+            ),
+            None,
+            "invalid_json",
+        ),
+        StrictError::Duplicate(path) => {
+            let path = truncate(&path, 128);
+            ApiError::invalid(
+                format!(
+                    "Duplicate key '{path}' in the request body: each member name may appear once."
+                ),
+                Some(path),
+                "duplicate_key",
+            )
+        }
+    })
 }
 
 pub fn chat_submission(body: &[u8], limits: Limits) -> Result<ChatSubmission, ApiError> {
@@ -377,6 +393,19 @@ fn others(obj: &Map<String, Value>) -> Result<(), ApiError> {
     is("response_format", Value::is_object, "an object")?;
     is("stream_options", Value::is_object, "an object")?;
     is("logit_bias", Value::is_object, "an object")?;
+    if let Some(opts) = obj.get("stream_options").filter(|v| !v.is_null()) {
+        if obj.get("stream").and_then(Value::as_bool) != Some(true) {
+            return Err(ApiError::invalid(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                Some("stream_options"),
+                "invalid_value",
+            ));
+        }
+        match opts.get("include_usage") {
+            None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+            Some(_) => return Err(wrong_type("stream_options.include_usage", "a boolean")),
+        }
+    }
     match obj.get("stop") {
         None | Some(Value::Null) | Some(Value::String(_)) => {}
         Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => {}
@@ -570,6 +599,16 @@ mod tests {
         );
         let ok = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]},{"role":"assistant","content":null,"tool_calls":[]}]}"#;
         assert!(chat_submission(ok.as_bytes(), LIMITS).is_ok());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_by_name_at_any_depth() {
+        let (_, param, code) =
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"model":"n"}"#);
+        assert_eq!((param.as_deref(), code), (Some("model"), "duplicate_key"));
+        let (_, param, _) =
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x","content":"y"}]}"#);
+        assert_eq!(param.as_deref(), Some("messages[0].content"));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod openai;
 pub mod output;
 pub mod server;
 pub mod state;
+pub mod tools;
 
 pub use config::{ConfigError, Latency, SimConfig};
 pub use counters::{Counters, EndpointCounts};

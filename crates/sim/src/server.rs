@@ -26,6 +26,7 @@ pub fn router(state: SimState) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::retrieve))
         .route("/sim/counters", get(admin::counters))
         .route("/sim/reset", post(admin::reset))
         .route("/sim/config", get(admin::get_config).put(admin::put_config))

@@ -110,6 +110,44 @@ struct Choice {
     role: Option<String>,
     content: String,
     finish_reason: Option<Value>,
+    /// By the delta's `index`: OpenAI sends a call's `id`, `type` and name first, then its
+    /// argument text in pieces.
+    tool_calls: BTreeMap<u64, ToolCall>,
+}
+
+#[derive(Default)]
+struct ToolCall {
+    id: Option<Value>,
+    kind: Option<Value>,
+    name: String,
+    arguments: String,
+}
+
+impl ToolCall {
+    fn add(&mut self, delta: &Value) {
+        if let Some(id) = delta.get("id").filter(|v| !v.is_null()) {
+            self.id = Some(id.clone());
+        }
+        if let Some(kind) = delta.get("type").filter(|v| !v.is_null()) {
+            self.kind = Some(kind.clone());
+        }
+        if let Some(f) = delta.get("function") {
+            if let Some(n) = f.get("name").and_then(Value::as_str) {
+                self.name.push_str(n);
+            }
+            if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                self.arguments.push_str(a);
+            }
+        }
+    }
+
+    fn finish(self) -> Value {
+        json!({
+            "id": self.id.unwrap_or(Value::Null),
+            "type": self.kind.unwrap_or_else(|| json!("function")),
+            "function": { "name": self.name, "arguments": self.arguments },
+        })
+    }
 }
 
 impl Assembler {
@@ -140,6 +178,15 @@ impl Assembler {
                 if let Some(t) = delta.get("content").and_then(Value::as_str) {
                     slot.content.push_str(t);
                 }
+                for call in delta
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let i = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    slot.tool_calls.entry(i).or_default().add(call);
+                }
             }
             if let Some(f) = ch.get("finish_reason").filter(|f| !f.is_null()) {
                 slot.finish_reason = Some(f.clone());
@@ -152,9 +199,18 @@ impl Assembler {
             .choices
             .into_iter()
             .map(|(index, c)| {
+                let role = c.role.unwrap_or_else(|| "assistant".into());
+                let message = if c.tool_calls.is_empty() {
+                    json!({ "role": role, "content": c.content })
+                } else {
+                    let calls: Vec<Value> =
+                        c.tool_calls.into_values().map(ToolCall::finish).collect();
+                    let content = (!c.content.is_empty()).then_some(c.content);
+                    json!({ "role": role, "content": content, "tool_calls": calls })
+                };
                 json!({
                     "index": index,
-                    "message": { "role": c.role.unwrap_or_else(|| "assistant".into()), "content": c.content },
+                    "message": message,
                     "logprobs": null,
                     "finish_reason": c.finish_reason.unwrap_or(Value::Null),
                 })
@@ -198,5 +254,26 @@ mod tests {
         assert_eq!(v["choices"][0]["message"]["content"], "Hello");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(v["usage"]["total_tokens"], 3);
+    }
+
+    #[test]
+    fn assembles_tool_calls_from_their_deltas() {
+        let mut a = Assembler::default();
+        a.add(br#"{"id":"c2","choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}"#);
+        a.add(br#"{"id":"c2","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]}}]}"#);
+        a.add(br#"{"id":"c2","choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_2","type":"function","function":{"name":"get_time","arguments":"{}"}}]}}]}"#);
+        a.add(br#"{"id":"c2","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]}}]}"#);
+        a.add(br#"{"id":"c2","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#);
+        let v = a.finish("m");
+        let msg = &v["choices"][0]["message"];
+        assert!(msg["content"].is_null());
+        assert_eq!(msg["tool_calls"][0]["id"], "call_1");
+        assert_eq!(msg["tool_calls"][0]["function"]["name"], "get_weather");
+        assert_eq!(
+            msg["tool_calls"][0]["function"]["arguments"],
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(msg["tool_calls"][1]["function"]["name"], "get_time");
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
     }
 }

@@ -202,7 +202,13 @@ async fn answer(
         };
     drop(body);
     let mut resp = if stream {
-        run_streamed(state, watch, guard, view, slot).await
+        let stream_shape = match shape {
+            Shape::Chat { include_usage } => StreamShape { include_usage },
+            Shape::Embeddings(_) => StreamShape {
+                include_usage: false,
+            },
+        };
+        run_streamed(state, watch, guard, view, slot, stream_shape).await
     } else {
         run_plain(state, watch, guard, view, shape).await
     }?;
@@ -224,6 +230,55 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
         .map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "sluice" }))
         .collect();
     Json(json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v1/models/{id}`: one configured model, or `404 model_not_found`.
+pub async fn model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state.cfg.model_ids().iter().any(|m| *m == id) {
+        Ok(Json(
+            json!({ "id": id, "object": "model", "created": 0, "owned_by": "sluice" }),
+        ))
+    } else {
+        Err(ApiError::ModelNotFound(id))
+    }
+}
+
+/// The `x-request-id` of an answer about a job: the job's id, which `GET /v1/jobs/{id}` reads.
+fn with_request_id(mut resp: Response, id: Uuid) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id.to_string()) {
+        resp.headers_mut().insert(crate::REQUEST_ID, v);
+    }
+    resp
+}
+
+/// The stream the client asked for: with or without `stream_options.include_usage`.
+#[derive(Clone, Copy, Debug)]
+struct StreamShape {
+    include_usage: bool,
+}
+
+impl StreamShape {
+    /// The chunk as the client's stream carries it, or `None` when it does not carry it:
+    /// without `include_usage`, no `usage` member and no final usage-only chunk (OpenAI sends
+    /// neither, and code reading `choices[0]` breaks on an empty `choices`).
+    fn chunk(self, mut chunk: Value) -> Option<Value> {
+        if self.include_usage {
+            return Some(chunk);
+        }
+        let obj = chunk.as_object_mut()?;
+        let usage = obj.remove("usage");
+        let no_choices = obj
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty);
+        if no_choices && usage.is_some_and(|u| !u.is_null()) {
+            return None;
+        }
+        Some(chunk)
+    }
 }
 
 fn header_priority(headers: &HeaderMap) -> Result<Option<Priority>, ApiError> {
@@ -263,11 +318,12 @@ async fn run_plain(
                 .result
                 .ok_or_else(|| ApiError::Internal("completed job without a result".into()))?;
             let body = shape.apply(body)?;
-            Ok((
+            let resp = (
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
                 body,
             )
-                .into_response())
+                .into_response();
+            Ok(with_request_id(resp, watch.job_id()))
         }
         Ok(Ok(o)) => Err(o.failure()),
     }
@@ -307,6 +363,7 @@ async fn run_streamed(
     mut guard: CancelOnDrop,
     view: Option<JobView>,
     slot: Slot,
+    shape: StreamShape,
 ) -> Result<Response, ApiError> {
     let id = watch.job_id();
     let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
@@ -353,14 +410,16 @@ async fn run_streamed(
         pending: seen.into_iter(),
         done: false,
         deadline,
+        shape,
         _slot: slot,
     };
     let events = stream::unfold(relay, |mut r| async move {
         r.next().await.map(|e| (Ok::<_, Infallible>(e), r))
     });
-    Ok(Sse::new(events)
+    let resp = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(keepalive))
-        .into_response())
+        .into_response();
+    Ok(with_request_id(resp, id))
 }
 
 async fn watch_outcome(state: &AppState, id: Uuid, status: JobStatus) -> Result<Outcome, ApiError> {
@@ -389,6 +448,7 @@ struct Relay {
     done: bool,
     deadline: Instant,
     /// The tenant's synchronous-wait place, held while the answer streams.
+    shape: StreamShape,
     _slot: Slot,
 }
 
@@ -415,14 +475,15 @@ impl Relay {
 
     async fn translate(&mut self, ev: JobEvent) {
         if ev.kind() == "chunks" {
-            let chunks = ev
-                .value
-                .get("chunks")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let mut value = ev.value;
+            let chunks = match value.get_mut("chunks").map(Value::take) {
+                Some(Value::Array(chunks)) => chunks,
+                _ => Vec::new(),
+            };
+            let shape = self.shape;
             self.out = chunks
-                .iter()
+                .into_iter()
+                .filter_map(|c| shape.chunk(c))
                 .map(|c| Event::default().data(c.to_string()))
                 .collect::<Vec<_>>()
                 .into_iter();
@@ -439,8 +500,10 @@ impl Relay {
                 Ok(o) => o.failure(),
                 Err(e) => e,
             };
-            let body = json!({ "error": { "message": failure.to_string(), "type": "server_error", "param": null, "code": failure.label() } });
-            out.push(Event::default().data(body.to_string()));
+            // OpenAI's framing of a failure after the stream started: one `data:` event
+            // holding the error object, then the end of the stream (no `[DONE]`). The SDKs
+            // raise it as an API error.
+            out.push(Event::default().data(failure.body().to_string()));
         } else {
             out.push(Event::default().data("[DONE]"));
         }

@@ -37,9 +37,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body_or_error(body, state.cfg.ingest.max_body_bytes)?;
-    let v: Value = serde_json::from_slice(&body).map_err(|_| {
-        ApiError::invalid("The request body is not valid JSON.", None, "invalid_json")
-    })?;
+    let v = crate::validate::parse_body(&body)?;
     let obj = v.as_object().ok_or_else(|| {
         ApiError::invalid(
             "The request body must be a JSON object.",

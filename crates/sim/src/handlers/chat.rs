@@ -23,10 +23,12 @@ use crate::directives::Directives;
 use crate::error::ApiError;
 use crate::handlers::{parse_json, pause};
 use crate::openai::{
-    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, Usage,
+    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
+    FunctionDelta, FunctionOut, ToolCallDelta, ToolCallOut, Usage,
 };
 use crate::output::{self, Completion};
 use crate::state::{Live, Plan, SimState, unix_now};
+use crate::tools;
 
 pub async fn completions(State(state): State<SimState>, body: Bytes) -> Response {
     let guard = state.begin(Endpoint::ChatCompletions);
@@ -42,11 +44,14 @@ pub async fn completions(State(state): State<SimState>, body: Bytes) -> Response
         guard.complete();
         return fault.into_response();
     }
-    let (completion, usage) = generate(&req);
+    let (completion, mut usage) = generate(&req);
+    let reply = Reply::new(&state, &req, &completion);
+    usage.completion_tokens = reply.tokens(&completion);
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
     let id = state.next_id("chatcmpl");
     if req.stream.unwrap_or(false) {
         let chunk_delay = Duration::from_millis(live.cfg.stream_chunk_delay_ms);
-        match render_stream(&id, &req, &completion, usage, !chunk_delay.is_zero()) {
+        match render_stream(&id, &req, &reply, usage, !chunk_delay.is_zero()) {
             Ok(groups) => stream_response(groups, chunk_delay, guard),
             Err(e) => {
                 guard.complete();
@@ -54,7 +59,25 @@ pub async fn completions(State(state): State<SimState>, body: Bytes) -> Response
             }
         }
     } else {
-        let content = completion.content();
+        let (content, tool_calls) = match &reply {
+            Reply::Text { content, .. } => (Some(content.as_str()), None),
+            Reply::Tools(calls) => (
+                None,
+                Some(
+                    calls
+                        .iter()
+                        .map(|(id, c)| ToolCallOut {
+                            id,
+                            kind: "function",
+                            function: FunctionOut {
+                                name: &c.name,
+                                arguments: &c.arguments,
+                            },
+                        })
+                        .collect(),
+                ),
+            ),
+        };
         let response = Json(ChatCompletion {
             id: &id,
             object: "chat.completion",
@@ -64,16 +87,83 @@ pub async fn completions(State(state): State<SimState>, body: Bytes) -> Response
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: &content,
+                    content,
+                    tool_calls,
                 },
                 logprobs: None,
-                finish_reason: completion.finish_reason.as_str(),
+                finish_reason: reply.finish_reason(),
             }],
             usage,
         })
         .into_response();
         guard.complete();
         response
+    }
+}
+
+/// What the assistant answers: text (words, or a JSON document for a JSON `response_format`),
+/// or tool calls (see [`crate::tools`]).
+enum Reply {
+    Text {
+        content: String,
+        /// Streamed pieces; they concatenate to `content`.
+        pieces: Vec<String>,
+        finish_reason: &'static str,
+    },
+    /// `(id, call)` pairs.
+    Tools(Vec<(String, tools::ToolCall)>),
+}
+
+impl Reply {
+    fn new(state: &SimState, req: &ChatRequest, completion: &Completion) -> Reply {
+        let prompt = req.last_user_text().unwrap_or_default();
+        let calls = tools::calls(
+            req.tools.as_deref().unwrap_or_default(),
+            req.tool_choice.as_ref(),
+            req.parallel_tool_calls.unwrap_or(true),
+            &prompt,
+        );
+        if !calls.is_empty() {
+            return Reply::Tools(
+                calls
+                    .into_iter()
+                    .map(|c| (state.next_id("call"), c))
+                    .collect(),
+            );
+        }
+        let words = completion.content();
+        match tools::json_content(req.response_format.as_ref(), &words) {
+            Some(json) => Reply::Text {
+                pieces: vec![json.clone()],
+                content: json,
+                finish_reason: "stop",
+            },
+            None => Reply::Text {
+                pieces: completion.pieces().collect(),
+                content: words,
+                finish_reason: completion.finish_reason.as_str(),
+            },
+        }
+    }
+
+    fn finish_reason(&self) -> &'static str {
+        match self {
+            Reply::Text { finish_reason, .. } => finish_reason,
+            Reply::Tools(_) => "tool_calls",
+        }
+    }
+
+    fn tokens(&self, completion: &Completion) -> u64 {
+        match self {
+            Reply::Text { pieces, .. } if pieces.len() == completion.words.len() => {
+                completion.completion_tokens()
+            }
+            Reply::Text { content, .. } => output::text_tokens(content),
+            Reply::Tools(calls) => calls
+                .iter()
+                .map(|(_, c)| output::text_tokens(&c.name) + output::text_tokens(&c.arguments))
+                .sum(),
+        }
     }
 }
 
@@ -129,12 +219,13 @@ fn push_event<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), serde_js
 }
 
 /// Renders the whole event stream into write groups: one group when `split` is false, else
-/// the role and first word, then one group per further word (the last also carrying the
-/// finish, usage and `[DONE]` events).
+/// the role and first piece, then one group per further piece (the last also carrying the
+/// finish, usage and `[DONE]` events). Tool calls stream as OpenAI streams them: a first delta
+/// per call with its `id`, `type` and `name`, then its argument text.
 fn render_stream(
     id: &str,
     req: &ChatRequest,
-    completion: &Completion,
+    reply: &Reply,
     usage: Usage,
     split: bool,
 ) -> Result<Vec<Bytes>, serde_json::Error> {
@@ -164,29 +255,71 @@ fn render_stream(
     };
 
     let mut groups = Vec::new();
-    let mut current = chunk(
-        Delta {
-            role: Some("assistant"),
-            content: Some(""),
-        },
-        None,
-    )?;
-    for (i, piece) in completion.pieces().enumerate() {
-        if split && i > 0 {
-            groups.push(Bytes::from(mem::take(&mut current)));
+    let mut current;
+    match reply {
+        Reply::Text { pieces, .. } => {
+            current = chunk(
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                    ..Delta::default()
+                },
+                None,
+            )?;
+            for (i, piece) in pieces.iter().enumerate() {
+                if split && i > 0 {
+                    groups.push(Bytes::from(mem::take(&mut current)));
+                }
+                current.extend(chunk(
+                    Delta {
+                        content: Some(piece),
+                        ..Delta::default()
+                    },
+                    None,
+                )?);
+            }
         }
-        current.extend(chunk(
-            Delta {
-                role: None,
-                content: Some(&piece),
-            },
-            None,
-        )?);
+        Reply::Tools(calls) => {
+            current = Vec::new();
+            for (index, (call_id, call)) in calls.iter().enumerate() {
+                current.extend(chunk(
+                    Delta {
+                        role: (index == 0).then_some("assistant"),
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index,
+                            id: Some(call_id),
+                            kind: Some("function"),
+                            function: FunctionDelta {
+                                name: Some(&call.name),
+                                arguments: "",
+                            },
+                        }]),
+                        ..Delta::default()
+                    },
+                    None,
+                )?);
+                if split {
+                    groups.push(Bytes::from(mem::take(&mut current)));
+                }
+                current.extend(chunk(
+                    Delta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index,
+                            id: None,
+                            kind: None,
+                            function: FunctionDelta {
+                                name: None,
+                                arguments: &call.arguments,
+                            },
+                        }]),
+                        ..Delta::default()
+                    },
+                    None,
+                )?);
+            }
+        }
     }
-    current.extend(chunk(
-        Delta::default(),
-        Some(completion.finish_reason.as_str()),
-    )?);
+    current.extend(chunk(Delta::default(), Some(reply.finish_reason()))?);
     if include_usage {
         push_event(
             &mut current,

@@ -1,10 +1,11 @@
 //! `GET /v1/models`: the configured models.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 
 use crate::counters::Endpoint;
+use crate::error::ApiError;
 use crate::openai::{ModelEntry, ModelList};
 use crate::state::SimState;
 
@@ -30,6 +31,24 @@ pub async fn list(State(state): State<SimState>) -> Response {
         data,
     })
     .into_response();
+    guard.complete();
+    response
+}
+
+/// `GET /v1/models/{id}`: one served model, or `404 model_not_found`.
+pub async fn retrieve(State(state): State<SimState>, Path(id): Path<String>) -> Response {
+    let guard = state.begin(Endpoint::Models);
+    let live = state.live();
+    let response = match live.cfg.models.iter().find(|m| **m == id) {
+        Some(id) => Json(ModelEntry {
+            id,
+            object: "model",
+            created: CREATED,
+            owned_by: "sluice-sim",
+        })
+        .into_response(),
+        None => ApiError::ModelNotFound(id).into_response(),
+    };
     guard.complete();
     response
 }
