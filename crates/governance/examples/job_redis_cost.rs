@@ -54,6 +54,7 @@ fn envelope(id: Uuid) -> JobEnvelope {
         metadata: BTreeMap::new(),
         stream: false,
         reserved: true,
+        cache: None,
     }
 }
 
@@ -134,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
     rows.push((
         "idempotency claim",
         run(jobs, |i, env| async move {
-            gov.claim_idempotency("bench", &format!("k{i}"), "body", env.id)
+            gov.claim_idempotency("bench", &format!("k{i}"), "body", env.id, 30)
                 .await
         })
         .await?,

@@ -251,7 +251,7 @@ impl Governor {
         let disabled: Option<String> = self
             .query(
                 redis::cmd("HGET")
-                    .arg(self.keys.tenant(tenant))
+                    .arg(self.keys().tenant(tenant))
                     .arg("disabled")
                     .to_owned(),
             )

@@ -407,18 +407,6 @@ impl Retry {
     }
 }
 
-/// The HTTP status for a job's stored error code.
-fn job_failure_status(code: &str) -> StatusCode {
-    match code {
-        "model_not_found" => StatusCode::NOT_FOUND,
-        "upstream_rejected" => StatusCode::BAD_REQUEST,
-        "upstream_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
-        "cancelled" => StatusCode::CONFLICT,
-        "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::BAD_GATEWAY,
-    }
-}
-
 impl From<sluice_webhooks::HookError> for ApiError {
     fn from(e: sluice_webhooks::HookError) -> ApiError {
         use sluice_webhooks::HookError;
@@ -537,7 +525,7 @@ mod tests {
         let headers = |e: ApiError| e.into_response().headers().clone();
         // A job that failed after the worker's attempts: never again, no Retry-After.
         let h = headers(ApiError::JobFailed {
-            code: "upstream_rate_limited".into(),
+            code: sluice_protocol::ErrorCode::UpstreamRateLimited,
             message: "m".into(),
         });
         assert_eq!(h[SHOULD_RETRY], "false");
