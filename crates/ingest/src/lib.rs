@@ -14,12 +14,14 @@
 //! - [`middleware`]: admission — load shedding, idempotency, rate limits, budgets.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
 //! - [`error`]: the API error and its OpenAI-shaped response.
+//! - [`observe`]: job attributes on the request's trace span.
 
 pub mod auth;
 pub mod cancel;
 pub mod embeddings;
 pub mod error;
 pub mod middleware;
+pub mod observe;
 pub mod routes;
 pub mod validate;
 pub mod watch;
@@ -149,6 +151,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             shed_load,
         ))
+        .layer(axum::middleware::from_fn(middleware::observe::observe))
         .with_state(state)
 }
 

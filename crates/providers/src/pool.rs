@@ -17,6 +17,7 @@ use rand::Rng;
 use serde_json::Value;
 use sluice_config::{Config, ConfigError, DeploymentConfig, HedgeConfig, ModelsConfig};
 use tokio::{sync::Mutex, time::Instant};
+use tracing::Instrument;
 
 use crate::{
     ErrorClass, OpenAiProvider, ProviderError,
@@ -483,11 +484,20 @@ impl Pools {
                 calls += 1;
                 let dep = slot.deployment().clone();
                 let body = with_model(req.body, dep.upstream_model.as_deref().unwrap_or(model));
-                match dep.client.chat_completion_stream(body).await {
+                let span = crate::genai::call_span(CallKind::Chat, model, &dep.name);
+                let started = Instant::now();
+                match dep
+                    .client
+                    .chat_completion_stream(body)
+                    .instrument(span.clone())
+                    .await
+                {
                     Ok(inner) => {
                         let stream = Box::pin(SlotStream {
                             inner,
                             slot: Some(slot),
+                            span,
+                            first: Some((started, model.clone(), dep.name.clone())),
                         });
                         return Ok(StreamAnswer {
                             model: model.clone(),
@@ -516,6 +526,9 @@ impl Pools {
 struct SlotStream {
     inner: crate::openai::ByteStream,
     slot: Option<Slot>,
+    /// The call's span; when it started, its model and deployment, until the first chunk.
+    span: tracing::Span,
+    first: Option<(Instant, String, String)>,
 }
 
 impl futures_util::Stream for SlotStream {
@@ -537,7 +550,11 @@ impl futures_util::Stream for SlotStream {
                     s.failed(e.clone());
                 }
             }
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => {
+                if let Some((at, model, deployment)) = self.first.take() {
+                    crate::genai::first_chunk(&self.span, &model, &deployment, at.elapsed());
+                }
+            }
         }
         std::task::Poll::Ready(item)
     }
@@ -552,6 +569,8 @@ fn hedged(mut a: Answer) -> Answer {
 async fn send(slot: Slot, model: &str, req: &CallRequest<'_>) -> Result<Answer, CallError> {
     let dep = slot.deployment().clone();
     let body = with_model(req.body, dep.upstream_model.as_deref().unwrap_or(model));
+    let span = crate::genai::call_span(req.kind, model, &dep.name);
+    let started = Instant::now();
     let call = async {
         match req.kind {
             CallKind::Chat => dep.client.chat_completion(body).await,
@@ -560,10 +579,13 @@ async fn send(slot: Slot, model: &str, req: &CallRequest<'_>) -> Result<Answer, 
     };
     let result = match req.deadline {
         Some(d) => tokio::time::timeout_at(d, call)
+            .instrument(span.clone())
             .await
             .unwrap_or(Err(ProviderError::Timeout)),
-        None => call.await,
+        None => call.instrument(span.clone()).await,
     };
+    let facts = result.as_ref().map(|b| &b[..]).map_err(|e| e.code());
+    crate::genai::finished(&span, req.kind, model, &dep.name, started.elapsed(), facts);
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code(),

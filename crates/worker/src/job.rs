@@ -134,6 +134,7 @@ async fn started(
 /// The usage is settled even if the result could not be recorded: the tokens were spent, and
 /// the retry's settlement finds the reservation gone and changes nothing.
 async fn completed(shared: &Shared, env: &JobEnvelope, attempt: u64, response: &[u8]) -> Outcome {
+    crate::observe::completed(shared, env, response);
     let (recorded, (), targets) = tokio::join!(
         shared.store.record_completed(env, response),
         crate::governance::completed(shared, env, response),

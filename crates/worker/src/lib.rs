@@ -15,6 +15,7 @@ pub mod call;
 pub mod cancel;
 pub mod governance;
 pub mod job;
+pub mod observe;
 pub mod schedule;
 pub mod settle;
 pub mod streamed;
@@ -34,6 +35,7 @@ use sluice_queue::{
 use sluice_store::Store;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 /// What every job task shares.
 pub struct Shared {
@@ -299,20 +301,25 @@ impl Fetcher {
     }
 
     fn dispatch(&self, msg: async_nats::jetstream::Message, permit: OwnedSemaphorePermit) {
-        let delivery = Delivery::new(msg, Some(self.release.clone()));
         if self.stop_jobs.is_cancelled() {
-            drop(delivery);
+            drop(Delivery::new(msg, Some(self.release.clone())));
             return;
         }
+        let observed = observe::delivered(&self.shared, &msg);
+        let delivery = Delivery::new(msg, Some(self.release.clone()));
         let shared = self.shared.clone();
         let stop = self.stop_jobs.clone();
-        self.tasks.spawn(async move {
-            let _permit = permit;
-            metrics::gauge!("sluice_worker_in_flight").increment(1.0);
-            let outcome = job::run(&shared, &delivery, &stop).await;
-            settle::settle(&shared, delivery, outcome).await;
-            metrics::gauge!("sluice_worker_in_flight").decrement(1.0);
-        });
+        let span = observed.span.clone();
+        self.tasks.spawn(
+            async move {
+                let _permit = permit;
+                let outcome = job::run(&shared, &delivery, &stop).await;
+                observe::outcome(&observed, &outcome);
+                settle::settle(&shared, delivery, outcome).await;
+                observe::settled(&shared);
+            }
+            .instrument(span),
+        );
     }
 
     async fn pullers(&self) -> Option<[Puller; 3]> {

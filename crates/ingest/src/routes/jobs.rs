@@ -175,6 +175,7 @@ pub(crate) fn chat_envelope(
     reserved: bool,
 ) -> Result<JobEnvelope, ApiError> {
     let created_at_ms = job.created_at_ms;
+    crate::observe::admitted(tenant, job.id, sub.priority);
     Ok(JobEnvelope {
         schema: SCHEMA_VERSION,
         id: job.id,
@@ -188,7 +189,8 @@ pub(crate) fn chat_envelope(
             .deadline_s
             .map(|s| created_at_ms.saturating_add(s.saturating_mul(1000))),
         replays: 0,
-        traceparent: traceparent(headers),
+        traceparent: sluice_telemetry::trace::current_traceparent()
+            .or_else(|| traceparent(headers)),
         metadata: sub.metadata,
         stream: sub.stream,
         reserved,

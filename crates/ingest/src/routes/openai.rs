@@ -114,7 +114,7 @@ pub async fn embeddings(
         created_at_ms: job.created_at_ms,
         deadline_ms: None,
         replays: 0,
-        traceparent: None,
+        traceparent: sluice_telemetry::trace::current_traceparent(),
         metadata: Default::default(),
         stream: false,
         reserved: admitted.reserved,
