@@ -5,6 +5,7 @@
 //! Each [`TestEnv`] isolates itself with a unique NATS namespace and Redis key prefix, so
 //! tests run in parallel against the same servers.
 
+pub mod otlp;
 pub mod receiver;
 pub mod sse;
 

@@ -85,6 +85,15 @@ pub struct Tracing {
 }
 
 impl Tracing {
+    /// Exports every span ended so far (tests), from its own thread like [`Tracing::shutdown`].
+    pub fn flush(&self) {
+        let provider = self.provider.clone();
+        let _ = std::thread::spawn(move || {
+            let _ = provider.force_flush();
+        })
+        .join();
+    }
+
     /// Exports what is still queued (bounded by the export timeout) and stops the exporter.
     /// Runs on its own thread: the exporter's blocking client must not be dropped inside
     /// the async runtime.
