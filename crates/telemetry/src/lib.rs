@@ -5,6 +5,7 @@
 //! services render it at `GET /metrics`. Log lines never carry prompts, keys or upstream
 //! bodies: call sites log ids, tenants, models and error kinds only.
 
+pub mod redact;
 pub mod runtime;
 pub mod trace;
 

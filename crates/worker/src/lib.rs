@@ -98,6 +98,11 @@ impl Worker {
                 worker.stop_fetching.clone(),
             ));
         }
+        worker.tasks.spawn(observe::poll_queues(
+            shared.queue.clone(),
+            Duration::from_secs(5),
+            worker.stop_fetching.clone(),
+        ));
         worker.tasks.spawn(cancel::listen(
             shared.queue.clone(),
             shared.running.clone(),

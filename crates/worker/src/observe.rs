@@ -111,6 +111,12 @@ fn slots(shared: &crate::Shared, delta: i64) {
 ///   (priced by `governance.prices`);
 /// - `gen_ai_server_request_duration_seconds{gen_ai_request_model}`: submission to answer.
 pub fn completed(shared: &crate::Shared, env: &sluice_protocol::JobEnvelope, response: &[u8]) {
+    if sluice_telemetry::redact::content_logging() {
+        // Opt-in only, and redacted first (see `sluice_telemetry::redact`).
+        let text =
+            |b: &[u8]| sluice_telemetry::redact::redact(&String::from_utf8_lossy(b)).into_owned();
+        tracing::debug!(target: "sluice::content", job = %env.id, tenant = %env.tenant, request = %text(&env.request), response = %text(response), "job content");
+    }
     let facts = sluice_providers::genai::AnswerFacts::read(response);
     metrics::histogram!("gen_ai_server_request_duration_seconds", "gen_ai_request_model" => env.model.clone())
         .record(now_ms().saturating_sub(env.created_at_ms) as f64 / 1000.0);
@@ -132,5 +138,33 @@ pub fn completed(shared: &crate::Shared, env: &sluice_protocol::JobEnvelope, res
         // Counters are integers: cost accrues in micro-dollars.
         metrics::counter!("sluice_cost_microusd_total", "model" => env.model.clone(), "tenant" => env.tenant.clone())
             .increment(usd.mul_add(1e6, 0.5) as u64);
+    }
+}
+
+/// Every `every`, the queue gauges per priority class, from the class's consumer:
+/// `sluice_queue_depth_messages` (not yet delivered), `sluice_consumer_lag_messages`
+/// (undelivered + unacknowledged: what KEDA scales on) and `sluice_queue_oldest_age_seconds`.
+pub async fn poll_queues(
+    queue: sluice_queue::Queue,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        for p in sluice_protocol::Priority::ALL {
+            let read = tokio::time::timeout(every, queue.backlog(p)).await;
+            let Ok(Ok(b)) = read else { continue };
+            let label = p.as_str();
+            metrics::gauge!("sluice_queue_depth_messages", "priority" => label)
+                .set(b.pending as f64);
+            metrics::gauge!("sluice_consumer_lag_messages", "priority" => label)
+                .set((b.pending + b.ack_pending) as f64);
+            let age = b.oldest_ms.map_or(0, |o| now_ms().saturating_sub(o));
+            metrics::gauge!("sluice_queue_oldest_age_seconds", "priority" => label)
+                .set(age as f64 / 1000.0);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }
