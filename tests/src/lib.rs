@@ -6,6 +6,7 @@
 //! tests run in parallel against the same servers.
 
 pub mod own_nats;
+pub mod otlp;
 pub mod receiver;
 pub mod sse;
 

@@ -21,6 +21,7 @@
 //! - [`screening`]: prompt screening (injection phrases, role smuggling, system messages).
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 //! - [`error`]: the API error and its OpenAI-shaped response.
+//! - [`observe`]: job attributes on the request's trace span.
 
 pub mod auth;
 pub mod cache;
@@ -29,6 +30,7 @@ pub mod embeddings;
 pub mod error;
 pub mod middleware;
 pub mod openapi;
+pub mod observe;
 pub mod routes;
 pub mod serve;
 pub mod submission;
@@ -188,6 +190,7 @@ pub fn router(state: AppState) -> Router {
             serve::read_body,
         ))
         .layer(axum::middleware::map_response(request_id))
+        .layer(axum::middleware::from_fn(middleware::observe::observe))
         .with_state(state)
 }
 

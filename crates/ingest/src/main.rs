@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    sluice_telemetry::init_logging("info");
+    let traces = sluice_telemetry::init("sluice-ingest", "info");
     sluice_telemetry::metrics_handle();
     let args = Args::parse();
     let cfg = sluice_config::Config::load(args.config.as_deref())?;
@@ -35,5 +35,8 @@ async fn run() -> anyhow::Result<()> {
     sluice_telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown(Duration::from_secs(10)).await;
+    if let Some(t) = traces {
+        t.shutdown();
+    }
     Ok(())
 }

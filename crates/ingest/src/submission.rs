@@ -84,6 +84,7 @@ impl Submission {
         cache: Option<sluice_protocol::CacheWrite>,
     ) -> Result<JobEnvelope, ApiError> {
         let created_at_ms = job.created_at_ms;
+        crate::observe::admitted(tenant, job.id, self.priority);
         Ok(JobEnvelope {
             schema: SCHEMA_VERSION,
             id: job.id,
@@ -97,7 +98,8 @@ impl Submission {
                 .deadline_s
                 .map(|s| created_at_ms.saturating_add(s.saturating_mul(1000))),
             replays: 0,
-            traceparent: self.traceparent,
+            // The request's span when traces are exported, else the client's own header.
+            traceparent: sluice_telemetry::trace::current_traceparent().or(self.traceparent),
             metadata: self.metadata,
             stream: self.stream,
             reserved,

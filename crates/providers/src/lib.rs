@@ -23,6 +23,7 @@ pub mod budget;
 pub mod deployment;
 pub mod error;
 pub mod fallback;
+pub mod genai;
 pub mod openai;
 pub mod pool;
 pub mod quota;

@@ -137,6 +137,9 @@ impl OpenAiProvider {
         if let Some((name, value)) = &self.auth {
             req = req.header(name.clone(), value.clone());
         }
+        for (name, value) in sluice_telemetry::trace::headers_of(&tracing::Span::current()) {
+            req = req.header(name, value);
+        }
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         if !status.is_success() {

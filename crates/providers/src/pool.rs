@@ -18,6 +18,7 @@ use serde_json::Value;
 use sluice_config::{Config, ConfigError, DeploymentConfig, HedgeConfig, ModelsConfig};
 use sluice_protocol::ErrorCode;
 use tokio::{sync::Mutex, time::Instant};
+use tracing::Instrument;
 
 use crate::{
     ErrorClass, OpenAiProvider, ProviderError,
@@ -555,13 +556,22 @@ impl Caller for Streaming<'_> {
 async fn open_stream(slot: Slot, model: &str, body: &[u8]) -> Result<StreamAnswer, CallError> {
     let dep = slot.deployment().clone();
     let body = with_model(body, dep.upstream_model.as_deref().unwrap_or(model));
-    match dep.client.chat_completion_stream(body).await {
+    let span = crate::genai::call_span(CallKind::Chat, model, &dep.name);
+    let started = Instant::now();
+    match dep
+        .client
+        .chat_completion_stream(body)
+        .instrument(span.clone())
+        .await
+    {
         Ok(inner) => Ok(StreamAnswer {
             model: model.to_string(),
             deployment: dep.name.clone(),
             stream: Box::pin(SlotStream {
                 inner,
                 slot: Some(slot),
+                span,
+                first: Some((started, model.to_string(), dep.name.clone())),
             }),
         }),
         Err(e) => {
@@ -575,6 +585,9 @@ async fn open_stream(slot: Slot, model: &str, body: &[u8]) -> Result<StreamAnswe
 struct SlotStream {
     inner: crate::openai::ByteStream,
     slot: Option<Slot>,
+    /// The call's span; when it started, its model and deployment, until the first chunk.
+    span: tracing::Span,
+    first: Option<(Instant, String, String)>,
 }
 
 impl futures_util::Stream for SlotStream {
@@ -596,7 +609,11 @@ impl futures_util::Stream for SlotStream {
                     s.failed(e.clone());
                 }
             }
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => {
+                if let Some((at, model, deployment)) = self.first.take() {
+                    crate::genai::first_chunk(&self.span, &model, &deployment, at.elapsed());
+                }
+            }
         }
         std::task::Poll::Ready(item)
     }
@@ -611,6 +628,8 @@ fn hedged(mut a: Answer) -> Answer {
 async fn send(slot: Slot, model: &str, req: &CallRequest<'_>) -> Result<Answer, CallError> {
     let dep = slot.deployment().clone();
     let body = with_model(req.body, dep.upstream_model.as_deref().unwrap_or(model));
+    let span = crate::genai::call_span(req.kind, model, &dep.name);
+    let started = Instant::now();
     let call = async {
         match req.kind {
             CallKind::Chat => dep.client.chat_completion(body).await,
@@ -619,10 +638,16 @@ async fn send(slot: Slot, model: &str, req: &CallRequest<'_>) -> Result<Answer, 
     };
     let result = match req.deadline {
         Some(d) => tokio::time::timeout_at(d, call)
+            .instrument(span.clone())
             .await
             .unwrap_or(Err(ProviderError::Timeout)),
-        None => call.await,
+        None => call.instrument(span.clone()).await,
     };
+    let facts = result
+        .as_ref()
+        .map(|b| &b[..])
+        .map_err(|e| e.code().as_str());
+    crate::genai::finished(&span, req.kind, model, &dep.name, started.elapsed(), facts);
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code().as_str(),

@@ -10,6 +10,8 @@ pub struct Backlog {
     pub pending: u64,
     /// Publish time (ms since the epoch) of the oldest undelivered message.
     pub oldest_ms: Option<u64>,
+    /// Delivered and not yet acknowledged (being worked on, or lost with a worker).
+    pub ack_pending: u64,
 }
 
 impl Queue {
@@ -26,7 +28,10 @@ impl Queue {
             Err(e) => return Err(broker(e)),
         };
         if info.num_pending == 0 {
-            return Ok(Backlog::default());
+            return Ok(Backlog {
+                ack_pending: info.num_ack_pending as u64,
+                ..Backlog::default()
+            });
         }
         let next = info.delivered.stream_sequence + 1;
         let oldest_ms = match stream
@@ -39,6 +44,7 @@ impl Queue {
         Ok(Backlog {
             pending: info.num_pending,
             oldest_ms,
+            ack_pending: info.num_ack_pending as u64,
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod publisher;
 pub mod puller;
 pub mod setup;
+pub mod trace;
 
 use std::time::Duration;
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use sluice_protocol::JobEnvelope;
+use tracing::Instrument;
 
 use crate::{Queue, QueueError};
 
@@ -22,6 +23,8 @@ impl Queue {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", env.id.to_string().as_str());
         let subject = self.subjects.job(env.priority, &env.tenant);
+        let span = crate::trace::publish_span("jobs", &subject, env.id);
+        crate::trace::inject(&span, &mut headers);
         let timeout = Duration::from_millis(self.cfg.publish_timeout_ms);
         let send = async {
             let ack = self
@@ -31,7 +34,7 @@ impl Queue {
                 .map_err(|e| QueueError::Refused(e.to_string()))?;
             ack.await.map_err(|e| QueueError::Refused(e.to_string()))
         };
-        match tokio::time::timeout(timeout, send).await {
+        match tokio::time::timeout(timeout, send).instrument(span).await {
             Ok(Ok(_ack)) => {
                 self.ring(env.priority).await;
                 Ok(())

@@ -5,26 +5,74 @@
 //! services render it at `GET /metrics`. Log lines never carry prompts, keys or upstream
 //! bodies: call sites log ids, tenants, models and error kinds only.
 
+pub mod redact;
 pub mod runtime;
+pub mod trace;
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global tracing subscriber (call once from `main`).
-pub fn init_logging(default_filter: &str) {
+/// Installs the global tracing subscriber (call once from `main`): logs to stderr, and
+/// OpenTelemetry spans when the `OTEL_*` variables name a collector (see [`trace`]).
+/// `service` is the default `service.name`. Keep the returned value until shutdown and call
+/// [`trace::Tracing::shutdown`] on it to flush the last spans.
+pub fn init(service: &str, default_filter: &str) -> Option<trace::Tracing> {
+    match trace::Export::from_env(service) {
+        Ok(export) => init_with(default_filter, export.as_ref()),
+        Err(reason) => {
+            let t = init_with(default_filter, None);
+            tracing::warn!(%reason, "trace export stays off");
+            t
+        }
+    }
+}
+
+/// [`init`] with the export given rather than read from the environment (tests).
+pub fn init_with(default_filter: &str, export: Option<&trace::Export>) -> Option<trace::Tracing> {
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let (otel, tracing, failed) = match export.map(trace::layer) {
+        Some(Ok((layer, tracing))) => (Some(layer), Some(tracing), None),
+        Some(Err(e)) => (None, None, Some(e)),
+        None => (None, None, None),
     };
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel)
+        .with(fmt)
+        .try_init()
+        .is_ok();
+    if let Some(e) = failed {
+        tracing::warn!(error = %e, "cannot build the trace exporter; export stays off");
+    }
+    if !installed {
+        // Another subscriber came first (tests running several services in one process):
+        // spans would go nowhere, so none are built.
+        if let Some(t) = tracing {
+            t.shutdown();
+        }
+        return None;
+    }
+    tracing
+}
+
+/// Logging only, without trace export (tools and tests).
+pub fn init_logging(default_filter: &str) {
+    let _ = init_with(default_filter, None);
 }
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

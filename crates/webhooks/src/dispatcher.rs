@@ -8,6 +8,7 @@
 //! Every attempt is written to the endpoint's delivery log.
 
 use std::{sync::Arc, time::Duration};
+use tracing::Instrument;
 
 use async_nats::{
     HeaderMap,
@@ -176,7 +177,14 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message) {
         let _ = msg.ack_with(AckKind::Term).await;
         return;
     };
-    let result = match attempt_once(ctx, &d).await {
+    let span = sluice_queue::trace::process_span(
+        "hooks",
+        msg.info().map_or("", |i| i.consumer),
+        &msg.subject,
+        msg.headers.as_ref(),
+        None,
+    );
+    let result = match attempt_once(ctx, &d).instrument(span.clone()).await {
         Ok(r) => r,
         Err(e) => {
             // Our own store is unavailable: not the receiver's fault, try again soon.
@@ -206,6 +214,7 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message) {
         Attempt::Failed { .. } => ("exhausted", AckKind::Term, None),
     };
     metrics::counter!("sluice_webhook_attempts_total", "outcome" => outcome).increment(1);
+    sluice_telemetry::trace::set_attribute(&span, "sluice.webhook.outcome", outcome);
     if let Attempt::Skipped(why) = result {
         tracing::debug!(why, "webhook delivery skipped");
     } else {
@@ -294,6 +303,9 @@ async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
         .header("webhook-timestamp", ts.to_string())
         .header("webhook-signature", sigs.join(" "))
         .body(body);
+    let req = sluice_telemetry::trace::headers_of(&tracing::Span::current())
+        .into_iter()
+        .fold(req, |r, (name, value)| r.header(name, value));
     match req.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();

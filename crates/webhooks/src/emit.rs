@@ -120,6 +120,7 @@ async fn publish(queue: &Queue, d: &Delivery) -> Result<(), HookError> {
             "Nats-Msg-Id",
             format!("{}:{}", d.event_id, d.target).as_str(),
         );
+        sluice_queue::trace::inject(&tracing::Span::current(), &mut h);
         let sent = async {
             let ack = queue
                 .jetstream()

@@ -26,14 +26,15 @@ pub struct Running<'a> {
 }
 
 /// Performs `decision` for `delivery`; `job` is `None` when the delivery never held a slot
-/// (undecodable, or deferred).
+/// (undecodable, or deferred). Returns how the job ended when this delivery ended it
+/// (`done`, `dead_letter`: the `outcome` label of `sluice_job_duration_seconds`).
 pub async fn apply(
     shared: &Shared,
     delivery: Delivery,
     job: Option<Running<'_>>,
     decision: Decision,
     hold: &mut Hold<'_>,
-) {
+) -> Option<&'static str> {
     let broker = match &job {
         Some(job) => {
             let broker = loop {
@@ -48,7 +49,13 @@ pub async fn apply(
         }
         None => decision.broker,
     };
+    let ended = match &broker {
+        Broker::Ack(_) => Some("done"),
+        Broker::DeadLetter { .. } => Some("dead_letter"),
+        Broker::Retry { .. } | Broker::Wait(_) | Broker::Defer(_) | Broker::Release => None,
+    };
     tell_broker(shared, delivery, job.as_ref(), broker).await;
+    ended
 }
 
 async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> Broker {

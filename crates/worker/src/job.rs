@@ -21,7 +21,12 @@ use crate::{
 };
 
 /// Runs the delivery to its end: decided, recorded, settled and answered to the broker.
-pub async fn run(shared: &Shared, delivery: Delivery, stop: &CancellationToken) {
+/// Returns how the job ended (`done`, `dead_letter`) when this delivery ended it.
+pub async fn run(
+    shared: &Shared,
+    delivery: Delivery,
+    stop: &CancellationToken,
+) -> Option<&'static str> {
     let max = u64::from(shared.cfg.worker.max_attempts);
     let mut hold = Hold::new(shared, stop);
     let env = match JobEnvelope::decode(delivery.payload()) {
@@ -57,7 +62,7 @@ pub async fn run(shared: &Shared, delivery: Delivery, stop: &CancellationToken) 
         }
     };
     let job = Running { env: &env, attempt };
-    apply(shared, delivery, Some(job), decision, &mut hold).await;
+    apply(shared, delivery, Some(job), decision, &mut hold).await
 }
 
 async fn started(
@@ -100,7 +105,10 @@ async fn started(
         _ = stop.cancelled() => return Ran::Released,
     };
     match result {
-        Ok(body) => Ran::Answered(body),
+        Ok(body) => {
+            crate::observe::completed(shared, env, &body);
+            Ran::Answered(body)
+        }
         Err(StreamError::Upstream(CallError::BudgetExhausted)) => {
             // No call was made: not an upstream failure.
             tracing::info!(job = %env.id, tenant = %env.tenant, attempt, "the retry budget refused the call");

@@ -30,6 +30,7 @@ pub mod cancel;
 pub mod governance;
 pub mod hold;
 pub mod job;
+pub mod observe;
 pub mod schedule;
 pub mod streamed;
 
@@ -48,6 +49,7 @@ use sluice_queue::{
 use sluice_store::Store;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 /// What every job task shares.
 pub struct Shared {
@@ -110,6 +112,11 @@ impl Worker {
                 worker.stop_fetching.clone(),
             ));
         }
+        worker.tasks.spawn(observe::poll_queues(
+            shared.queue.clone(),
+            Duration::from_secs(5),
+            worker.stop_fetching.clone(),
+        ));
         worker.tasks.spawn(cancel::listen(
             shared.queue.clone(),
             shared.running.clone(),
@@ -313,19 +320,24 @@ impl Fetcher {
     }
 
     fn dispatch(&self, msg: async_nats::jetstream::Message, permit: OwnedSemaphorePermit) {
-        let delivery = Delivery::new(msg, Some(self.release.clone()));
         if self.stop_jobs.is_cancelled() {
-            drop(delivery);
+            drop(Delivery::new(msg, Some(self.release.clone())));
             return;
         }
+        let observed = observe::delivered(&self.shared, &msg);
+        let delivery = Delivery::new(msg, Some(self.release.clone()));
         let shared = self.shared.clone();
         let stop = self.stop_jobs.clone();
-        self.tasks.spawn(async move {
-            let _permit = permit;
-            metrics::gauge!("sluice_worker_in_flight").increment(1.0);
-            job::run(&shared, delivery, &stop).await;
-            metrics::gauge!("sluice_worker_in_flight").decrement(1.0);
-        });
+        let span = observed.span.clone();
+        self.tasks.spawn(
+            async move {
+                let _permit = permit;
+                let ended = job::run(&shared, delivery, &stop).await;
+                observe::ended(&observed, ended);
+                observe::settled(&shared);
+            }
+            .instrument(span),
+        );
     }
 
     async fn pullers(&self) -> Option<[Puller; 3]> {

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    sluice_telemetry::init_logging("info");
+    let traces = sluice_telemetry::init("sluice-worker", "info");
     sluice_telemetry::metrics_handle();
     let args = Args::parse();
     let cfg = sluice_config::Config::load(args.config.as_deref())?;
@@ -56,6 +56,9 @@ async fn run() -> anyhow::Result<()> {
     worker.shutdown().await;
     if let Some(ops) = ops {
         ops.abort();
+    }
+    if let Some(t) = traces {
+        t.shutdown();
     }
     Ok(())
 }

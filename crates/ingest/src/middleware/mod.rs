@@ -1,6 +1,7 @@
 //! Admission control, in the order a request meets it.
 //!
-//! The request-level layers wrap every route in [`crate::router`]'s stack: `shed_load`
+//! The request-level layers wrap every route in [`crate::router`]'s stack: [`observe`]
+//! (the server span and HTTP metrics), `shed_load`
 //! (bounded concurrency), then `auth::require_key` (tenant keys, the admin scope). The
 //! job-level checks need the validated body (priority, model, token estimate), so the
 //! submit handler runs them right after validation, in this order:
@@ -14,5 +15,6 @@
 //! an SSE stream a per-tenant and a total one.
 
 pub mod admission;
+pub mod observe;
 pub mod shedding;
 pub mod slots;
