@@ -30,10 +30,10 @@ pub mod error;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
-pub mod serve;
-pub mod submission;
 pub mod screening;
+pub mod serve;
 pub mod strict_json;
+pub mod submission;
 pub mod validate;
 pub mod watch;
 
