@@ -7,7 +7,9 @@ use anyhow::Result;
 use serde_json::json;
 use sluice_cache::{CacheKey, Call, Scope};
 use sluice_e2e::TestEnv;
-use sluice_protocol::{CacheWrite, ErrorCode, JobEnvelope, JobKind, JobStatus, Priority, SCHEMA_VERSION};
+use sluice_protocol::{
+    CacheWrite, ErrorCode, JobEnvelope, JobKind, JobStatus, Priority, SCHEMA_VERSION,
+};
 use sluice_store::{JobError, Lead};
 use uuid::Uuid;
 
@@ -112,6 +114,28 @@ async fn one_job_leads_and_the_others_follow_it() -> Result<()> {
         Lead::Follower(leader)
     );
     store.cache_release(&k, leader).await?;
+    assert_eq!(
+        store.cache_lead(&k, Uuid::now_v7(), 30_000).await?,
+        Lead::Leader
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_job_that_ends_without_an_answer_frees_its_lease() -> Result<()> {
+    let env = TestEnv::new();
+    let store = env.store()?;
+    let k = key(&sluice_e2e::unique("q"));
+    let job = envelope(Some(&k));
+    assert_eq!(store.cache_lead(&k, job.id, 30_000).await?, Lead::Leader);
+    assert_eq!(
+        store.cache_lead(&k, Uuid::now_v7(), 30_000).await?,
+        Lead::Follower(job.id)
+    );
+    store.record_started(&job, 1).await?;
+    let err = JobError::new(ErrorCode::UpstreamError, "m");
+    store.record_ended(&job, JobStatus::Failed, &err).await?;
+    // The next identical request leads (calls upstream) instead of sharing the failure.
     assert_eq!(
         store.cache_lead(&k, Uuid::now_v7(), 30_000).await?,
         Lead::Leader

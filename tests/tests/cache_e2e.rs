@@ -277,18 +277,26 @@ async fn an_upstream_error_is_never_cached() -> Result<()> {
     let ingest = env.ingest().await?;
     let _worker = env.worker().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
-    for status in ["500", "429", "400"] {
+    // After a 429 or a 500 the deployment may cool down or open its breaker, and a retry
+    // then fails fast without a call: only the 400 counts calls.
+    for status in ["400", "429", "500"] {
         let body = deterministic(&format!("{} [[sim:status={status}]]", unique("err ")));
         let before = upstream_chats(&sim);
         let a = chat(&api, &body, &[]).await?;
         assert_ne!(a.status, 200);
         let b = chat(&api, &body, &[]).await?;
-        assert_ne!(b.status, 200, "an error is not replayed as a 200");
-        assert_ne!(b.cache.as_deref(), Some("hit"));
-        assert!(
-            upstream_chats(&sim) >= before + 2,
-            "the retry called upstream again ({status})"
+        assert_ne!(
+            b.status, 200,
+            "an error is not replayed as a 200 ({status})"
         );
+        assert_ne!(b.cache.as_deref(), Some("hit"));
+        if status == "400" {
+            assert_eq!(
+                upstream_chats(&sim),
+                before + 2,
+                "the retry called upstream itself: nothing cached, no lease kept ({status})"
+            );
+        }
     }
     Ok(())
 }

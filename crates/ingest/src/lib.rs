@@ -32,10 +32,10 @@ pub mod middleware;
 pub mod openapi;
 pub mod observe;
 pub mod routes;
-pub mod serve;
-pub mod submission;
 pub mod screening;
+pub mod serve;
 pub mod strict_json;
+pub mod submission;
 pub mod validate;
 pub mod watch;
 

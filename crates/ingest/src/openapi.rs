@@ -53,6 +53,7 @@ pub async fn document() -> Response {
         operations::chat_completions,
         operations::embeddings,
         operations::models,
+        operations::model,
         operations::create_webhook,
         operations::list_webhooks,
         operations::delete_webhook,
@@ -801,6 +802,18 @@ mod operations {
         )
     )]
     fn models() {}
+
+    #[utoipa::path(
+        get, path = "/v1/models/{id}", tag = "openai",
+        params(("id" = String, Path, description = "A configured model id.")),
+        responses(
+            (status = 200, description = "The model.", body = Model),
+            (status = 401, response = Unauthorized),
+            (status = 404, response = NotFound),
+            (status = 503, response = Unavailable),
+        )
+    )]
+    fn model() {}
 
     #[utoipa::path(
         post, path = "/v1/webhooks", tag = "webhooks",

@@ -144,6 +144,8 @@ pub struct Cached {
     pub body: Vec<u8>,
     /// `x-sluice-cache`: `hit` or `coalesced`.
     pub how: &'static str,
+    /// The job whose answer this is (the response's `x-request-id`).
+    pub source: Uuid,
     /// `RateLimit-Policy` / `RateLimit` for the response.
     pub headers: Vec<(&'static str, String)>,
 }
@@ -293,6 +295,7 @@ async fn look_up(
                 Follow::Wait => Submitted::Cached(Box::new(Cached {
                     body: entry.body.clone(),
                     how: "hit",
+                    source: entry.source_job,
                     headers: limits,
                 })),
                 Follow::No => cached_job(state, tenant, sub, job, &entry, limits).await?,
@@ -309,8 +312,17 @@ async fn look_up(
                     Ok(Looked::Answered(Submitted::Cached(Box::new(Cached {
                         body: body.into_bytes(),
                         how: "coalesced",
+                        source: leader,
                         headers: limits,
                     }))))
+                }
+                // Its client went away and cancelled it: that is not this request's answer.
+                Followed::Ended(o) if o.status == JobStatus::Cancelled => {
+                    Ok(Looked::Run(Lookup::Lead {
+                        write,
+                        key,
+                        leased: false,
+                    }))
                 }
                 // The failure it would have got from its own job.
                 Followed::Ended(o) => Err(o.failure()),

@@ -260,8 +260,22 @@ impl Store {
     ) -> Result<Transition, StoreError> {
         let error =
             serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        self.advance(env, status, &[("error", error.as_bytes())], None)
-            .await
+        let set = [("error", error.as_bytes())];
+        let ended = self.advance(env, status, &set, None);
+        let Some(key) = env
+            .cache
+            .as_ref()
+            .and_then(|c| sluice_cache::CacheKey::from_hex(&c.key))
+        else {
+            return ended.await;
+        };
+        // A job that ends without an answer frees its single-flight lease, so the next
+        // identical request calls upstream itself instead of sharing this failure.
+        let (ended, released) = tokio::join!(ended, self.cache_release(&key, env.id));
+        if let Err(e) = released {
+            tracing::warn!(job = %env.id, error = %e, "cannot free a cache lease; it expires with its TTL");
+        }
+        ended
     }
 
     /// A transition through [`ADVANCE`], or through [`TRANSITION`] when the record is missing

@@ -47,6 +47,11 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<serde_json::Value>,
     pub timings_ms: Timings,
+    /// Answered from the response cache, without a provider call.
+    pub cached: bool,
+    /// The job whose answer a cached job carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<Uuid>,
     /// The job's own webhook and its secret: only in the `202` that created it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<serde_json::Value>,
@@ -82,6 +87,8 @@ impl From<JobRecord> for JobView {
             result: r.result,
             error: r.error,
             route: r.route,
+            cached: r.cached_from.is_some(),
+            cached_from: r.cached_from,
             webhook: None,
             timings_ms: Timings {
                 queued_at: r.queued_at_ms.unwrap_or(r.created_at_ms),
@@ -195,6 +202,8 @@ pub(crate) fn queued_view(env: JobEnvelope) -> JobView {
         result: None,
         error: None,
         route: None,
+        cached: false,
+        cached_from: None,
         webhook: None,
         timings_ms: Timings {
             queued_at: env.created_at_ms,

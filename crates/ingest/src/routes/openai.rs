@@ -173,7 +173,8 @@ async fn answer(
                         .apply(String::from_utf8_lossy(&c.body).into_owned())?
                         .into_bytes(),
                 };
-                return crate::cache::answer(&body, cached_stream, c.how, c.headers);
+                let resp = crate::cache::answer(&body, cached_stream, c.how, c.headers)?;
+                return Ok(with_request_id(resp, c.source));
             }
             Submitted::Waiting(leader) => {
                 metrics::counter!("sluice_sync_wait_exceeded_total").increment(1);
