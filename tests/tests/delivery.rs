@@ -414,3 +414,32 @@ async fn a_client_that_disconnects_cancels_its_job() -> Result<()> {
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_before_its_first_chunk_is_an_http_error() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.max_attempts = 1;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let _worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let mut body = chat_body("Refuse this [[sim:status=400]]");
+    body["stream"] = json!(true);
+    let resp = api
+        .http
+        .post(format!("{}/v1/chat/completions", api.base))
+        .bearer_auth(&api.key)
+        .json(&body)
+        .send()
+        .await?;
+    // Not a 200 stream carrying the error: the SDK raises a typed error before iterating.
+    assert_eq!(resp.status(), 400);
+    assert!(
+        !resp.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/event-stream")
+    );
+    let err: Value = resp.json().await?;
+    assert_eq!(err["error"]["code"], "upstream_rejected");
+    Ok(())
+}

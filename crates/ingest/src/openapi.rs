@@ -409,6 +409,18 @@ pub mod schemas {
         pub data: Vec<Model>,
     }
 
+    /// One server-sent event as a client parses it (`data` is a JSON document, or `[DONE]`).
+    #[derive(Serialize, ToSchema)]
+    pub struct SseEvent {
+        pub data: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub event: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub retry: Option<u64>,
+    }
+
     #[derive(Serialize, ToSchema)]
     pub struct Model {
         pub id: String,
@@ -742,7 +754,7 @@ mod operations {
             ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id."),
         ),
         responses(
-            (status = 200, description = "An event stream.", content_type = "text/event-stream", body = String),
+            (status = 200, description = "An event stream.", content_type = "text/event-stream", body = SseEvent),
             (status = 400, response = BadRequest),
             (status = 401, response = Unauthorized),
             (status = 404, response = NotFound),
@@ -768,7 +780,7 @@ mod operations {
         responses(
             (status = 200, description = "The provider's `chat.completion`, or its stream.", content(
                 (ProviderAnswer = "application/json"),
-                (String = "text/event-stream"),
+                (SseEvent = "text/event-stream"),
             )),
             (status = 202, description = "Still running after `delivery.sync_wait_s`: poll `Location`.", body = Job,
                 headers(("Location" = String, description = "`/v1/jobs/{id}`"))),

@@ -391,10 +391,13 @@ async fn run_streamed(
         }
         Ok(r) => r?,
     };
+    // The job's end before any chunk (the history starts with `queued`, so look past the
+    // statuses that are not terminal): answered as an HTTP error, not as a stream.
     if let Some(end) = seen
         .iter()
-        .find_map(JobEvent::status)
-        .filter(|s| s.is_terminal() && *s != JobStatus::Completed)
+        .take_while(|e| e.kind() != "chunks")
+        .filter_map(JobEvent::status)
+        .find(|s| s.is_terminal() && *s != JobStatus::Completed)
     {
         guard.disarm();
         let o = watch_outcome(&state, id, end).await?;
