@@ -5,8 +5,8 @@
 //! Each [`TestEnv`] isolates itself with a unique NATS namespace and Redis key prefix, so
 //! tests run in parallel against the same servers.
 
-pub mod own_nats;
 pub mod otlp;
+pub mod own_nats;
 pub mod receiver;
 pub mod sse;
 

@@ -12,7 +12,6 @@ use async_nats::jetstream::Message;
 use sluice_store::now_ms;
 use tracing::Span;
 
-
 static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
 
 /// Per delivery: when it was published and its class, for the metrics at its end.
