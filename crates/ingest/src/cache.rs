@@ -165,17 +165,16 @@ impl ResponseCache {
             ttl_s: u32::try_from(self.cfg.ttl_s(model)).unwrap_or(u32::MAX),
         };
         let lookup = if read {
-            self.read(store, &key, max_age_s, job, coalesce).await
+            self.read(store, key, write, max_age_s, job, coalesce).await
         } else {
             // `no-cache`: skip the lookup, refresh the entry.
             Ok(Lookup::Lead {
-                write: write.clone(),
+                write,
                 key,
                 leased: false,
             })
         };
         let lookup = match lookup {
-            Ok(Lookup::Lead { leased, .. }) => Lookup::Lead { write, key, leased },
             Ok(l) => l,
             Err(e) => {
                 metrics::counter!("sluice_cache_errors_total").increment(1);
@@ -188,54 +187,49 @@ impl ResponseCache {
         lookup
     }
 
+    /// Looks `key` up; a miss leads (storing under `write`) or follows the job that leads.
     async fn read(
         &self,
         store: &Store,
-        key: &CacheKey,
+        key: CacheKey,
+        write: CacheWrite,
         max_age_s: Option<u64>,
         job: Uuid,
         coalesce: bool,
     ) -> Result<Lookup, sluice_store::StoreError> {
         let now = now_ms();
-        if let Some(e) = self.tier.get(key).filter(|e| e.acceptable(now, max_age_s)) {
+        if let Some(e) = self.tier.get(&key).filter(|e| e.acceptable(now, max_age_s)) {
             return Ok(Lookup::Hit(e));
         }
-        if let Some(e) = store.cache_get(key).await? {
+        if let Some(e) = store.cache_get(&key).await? {
             let e = Arc::new(e);
-            self.tier.insert(*key, e.clone());
+            self.tier.insert(key, e.clone());
             if e.acceptable(now, max_age_s) {
                 return Ok(Lookup::Hit(e));
             }
         }
-        let lead = |leased| Lookup::Lead {
-            write: CacheWrite {
-                key: String::new(),
-                ttl_s: 0,
-            },
-            key: *key,
-            leased,
-        };
         if !coalesce {
-            return Ok(lead(false));
+            return Ok(Lookup::Lead {
+                write,
+                key,
+                leased: false,
+            });
         }
-        match store.cache_lead(key, job, self.cfg.lease_ms).await? {
-            Lead::Follower(leader) => Ok(Lookup::Follow {
-                leader,
-                write: CacheWrite {
-                    key: String::new(),
-                    ttl_s: 0,
-                },
-                key: *key,
-            }),
+        match store.cache_lead(&key, job, self.cfg.lease_ms).await? {
+            Lead::Follower(leader) => Ok(Lookup::Follow { leader, write, key }),
             Lead::Leader => {
                 // The previous leader may have stored the answer between our read and our
                 // lease: look once more, so a burst makes one upstream call, not two.
-                match store.cache_get(key).await? {
+                match store.cache_get(&key).await? {
                     Some(e) if e.acceptable(now, max_age_s) => {
-                        store.cache_release(key, job).await?;
+                        store.cache_release(&key, job).await?;
                         Ok(Lookup::Hit(Arc::new(e)))
                     }
-                    _ => Ok(lead(true)),
+                    _ => Ok(Lookup::Lead {
+                        write,
+                        key,
+                        leased: true,
+                    }),
                 }
             }
         }
