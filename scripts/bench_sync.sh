@@ -2,10 +2,13 @@
 # Benchmarks the synchronous OpenAI-compatible endpoint against the simulator at zero
 # latency: closed loop at concurrency 64 (throughput, CPU time per request across ingest +
 # worker + NATS + Redis), then open loop at 500 req/s through Sluice and straight at the
-# simulator (added latency p50/p99). Starts its own NATS, Redis, simulator, ingest and worker
-# (release builds) on loopback; every run is bounded in time.
+# simulator (added latency p50/p99), then response-cache hits: closed loop at concurrency 64
+# over 64 distinct deterministic prompts (the first request of each fills the cache). Starts
+# its own NATS, Redis, simulator, ingest and worker (release builds) on loopback; every run is
+# bounded in time.
 #
 #   bash scripts/bench_sync.sh [DURATION_S]   (default 15 s per phase)
+#   BENCH_BIN=/tmp/build-a BENCH_PHASES="sync rate" bash scripts/bench_sync.sh 10   # other binaries
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -13,8 +16,14 @@ DURATION="${1:-15}"
 
 NATS_BIN="$(ensure_nats_server)"
 REDIS_BIN="$(ensure_redis_server)"
-cargo build --release --quiet -p sluice-ingest -p sluice-worker -p sluice-sim -p sluice-bench
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+# BENCH_BIN=DIR runs the binaries in DIR instead of building (A/B comparisons of two builds).
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN="$BENCH_BIN"
+else
+  cargo build --release --quiet -p sluice-ingest -p sluice-worker -p sluice-sim -p sluice-bench
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+fi
+PHASES=" ${BENCH_PHASES:-sync rate cache} "
 
 new_run_dir sluice-bench
 
@@ -60,31 +69,44 @@ ticks() { # CPU ticks (user+system) of the given pids
 HZ="$(getconf CLK_TCK)"
 SLUICE_PIDS=("$INGEST_PID" "$WORKER_PID" "$NATS_PID" "$REDIS_PID")
 
-log "closed loop, concurrency 64, ${DURATION}s: Sluice /v1/chat/completions"
-"$BIN/sluice-bench" --mode sync --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" --concurrency 64 \
-  --duration 2 --warmup 0 --quiet >/dev/null  # warm pools and JIT-free caches
-T0="$(ticks "${SLUICE_PIDS[@]}")"
-P0=(); for p in "${SLUICE_PIDS[@]}"; do P0+=("$(ticks "$p")"); done
-"$BIN/sluice-bench" --mode sync --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" --concurrency 64 \
-  --duration "$DURATION" --warmup 0 --quiet --json "$RUN_DIR/sync.json" | tee "$RUN_DIR/sync.txt"
-T1="$(ticks "${SLUICE_PIDS[@]}")"
-i=0; for name in ingest worker nats redis; do
-  echo "  cpu $name: $(( ($(ticks "${SLUICE_PIDS[$i]}") - ${P0[$i]}) * 1000 / HZ )) ms"; i=$((i + 1))
-done
-python3 - "$RUN_DIR/sync.json" "$((T1 - T0))" "$HZ" <<'PY'
+# closed_loop NAME [FLAGS...]: 64 closed-loop clients on /v1/chat/completions for DURATION
+# seconds (after 2 s of warm-up with the same flags), with the CPU it cost each process.
+closed_loop() {
+  local name="$1"; shift
+  "$BIN/sluice-bench" --mode sync --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" --concurrency 64 \
+    --duration 2 --warmup 0 --quiet "$@" >/dev/null  # warm pools (and, for hits, the cache)
+  local t0 p0=() p i=0
+  t0="$(ticks "${SLUICE_PIDS[@]}")"
+  for p in "${SLUICE_PIDS[@]}"; do p0+=("$(ticks "$p")"); done
+  "$BIN/sluice-bench" --mode sync --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" --concurrency 64 \
+    --duration "$DURATION" --warmup 0 --quiet --json "$RUN_DIR/$name.json" "$@" | tee "$RUN_DIR/$name.txt"
+  local t1; t1="$(ticks "${SLUICE_PIDS[@]}")"
+  for p in ingest worker nats redis; do
+    echo "  cpu $p: $(( ($(ticks "${SLUICE_PIDS[$i]}") - ${p0[$i]}) * 1000 / HZ )) ms"; i=$((i + 1))
+  done
+  python3 - "$RUN_DIR/$name.json" "$((t1 - t0))" "$HZ" "$name" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); ticks = int(sys.argv[2]); hz = int(sys.argv[3])
 ok = r["load"]["succeeded"] if "succeeded" in r["load"] else r["load"].get("ok", 0)
-print(f"sluice sync c=64: {ok} ok requests, {r['load']['ok_rps']:.0f} req/s; CPU (ingest+worker+nats+redis) {ticks/hz:.2f} s "
+lat = r["latency"][0]
+print(f"sluice {sys.argv[4]} c=64: {ok} ok requests, {r['load']['ok_rps']:.0f} req/s, "
+      f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms; CPU (ingest+worker+nats+redis) {ticks/hz:.2f} s "
       f"= {ticks/hz/max(ok,1)*1e6:.0f} us per request")
 PY
+}
 
-log "open loop, 500 req/s, ${DURATION}s: Sluice, then the simulator directly"
-"$BIN/sluice-bench" --mode rate --rate 500 --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" \
-  --duration "$DURATION" --warmup 2 --quiet --json "$RUN_DIR/rate_sluice.json" | tee "$RUN_DIR/rate_sluice.txt"
-"$BIN/sluice-bench" --mode rate --rate 500 --url "http://127.0.0.1:$SIM_PORT" --no-auth \
-  --duration "$DURATION" --warmup 2 --quiet --json "$RUN_DIR/rate_sim.json" | tee "$RUN_DIR/rate_sim.txt"
-python3 - "$RUN_DIR/rate_sluice.json" "$RUN_DIR/rate_sim.json" <<'PY'
+if [[ "$PHASES" == *" sync "* ]]; then
+  log "closed loop, concurrency 64, ${DURATION}s: Sluice /v1/chat/completions"
+  closed_loop sync
+fi
+
+if [[ "$PHASES" == *" rate "* ]]; then
+  log "open loop, 500 req/s, ${DURATION}s: Sluice, then the simulator directly"
+  "$BIN/sluice-bench" --mode rate --rate 500 --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" \
+    --duration "$DURATION" --warmup 2 --quiet --json "$RUN_DIR/rate_sluice.json" | tee "$RUN_DIR/rate_sluice.txt"
+  "$BIN/sluice-bench" --mode rate --rate 500 --url "http://127.0.0.1:$SIM_PORT" --no-auth \
+    --duration "$DURATION" --warmup 2 --quiet --json "$RUN_DIR/rate_sim.json" | tee "$RUN_DIR/rate_sim.txt"
+  python3 - "$RUN_DIR/rate_sluice.json" "$RUN_DIR/rate_sim.json" <<'PY'
 import json, sys
 def q(path):
     r = json.load(open(path))
@@ -93,3 +115,12 @@ def q(path):
 a, b = q(sys.argv[1]), q(sys.argv[2])
 print("added latency at 500 req/s:", {k: round(a[k] - b[k], 3) for k in a if k.startswith("p") and isinstance(a[k], (int, float)) and k in b})
 PY
+fi
+
+if [[ "$PHASES" == *" cache "* ]]; then
+  log "closed loop, concurrency 64, ${DURATION}s: response-cache hits (64 distinct deterministic prompts)"
+  sim_requests() { curl -s "http://127.0.0.1:$SIM_PORT/sim/counters" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_requests"])'; }
+  BEFORE="$(sim_requests)"
+  closed_loop cache --repeat 64
+  echo "  upstream calls in the cache phase (warm-up included): $(( $(sim_requests) - BEFORE )) (64 distinct prompts)"
+fi

@@ -115,6 +115,12 @@ pub struct Args {
     #[arg(long)]
     pub priority: Option<String>,
 
+    /// Cycle through this many distinct prompts, sent with `temperature: 0` so the response
+    /// cache may answer repeats (the cache-hit benchmark); 0 (the default) makes every prompt
+    /// unique and uncacheable.
+    #[arg(long, default_value_t = 0)]
+    pub repeat: u64,
+
     /// Runtime threads. One (the default) runs the generator on a single thread, which costs
     /// the least per request and leaves the cores to the system under test; more spread it
     /// over a multi-threaded runtime, for targets on other machines.
@@ -156,6 +162,7 @@ pub struct Settings {
     pub model: String,
     pub max_tokens: u32,
     pub priority: Option<String>,
+    pub repeat: u64,
     #[serde(skip)]
     pub quiet: bool,
 }
@@ -217,6 +224,7 @@ impl Args {
             model: self.model.clone(),
             max_tokens: self.max_tokens,
             priority: self.priority.clone(),
+            repeat: self.repeat,
             quiet: self.quiet,
         };
         if matches!(self.mode, Mode::Submit | Mode::Rate) {

@@ -165,16 +165,20 @@ struct ChatBody<'a> {
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     priority: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<u8>,
 }
 
 /// What every request body shares; the prompt varies per request so no result cache can
-/// answer from a previous request (or a previous run: `run_id` differs per run).
+/// answer from a previous request (or a previous run: `run_id` differs per run), unless
+/// `repeat` asks for that many distinct deterministic prompts, cycled.
 #[derive(Debug, Clone)]
 pub struct BodyTemplate {
     pub model: String,
     pub max_tokens: u32,
     pub priority: Option<String>,
     pub run_id: u64,
+    pub repeat: u64,
 }
 
 impl BodyTemplate {
@@ -187,11 +191,16 @@ impl BodyTemplate {
             max_tokens: settings.max_tokens,
             priority,
             run_id,
+            repeat: settings.repeat,
         }
     }
 
     /// The JSON body of request `seq`.
     pub fn body(&self, seq: u64) -> Vec<u8> {
+        let (seq, temperature) = match self.repeat {
+            0 => (seq, None),
+            n => (seq % n, Some(0)),
+        };
         let body = ChatBody {
             model: &self.model,
             messages: [Message {
@@ -203,6 +212,7 @@ impl BodyTemplate {
             }],
             max_tokens: self.max_tokens,
             priority: self.priority.as_deref(),
+            temperature,
         };
         // Serialising plain strings and integers cannot fail; an empty body would show up as
         // HTTP 400s in the figures rather than as a crash.
@@ -377,6 +387,7 @@ mod tests {
             max_tokens: 16,
             priority: Some("normal".into()),
             run_id: 0xabc,
+            repeat: 0,
         };
         let a: serde_json::Value = serde_json::from_slice(&t.body(1))?;
         let b: serde_json::Value = serde_json::from_slice(&t.body(2))?;
@@ -391,6 +402,23 @@ mod tests {
         };
         let c: serde_json::Value = serde_json::from_slice(&no_priority.body(1))?;
         assert!(c.get("priority").is_none());
+        assert!(a.get("temperature").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn repeat_cycles_deterministic_prompts() -> anyhow::Result<()> {
+        let t = BodyTemplate {
+            model: "sim-small".into(),
+            max_tokens: 16,
+            priority: None,
+            run_id: 0xabc,
+            repeat: 3,
+        };
+        assert_eq!(t.body(1), t.body(4));
+        assert_ne!(t.body(1), t.body(2));
+        let a: serde_json::Value = serde_json::from_slice(&t.body(1))?;
+        assert_eq!(a["temperature"], 0);
         Ok(())
     }
 
