@@ -90,7 +90,7 @@ r = json.load(open(sys.argv[1])); ticks = int(sys.argv[2]); hz = int(sys.argv[3]
 ok = r["load"]["succeeded"] if "succeeded" in r["load"] else r["load"].get("ok", 0)
 lat = r["latency"][0]
 print(f"sluice {sys.argv[4]} c=64: {ok} ok requests, {r['load']['ok_rps']:.0f} req/s, "
-      f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms; CPU (ingest+worker+nats+redis) {ticks/hz:.2f} s "
+      f"p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms; CPU (ingest+worker+nats+redis) {ticks/hz:.2f} s "
       f"= {ticks/hz/max(ok,1)*1e6:.0f} us per request")
 PY
 }
