@@ -122,5 +122,8 @@ if [[ "$PHASES" == *" cache "* ]]; then
   sim_requests() { curl -s "http://127.0.0.1:$SIM_PORT/sim/counters" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_requests"])'; }
   BEFORE="$(sim_requests)"
   closed_loop cache --repeat 64
-  echo "  upstream calls in the cache phase (warm-up included): $(( $(sim_requests) - BEFORE )) (64 distinct prompts)"
+  log "open loop, 5,000 req/s, ${DURATION}s: response-cache hits (the latency of a hit below saturation)"
+  "$BIN/sluice-bench" --mode rate --rate 5000 --repeat 64 --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" \
+    --duration "$DURATION" --warmup 2 --quiet --json "$RUN_DIR/rate_cache.json" | tee "$RUN_DIR/rate_cache.txt"
+  echo "  upstream calls in the cache phases (warm-up included): $(( $(sim_requests) - BEFORE )) (64 distinct prompts, each a miss once)"
 fi

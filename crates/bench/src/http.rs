@@ -171,7 +171,7 @@ struct ChatBody<'a> {
 
 /// What every request body shares; the prompt varies per request so no result cache can
 /// answer from a previous request (or a previous run: `run_id` differs per run), unless
-/// `repeat` asks for that many distinct deterministic prompts, cycled.
+/// `repeat` asks for that many distinct deterministic prompts, cycled (the same in every run).
 #[derive(Debug, Clone)]
 pub struct BodyTemplate {
     pub model: String,
@@ -201,14 +201,22 @@ impl BodyTemplate {
             0 => (seq, None),
             n => (seq % n, Some(0)),
         };
+        // Repeated prompts leave the run out, so a warm-up run fills the entries the measured
+        // run then hits.
+        let content = match temperature {
+            None => format!(
+                "sluice-bench run {:x} request {seq}: reply with one short sentence about the number {seq}.",
+                self.run_id
+            ),
+            Some(_) => format!(
+                "sluice-bench repeated request {seq}: reply with one short sentence about the number {seq}."
+            ),
+        };
         let body = ChatBody {
             model: &self.model,
             messages: [Message {
                 role: "user",
-                content: format!(
-                    "sluice-bench run {:x} request {seq}: reply with one short sentence about the number {seq}.",
-                    self.run_id
-                ),
+                content,
             }],
             max_tokens: self.max_tokens,
             priority: self.priority.as_deref(),

@@ -59,6 +59,9 @@ struct Hold {
     claim: Option<(String, String)>,
     /// A reservation may exist: admission recorded one, or did not say.
     reserved: bool,
+    /// A `queued` record may have been written (a cache hit writes none, so undoing it
+    /// deletes nothing).
+    recorded: bool,
 }
 
 /// What undoing does with the job's `queued` record.
@@ -72,7 +75,7 @@ enum Record {
 }
 
 impl Admitted {
-    fn new(state: &AppState, tenant: &Tenant, job: Uuid, model: &str) -> Admitted {
+    fn new(state: &AppState, tenant: &Tenant, job: Uuid, model: &str, recorded: bool) -> Admitted {
         Admitted {
             headers: Vec::new(),
             hold: Some(Hold {
@@ -82,6 +85,7 @@ impl Admitted {
                 model: model.to_string(),
                 claim: None,
                 reserved: false,
+                recorded,
             }),
         }
     }
@@ -157,6 +161,9 @@ impl Hold {
     async fn give_back(&self, record: Record) {
         let (state, job) = (&self.state, self.job);
         let record = async {
+            if !self.recorded {
+                return;
+            }
             let done = match record {
                 Record::Discard => state.store.discard(job).await,
                 Record::Tombstone => state.store.record_rejected(job).await,
@@ -242,7 +249,7 @@ pub async fn admit(
         .backlogs
         .check(&state.gov.config().shedding, sub.priority, now_ms())?;
     let ids = Ids::read(headers)?;
-    let mut admitted = Admitted::new(state, tenant, job.id, &sub.model);
+    let mut admitted = Admitted::new(state, tenant, job.id, &sub.model, true);
     let (decided, recorded) = tokio::join!(
         decide(state, tenant, &ids, body, sub, &mut admitted),
         record(state, tenant, sub, job),
@@ -484,7 +491,7 @@ pub async fn admit_hit(
         return Ok(Vec::new());
     }
     let ids = Ids::read(headers)?;
-    let mut admitted = Admitted::new(state, tenant, job, &sub.model);
+    let mut admitted = Admitted::new(state, tenant, job, &sub.model, false);
     let counted = match admitted.hold_mut() {
         Some(hold) => limits(state, tenant, &ids, sub, hold, None).await,
         None => Err(ApiError::Internal("admission already settled".into())),
