@@ -20,6 +20,10 @@
 //! - [`backoff`]: redelivery delays; [`schedule`]: the fetch order between priorities.
 //! - [`cancel`]: cancelling running jobs; [`advisory`]: dead-lettering what the server
 //!   stopped delivering.
+//! - [`observe`]: each delivery's CONSUMER span and the job, token and cost metrics.
+//!
+//! The worker is given its [`WorkerSettings`] (built once from the file's `Config`), not
+//! the whole configuration.
 
 pub mod advisory;
 pub mod apply;
