@@ -104,7 +104,7 @@ impl TestEnv {
     /// An ingest server, once it reports ready.
     pub async fn ingest(&self) -> Result<sluice_ingest::Server> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let server = sluice_ingest::Server::start(self.cfg.clone(), listener).await?;
+        let server = sluice_ingest::Server::start(self.ingest_settings()?, listener).await?;
         let url = format!("{}/readyz", server.base_url());
         wait_until(Duration::from_secs(20), || async {
             Ok(self
@@ -119,7 +119,12 @@ impl TestEnv {
     }
 
     pub async fn worker(&self) -> Result<sluice_worker::Worker> {
-        sluice_worker::Worker::start(self.cfg.clone()).await
+        sluice_worker::Worker::start(sluice_config::WorkerSettings::new(&self.cfg)?).await
+    }
+
+    /// Ingest's runtime settings from this environment's configuration.
+    pub fn ingest_settings(&self) -> Result<sluice_config::IngestSettings> {
+        Ok(sluice_config::IngestSettings::new(&self.cfg)?)
     }
 
     /// The same worker as a child process (so a test can SIGKILL it).

@@ -14,7 +14,7 @@ use tower::ServiceExt;
 #[tokio::test]
 async fn the_openapi_document_is_served_without_a_key() -> Result<()> {
     let env = TestEnv::new();
-    let state = sluice_ingest::AppState::new(env.cfg.clone()).await?;
+    let state = sluice_ingest::AppState::new(env.ingest_settings()?).await?;
     let app = sluice_ingest::router(state);
     let resp = app
         .oneshot(Request::get("/openapi.json").body(Body::empty())?)
@@ -47,7 +47,7 @@ async fn admin_input_problems_are_openai_shaped_client_errors() -> Result<()> {
     const ADMIN: &str = "sk-test-contract-admin";
     let mut env = TestEnv::new();
     env.cfg.governance.admin_key_sha256 = Some(sluice_config::hash_api_key(ADMIN));
-    let state = sluice_ingest::AppState::new(env.cfg.clone()).await?;
+    let state = sluice_ingest::AppState::new(env.ingest_settings()?).await?;
     let app = sluice_ingest::router(state);
     let cases = [
         ("GET", "/v1/admin/dlq/0", "", 404, "not_found"),
@@ -104,7 +104,7 @@ async fn a_blocked_prompt_is_refused_and_nothing_is_enqueued() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.screening.action = sluice_config::ScreeningAction::Block;
     let queue = env.queue().await?;
-    let state = sluice_ingest::AppState::new(env.cfg.clone()).await?;
+    let state = sluice_ingest::AppState::new(env.ingest_settings()?).await?;
     let app = sluice_ingest::router(state);
     let submit = |content: &str| {
         let body = serde_json::json!({"model": "sim-small", "messages": [{"role": "user", "content": content}]});

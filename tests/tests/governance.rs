@@ -479,7 +479,7 @@ async fn without_redis_admission_fails_closed_and_says_so() -> Result<()> {
     env.cfg.redis.url = "redis://127.0.0.1:1".into();
     env.cfg.redis.command_timeout_ms = 200;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let ingest = sluice_ingest::Server::start(env.cfg.clone(), listener).await?;
+    let ingest = sluice_ingest::Server::start(env.ingest_settings()?, listener).await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
     let (status, headers, body) = api.submit(&chat_body("x")).await?;
     assert_eq!(

@@ -268,7 +268,7 @@ async fn fail_open_admits_requests_with_an_idempotency_key() -> Result<()> {
     // The streams exist before ingest (it cannot report ready without Redis).
     env.queue().await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let ingest = sluice_ingest::Server::start(env.cfg.clone(), listener).await?;
+    let ingest = sluice_ingest::Server::start(env.ingest_settings()?, listener).await?;
     let base = ingest.base_url();
     let (status, job) = post(
         &env,

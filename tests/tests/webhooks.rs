@@ -299,7 +299,9 @@ async fn internal_urls_are_refused_at_registration_and_at_connect_time() -> Resu
     let mut lenient = env.cfg.clone();
     lenient.webhooks.allow_private = vec!["127.0.0.1".into(), "::1".into()];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let open = sluice_ingest::Server::start(lenient, listener).await?;
+    let open =
+        sluice_ingest::Server::start(sluice_config::IngestSettings::new(&lenient)?, listener)
+            .await?;
     let api2 = Api::new(open.base_url(), ACME_KEY);
     wait_until(LONG, || async {
         Ok(api2

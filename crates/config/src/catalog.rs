@@ -2,7 +2,7 @@
 //!
 //! A model name appears in several sections: `delivery.models` (the models `[upstream]`
 //! serves without a pool), `[[models.pools]]` aliases, the routing alias and its tiers, pool
-//! fallbacks, per-model limits and prices. Nothing but this check ties them together, so a
+//! fallbacks, per-model limits, prices and cache policies. Nothing but this check ties them together, so a
 //! typo would silently route to nothing, limit nothing or price nothing; it is a start-up
 //! error naming the offending entry instead.
 
@@ -69,7 +69,8 @@ impl Config {
             .prices
             .keys()
             .map(|m| ("governance.prices", m));
-        for (entry, m) in limits.chain(prices) {
+        let cached = self.cache.models.keys().map(|m| ("cache.models", m));
+        for (entry, m) in limits.chain(prices).chain(cached) {
             if !all.contains(&m.as_str()) {
                 return unknown(entry, m, &all, "");
             }
@@ -138,11 +139,14 @@ mod tests {
         let e =
             err("[governance.prices.gpt-4o]\nprompt_per_mtok = 1.0\ncompletion_per_mtok = 2.0\n");
         assert!(e.contains("governance.prices: \"gpt-4o\""), "{e}");
+        let e = err("[cache.models.sim-smol]\nmode = \"always\"\n");
+        assert!(e.contains("cache.models: \"sim-smol\""), "{e}");
         // Named correctly, each is fine; the routing alias may have limits and prices.
         let ok = "[delivery]\nmodels = [\"gpt-4o\", \"small\"]\n\
                   [models.routing]\ncheap_model = \"small\"\nstrong_model = \"gpt-4o\"\n\
                   [governance.models.auto]\nrequests = 5\n\
-                  [governance.prices.gpt-4o]\nprompt_per_mtok = 1.0\ncompletion_per_mtok = 2.0\n";
+                  [governance.prices.gpt-4o]\nprompt_per_mtok = 1.0\ncompletion_per_mtok = 2.0\n\
+                  [cache.models.small]\nmode = \"off\"\n";
         Config::from_toml_with_env(ok, &[]).unwrap();
     }
 }

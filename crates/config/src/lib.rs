@@ -4,7 +4,9 @@
 //! reads the sections it needs. Loading is layered: built-in defaults, then the file, then
 //! `SLUICE_<SECTION>__<KEY>` environment variables (`SLUICE_NATS__URL`,
 //! `SLUICE_WORKER__CONCURRENCY`, …). Unknown keys are errors, and [`Config::validate`] turns
-//! every inconsistency into one clear start-up error. Secrets are never written in the file:
+//! every inconsistency into one clear start-up error. That is the file's phase; each service
+//! then builds its runtime settings from it once ([`IngestSettings`], [`WorkerSettings`]:
+//! `Duration`s, resolved secrets), and is given those, not the whole `Config`. Secrets are never written in the file:
 //! a secret field holds `env::NAME` and is resolved from the environment into a
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
@@ -17,6 +19,7 @@ mod models;
 mod screening;
 mod secret;
 mod sections;
+mod settings;
 mod webhooks;
 
 use std::path::Path;
@@ -28,6 +31,9 @@ pub use models::*;
 pub use screening::{PolicyRef, ScreeningAction, ScreeningConfig, ScreeningPolicy};
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
+pub use settings::{
+    DeliverySettings, HttpSettings, IngestSettings, ProviderSettings, WorkerRuntime, WorkerSettings,
+};
 pub use webhooks::WebhooksConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,18 @@ pub enum ConfigError {
     Invalid(String),
     #[error("environment variable {name} referenced by the config is not set")]
     MissingSecret { name: String },
+    /// One setting is wrong; `field` is its dotted path in the file.
+    #[error("invalid config: {field}: {reason}")]
+    Field { field: String, reason: String },
+}
+
+impl ConfigError {
+    pub fn field(field: &str, reason: &str) -> ConfigError {
+        ConfigError::Field {
+            field: field.to_string(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 impl Config {

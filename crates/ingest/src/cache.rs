@@ -296,7 +296,7 @@ pub enum Followed {
 /// Waits up to `limit` for job `leader`, whose answer this request shares.
 pub async fn follow(state: &AppState, leader: Uuid, limit: Duration) -> Result<Followed, ApiError> {
     let deadline = Instant::now() + limit;
-    let check = Duration::from_millis(state.cfg.delivery.recheck_ms.max(1)).saturating_mul(2);
+    let check = state.cfg.delivery.recheck.saturating_mul(2);
     let mut watch = JobWatch::open(state, leader, 0).await?;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -55,7 +55,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use sluice_config::Config;
+use sluice_config::IngestSettings;
 use sluice_queue::Queue;
 use sluice_store::Store;
 use tokio::{net::TcpListener, sync::Semaphore};
@@ -75,9 +75,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The connections, configuration and shared tables behind [`AppState`].
+/// The connections, settings and shared tables behind [`AppState`].
 pub struct Services {
-    pub cfg: Arc<Config>,
+    pub cfg: Arc<IngestSettings>,
     pub queue: Queue,
     pub store: Store,
     pub keys: Arc<KeyTable>,
@@ -96,7 +96,7 @@ pub struct Services {
 }
 
 impl AppState {
-    pub async fn new(cfg: Config) -> anyhow::Result<AppState> {
+    pub async fn new(cfg: IngestSettings) -> anyhow::Result<AppState> {
         let queue = Queue::connect(&cfg.nats, "sluice-ingest").await?;
         let store = Store::new(&cfg.redis)?;
         let keys = Arc::new(KeyTable::from_config(&cfg.tenants));
@@ -266,7 +266,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(cfg: Config, listener: TcpListener) -> anyhow::Result<Server> {
+    pub async fn start(cfg: IngestSettings, listener: TcpListener) -> anyhow::Result<Server> {
         let state = AppState::new(cfg).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -298,7 +298,7 @@ impl Server {
         routes::admin::seed_tenants(&state).await;
         tasks.spawn(check_eviction(state.store.clone()));
         let background = state.background.clone();
-        let limits = serve::ConnLimits::from_config(&state.cfg.ingest);
+        let limits = serve::ConnLimits::from_settings(&state.cfg.ingest);
         let app = router(state);
         tasks.spawn(serve::serve(listener, app, limits, shutdown.clone()));
         tasks.close();

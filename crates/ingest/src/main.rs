@@ -29,8 +29,9 @@ async fn run() -> anyhow::Result<()> {
     sluice_telemetry::metrics_handle();
     let args = Args::parse();
     let cfg = sluice_config::Config::load(args.config.as_deref())?;
-    let listener = tokio::net::TcpListener::bind(&cfg.ingest.listen).await?;
-    let server = sluice_ingest::Server::start(cfg, listener).await?;
+    let settings = sluice_config::IngestSettings::new(&cfg)?;
+    let listener = tokio::net::TcpListener::bind(&settings.ingest.listen).await?;
+    let server = sluice_ingest::Server::start(settings, listener).await?;
     tracing::info!(addr = %server.addr, "ingest listening");
     sluice_telemetry::shutdown_signal().await;
     tracing::info!("shutting down");

@@ -47,10 +47,10 @@ pub struct ConnLimits {
 }
 
 impl ConnLimits {
-    pub fn from_config(cfg: &sluice_config::IngestConfig) -> ConnLimits {
+    pub fn from_settings(cfg: &sluice_config::HttpSettings) -> ConnLimits {
         ConnLimits {
-            header_read: Duration::from_millis(cfg.header_read_timeout_ms),
-            idle: Duration::from_millis(cfg.idle_timeout_ms),
+            header_read: cfg.header_read_timeout,
+            idle: cfg.idle_timeout,
             max_connections: cfg.max_connections,
         }
     }
@@ -164,7 +164,7 @@ pub async fn read_body(State(state): State<AppState>, req: Request, next: Next) 
     let (parts, body) = req.into_parts();
     let limit = cfg.max_body_bytes;
     let read = tokio::time::timeout(
-        Duration::from_millis(cfg.body_read_timeout_ms),
+        cfg.body_read_timeout,
         http_body_util::Limited::new(body, limit).collect(),
     )
     .await;

@@ -302,7 +302,7 @@ async fn look_up(
             }))
         }
         Lookup::Follow { leader, write, key } => {
-            let wait = std::time::Duration::from_secs(state.cfg.delivery.sync_wait_s);
+            let wait = state.cfg.delivery.sync_wait;
             match follow_leader(state, leader, wait).await? {
                 Followed::Ended(o) if o.status == JobStatus::Completed => {
                     let limits = admission::admit_hit(state, tenant, headers, sub, job.id).await?;

@@ -109,7 +109,7 @@ impl JobWatch {
                     retry_after_s: state.cfg.ingest.retry_after_s,
                     reason: e.to_string(),
                 })?;
-        let recheck = Duration::from_millis(state.cfg.delivery.recheck_ms);
+        let recheck = state.cfg.delivery.recheck;
         Ok(JobWatch {
             state: state.clone(),
             sub,
@@ -117,7 +117,7 @@ impl JobWatch {
             cursor: after,
             recheck,
             idle_recheck: recheck,
-            idle_recheck_max: Duration::from_millis(state.cfg.delivery.idle_recheck_max_ms),
+            idle_recheck_max: state.cfg.delivery.idle_recheck_max,
             fresh: true,
         })
     }

@@ -10,17 +10,20 @@
 //! - [`priority`]: `high` | `normal` | `low`.
 //! - [`outcome`]: how a job ends — stored error codes (and their HTTP status), the worker's
 //!   terminal outcomes, dead-letter reasons.
+//! - [`replay`]: what a dead-letter replay asks of the job record ([`ReplayLedger`]).
 //!
 //! This crate depends on nothing async, so any tool can decode a message off the wire.
 
 pub mod envelope;
 pub mod outcome;
 pub mod priority;
+pub mod replay;
 pub mod status;
 pub mod subjects;
 
 pub use envelope::{CacheWrite, DecodeError, EncodeError, JobEnvelope, JobKind, SCHEMA_VERSION};
 pub use outcome::{DeadLetterReason, ErrorCode, Outcome};
 pub use priority::Priority;
+pub use replay::{Replay, ReplayLedger};
 pub use status::JobStatus;
 pub use subjects::Subjects;

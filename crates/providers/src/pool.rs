@@ -15,7 +15,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use bytes::Bytes;
 use rand::Rng;
 use serde_json::Value;
-use sluice_config::{Config, ConfigError, DeploymentConfig, HedgeConfig, ModelsConfig};
+use sluice_config::{DeploymentConfig, HedgeConfig, ModelsConfig, ProviderSettings};
 use sluice_protocol::ErrorCode;
 use tokio::{sync::Mutex, time::Instant};
 use tracing::Instrument;
@@ -135,8 +135,6 @@ impl CallError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error(transparent)]
-    Secret(#[from] ConfigError),
     #[error("cannot build the HTTP client of deployment {0}")]
     Client(String),
 }
@@ -163,7 +161,9 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(cfg: &Config) -> Result<Pools, BuildError> {
+    /// The pools of `[models]` and the implicit `[upstream]` one, with the keys the
+    /// settings resolved at start-up.
+    pub fn new(cfg: &ProviderSettings) -> Result<Pools, BuildError> {
         let m = &cfg.models;
         let now = Instant::now();
         let pool = |deps: Vec<Arc<Deployment>>,
@@ -186,7 +186,7 @@ impl Pools {
         for p in &m.pools {
             let mut deps = Vec::with_capacity(p.deployments.len());
             for d in &p.deployments {
-                let key = d.api_key.as_ref().map(|r| r.resolve()).transpose()?;
+                let key = cfg.deployment_key(&p.alias, &d.name);
                 let client = OpenAiProvider::for_deployment(d, key)
                     .map_err(|_| BuildError::Client(d.name.clone()))?;
                 deps.push(Deployment::from_config(
@@ -207,9 +207,8 @@ impl Pools {
             );
         }
         let up = &cfg.upstream;
-        let key = up.api_key.as_ref().map(|r| r.resolve()).transpose()?;
-        let client =
-            OpenAiProvider::new(up, key).map_err(|_| BuildError::Client("upstream".into()))?;
+        let client = OpenAiProvider::new(up, cfg.upstream_key.clone())
+            .map_err(|_| BuildError::Client("upstream".into()))?;
         let implicit_cfg = DeploymentConfig {
             max_concurrency: 1_000_000,
             timeout_s: up.timeout_s,
@@ -725,7 +724,7 @@ fn used_tokens(body: &[u8]) -> Option<u64> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use futures_util::StreamExt;
-    use sluice_config::PoolConfig;
+    use sluice_config::{Config, PoolConfig};
 
     use super::*;
 
@@ -755,7 +754,7 @@ mod tests {
             degraded_message: None,
             hedge: HedgeConfig::default(),
         }];
-        let pools = Pools::new(&cfg).unwrap();
+        let pools = Pools::new(&ProviderSettings::new(&cfg).unwrap()).unwrap();
         let body =
             br#"{"model":"sim-small","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
         let req = CallRequest {
@@ -802,7 +801,7 @@ mod tests {
             hedge: HedgeConfig::default(),
         }];
         cfg.upstream.base_url = sim.base_url();
-        let pools = Pools::new(&cfg).unwrap();
+        let pools = Pools::new(&ProviderSettings::new(&cfg).unwrap()).unwrap();
         assert!(pools.counts_tokens);
         let call = |model: &'static str, body: &'static [u8]| CallRequest {
             kind: CallKind::Chat,
@@ -824,10 +823,13 @@ mod tests {
         let other = br#"{"model":"sim-large","max_tokens":5000,"messages":[{"role":"user","content":"hi"}]}"#;
         assert!(pools.call(&call("sim-large", other)).await.is_ok());
         assert_eq!(sim.counters().per_endpoint.chat_completions, 1);
-        let no_quota = Pools::new(&Config {
-            upstream: cfg.upstream.clone(),
-            ..Config::default()
-        })
+        let no_quota = Pools::new(
+            &ProviderSettings::new(&Config {
+                upstream: cfg.upstream.clone(),
+                ..Config::default()
+            })
+            .unwrap(),
+        )
         .unwrap();
         assert!(!no_quota.counts_tokens);
     }

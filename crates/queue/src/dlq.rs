@@ -5,8 +5,8 @@
 //!   ephemeral ordered consumer, oldest first, up to a limit.
 //! - [`Queue::dlq_show`]: one entry by its DLQ sequence.
 //! - [`Queue::dlq_replay`]: re-queues matching entries at a bounded rate (or only reports
-//!   them, `dry_run`). Each replay first resets the job record through the store's audited
-//!   replay transition (failed → queued, history kept), then publishes the envelope with a
+//!   them, `dry_run`). Each replay first resets the job record through a [`ReplayLedger`]
+//!   (the store's audited replay transition: failed → queued, history kept), then publishes the envelope with a
 //!   fresh broker message id (`<job id>-replay-<n>`, so the duplicate window does not
 //!   swallow it) and the same job id, and finally removes the entry from the DLQ. Undecodable
 //!   (poison) messages are listed and shown but never replayed.
@@ -17,8 +17,7 @@ use async_nats::{HeaderMap, jetstream::consumer::pull::OrderedConfig};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
-use sluice_protocol::JobEnvelope;
-use sluice_store::{Replay, Store};
+use sluice_protocol::{JobEnvelope, Replay, ReplayLedger};
 use uuid::Uuid;
 
 use crate::{Queue, QueueError, broker};
@@ -229,7 +228,7 @@ impl Queue {
     /// Replays the entries matching `f` (see the module docs).
     pub async fn dlq_replay(
         &self,
-        store: &Store,
+        ledger: &impl ReplayLedger,
         f: &DlqFilter,
         opts: &ReplayOptions,
     ) -> Result<ReplayReport, QueueError> {
@@ -259,7 +258,7 @@ impl Queue {
                 continue;
             }
             tick.tick().await;
-            match store
+            match ledger
                 .record_replay(env.id, &opts.actor, &entry.seq.to_string())
                 .await
             {
@@ -274,7 +273,7 @@ impl Queue {
                     report.skipped.push((entry.seq, why));
                     continue;
                 }
-                Err(e) => return Err(QueueError::Broker(format!("store: {e}"))),
+                Err(e) => return Err(QueueError::Broker(format!("job record: {e}"))),
             }
             self.publish_replay(&env).await?;
             if let Err(e) = stream.delete_message(entry.seq).await {

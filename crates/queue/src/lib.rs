@@ -11,6 +11,11 @@
 //! - [`notify`]: core NATS job-event notifications and cancellation broadcasts.
 //! - [`puller`]: no-wait pull requests over one long-lived inbox per consumer.
 //! - [`backlog`]: how much work waits per priority class (load shedding).
+//! - [`trace`]: the broker hop of a trace — PRODUCER span and context headers on publish,
+//!   CONSUMER span on processing.
+//!
+//! It does not depend on the store: a DLQ replay resets the job record through the
+//! [`sluice_protocol::ReplayLedger`] its caller passes (the store implements it).
 
 pub mod backlog;
 pub mod consumer;

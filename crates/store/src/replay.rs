@@ -6,7 +6,7 @@
 //!   the history), and a `replay` event says who did it and how many times it was replayed.
 //! - [`Store::record_route`]: the model router's decision, recorded on the job.
 
-use sluice_protocol::JobStatus;
+use sluice_protocol::{JobStatus, ReplayLedger};
 use uuid::Uuid;
 
 use crate::{Store, StoreError, now_ms, scripts::Lua};
@@ -14,14 +14,7 @@ use crate::{Store, StoreError, now_ms, scripts::Lua};
 pub(crate) static REPLAY: Lua = Lua::new("replay", include_str!("../lua/replay.lua"));
 pub(crate) static ROUTE: Lua = Lua::new("route", include_str!("../lua/route.lua"));
 
-/// What a replay request did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Replay {
-    /// The job is `queued` again; `replays` counts this one.
-    Applied { replays: u64 },
-    /// The job is not in a replayable state (or its record expired: `None`).
-    Refused { current: Option<JobStatus> },
-}
+pub use sluice_protocol::Replay;
 
 impl Store {
     /// Resets a failed or expired job to `queued` for a replay by `actor`. `token` names the
@@ -62,5 +55,19 @@ impl Store {
             .arg(now_ms());
         let _: i64 = self.invoke(&inv).await?;
         Ok(())
+    }
+}
+
+/// The queue's DLQ replay resets the job's record here before publishing it again.
+impl ReplayLedger for Store {
+    type Error = StoreError;
+
+    async fn record_replay(
+        &self,
+        id: Uuid,
+        actor: &str,
+        token: &str,
+    ) -> Result<Replay, StoreError> {
+        Store::record_replay(self, id, actor, token).await
     }
 }

@@ -175,12 +175,7 @@ async fn tell_broker(
                 .increment(1);
             let w = &shared.cfg.worker;
             let attempt = job.map_or(delivery.delivered(), |j| j.attempt);
-            let delay = redelivery_delay(
-                attempt,
-                Duration::from_millis(w.backoff_base_ms),
-                Duration::from_millis(w.backoff_max_ms),
-                at_least,
-            );
+            let delay = redelivery_delay(attempt, w.backoff_base, w.backoff_max, at_least);
             delivery.nak(delay).await
         }
         // Holding ends in `Retry` or `Release` (see `Hold::wait`); never reached.

@@ -43,7 +43,7 @@ pub enum Gate {
 /// Takes an in-flight slot for the job. When Redis cannot be asked the job runs (the cap is
 /// a fairness device; limits and budgets were enforced at admission).
 pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
-    let lease_ms = (shared.cfg.upstream.timeout_s + shared.cfg.worker.ack_wait_s) * 1000 * 2;
+    let lease_ms = u64::try_from(shared.cfg.worker.in_flight_lease.as_millis()).unwrap_or(u64::MAX);
     match shared
         .gov
         .acquire_in_flight(&env.tenant, env.id, lease_ms, now_ms())

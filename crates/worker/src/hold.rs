@@ -54,14 +54,9 @@ impl<'a> Hold<'a> {
         self.waits += 1;
         metrics::counter!("sluice_worker_holds_total", "reason" => reason.as_str()).increment(1);
         let w = &self.shared.cfg.worker;
-        let base = Duration::from_millis(w.backoff_base_ms.max(1));
-        let delay = redelivery_delay(
-            self.waits,
-            base,
-            Duration::from_millis(w.backoff_max_ms).max(base),
-            Some(base),
-        );
-        let every = Duration::from_secs(w.ack_wait_s).max(Duration::from_secs(1)) / 3;
+        let base = w.backoff_base.max(Duration::from_millis(1));
+        let delay = redelivery_delay(self.waits, base, w.backoff_max.max(base), Some(base));
+        let every = w.ack_wait.max(Duration::from_secs(1)) / 3;
         if let Err(e) = delivery.progress().await {
             tracing::debug!(error = %e, "heartbeat failed");
         }

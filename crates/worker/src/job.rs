@@ -96,8 +96,7 @@ async fn started(
     }
 
     let call = crate::call::upstream(shared, env, attempt);
-    let heartbeat_every =
-        Duration::from_secs(shared.cfg.worker.ack_wait_s).max(Duration::from_secs(1)) / 3;
+    let heartbeat_every = shared.cfg.worker.ack_wait.max(Duration::from_secs(1)) / 3;
     // Dropping the call on cancellation closes the upstream connection mid-generation.
     let result = tokio::select! {
         r = with_heartbeats(call, delivery, heartbeat_every) => r,

@@ -20,6 +20,10 @@
 //! - [`backoff`]: redelivery delays; [`schedule`]: the fetch order between priorities.
 //! - [`cancel`]: cancelling running jobs; [`advisory`]: dead-lettering what the server
 //!   stopped delivering.
+//! - [`observe`]: each delivery's CONSUMER span and the job, token and cost metrics.
+//!
+//! The worker is given its [`WorkerSettings`] (built once from the file's `Config`), not
+//! the whole configuration.
 
 pub mod advisory;
 pub mod apply;
@@ -37,7 +41,7 @@ pub mod streamed;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{FutureExt, StreamExt};
-use sluice_config::Config;
+use sluice_config::WorkerSettings;
 use sluice_protocol::Priority;
 use sluice_providers::Pools;
 use sluice_queue::{
@@ -53,7 +57,7 @@ use tracing::Instrument;
 
 /// What every job task shares.
 pub struct Shared {
-    pub cfg: Config,
+    pub cfg: WorkerSettings,
     pub queue: Queue,
     pub store: Store,
     pub pools: Pools,
@@ -73,11 +77,11 @@ pub struct Worker {
 impl Worker {
     /// Connects, makes sure streams and consumers exist (retrying while the broker is away),
     /// and starts the fetch loop.
-    pub async fn start(cfg: Config) -> anyhow::Result<Worker> {
+    pub async fn start(cfg: WorkerSettings) -> anyhow::Result<Worker> {
         let queue = Queue::connect(&cfg.nats, "sluice-worker").await?;
         let store = Store::new(&cfg.redis)?;
-        let pools = Pools::new(&cfg)?;
-        let grace = Duration::from_secs(cfg.worker.shutdown_grace_s);
+        let pools = Pools::new(&cfg.providers)?;
+        let grace = cfg.worker.shutdown_grace;
         let gov = sluice_governance::Governor::new(store.clone(), cfg.governance.clone());
         let running = cancel::Running::new(cfg.delivery.max_tracked_jobs);
         let shared = Arc::new(Shared {
@@ -184,7 +188,7 @@ impl Fetcher {
         };
         let w = &self.shared.cfg.worker;
         self.slots.add_permits(w.concurrency);
-        let recheck = Duration::from_millis(w.idle_poll_ms.max(10));
+        let recheck = w.idle_poll.max(Duration::from_millis(10));
         let batch_target = (w.concurrency / 8).clamp(1, 64);
         let mut maybe = [true; 3];
         let mut round: u64 = 0;
@@ -343,7 +347,7 @@ impl Fetcher {
     async fn pullers(&self) -> Option<[Puller; 3]> {
         let w = &self.shared.cfg.worker;
         let settings = ConsumerSettings {
-            ack_wait: Duration::from_secs(w.ack_wait_s),
+            ack_wait: w.ack_wait,
             max_attempts: w.max_attempts,
         };
         let queue = &self.shared.queue;

@@ -30,8 +30,9 @@ async fn run() -> anyhow::Result<()> {
     sluice_telemetry::metrics_handle();
     let args = Args::parse();
     let cfg = sluice_config::Config::load(args.config.as_deref())?;
-    let metrics_listen = cfg.worker.metrics_listen.clone();
-    let worker = sluice_worker::Worker::start(cfg).await?;
+    let settings = sluice_config::WorkerSettings::new(&cfg)?;
+    let metrics_listen = settings.worker.metrics_listen.clone();
+    let worker = sluice_worker::Worker::start(settings).await?;
     let ops = if metrics_listen.is_empty() {
         None
     } else {

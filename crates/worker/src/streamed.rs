@@ -7,7 +7,7 @@
 //! OpenAI-compatible endpoint replays exactly what the upstream sent. A retried attempt
 //! streams again after its own `in_progress` event; readers start over at that event.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
@@ -40,7 +40,7 @@ pub async fn run(
 ) -> Result<Bytes, StreamError> {
     let answer = shared.pools.stream(req).await?;
     let mut chunks = ChunkStream::new(answer.stream);
-    let flush_every = Duration::from_millis(shared.cfg.delivery.stream_flush_ms);
+    let flush_every = shared.cfg.delivery.stream_flush;
     let mut asm = Assembler::default();
     let mut batch: Vec<Bytes> = Vec::new();
     let mut last_flush = tokio::time::Instant::now();

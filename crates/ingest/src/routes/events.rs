@@ -9,7 +9,7 @@
 //! Streams are bounded per tenant and per replica (`delivery.streams_per_tenant`,
 //! `delivery.max_streams`): past either, `429 too_many_streams` with `Retry-After`.
 
-use std::{convert::Infallible, time::Duration};
+use std::convert::Infallible;
 
 use axum::{
     Extension,
@@ -63,8 +63,8 @@ pub async fn events(
         }
     }
     let watch = JobWatch::open(&state, uuid, after).await?;
-    let deadline = Instant::now() + Duration::from_secs(state.cfg.delivery.sse_max_s);
-    let keepalive = Duration::from_secs(state.cfg.delivery.keepalive_s);
+    let deadline = Instant::now() + state.cfg.delivery.sse_max;
+    let keepalive = state.cfg.delivery.keepalive;
     metrics::counter!("sluice_sse_streams_total").increment(1);
     let feed = Feed {
         state,

@@ -11,7 +11,7 @@
 //! upstream call is dropped. An idempotent retry follows the first request's job without
 //! that guard: it did not create the job, so leaving does not cancel it.
 
-use std::{convert::Infallible, time::Duration};
+use std::convert::Infallible;
 
 use axum::{
     Extension, Json,
@@ -226,8 +226,8 @@ async fn answer(
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
     let data: Vec<Value> = state
         .cfg
-        .model_ids()
-        .into_iter()
+        .models
+        .iter()
         .map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "sluice" }))
         .collect();
     Json(json!({ "object": "list", "data": data }))
@@ -238,7 +238,7 @@ pub async fn model(
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if state.cfg.model_ids().iter().any(|m| *m == id) {
+    if state.cfg.models.contains(&id) {
         Ok(Json(
             json!({ "id": id, "object": "model", "created": 0, "owned_by": "sluice" }),
         ))
@@ -308,7 +308,7 @@ async fn run_plain(
     view: Option<JobView>,
     shape: Shape,
 ) -> Result<Response, ApiError> {
-    let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
+    let limit = state.cfg.delivery.sync_wait;
     let outcome = tokio::time::timeout(limit, watch.wait_terminal()).await;
     guard.disarm();
     match outcome {
@@ -367,7 +367,7 @@ async fn run_streamed(
     shape: StreamShape,
 ) -> Result<Response, ApiError> {
     let id = watch.job_id();
-    let limit = Duration::from_secs(state.cfg.delivery.sync_wait_s);
+    let limit = state.cfg.delivery.sync_wait;
     // Wait for the first chunks (or the end) before answering, so a job that fails before
     // streaming anything gets a proper HTTP error the SDK can raise.
     let first = tokio::time::timeout(limit, async {
@@ -403,8 +403,8 @@ async fn run_streamed(
         let o = watch_outcome(&state, id, end).await?;
         return Err(o.failure());
     }
-    let deadline = Instant::now() + Duration::from_secs(state.cfg.delivery.sse_max_s);
-    let keepalive = Duration::from_secs(state.cfg.delivery.keepalive_s);
+    let deadline = Instant::now() + state.cfg.delivery.sse_max;
+    let keepalive = state.cfg.delivery.keepalive;
     let relay = Relay {
         state,
         id,

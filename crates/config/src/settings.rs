@@ -1,0 +1,412 @@
+//! The second phase of configuration: runtime settings per service.
+//!
+//! [`Config`] is the file as written (integers named `_ms` / `_s`, secrets as `env::NAME`
+//! references), checked by [`Config::validate`], cross-references included (see
+//! `catalog.rs`). Each service then builds its settings once, at start-up:
+//! [`IngestSettings::new`] and [`WorkerSettings::new`] turn every duration it reads into a
+//! [`Duration`] (refusing one that is zero where it must not be, or absurdly long, with an
+//! error naming the field), resolve the secrets it needs from the environment, and keep the
+//! sections other crates take as they are (`nats`, `redis`, `governance`, …). A service is
+//! given its settings, never the whole `Config`.
+
+use std::{collections::HashMap, time::Duration};
+
+use secrecy::SecretString;
+
+use crate::{
+    CacheConfig, Config, ConfigError, GovernanceConfig, ModelsConfig, NatsConfig, RedisConfig,
+    ScreeningConfig, SecretRef, TenantConfig, UpstreamConfig, WebhooksConfig,
+};
+
+/// Longest duration a setting may hold: ten years, so that `now + setting` cannot overflow.
+const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// `v` seconds of the setting `field`; `positive` refuses zero.
+fn secs(field: &str, v: u64, positive: bool) -> Result<Duration, ConfigError> {
+    checked(field, Duration::from_secs(v), positive)
+}
+
+/// `v` milliseconds of the setting `field`; `positive` refuses zero.
+fn millis(field: &str, v: u64, positive: bool) -> Result<Duration, ConfigError> {
+    checked(field, Duration::from_millis(v), positive)
+}
+
+fn checked(field: &str, d: Duration, positive: bool) -> Result<Duration, ConfigError> {
+    if positive && d.is_zero() {
+        return Err(ConfigError::field(field, "must be positive"));
+    }
+    if d > Duration::from_secs(MAX_SECS) {
+        return Err(ConfigError::field(
+            field,
+            "is longer than ten years; durations are written in the unit the name ends with (_s, _ms)",
+        ));
+    }
+    Ok(d)
+}
+
+fn secret(field: &str, r: &SecretRef) -> Result<SecretString, ConfigError> {
+    r.resolve().map_err(|_| {
+        ConfigError::field(
+            field,
+            &format!("environment variable {} is not set", r.variable()),
+        )
+    })
+}
+
+/// `[ingest]`: the HTTP front door's limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub max_output_tokens: u64,
+    /// Whole seconds, as the `Retry-After` header carries them.
+    pub retry_after_s: u64,
+    pub max_concurrent_requests: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+}
+
+impl HttpSettings {
+    fn new(cfg: &Config) -> Result<HttpSettings, ConfigError> {
+        let i = &cfg.ingest;
+        Ok(HttpSettings {
+            listen: i.listen.clone(),
+            max_body_bytes: i.max_body_bytes,
+            max_output_tokens: i.max_output_tokens,
+            retry_after_s: secs("ingest.retry_after_s", i.retry_after_s, false)?.as_secs(),
+            max_concurrent_requests: i.max_concurrent_requests,
+            max_connections: i.max_connections,
+            header_read_timeout: millis(
+                "ingest.header_read_timeout_ms",
+                i.header_read_timeout_ms,
+                true,
+            )?,
+            idle_timeout: millis("ingest.idle_timeout_ms", i.idle_timeout_ms, true)?,
+            body_read_timeout: millis("ingest.body_read_timeout_ms", i.body_read_timeout_ms, true)?,
+        })
+    }
+}
+
+/// `[delivery]`: how results reach clients, and how the worker forwards a stream.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub sync_wait: Duration,
+    pub keepalive: Duration,
+    pub sse_max: Duration,
+    pub recheck: Duration,
+    pub idle_recheck_max: Duration,
+    pub stream_flush: Duration,
+    pub max_tracked_jobs: usize,
+    pub sync_waits_per_tenant: usize,
+    pub max_streams: usize,
+    pub streams_per_tenant: usize,
+}
+
+impl DeliverySettings {
+    fn new(cfg: &Config) -> Result<DeliverySettings, ConfigError> {
+        let d = &cfg.delivery;
+        Ok(DeliverySettings {
+            sync_wait: secs("delivery.sync_wait_s", d.sync_wait_s, true)?,
+            keepalive: secs("delivery.keepalive_s", d.keepalive_s, true)?,
+            sse_max: secs("delivery.sse_max_s", d.sse_max_s, true)?,
+            recheck: millis("delivery.recheck_ms", d.recheck_ms, true)?,
+            idle_recheck_max: millis("delivery.idle_recheck_max_ms", d.idle_recheck_max_ms, true)?,
+            stream_flush: millis("delivery.stream_flush_ms", d.stream_flush_ms, false)?,
+            max_tracked_jobs: d.max_tracked_jobs,
+            sync_waits_per_tenant: d.sync_waits_per_tenant,
+            max_streams: d.max_streams,
+            streams_per_tenant: d.streams_per_tenant,
+        })
+    }
+}
+
+/// Everything ingest reads.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub ingest: HttpSettings,
+    pub delivery: DeliverySettings,
+    /// Every model a client may name, in `GET /v1/models` order ([`Config::model_ids`]).
+    pub models: Vec<String>,
+    pub nats: NatsConfig,
+    pub redis: RedisConfig,
+    pub tenants: Vec<TenantConfig>,
+    pub governance: GovernanceConfig,
+    pub cache: CacheConfig,
+    pub screening: ScreeningConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+impl IngestSettings {
+    pub fn new(cfg: &Config) -> Result<IngestSettings, ConfigError> {
+        cfg.validate()?;
+        Ok(IngestSettings {
+            ingest: HttpSettings::new(cfg)?,
+            delivery: DeliverySettings::new(cfg)?,
+            models: cfg.model_ids().into_iter().map(String::from).collect(),
+            nats: cfg.nats.clone(),
+            redis: cfg.redis.clone(),
+            tenants: cfg.tenants.clone(),
+            governance: cfg.governance.clone(),
+            cache: cfg.cache.clone(),
+            screening: cfg.screening.clone(),
+            webhooks: cfg.webhooks.clone(),
+        })
+    }
+}
+
+/// `[worker]`: one replica's slots, redelivery and shutdown.
+#[derive(Debug, Clone)]
+pub struct WorkerRuntime {
+    pub concurrency: usize,
+    pub ack_wait: Duration,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub shutdown_grace: Duration,
+    pub low_share_every: u32,
+    /// Where the worker serves `/metrics` and `/healthz` (empty: not served).
+    pub metrics_listen: String,
+    pub idle_poll: Duration,
+    /// How long a job holds its tenant's in-flight slot at most: twice the longest a call
+    /// and its acknowledgement may take (`upstream.timeout_s + worker.ack_wait_s`).
+    pub in_flight_lease: Duration,
+}
+
+impl WorkerRuntime {
+    fn new(cfg: &Config) -> Result<WorkerRuntime, ConfigError> {
+        let w = &cfg.worker;
+        let ack_wait = secs("worker.ack_wait_s", w.ack_wait_s, true)?;
+        let upstream = secs("upstream.timeout_s", cfg.upstream.timeout_s, false)?;
+        Ok(WorkerRuntime {
+            concurrency: w.concurrency,
+            ack_wait,
+            max_attempts: w.max_attempts,
+            backoff_base: millis("worker.backoff_base_ms", w.backoff_base_ms, false)?,
+            backoff_max: millis("worker.backoff_max_ms", w.backoff_max_ms, false)?,
+            shutdown_grace: secs("worker.shutdown_grace_s", w.shutdown_grace_s, false)?,
+            low_share_every: w.low_share_every,
+            metrics_listen: w.metrics_listen.clone(),
+            idle_poll: millis("worker.idle_poll_ms", w.idle_poll_ms, false)?,
+            in_flight_lease: (upstream + ack_wait) * 2,
+        })
+    }
+}
+
+/// `[models]` and `[upstream]` with their API keys resolved from the environment.
+#[derive(Debug)]
+pub struct ProviderSettings {
+    pub models: ModelsConfig,
+    pub upstream: UpstreamConfig,
+    /// `upstream.api_key`, resolved.
+    pub upstream_key: Option<SecretString>,
+    /// Each pool deployment's `api_key`, resolved, by (pool alias, deployment name).
+    deployment_keys: HashMap<(String, String), SecretString>,
+}
+
+impl ProviderSettings {
+    /// Resolves every key the pools use; a referenced variable that is not set is an error
+    /// naming the field that references it.
+    pub fn new(cfg: &Config) -> Result<ProviderSettings, ConfigError> {
+        let upstream_key = cfg
+            .upstream
+            .api_key
+            .as_ref()
+            .map(|r| secret("upstream.api_key", r))
+            .transpose()?;
+        let mut deployment_keys = HashMap::new();
+        for p in &cfg.models.pools {
+            for d in &p.deployments {
+                if let Some(r) = &d.api_key {
+                    let field = format!(
+                        "models.pools[{:?}].deployments[{:?}].api_key",
+                        p.alias, d.name
+                    );
+                    deployment_keys.insert((p.alias.clone(), d.name.clone()), secret(&field, r)?);
+                }
+            }
+        }
+        Ok(ProviderSettings {
+            models: cfg.models.clone(),
+            upstream: cfg.upstream.clone(),
+            upstream_key,
+            deployment_keys,
+        })
+    }
+
+    /// The resolved key of deployment `name` in pool `alias` (`None`: it has no key).
+    pub fn deployment_key(&self, alias: &str, name: &str) -> Option<SecretString> {
+        self.deployment_keys
+            .get(&(alias.to_string(), name.to_string()))
+            .cloned()
+    }
+}
+
+/// Everything a worker reads.
+#[derive(Debug)]
+pub struct WorkerSettings {
+    pub worker: WorkerRuntime,
+    pub delivery: DeliverySettings,
+    pub providers: ProviderSettings,
+    pub nats: NatsConfig,
+    pub redis: RedisConfig,
+    pub governance: GovernanceConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+impl WorkerSettings {
+    pub fn new(cfg: &Config) -> Result<WorkerSettings, ConfigError> {
+        cfg.validate()?;
+        Ok(WorkerSettings {
+            worker: WorkerRuntime::new(cfg)?,
+            delivery: DeliverySettings::new(cfg)?,
+            providers: ProviderSettings::new(cfg)?,
+            nats: cfg.nats.clone(),
+            redis: cfg.redis.clone(),
+            governance: cfg.governance.clone(),
+            webhooks: cfg.webhooks.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Config {
+        Config::from_toml_with_env(toml, &[]).unwrap()
+    }
+
+    #[test]
+    fn every_duration_is_converted_in_the_unit_its_name_says() {
+        type Pick = fn(&IngestSettings, &WorkerSettings) -> Duration;
+        let cases: &[(&str, Pick, Duration)] = &[
+            (
+                "[delivery]\nsync_wait_s = 7",
+                |i, _| i.delivery.sync_wait,
+                Duration::from_secs(7),
+            ),
+            (
+                "[delivery]\nkeepalive_s = 3",
+                |i, _| i.delivery.keepalive,
+                Duration::from_secs(3),
+            ),
+            (
+                "[delivery]\nsse_max_s = 60",
+                |i, _| i.delivery.sse_max,
+                Duration::from_secs(60),
+            ),
+            (
+                "[delivery]\nrecheck_ms = 250",
+                |i, _| i.delivery.recheck,
+                Duration::from_millis(250),
+            ),
+            (
+                "[delivery]\nidle_recheck_max_ms = 9000",
+                |i, _| i.delivery.idle_recheck_max,
+                Duration::from_millis(9000),
+            ),
+            (
+                "[delivery]\nstream_flush_ms = 10",
+                |_, w| w.delivery.stream_flush,
+                Duration::from_millis(10),
+            ),
+            (
+                "[ingest]\nheader_read_timeout_ms = 1500",
+                |i, _| i.ingest.header_read_timeout,
+                Duration::from_millis(1500),
+            ),
+            (
+                "[ingest]\nidle_timeout_ms = 5000",
+                |i, _| i.ingest.idle_timeout,
+                Duration::from_millis(5000),
+            ),
+            (
+                "[ingest]\nbody_read_timeout_ms = 700",
+                |i, _| i.ingest.body_read_timeout,
+                Duration::from_millis(700),
+            ),
+            (
+                "[worker]\nack_wait_s = 45",
+                |_, w| w.worker.ack_wait,
+                Duration::from_secs(45),
+            ),
+            (
+                "[worker]\nbackoff_base_ms = 50",
+                |_, w| w.worker.backoff_base,
+                Duration::from_millis(50),
+            ),
+            (
+                "[worker]\nbackoff_max_ms = 200",
+                |_, w| w.worker.backoff_max,
+                Duration::from_millis(200),
+            ),
+            (
+                "[worker]\nshutdown_grace_s = 1",
+                |_, w| w.worker.shutdown_grace,
+                Duration::from_secs(1),
+            ),
+            (
+                "[worker]\nidle_poll_ms = 100",
+                |_, w| w.worker.idle_poll,
+                Duration::from_millis(100),
+            ),
+            (
+                "[worker]\nack_wait_s = 10\n[upstream]\ntimeout_s = 20",
+                |_, w| w.worker.in_flight_lease,
+                Duration::from_secs(60),
+            ),
+        ];
+        for (toml, pick, want) in cases {
+            let cfg = config(toml);
+            let ingest = IngestSettings::new(&cfg).unwrap();
+            let worker = WorkerSettings::new(&cfg).unwrap();
+            assert_eq!(pick(&ingest, &worker), *want, "{toml}");
+        }
+        let ingest = IngestSettings::new(&config("[ingest]\nretry_after_s = 4")).unwrap();
+        assert_eq!(ingest.ingest.retry_after_s, 4);
+    }
+
+    #[test]
+    fn an_invalid_duration_is_refused_naming_its_field() {
+        let err = |toml: &str| {
+            let cfg = config(toml);
+            let e = WorkerSettings::new(&cfg)
+                .err()
+                .or_else(|| IngestSettings::new(&cfg).err());
+            e.map(|e| e.to_string()).unwrap_or_default()
+        };
+        let e = err("[delivery]\nstream_flush_ms = 9223372036854775807");
+        assert!(e.contains("delivery.stream_flush_ms"), "{e}");
+        let e = err("[worker]\nshutdown_grace_s = 400000000");
+        assert!(
+            e.contains("worker.shutdown_grace_s: is longer than ten years"),
+            "{e}"
+        );
+        let e = err("[ingest]\nretry_after_s = 9999999999");
+        assert!(e.contains("ingest.retry_after_s"), "{e}");
+        // Phase one already refuses a zero where a positive duration is needed, naming it.
+        let e = Config::from_toml_with_env("[delivery]\nsync_wait_s = 0", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sync_wait_s"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_field_that_references_it() {
+        let cfg = config(
+            "[[models.pools]]\nalias = \"big\"\n[[models.pools.deployments]]\nname = \"a\"\n\
+             base_url = \"http://x\"\napi_key = \"env::SLUICE_TEST_SURELY_UNSET_KEY\"\n",
+        );
+        let e = WorkerSettings::new(&cfg).unwrap_err().to_string();
+        assert!(e.contains("SLUICE_TEST_SURELY_UNSET_KEY"), "{e}");
+        assert!(
+            e.contains("models.pools[\"big\"].deployments[\"a\"].api_key"),
+            "{e}"
+        );
+        // Ingest calls no provider, so it does not need the key.
+        assert!(IngestSettings::new(&cfg).is_ok());
+    }
+}
