@@ -67,6 +67,26 @@ async fn a_repeated_deterministic_request_reaches_upstream_once() -> Result<()> 
     assert_eq!((second.status, second.cache.as_deref()), (200, Some("hit")));
     assert_eq!(second.body, first.body, "a hit is the original answer");
     assert_eq!(upstream_chats(&sim), 1);
+    // The hit counts the tokens it saved: the original answer's usage.
+    let saved_output = first.body["usage"]["completion_tokens"]
+        .as_u64()
+        .context("usage")?;
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", ingest.base_url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let counted: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("sluice_cache_saved_tokens_total{") && l.contains(r#"type="output""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum();
+    assert_eq!(counted, saved_output, "{metrics}");
 
     // Sampled requests are not cached unless they opt in.
     let mut sampled = body.clone();

@@ -32,6 +32,12 @@ impl LocalTier {
                     .saturating_add(ENTRY_OVERHEAD)
             })
             .time_to_live(ttl)
+            // Entries pushed out for room: a tier too small for the hot set shows here.
+            .eviction_listener(|_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    metrics::counter!("sluice_cache_local_evictions_total").increment(1);
+                }
+            })
             .build();
         LocalTier { inner: Some(inner) }
     }

@@ -437,6 +437,26 @@ fn pieces(text: &str) -> Vec<&str> {
     out
 }
 
+/// A hit was served: what it saved, per tenant and model (both configured, so bounded):
+/// `sluice_cache_saved_tokens_total{tenant, model, type=input|output}` and
+/// `sluice_cache_saved_cost_microusd_total{tenant, model}` (priced by `governance.prices`,
+/// like `sluice_cost_microusd_total`).
+pub fn count_saved(gov: &sluice_config::GovernanceConfig, tenant: &str, model: &str, e: &Entry) {
+    for (kind, n) in [("input", e.prompt_tokens), ("output", e.completion_tokens)] {
+        metrics::counter!("sluice_cache_saved_tokens_total", "type" => kind, "model" => model.to_owned(), "tenant" => tenant.to_owned())
+            .increment(n);
+    }
+    let usage = sluice_governance::estimate::Usage {
+        prompt_tokens: e.prompt_tokens,
+        completion_tokens: e.completion_tokens,
+    };
+    let cost = sluice_governance::estimate::cost_micro_usd(gov, model, usage);
+    if cost > 0 {
+        metrics::counter!("sluice_cache_saved_cost_microusd_total", "model" => model.to_owned(), "tenant" => tenant.to_owned())
+            .increment(cost);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -291,6 +291,7 @@ async fn look_up(
     match lookup {
         Lookup::Hit(entry) => {
             let limits = admission::admit_hit(state, tenant, headers, sub, job.id).await?;
+            crate::cache::count_saved(state.gov.config(), &tenant.id, &sub.model, &entry);
             Ok(Looked::Answered(match follow {
                 Follow::Wait => Submitted::Cached(Box::new(Cached {
                     body: entry.body.clone(),
