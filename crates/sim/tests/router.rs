@@ -743,3 +743,21 @@ async fn seeds_stops_and_logprobs() {
         assert_openai_error(&v, "invalid_request_error");
     }
 }
+
+#[tokio::test]
+async fn a_stream_can_fail_mid_way_with_an_error_event() {
+    let (app, _) = app();
+    let mut body = chat("break it [[sim:stream_error_after=3]]");
+    body["stream"] = json!(true);
+    let (status, _, bytes) = call(&app, Method::POST, "/v1/chat/completions", Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = sse_data(&bytes);
+    assert_eq!(events.len(), 4, "{events:?}");
+    let last: Value = serde_json::from_str(&events[3]).unwrap();
+    assert_openai_error(&last, "server_error");
+    assert!(
+        events[..3]
+            .iter()
+            .all(|e| e.contains("chat.completion.chunk"))
+    );
+}

@@ -75,7 +75,8 @@ pub async fn completions(State(state): State<SimState>, body: Bytes) -> Response
     let id = state.next_id("chatcmpl");
     if req.stream.unwrap_or(false) {
         let chunk_delay = Duration::from_millis(live.cfg.stream_chunk_delay_ms);
-        match render_stream(&id, &req, &replies, usage, !chunk_delay.is_zero()) {
+        let split = !chunk_delay.is_zero();
+        match render_stream(&id, &req, &replies, usage, split, plan.stream_error_after) {
             Ok(groups) => stream_response(groups, chunk_delay, guard),
             Err(e) => {
                 guard.complete();
@@ -308,6 +309,7 @@ fn render_stream(
     replies: &[Reply],
     usage: Usage,
     split: bool,
+    error_after: Option<u32>,
 ) -> Result<Vec<Bytes>, serde_json::Error> {
     let include_usage = req.include_usage();
     let created = unix_now();
@@ -414,6 +416,14 @@ fn render_stream(
         }
         rounds.push(round);
     }
+    let failed = error_after.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if let Some(n) = failed {
+        // One chunk per round without `n`; the error replaces the rest of the stream.
+        rounds.truncate(n);
+        let mut error = Vec::new();
+        push_event(&mut error, &ApiError::Internal(String::new()).body())?;
+        rounds.push(error);
+    }
     let last = rounds.len().saturating_sub(1);
     let mut groups: Vec<Vec<u8>> = Vec::new();
     for (r, round) in rounds.into_iter().enumerate() {
@@ -425,6 +435,10 @@ fn render_stream(
         }
     }
     let mut current = groups.pop().unwrap_or_default();
+    if failed.is_some() {
+        groups.push(current);
+        return Ok(groups.into_iter().map(Bytes::from).collect());
+    }
     if include_usage {
         push_event(
             &mut current,
