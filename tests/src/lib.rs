@@ -176,6 +176,23 @@ impl TestEnv {
     pub fn store(&self) -> Result<sluice_store::Store> {
         Ok(sluice_store::Store::new(&self.cfg.redis)?)
     }
+
+    /// Budget tokens `tenant` has in use this month, straight from Redis.
+    pub async fn budget_tokens_used(&self, tenant: &str) -> Result<u64> {
+        let (period, _) = sluice_governance::period::current(
+            sluice_config::BudgetPeriod::Month,
+            sluice_store::now_ms(),
+        );
+        let store = self.store()?;
+        let key = store.keys().budget(tenant, &period);
+        let mut conn = store.conn().await?;
+        let v: Option<u64> = redis::cmd("HGET")
+            .arg(key)
+            .arg("tokens")
+            .query_async(&mut conn)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
 }
 
 impl Default for TestEnv {

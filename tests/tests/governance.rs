@@ -53,7 +53,7 @@ async fn a_rate_limit_holds_exactly_across_two_ingest_replicas() -> Result<()> {
     for (status, headers, body) in answers.iter().filter(|(s, _, _)| *s != 202) {
         assert_eq!(*status, 429, "{body}");
         assert_eq!(body["error"]["code"], "rate_limit_tenant");
-        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(body["error"]["type"], "requests");
         assert!(headers["retry-after"].to_str()?.parse::<u64>()? >= 1);
         assert_eq!(headers["ratelimit-policy"], "\"tenant-requests\";q=20;w=60");
         assert!(
@@ -145,17 +145,7 @@ async fn job_records(env: &TestEnv) -> Result<usize> {
 
 /// Budget tokens in use by acme this month, straight from Redis.
 async fn budget_used(env: &TestEnv) -> Result<u64> {
-    let (period, _) =
-        sluice_governance::period::current(BudgetPeriod::Month, sluice_store::now_ms());
-    let store = env.store()?;
-    let key = store.keys().budget("acme", &period);
-    let mut conn = store.conn().await?;
-    let v: Option<u64> = redis::cmd("HGET")
-        .arg(key)
-        .arg("tokens")
-        .query_async(&mut conn)
-        .await?;
-    Ok(v.unwrap_or(0))
+    env.budget_tokens_used("acme").await
 }
 
 /// Both jobs run end to end through the worker: the streamed one's usage comes from its last

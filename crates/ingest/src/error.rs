@@ -49,9 +49,14 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     /// A job the client waited for synchronously ended without a result. `code` is the
-    /// job's stored error code (written by Sluice, never upstream text).
+    /// job's stored error code (written by Sluice, never upstream text); `retry_after_s` the
+    /// provider's last `Retry-After`, stored with it.
     #[error("the job ended without a result: {code}")]
-    JobFailed { code: ErrorCode, message: String },
+    JobFailed {
+        code: ErrorCode,
+        message: String,
+        retry_after_s: Option<u64>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("rate limit {policy} exceeded")]
@@ -144,8 +149,16 @@ impl ApiError {
             | ApiError::IdempotencyConflict
             | ApiError::Forbidden => Retry::Never,
             // The worker already spent its attempts (and its calls on other deployments); a
-            // client retry would run that whole chain again.
-            ApiError::JobFailed { .. } => Retry::Never,
+            // client retry would run that whole chain again. When the provider said when it
+            // takes work again, the client is told so, truthfully.
+            ApiError::JobFailed {
+                retry_after_s: None,
+                ..
+            } => Retry::Never,
+            ApiError::JobFailed {
+                retry_after_s: Some(s),
+                ..
+            } => Retry::NeverBefore(*s),
             // Nothing is known about whether it would recur: the SDK's own policy applies.
             ApiError::Internal(_) => Retry::Unknown,
             // Sending the same prompt again is the loop; the window is still truthful.
@@ -195,29 +208,43 @@ impl ApiError {
         }
     }
 
+    /// The error's `type`, as the OpenAI API names it for the same status: `server_error` for
+    /// every 5xx; for a 429, `insufficient_quota` when a budget is spent, else the kind of
+    /// limit (`tokens`, or `requests` for every other refusal); `invalid_request_error` for
+    /// every other 4xx (OpenAI uses it for 401, 403 and 404 too). The whole table, with
+    /// codes, is in docs/compat.md.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::BudgetExhausted { .. } => "insufficient_quota",
+            ApiError::RateLimited { policy, .. } if policy.ends_with("-tokens") => "tokens",
+            _ => match self.status() {
+                s if s.is_server_error() => "server_error",
+                StatusCode::TOO_MANY_REQUESTS => "requests",
+                _ => "invalid_request_error",
+            },
+        }
+    }
+
     /// The OpenAI error object `{"error": {message, type, param, code}}`, also sent as the
     /// last event of a stream that fails after it started.
     pub fn body(&self) -> serde_json::Value {
-        let (message, kind, param, code): (String, &str, Option<&str>, Option<&str>) = match self {
+        let (message, param, code): (String, Option<&str>, Option<&str>) = match self {
             ApiError::InvalidRequest {
                 message,
                 param,
                 code,
             } => (
                 message.clone(),
-                "invalid_request_error",
                 param.as_deref(),
                 Some(code),
             ),
             ApiError::Unauthorized => (
                 "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.".into(),
-                "invalid_request_error",
                 None,
                 Some("invalid_api_key"),
             ),
             ApiError::NotFound(what) => (
                 what.clone(),
-                "invalid_request_error",
                 None,
                 Some("not_found"),
             ),
@@ -226,58 +253,45 @@ impl ApiError {
                     "The model '{}' does not exist or you do not have access to it.",
                     crate::validate::truncate(model, 256)
                 ),
-                "invalid_request_error",
                 Some("model"),
                 Some("model_not_found"),
             ),
             ApiError::MethodNotAllowed => (
                 "Method not allowed for this URL.".into(),
-                "invalid_request_error",
                 None,
                 Some("method_not_allowed"),
             ),
             ApiError::PayloadTooLarge { limit } => (
                 format!("Request body is larger than the limit of {limit} bytes."),
-                "invalid_request_error",
                 None,
                 Some("request_too_large"),
             ),
             ApiError::QueueUnavailable { .. } => (
                 "The queue is not accepting work right now; retry after the indicated delay."
                     .into(),
-                "server_error",
                 None,
                 Some("queue_unavailable"),
             ),
             ApiError::StoreUnavailable { .. } => (
                 "The job store is unavailable; retry after the indicated delay.".into(),
-                "server_error",
                 None,
                 Some("store_unavailable"),
             ),
             ApiError::Overloaded { .. } => (
                 "Too many concurrent requests; retry after the indicated delay.".into(),
-                "server_error",
                 None,
                 Some("overloaded"),
             ),
             ApiError::Conflict(what) => (
                 what.clone(),
-                "invalid_request_error",
                 None,
                 Some("conflict"),
             ),
-            ApiError::JobFailed { code, message } => {
-                let kind = match code.http_status() {
-                    StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-                    s if s.is_server_error() => "server_error",
-                    _ => "invalid_request_error",
-                };
-                (message.clone(), kind, None, Some(code.as_str()))
+            ApiError::JobFailed { code, message, .. } => {
+                (message.clone(), None, Some(code.as_str()))
             }
             ApiError::Internal(_) => (
                 "Internal error.".into(),
-                "server_error",
                 None,
                 Some("internal_error"),
             ),
@@ -285,7 +299,6 @@ impl ApiError {
                 dimension, policy, ..
             } => (
                 format!("Rate limit '{policy}' exceeded; retry after the indicated delay."),
-                "rate_limit_error",
                 None,
                 Some(rate_code(dimension)),
             ),
@@ -294,19 +307,16 @@ impl ApiError {
                     "The tenant's {} budget for this period is exhausted; it resets after the indicated delay.",
                     if *cost { "cost" } else { "token" }
                 ),
-                "rate_limit_error",
                 None,
                 Some("budget_exhausted"),
             ),
             ApiError::LoopDetected { .. } => (
                 "The same prompt was sent too many times in the last minute on this chain.".into(),
-                "rate_limit_error",
                 None,
                 Some("loop_detected"),
             ),
             ApiError::TenantDisabled => (
                 "This tenant is disabled.".into(),
-                "permission_error",
                 None,
                 Some("tenant_disabled"),
             ),
@@ -314,53 +324,46 @@ impl ApiError {
                 format!(
                     "The queue is saturated; '{priority}' priority work is not being accepted right now."
                 ),
-                "rate_limit_error",
                 Some("priority"),
                 Some("queue_saturated"),
             ),
             ApiError::IdempotencyConflict => (
                 "This Idempotency-Key was already used with a different request body.".into(),
-                "invalid_request_error",
                 None,
                 Some("idempotency_key_reused"),
             ),
             ApiError::IdempotencyInProgress { .. } => (
                 "A request with this Idempotency-Key is still in progress; retry after the indicated delay.".into(),
-                "invalid_request_error",
                 None,
                 Some("idempotency_key_in_use"),
             ),
             ApiError::AdmissionUnavailable { .. } => (
                 "Rate limits cannot be checked right now; retry after the indicated delay.".into(),
-                "server_error",
                 None,
                 Some("admission_unavailable"),
             ),
             ApiError::Forbidden => (
                 "This route needs the admin key.".into(),
-                "permission_error",
                 None,
                 Some("admin_key_required"),
             ),
             ApiError::RequestTimeout => (
                 "The request body did not arrive within the time limit.".into(),
-                "invalid_request_error",
                 None,
                 Some("request_timeout"),
             ),
             ApiError::TooManySyncWaits { .. } => (
                 "This tenant has too many synchronous requests waiting; retry after the indicated delay, or submit through POST /v1/jobs.".into(),
-                "rate_limit_error",
                 None,
                 Some("too_many_sync_waits"),
             ),
             ApiError::TooManyStreams { .. } => (
                 "Too many event streams are open; retry after the indicated delay.".into(),
-                "rate_limit_error",
                 None,
                 Some("too_many_streams"),
             ),
         };
+        let kind = self.error_type();
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
     }
 }
@@ -494,10 +497,11 @@ mod tests {
         let f = |code| ApiError::JobFailed {
             code,
             message: "m".into(),
+            retry_after_s: None,
         };
         let limited = f(ErrorCode::UpstreamRateLimited);
         assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(limited.body()["error"]["type"], "rate_limit_error");
+        assert_eq!(limited.body()["error"]["type"], "requests");
         assert_eq!(limited.body()["error"]["code"], "upstream_rate_limited");
         let exhausted = f(ErrorCode::MaxAttemptsExceeded);
         assert_eq!(exhausted.status(), StatusCode::BAD_GATEWAY);
@@ -506,6 +510,204 @@ mod tests {
             f(ErrorCode::ModelNotFound).body()["error"]["type"],
             "invalid_request_error"
         );
+    }
+
+    /// Every error's status, `type` and `code`: the table docs/compat.md lists. The types are
+    /// the OpenAI API's for the same status.
+    #[test]
+    fn status_type_and_code_of_every_error() {
+        let rate = |policy: &str| ApiError::RateLimited {
+            dimension: Dimension::Tenant,
+            policy: policy.into(),
+            retry_after_s: 1,
+            headers: Vec::new(),
+        };
+        let job = |code| ApiError::JobFailed {
+            code,
+            message: "m".into(),
+            retry_after_s: None,
+        };
+        let table: Vec<(ApiError, u16, &str, &str)> = vec![
+            (
+                ApiError::invalid("m", Some("n"), "invalid_value"),
+                400,
+                "invalid_request_error",
+                "invalid_value",
+            ),
+            (
+                ApiError::Unauthorized,
+                401,
+                "invalid_request_error",
+                "invalid_api_key",
+            ),
+            (
+                ApiError::TenantDisabled,
+                403,
+                "invalid_request_error",
+                "tenant_disabled",
+            ),
+            (
+                ApiError::Forbidden,
+                403,
+                "invalid_request_error",
+                "admin_key_required",
+            ),
+            (
+                ApiError::NotFound("m".into()),
+                404,
+                "invalid_request_error",
+                "not_found",
+            ),
+            (
+                ApiError::ModelNotFound("m".into()),
+                404,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            (
+                ApiError::MethodNotAllowed,
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
+            (
+                ApiError::RequestTimeout,
+                408,
+                "invalid_request_error",
+                "request_timeout",
+            ),
+            (
+                ApiError::Conflict("m".into()),
+                409,
+                "invalid_request_error",
+                "conflict",
+            ),
+            (
+                ApiError::IdempotencyInProgress { retry_after_s: 1 },
+                409,
+                "invalid_request_error",
+                "idempotency_key_in_use",
+            ),
+            (
+                ApiError::PayloadTooLarge { limit: 1 },
+                413,
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            (
+                ApiError::IdempotencyConflict,
+                422,
+                "invalid_request_error",
+                "idempotency_key_reused",
+            ),
+            (
+                rate("tenant-requests"),
+                429,
+                "requests",
+                "rate_limit_tenant",
+            ),
+            (rate("tenant-tokens"), 429, "tokens", "rate_limit_tenant"),
+            (
+                ApiError::BudgetExhausted {
+                    cost: false,
+                    retry_after_s: 1,
+                },
+                429,
+                "insufficient_quota",
+                "budget_exhausted",
+            ),
+            (
+                ApiError::LoopDetected { retry_after_s: 1 },
+                429,
+                "requests",
+                "loop_detected",
+            ),
+            (
+                ApiError::Shed {
+                    priority: "low",
+                    retry_after_s: 1,
+                },
+                429,
+                "requests",
+                "queue_saturated",
+            ),
+            (
+                ApiError::TooManySyncWaits { retry_after_s: 1 },
+                429,
+                "requests",
+                "too_many_sync_waits",
+            ),
+            (
+                ApiError::TooManyStreams { retry_after_s: 1 },
+                429,
+                "requests",
+                "too_many_streams",
+            ),
+            (
+                ApiError::Internal("x".into()),
+                500,
+                "server_error",
+                "internal_error",
+            ),
+            (
+                ApiError::QueueUnavailable {
+                    retry_after_s: 1,
+                    reason: "x".into(),
+                },
+                503,
+                "server_error",
+                "queue_unavailable",
+            ),
+            (
+                ApiError::StoreUnavailable {
+                    retry_after_s: 1,
+                    reason: "x".into(),
+                },
+                503,
+                "server_error",
+                "store_unavailable",
+            ),
+            (
+                ApiError::Overloaded { retry_after_s: 1 },
+                503,
+                "server_error",
+                "overloaded",
+            ),
+            (
+                ApiError::AdmissionUnavailable {
+                    retry_after_s: 1,
+                    reason: "x".into(),
+                },
+                503,
+                "server_error",
+                "admission_unavailable",
+            ),
+        ];
+        for (e, status, kind, code) in table {
+            let body = e.body();
+            assert_eq!(
+                (
+                    e.status().as_u16(),
+                    body["error"]["type"].as_str(),
+                    body["error"]["code"].as_str()
+                ),
+                (status, Some(kind), Some(code)),
+                "{e:?}"
+            );
+        }
+        // A failed job: the status an SDK expects for the same upstream failure.
+        for code in ErrorCode::ALL {
+            let e = job(code);
+            let status = code.http_status();
+            let want = match status.as_u16() {
+                429 => "requests",
+                s if s >= 500 => "server_error",
+                _ => "invalid_request_error",
+            };
+            assert_eq!(e.status(), status);
+            assert_eq!(e.body()["error"]["type"], want, "{code}");
+            assert_eq!(e.body()["error"]["code"], code.as_str());
+        }
     }
 
     #[test]
@@ -527,9 +729,18 @@ mod tests {
         let h = headers(ApiError::JobFailed {
             code: sluice_protocol::ErrorCode::UpstreamRateLimited,
             message: "m".into(),
+            retry_after_s: None,
         });
         assert_eq!(h[SHOULD_RETRY], "false");
         assert!(h.get(RETRY_AFTER).is_none());
+        // ... unless the provider said when it takes work again: then that, truthfully.
+        let h = headers(ApiError::JobFailed {
+            code: sluice_protocol::ErrorCode::UpstreamRateLimited,
+            message: "m".into(),
+            retry_after_s: Some(7),
+        });
+        assert_eq!(h[SHOULD_RETRY], "false");
+        assert_eq!(h[RETRY_AFTER], "7");
         // A window the SDK waits for, and one it would not.
         let h = headers(ApiError::Shed {
             priority: "low",

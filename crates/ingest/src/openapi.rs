@@ -243,6 +243,10 @@ pub mod schemas {
         #[serde(rename = "type")]
         pub kind: String,
         pub code: String,
+        /// The provider's last `Retry-After` (seconds, at most an hour), when it kept rate
+        /// limiting.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub retry_after_s: Option<u64>,
     }
 
     #[derive(Serialize, ToSchema)]

@@ -64,6 +64,7 @@ impl Outcome {
             code,
             message: field("message")
                 .map_or_else(|| format!("The job ended {}.", self.status), str::to_string),
+            retry_after_s: err.get("retry_after_s").and_then(Value::as_u64),
         }
     }
 }

@@ -29,14 +29,19 @@ pub enum ProviderError {
     InvalidResponse,
     #[error("upstream request failed")]
     Transport,
+    /// The stream had started when the upstream sent an error event (`data: {"error": …}`),
+    /// as OpenAI reports a failure mid-generation.
+    #[error("upstream stream failed mid-way")]
+    StreamFailed,
 }
 
 impl ProviderError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            ProviderError::Timeout | ProviderError::Connect | ProviderError::Transport => {
-                ErrorClass::Retryable
-            }
+            ProviderError::Timeout
+            | ProviderError::Connect
+            | ProviderError::Transport
+            | ProviderError::StreamFailed => ErrorClass::Retryable,
             ProviderError::Status { status, .. } => match status {
                 408 | 409 | 429 => ErrorClass::Retryable,
                 s if *s >= 500 => ErrorClass::Retryable,
@@ -61,6 +66,7 @@ impl ProviderError {
             ProviderError::Connect => ErrorCode::UpstreamUnreachable,
             ProviderError::Status { status: 429, .. } => ErrorCode::UpstreamRateLimited,
             ProviderError::Status { status, .. } if *status >= 500 => ErrorCode::UpstreamError,
+            ProviderError::StreamFailed => ErrorCode::UpstreamError,
             ProviderError::Status { status: 404, .. } => ErrorCode::ModelNotFound,
             ProviderError::Status { .. } => ErrorCode::UpstreamRejected,
             ProviderError::InvalidResponse => ErrorCode::UpstreamInvalidResponse,

@@ -47,6 +47,10 @@ impl ChunkStream {
                 if data.first() != Some(&b'{') {
                     return Err(ProviderError::InvalidResponse);
                 }
+                if is_error_event(data) {
+                    self.done = true;
+                    return Err(ProviderError::StreamFailed);
+                }
                 return Ok(Some(Bytes::copy_from_slice(data)));
             }
             if self.buf.len() > MAX_LINE {
@@ -64,7 +68,35 @@ impl ChunkStream {
     }
 }
 
+/// `{"error": …}`: how OpenAI ends a stream that fails after it started. A chunk opens with
+/// another member (`"id"`), so looking at the first member name is enough.
+fn is_error_event(data: &[u8]) -> bool {
+    let rest = data.strip_prefix(b"{").unwrap_or(data);
+    let start = rest
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(rest.len());
+    rest[start..].starts_with(b"\"error\"")
+}
+
 fn trim_eol(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_event_is_told_from_a_chunk() {
+        assert!(is_error_event(
+            br#"{"error":{"message":"m","type":"server_error"}}"#
+        ));
+        assert!(is_error_event(br#"{ "error": {}}"#));
+        assert!(!is_error_event(
+            br#"{"id":"c","object":"chat.completion.chunk","choices":[]}"#
+        ));
+        assert!(!is_error_event(br#"{"errors_seen":0}"#));
+    }
 }

@@ -4,6 +4,8 @@
 //! - `[[sim:sleep=MS]]` replaces the sampled latency with `MS` milliseconds.
 //! - `[[sim:status=CODE]]` answers with that status (400..=599) in OpenAI's error shape.
 //! - `[[sim:fail_first=N:KEY]]` makes the first `N` requests carrying `KEY` fail with `500`.
+//! - `[[sim:stream_error_after=N]]` ends a stream after `N` chunks with an error event
+//!   (`data: {"error": {…}}`, no `[DONE]`), as OpenAI reports a failure mid-stream.
 //!
 //! Directives stay in the text the output is derived from: the same prompt gives the same
 //! answer whether or not it carries directives' side effects.
@@ -22,6 +24,7 @@ pub struct Directives {
     pub sleep_ms: Option<u64>,
     pub status: Option<u16>,
     pub fail_first: Option<FailFirst>,
+    pub stream_error_after: Option<u32>,
 }
 
 /// `[[sim:fail_first=N:KEY]]`.
@@ -71,6 +74,9 @@ impl Directives {
                 }
                 self.status = Some(code);
             }
+            "stream_error_after" => {
+                self.stream_error_after = Some(value.trim().parse().map_err(|_| ())?);
+            }
             "fail_first" => {
                 let (n, key) = value.split_once(':').ok_or(())?;
                 let n: u32 = n.trim().parse().map_err(|_| ())?;
@@ -104,9 +110,10 @@ mod tests {
     #[test]
     fn every_kind_is_parsed() {
         let d = Directives::parse(
-            "hi [[sim:sleep=250]] and [[sim:status=503]][[sim:fail_first=2:job-42]] bye",
+            "hi [[sim:sleep=250]] and [[sim:status=503]][[sim:fail_first=2:job-42]] bye [[sim:stream_error_after=3]]",
         )
         .unwrap();
+        assert_eq!(d.stream_error_after, Some(3));
         assert_eq!(d.sleep_ms, Some(250));
         assert_eq!(d.status, Some(503));
         assert_eq!(
@@ -141,6 +148,7 @@ mod tests {
             "[[sim:fail_first=2:]]",
             "[[sim:explode=1]]",
             "[[sim:sleep]]",
+            "[[sim:stream_error_after=-1]]",
         ] {
             assert!(Directives::parse(text).is_err(), "{text}");
         }

@@ -112,10 +112,10 @@ fn injected_shape(status: StatusCode) -> (&'static str, Option<&'static str>, &'
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let (object, retry_after) = match &self {
+impl ApiError {
+    /// The error object, and the `Retry-After` seconds to send with it.
+    fn parts(&self) -> (ErrorObject<'_>, Option<u64>) {
+        match self {
             Self::InvalidRequest { message, param } => (
                 ErrorObject {
                     message: message.clone(),
@@ -168,7 +168,22 @@ impl IntoResponse for ApiError {
                     retry,
                 )
             }
-        };
+        }
+    }
+
+    /// The body `{"error": {…}}`, also the event that ends a stream failing mid-way.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::to_value(ErrorEnvelope {
+            error: self.parts().0,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (object, retry_after) = self.parts();
         let mut response = (status, Json(ErrorEnvelope { error: object })).into_response();
         if let Some(secs) = retry_after {
             response

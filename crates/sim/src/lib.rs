@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Answers are deterministic for a given model and prompt, and per-request directives in the
-//! last user message (`[[sim:sleep=MS]]`, `[[sim:status=CODE]]`, `[[sim:fail_first=N:KEY]]`)
+//! last user message (`[[sim:sleep=MS]]`, `[[sim:status=CODE]]`, `[[sim:fail_first=N:KEY]]`,
+//! `[[sim:stream_error_after=N]]`)
 //! let one simulator serve tests with different needs.
 //!
 //! # Layout

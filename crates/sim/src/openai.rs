@@ -29,6 +29,46 @@ pub struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     #[serde(default)]
     pub response_format: Option<serde_json::Value>,
+    /// How many choices to generate (1 to [`MAX_N`]).
+    #[serde(default)]
+    pub n: Option<u64>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Alternatives per token (0 to [`MAX_TOP_LOGPROBS`]); needs `logprobs: true`.
+    #[serde(default)]
+    pub top_logprobs: Option<u64>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    /// Same seed, same answer; part of what the answer is derived from.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Accepted and ignored, as OpenAI uses it only for abuse monitoring.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Most choices one request may ask for, as OpenAI allows.
+pub const MAX_N: u64 = 128;
+/// Most `top_logprobs`, as OpenAI allows.
+pub const MAX_TOP_LOGPROBS: u64 = 20;
+/// Most stop sequences, as OpenAI allows.
+pub const MAX_STOP: usize = 4;
+
+/// `stop`: one sequence or up to four.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    pub fn sequences(&self) -> &[String] {
+        match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(v) => v,
+        }
+    }
 }
 
 impl ChatRequest {
@@ -42,6 +82,22 @@ impl ChatRequest {
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false)
+    }
+
+    /// The number of choices asked for.
+    pub fn choices(&self) -> u64 {
+        self.n.unwrap_or(1)
+    }
+
+    /// `Some(top)` when log probabilities are asked for.
+    pub fn logprobs_top(&self) -> Option<usize> {
+        self.logprobs
+            .unwrap_or(false)
+            .then(|| usize::try_from(self.top_logprobs.unwrap_or(0)).unwrap_or(0))
+    }
+
+    pub fn stop_sequences(&self) -> &[String] {
+        self.stop.as_ref().map_or(&[], Stop::sequences)
     }
 
     /// The text of the last message whose role is `user`.
@@ -146,13 +202,17 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+/// The `system_fingerprint` of every answer (the simulator has one configuration).
+pub const SYSTEM_FINGERPRINT: &str = "fp_sluice_sim";
+
 #[derive(Debug, Serialize)]
 pub struct ChatCompletion<'a> {
     pub id: &'a str,
     pub object: &'static str,
     pub created: u64,
     pub model: &'a str,
-    pub choices: [Choice<'a>; 1],
+    pub system_fingerprint: &'static str,
+    pub choices: Vec<Choice<'a>>,
     pub usage: Usage,
 }
 
@@ -160,8 +220,49 @@ pub struct ChatCompletion<'a> {
 pub struct Choice<'a> {
     pub index: u32,
     pub message: AssistantMessage<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChoiceLogprobs>,
     pub finish_reason: &'static str,
+}
+
+/// A choice's (or a chunk's) `logprobs`: one entry per token of its content.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChoiceLogprobs {
+    pub content: Vec<TokenLogprobOut>,
+    pub refusal: Option<()>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenLogprobOut {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprobOut>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TopLogprobOut {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+}
+
+impl From<crate::output::TokenLogprob> for TokenLogprobOut {
+    fn from(t: crate::output::TokenLogprob) -> Self {
+        TokenLogprobOut {
+            bytes: t.token.as_bytes().to_vec(),
+            top_logprobs: t
+                .top
+                .into_iter()
+                .map(|(token, logprob)| TopLogprobOut {
+                    bytes: token.as_bytes().to_vec(),
+                    token,
+                    logprob,
+                })
+                .collect(),
+            token: t.token,
+            logprob: t.logprob,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -212,6 +313,7 @@ pub struct ChatChunk<'a> {
     pub object: &'static str,
     pub created: u64,
     pub model: &'a str,
+    pub system_fingerprint: &'static str,
     pub choices: Vec<ChunkChoice<'a>>,
     /// Absent without `include_usage`; `null` on every chunk but the last with it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,7 +324,7 @@ pub struct ChatChunk<'a> {
 pub struct ChunkChoice<'a> {
     pub index: u32,
     pub delta: Delta<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChoiceLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -330,6 +432,7 @@ mod tests {
             object: "chat.completion.chunk",
             created: 0,
             model: "m",
+            system_fingerprint: SYSTEM_FINGERPRINT,
             choices: vec![],
             usage,
         };

@@ -2,7 +2,9 @@
 //!
 //! Everything is derived from a SHA-256 of the model and the input, so the same request always
 //! gets the same answer (plain or streamed), which lets tests compare results across retries,
-//! caches and transports without knowing the text.
+//! caches and transports without knowing the text. A request's `seed` and a choice's index
+//! (for `n` > 1) are part of the input: the same seed gives the same choices, another seed
+//! other ones. Log probabilities are derived the same way, from each token and its position.
 
 use sha2::{Digest, Sha256};
 
@@ -188,11 +190,29 @@ impl Completion {
     }
 }
 
+/// Which of a request's possible answers: its `seed` and the choice's index. The default (no
+/// seed, choice 0) is the answer of a request that sets neither.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Variant {
+    pub seed: Option<i64>,
+    pub index: u32,
+}
+
 /// Derives the completion for `model` and `(role, text)` messages, truncated to `max_tokens`.
 pub fn completion<'a>(
     model: &str,
     messages: impl IntoIterator<Item = (&'a str, &'a str)>,
     max_tokens: Option<u64>,
+) -> Completion {
+    completion_variant(model, messages, max_tokens, Variant::default())
+}
+
+/// [`completion`] for one [`Variant`] of the request.
+pub fn completion_variant<'a>(
+    model: &str,
+    messages: impl IntoIterator<Item = (&'a str, &'a str)>,
+    max_tokens: Option<u64>,
+    variant: Variant,
 ) -> Completion {
     let mut hasher = Sha256::new();
     hasher.update(model.as_bytes());
@@ -201,6 +221,15 @@ pub fn completion<'a>(
         hasher.update(role.as_bytes());
         hasher.update([0]);
         hasher.update(text.as_bytes());
+    }
+    // Absent parts hash nothing, so a request without seed or `n` keeps its answer.
+    if let Some(seed) = variant.seed {
+        hasher.update(b"\0seed");
+        hasher.update(seed.to_le_bytes());
+    }
+    if variant.index > 0 {
+        hasher.update(b"\0choice");
+        hasher.update(variant.index.to_le_bytes());
     }
     let digest: [u8; 32] = hasher.finalize().into();
     let natural = MIN_WORDS + usize::from(digest[0]) % (MAX_WORDS - MIN_WORDS + 1);
@@ -227,6 +256,78 @@ pub fn completion<'a>(
     Completion {
         words,
         finish_reason,
+    }
+}
+
+/// Cuts `pieces` (streamed text pieces) before the first occurrence of any of `stops` in
+/// their concatenation, as OpenAI does (the stop sequence itself is not returned). Returns
+/// whether a stop sequence was found.
+pub fn apply_stop(pieces: &mut Vec<String>, stops: &[String]) -> bool {
+    let text: String = pieces.concat();
+    let Some(cut) = stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+    else {
+        return false;
+    };
+    let mut kept = 0;
+    let mut out = Vec::with_capacity(pieces.len());
+    for piece in pieces.drain(..) {
+        if kept + piece.len() <= cut {
+            kept += piece.len();
+            out.push(piece);
+            continue;
+        }
+        let head = &piece[..cut - kept];
+        if !head.is_empty() {
+            out.push(head.to_owned());
+        }
+        break;
+    }
+    *pieces = out;
+    true
+}
+
+/// One token's log probability and its most likely alternatives, as OpenAI's `logprobs`
+/// reports them (`top` holds the token itself first, then `top - 1` other words).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub top: Vec<(String, f64)>,
+}
+
+/// Deterministic log probabilities for a token at `position`, with `top` alternatives.
+pub fn logprob(token: &str, position: usize, top: usize) -> TokenLogprob {
+    let mut h = Sha256::new();
+    h.update(token.as_bytes());
+    h.update([0]);
+    h.update(position.to_le_bytes());
+    let digest: [u8; 32] = h.finalize().into();
+    // In (-2, 0]: the sampled token is the likeliest; alternatives are less likely.
+    let lp = -f64::from(u16::from_le_bytes([digest[0], digest[1]])) / f64::from(u16::MAX) * 2.0;
+    let lp = (lp * 1e4).round() / 1e4;
+    let mut alternatives = Vec::with_capacity(top);
+    if top > 0 {
+        alternatives.push((token.to_owned(), lp));
+    }
+    let lead = if token.starts_with(' ') { " " } else { "" };
+    for (j, byte) in digest[2..].iter().enumerate() {
+        if alternatives.len() >= top {
+            break;
+        }
+        let word = format!("{lead}{}", WORDS[usize::from(*byte) % WORDS.len()]);
+        if alternatives.iter().any(|(t, _)| *t == word) {
+            continue;
+        }
+        alternatives.push((word, lp - 1.0 - j as f64 * 0.5));
+    }
+    TokenLogprob {
+        token: token.to_owned(),
+        logprob: lp,
+        top: alternatives,
     }
 }
 
@@ -293,6 +394,50 @@ mod tests {
         assert_eq!(cut.finish_reason, FinishReason::Length);
         let roomy = completion("sim-small", [("user", "hello")], Some(1000));
         assert_eq!(roomy, full);
+    }
+
+    #[test]
+    fn seeds_and_choices_are_variants() {
+        let msgs = [("user", "hello")];
+        let base = completion("m", msgs, None);
+        assert_eq!(
+            completion_variant("m", msgs, None, Variant::default()),
+            base
+        );
+        let seeded = |seed, index| completion_variant("m", msgs, None, Variant { seed, index });
+        assert_eq!(seeded(Some(7), 0), seeded(Some(7), 0));
+        assert_ne!(seeded(Some(7), 0), seeded(Some(8), 0));
+        assert_ne!(seeded(Some(7), 0), seeded(Some(7), 1));
+        assert_ne!(seeded(None, 1), base);
+    }
+
+    #[test]
+    fn stop_cuts_before_the_sequence() {
+        let mut p: Vec<String> = ["the", " queue", " absorbs", " bursts"]
+            .map(String::from)
+            .to_vec();
+        assert!(!apply_stop(&mut p.clone(), &["zzz".into(), String::new()]));
+        assert!(apply_stop(
+            &mut p,
+            &["zzz".into(), "sorbs".into(), "ue ab".into()]
+        ));
+        assert_eq!(p, ["the", " que"]);
+        let mut first = vec!["the".to_owned(), " queue".to_owned()];
+        assert!(apply_stop(&mut first, &["the".into()]));
+        assert!(first.is_empty());
+    }
+
+    #[test]
+    fn logprobs_are_deterministic_and_ordered() {
+        let a = logprob(" queue", 3, 3);
+        assert_eq!(a, logprob(" queue", 3, 3));
+        assert_ne!(a.logprob, logprob(" queue", 4, 3).logprob);
+        assert!(a.logprob <= 0.0 && a.logprob > -2.0);
+        assert_eq!(a.top.len(), 3);
+        assert_eq!(a.top[0], (" queue".to_owned(), a.logprob));
+        assert!(a.top.windows(2).all(|w| w[0].1 > w[1].1));
+        assert!(a.top[1..].iter().all(|(t, _)| t.starts_with(' ')));
+        assert!(logprob("x", 0, 0).top.is_empty());
     }
 
     #[test]

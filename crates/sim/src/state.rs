@@ -55,6 +55,8 @@ impl Live {
 pub(crate) struct Plan {
     pub delay: Duration,
     pub fault: Option<ApiError>,
+    /// End a stream with an error event after this many chunks.
+    pub stream_error_after: Option<u32>,
 }
 
 fn rng_for(seed: Option<u64>) -> StdRng {
@@ -178,7 +180,11 @@ impl SimState {
                 retry_after_s: live.cfg.retry_after_s,
             }
         });
-        Plan { delay, fault }
+        Plan {
+            delay,
+            fault,
+            stream_error_after: directives.stream_error_after,
+        }
     }
 
     /// A unique response id such as `chatcmpl-sim1a2b3c4d000000000007`.

@@ -604,3 +604,160 @@ async fn a_client_leaving_mid_stream_is_an_abort() {
     let c = state.counters();
     assert_eq!((c.in_flight, c.completed, c.aborted), (0, 0, 1));
 }
+
+#[tokio::test]
+async fn n_choices_plain_and_streamed_with_their_index() {
+    let (app, _) = app();
+    let mut body = chat("three ways");
+    body["n"] = json!(3);
+    let (status, v) = call_json(
+        &app,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let (_, one) = call_json(
+        &app,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(chat("three ways")),
+    )
+    .await;
+    // Choice 0 is the answer without `n`; the others differ.
+    assert_eq!(choices[0]["message"], one["choices"][0]["message"]);
+    assert_ne!(choices[1]["message"], choices[0]["message"]);
+    let words = |c: &Value| c["message"]["content"].as_str().unwrap().split(' ').count() as u64;
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+        choices.iter().map(words).sum::<u64>(),
+        "n completions cost n times the output"
+    );
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+    }
+
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (_, _, bytes) = call(&app, Method::POST, "/v1/chat/completions", Some(body)).await;
+    let events = sse_data(&bytes);
+    let mut texts = vec![String::new(); 3];
+    let mut finishes = 0;
+    let mut usage = Value::Null;
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let c: Value = serde_json::from_str(e).unwrap();
+        if let Some(choice) = c["choices"].get(0) {
+            let i = choice["index"].as_u64().unwrap() as usize;
+            texts[i] += choice["delta"]["content"].as_str().unwrap_or("");
+            finishes += usize::from(choice["finish_reason"].is_string());
+        } else {
+            usage = c["usage"].clone();
+        }
+    }
+    assert_eq!(finishes, 3);
+    assert_eq!(usage, v["usage"]);
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(t, choices[i]["message"]["content"].as_str().unwrap());
+    }
+    // The stream interleaves the choices, as OpenAI's does.
+    let second: Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(second["choices"][0]["index"], 1);
+}
+
+#[tokio::test]
+async fn seeds_stops_and_logprobs() {
+    let (app, _) = app();
+    let ask = |extra: Value| {
+        let mut body = chat("seeded");
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let app = app.clone();
+        async move { call_json(&app, Method::POST, "/v1/chat/completions", Some(body)).await }
+    };
+    let content = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (_, a) = ask(json!({"seed": 42})).await;
+    let (_, b) = ask(json!({"seed": 42, "user": "u-1", "parallel_tool_calls": false})).await;
+    let (_, c) = ask(json!({"seed": 43})).await;
+    assert_eq!(content(&a), content(&b), "same seed, same answer");
+    assert_ne!(content(&a), content(&c));
+    assert_eq!(a["system_fingerprint"], "fp_sluice_sim");
+
+    // `stop` cuts before the sequence, with finish_reason "stop".
+    let text = content(&a);
+    let third = text.split(' ').nth(2).unwrap();
+    let (_, cut) = ask(json!({"seed": 42, "stop": [format!(" {third}"), "zzz"]})).await;
+    let want = &text[..text.find(&format!(" {third}")).unwrap()];
+    assert_eq!(content(&cut), want);
+    assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        cut["usage"]["completion_tokens"].as_u64().unwrap() as usize,
+        want.split(' ').count()
+    );
+
+    // logprobs: one entry per token, shaped like OpenAI's, the same every time.
+    let (status, lp) = ask(json!({"seed": 42, "logprobs": true, "top_logprobs": 2})).await;
+    assert_eq!(status, StatusCode::OK, "{lp}");
+    let entries = lp["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        entries.len() as u64,
+        lp["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    let joined: String = entries
+        .iter()
+        .map(|e| e["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, text);
+    let e0 = &entries[0];
+    assert!(e0["logprob"].as_f64().unwrap() <= 0.0);
+    assert_eq!(e0["bytes"], json!(e0["token"].as_str().unwrap().as_bytes()));
+    assert_eq!(e0["top_logprobs"].as_array().unwrap().len(), 2);
+    assert_eq!(e0["top_logprobs"][0]["token"], e0["token"]);
+    assert!(lp["choices"][0]["logprobs"]["refusal"].is_null());
+    let (_, again) = ask(json!({"seed": 42, "logprobs": true, "top_logprobs": 2})).await;
+    assert_eq!(
+        again["choices"][0]["logprobs"],
+        lp["choices"][0]["logprobs"]
+    );
+    let (_, none) = ask(json!({"seed": 42})).await;
+    assert!(none["choices"][0]["logprobs"].is_null());
+
+    // Out of range, as OpenAI refuses them.
+    for bad in [
+        json!({"n": 0}),
+        json!({"n": 129}),
+        json!({"top_logprobs": 3}),
+        json!({"logprobs": true, "top_logprobs": 21}),
+        json!({"stop": ["a", "b", "c", "d", "e"]}),
+    ] {
+        let (status, v) = ask(bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_openai_error(&v, "invalid_request_error");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_can_fail_mid_way_with_an_error_event() {
+    let (app, _) = app();
+    let mut body = chat("break it [[sim:stream_error_after=3]]");
+    body["stream"] = json!(true);
+    let (status, _, bytes) = call(&app, Method::POST, "/v1/chat/completions", Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = sse_data(&bytes);
+    assert_eq!(events.len(), 4, "{events:?}");
+    let last: Value = serde_json::from_str(&events[3]).unwrap();
+    assert_openai_error(&last, "server_error");
+    assert!(
+        events[..3]
+            .iter()
+            .all(|e| e.contains("chat.completion.chunk"))
+    );
+}

@@ -124,19 +124,36 @@ impl<'a> From<&'a JobEnvelope> for RecordBase<'a> {
 
 /// The error recorded on a failed job, in OpenAI's error vocabulary
 /// (`{"message", "type", "code"}`, the type following from the code). It never carries raw
-/// upstream text: `message` is written by Sluice.
+/// upstream text: `message` is written by Sluice. `retry_after_s` is the upstream's own
+/// `Retry-After` on the last attempt (a provider that kept rate limiting), bounded by
+/// [`MAX_RETRY_AFTER_S`], so a synchronous client is told truthfully when the provider said
+/// it would take work again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobError {
     pub code: ErrorCode,
     pub message: String,
+    pub retry_after_s: Option<u64>,
 }
+
+/// Longest upstream `Retry-After` stored with a job's error.
+pub const MAX_RETRY_AFTER_S: u64 = 3600;
 
 impl JobError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> JobError {
         JobError {
             code,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// With the upstream's `Retry-After`, rounded up to whole seconds and bounded.
+    pub fn with_retry_after(mut self, after: Option<std::time::Duration>) -> JobError {
+        self.retry_after_s = after.map(|d| {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            secs.min(MAX_RETRY_AFTER_S)
+        });
+        self
     }
 }
 
@@ -148,11 +165,14 @@ impl Serialize for JobError {
             #[serde(rename = "type")]
             kind: &'static str,
             code: ErrorCode,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            retry_after_s: Option<u64>,
         }
         Stored {
             message: &self.message,
             kind: self.code.error_type(),
             code: self.code,
+            retry_after_s: self.retry_after_s,
         }
         .serialize(s)
     }

@@ -146,7 +146,7 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
             settle: Settle::Nothing,
             broker: Broker::Defer(delay),
         },
-        Ran::OutOfAttempts => exhausted(attempt, max, None),
+        Ran::OutOfAttempts => exhausted(attempt, max, None, None),
         // A job cancelled through ingest was emitted there.
         Ran::AlreadyEnded(JobStatus::Cancelled) => ack(Outcome::AlreadyDone, Settle::Recorded),
         Ran::AlreadyEnded(status) => Decision {
@@ -189,7 +189,9 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
                 settle: Settle::Zero,
                 broker: Broker::Ack(Outcome::Failed),
             },
-            ErrorClass::Retryable if attempt >= max => exhausted(attempt, max, Some(e.code())),
+            ErrorClass::Retryable if attempt >= max => {
+                exhausted(attempt, max, Some(e.code()), e.retry_after())
+            }
             ErrorClass::Retryable => retry(RetryReason::UpstreamRetry, e.retry_after()),
         },
         // Infrastructure errors do not spend attempts.
@@ -199,19 +201,28 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
 }
 
 /// `failed` after the last attempt, then the dead-letter stream. A provider that kept rate
-/// limiting is reported as such, so a synchronous client gets a 429 it knows how to handle.
-fn exhausted(attempt: u64, max: u64, last: Option<ErrorCode>) -> Decision {
+/// limiting is reported as such, with its last `Retry-After`, so a synchronous client gets a
+/// 429 it knows how to handle and is told truthfully when the provider takes work again.
+fn exhausted(
+    attempt: u64,
+    max: u64,
+    last: Option<ErrorCode>,
+    retry_after: Option<Duration>,
+) -> Decision {
     let message = format!(
         "The job failed after {} attempts (last error: {}).",
         attempt.min(max),
         last.map_or("the job failed on every attempt", ErrorCode::as_str)
     );
-    let code = match last {
-        Some(ErrorCode::UpstreamRateLimited) => ErrorCode::UpstreamRateLimited,
-        _ => ErrorCode::MaxAttemptsExceeded,
+    let error = match last {
+        Some(ErrorCode::UpstreamRateLimited) => {
+            JobError::new(ErrorCode::UpstreamRateLimited, message.clone())
+                .with_retry_after(retry_after)
+        }
+        _ => JobError::new(ErrorCode::MaxAttemptsExceeded, message.clone()),
     };
     Decision {
-        record: Record::Ended(JobStatus::Failed, JobError::new(code, message.clone())),
+        record: Record::Ended(JobStatus::Failed, error),
         settle: Settle::Zero,
         broker: Broker::DeadLetter {
             reason: DeadLetterReason::MaxAttempts,
@@ -381,6 +392,18 @@ mod tests {
                 Settle::Zero,
                 Box::new(dead(DeadLetterReason::MaxAttempts)),
             ),
+            // The provider's last Retry-After is kept (rounded up) for the client.
+            (
+                5,
+                5,
+                status(429, Some(Duration::from_millis(6500))),
+                Record::Ended(
+                    JobStatus::Failed,
+                    JobError::new(ErrorCode::UpstreamRateLimited, "").with_retry_after(Some(s(7))),
+                ),
+                Settle::Zero,
+                Box::new(dead(DeadLetterReason::MaxAttempts)),
+            ),
             // Infrastructure errors keep the message, whatever the attempt.
             (
                 1,
@@ -420,7 +443,11 @@ mod tests {
             let d = decide(attempt, max, ran);
             match (&d.record, &record) {
                 (Record::Ended(a, ea), Record::Ended(b, eb)) => {
-                    assert_eq!((a, ea.code), (b, eb.code), "{what}");
+                    assert_eq!(
+                        (a, ea.code, ea.retry_after_s),
+                        (b, eb.code, eb.retry_after_s),
+                        "{what}"
+                    );
                 }
                 _ => assert_eq!(d.record, record, "{what}"),
             }

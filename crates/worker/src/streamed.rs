@@ -46,15 +46,24 @@ pub async fn run(
     let mut last_flush = tokio::time::Instant::now();
     loop {
         let next = if batch.is_empty() {
-            chunks.next_chunk().await?
+            chunks.next_chunk().await
         } else {
             match tokio::time::timeout_at(last_flush + flush_every, chunks.next_chunk()).await {
-                Ok(r) => r?,
+                Ok(r) => r,
                 Err(_) => {
                     flush(shared, env, &mut batch).await?;
                     last_flush = tokio::time::Instant::now();
                     continue;
                 }
+            }
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => {
+                // What the upstream sent before it failed is relayed, so readers see the
+                // stream as it went (then the failure).
+                flush(shared, env, &mut batch).await?;
+                return Err(e.into());
             }
         };
         let Some(chunk) = next else { break };

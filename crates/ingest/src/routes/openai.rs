@@ -25,7 +25,7 @@ use axum::{
 };
 use futures_util::stream;
 use serde_json::{Value, json};
-use sluice_protocol::{JobKind, JobStatus, Priority};
+use sluice_protocol::{ErrorCode, JobKind, JobStatus, Priority};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -412,6 +412,7 @@ async fn run_streamed(
         guard,
         out: Vec::new().into_iter(),
         pending: seen.into_iter(),
+        relayed: false,
         done: false,
         deadline,
         shape,
@@ -449,6 +450,8 @@ struct Relay {
     guard: CancelOnDrop,
     out: std::vec::IntoIter<Event>,
     pending: std::vec::IntoIter<JobEvent>,
+    /// Some chunk went out: a later attempt's stream cannot be spliced onto it.
+    relayed: bool,
     done: bool,
     deadline: Instant,
     /// The tenant's synchronous-wait place, held while the answer streams.
@@ -491,6 +494,20 @@ impl Relay {
                 .map(|c| Event::default().data(c.to_string()))
                 .collect::<Vec<_>>()
                 .into_iter();
+            self.relayed |= self.out.len() > 0;
+            return;
+        }
+        if self.relayed && ev.status() == Some(JobStatus::InProgress) {
+            // The attempt that streamed to this client failed and the worker retries: its
+            // new stream would repeat what the client already has. End this one as OpenAI
+            // ends a failed stream; dropping the armed guard cancels the retry nobody reads.
+            self.done = true;
+            let failure = ApiError::JobFailed {
+                code: ErrorCode::UpstreamError,
+                message: "The upstream stream failed after it started.".into(),
+                retry_after_s: None,
+            };
+            self.out = vec![Event::default().data(failure.body().to_string())].into_iter();
             return;
         }
         let Some(status) = ev.status().filter(|s| s.is_terminal()) else {

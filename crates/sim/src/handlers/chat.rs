@@ -7,7 +7,6 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::mem;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +22,11 @@ use crate::directives::Directives;
 use crate::error::ApiError;
 use crate::handlers::{parse_json, pause};
 use crate::openai::{
-    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
-    FunctionDelta, FunctionOut, ToolCallDelta, ToolCallOut, Usage,
+    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChoiceLogprobs, ChunkChoice,
+    Delta, FunctionDelta, FunctionOut, MAX_N, MAX_STOP, MAX_TOP_LOGPROBS, SYSTEM_FINGERPRINT,
+    TokenLogprobOut, ToolCallDelta, ToolCallOut, Usage,
 };
-use crate::output::{self, Completion};
+use crate::output::{self, Completion, Variant};
 use crate::state::{Live, Plan, SimState, unix_now};
 use crate::tools;
 
@@ -44,14 +44,39 @@ pub async fn completions(State(state): State<SimState>, body: Bytes) -> Response
         guard.complete();
         return fault.into_response();
     }
-    let (completion, mut usage) = generate(&req);
-    let reply = Reply::new(&state, &req, &completion);
-    usage.completion_tokens = reply.tokens(&completion);
-    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    let texts: Vec<(&str, Cow<'_, str>)> = req
+        .messages
+        .iter()
+        .map(|m| (m.role.as_str(), m.text()))
+        .collect();
+    let prompt_tokens = output::prompt_tokens(texts.iter().map(|(_, t)| t.as_ref()));
+    let replies: Vec<Reply> = (0..req.choices())
+        .map(|i| {
+            let variant = Variant {
+                seed: req.seed,
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+            };
+            let completion = output::completion_variant(
+                &req.model,
+                texts.iter().map(|(r, t)| (*r, t.as_ref())),
+                req.token_limit(),
+                variant,
+            );
+            Reply::new(&state, &req, &completion)
+        })
+        .collect();
+    // `n` completions cost `n` times the output, as OpenAI bills them.
+    let completion_tokens = replies.iter().map(Reply::tokens).sum();
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    };
     let id = state.next_id("chatcmpl");
     if req.stream.unwrap_or(false) {
         let chunk_delay = Duration::from_millis(live.cfg.stream_chunk_delay_ms);
-        match render_stream(&id, &req, &reply, usage, !chunk_delay.is_zero()) {
+        let split = !chunk_delay.is_zero();
+        match render_stream(&id, &req, &replies, usage, split, plan.stream_error_after) {
             Ok(groups) => stream_response(groups, chunk_delay, guard),
             Err(e) => {
                 guard.complete();
@@ -59,40 +84,18 @@ pub async fn completions(State(state): State<SimState>, body: Bytes) -> Response
             }
         }
     } else {
-        let (content, tool_calls) = match &reply {
-            Reply::Text { content, .. } => (Some(content.as_str()), None),
-            Reply::Tools(calls) => (
-                None,
-                Some(
-                    calls
-                        .iter()
-                        .map(|(id, c)| ToolCallOut {
-                            id,
-                            kind: "function",
-                            function: FunctionOut {
-                                name: &c.name,
-                                arguments: &c.arguments,
-                            },
-                        })
-                        .collect(),
-                ),
-            ),
-        };
+        let choices = replies
+            .iter()
+            .zip(0u32..)
+            .map(|(reply, index)| reply.choice(index))
+            .collect();
         let response = Json(ChatCompletion {
             id: &id,
             object: "chat.completion",
             created: unix_now(),
             model: &req.model,
-            choices: [Choice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content,
-                    tool_calls,
-                },
-                logprobs: None,
-                finish_reason: reply.finish_reason(),
-            }],
+            system_fingerprint: SYSTEM_FINGERPRINT,
+            choices,
             usage,
         })
         .into_response();
@@ -101,14 +104,17 @@ pub async fn completions(State(state): State<SimState>, body: Bytes) -> Response
     }
 }
 
-/// What the assistant answers: text (words, or a JSON document for a JSON `response_format`),
-/// or tool calls (see [`crate::tools`]).
+/// What the assistant answers in one choice: text (words, or a JSON document for a JSON
+/// `response_format`), or tool calls (see [`crate::tools`]).
 enum Reply {
     Text {
         content: String,
-        /// Streamed pieces; they concatenate to `content`.
+        /// Streamed pieces, one token each; they concatenate to `content`.
         pieces: Vec<String>,
         finish_reason: &'static str,
+        tokens: u64,
+        /// One entry per piece, when the request asked for `logprobs`.
+        logprobs: Option<Vec<TokenLogprobOut>>,
     },
     /// `(id, call)` pairs.
     Tools(Vec<(String, tools::ToolCall)>),
@@ -132,17 +138,37 @@ impl Reply {
             );
         }
         let words = completion.content();
-        match tools::json_content(req.response_format.as_ref(), &words) {
-            Some(json) => Reply::Text {
-                pieces: vec![json.clone()],
-                content: json,
-                finish_reason: "stop",
-            },
-            None => Reply::Text {
-                pieces: completion.pieces().collect(),
-                content: words,
-                finish_reason: completion.finish_reason.as_str(),
-            },
+        let (mut pieces, mut finish_reason, json) =
+            match tools::json_content(req.response_format.as_ref(), &words) {
+                Some(json) => (vec![json], "stop", true),
+                None => (
+                    completion.pieces().collect(),
+                    completion.finish_reason.as_str(),
+                    false,
+                ),
+            };
+        if output::apply_stop(&mut pieces, req.stop_sequences()) {
+            finish_reason = "stop";
+        }
+        let content = pieces.concat();
+        let tokens = if json {
+            output::text_tokens(&content)
+        } else {
+            pieces.len() as u64
+        };
+        let logprobs = req.logprobs_top().map(|top| {
+            pieces
+                .iter()
+                .enumerate()
+                .map(|(i, p)| output::logprob(p, i, top).into())
+                .collect()
+        });
+        Reply::Text {
+            content,
+            pieces,
+            finish_reason,
+            tokens,
+            logprobs,
         }
     }
 
@@ -153,16 +179,56 @@ impl Reply {
         }
     }
 
-    fn tokens(&self, completion: &Completion) -> u64 {
+    fn tokens(&self) -> u64 {
         match self {
-            Reply::Text { pieces, .. } if pieces.len() == completion.words.len() => {
-                completion.completion_tokens()
-            }
-            Reply::Text { content, .. } => output::text_tokens(content),
+            Reply::Text { tokens, .. } => *tokens,
             Reply::Tools(calls) => calls
                 .iter()
                 .map(|(_, c)| output::text_tokens(&c.name) + output::text_tokens(&c.arguments))
                 .sum(),
+        }
+    }
+
+    /// The choice of a plain answer.
+    fn choice(&self, index: u32) -> Choice<'_> {
+        let (content, tool_calls, logprobs) = match self {
+            Reply::Text {
+                content, logprobs, ..
+            } => (
+                Some(content.as_str()),
+                None,
+                logprobs.as_ref().map(|c| ChoiceLogprobs {
+                    content: c.clone(),
+                    refusal: None,
+                }),
+            ),
+            Reply::Tools(calls) => (
+                None,
+                Some(
+                    calls
+                        .iter()
+                        .map(|(id, c)| ToolCallOut {
+                            id,
+                            kind: "function",
+                            function: FunctionOut {
+                                name: &c.name,
+                                arguments: &c.arguments,
+                            },
+                        })
+                        .collect(),
+                ),
+                None,
+            ),
+        };
+        Choice {
+            index,
+            message: AssistantMessage {
+                role: "assistant",
+                content,
+                tool_calls,
+            },
+            logprobs,
+            finish_reason: self.finish_reason(),
         }
     }
 }
@@ -176,6 +242,7 @@ fn prepare(state: &SimState, body: &[u8]) -> Result<(ChatRequest, Plan, Arc<Live
             "'messages' must contain at least one message.",
         ));
     }
+    check_sampling(&req)?;
     let live = state.live();
     if !live.serves(&req.model) {
         return Err(ApiError::ModelNotFound(req.model));
@@ -190,25 +257,37 @@ fn prepare(state: &SimState, body: &[u8]) -> Result<(ChatRequest, Plan, Arc<Live
     Ok((req, plan, live))
 }
 
-fn generate(req: &ChatRequest) -> (Completion, Usage) {
-    let texts: Vec<(&str, Cow<'_, str>)> = req
-        .messages
-        .iter()
-        .map(|m| (m.role.as_str(), m.text()))
-        .collect();
-    let completion = output::completion(
-        &req.model,
-        texts.iter().map(|(r, t)| (*r, t.as_ref())),
-        req.token_limit(),
-    );
-    let prompt_tokens = output::prompt_tokens(texts.iter().map(|(_, t)| t.as_ref()));
-    let completion_tokens = completion.completion_tokens();
-    let usage = Usage {
-        prompt_tokens,
-        completion_tokens,
-        total_tokens: prompt_tokens + completion_tokens,
-    };
-    (completion, usage)
+/// The ranges OpenAI enforces on `n`, `top_logprobs` and `stop`.
+fn check_sampling(req: &ChatRequest) -> Result<(), ApiError> {
+    if !(1..=MAX_N).contains(&req.choices()) {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("Invalid 'n': expected a value between 1 and {MAX_N}."),
+        ));
+    }
+    if let Some(top) = req.top_logprobs {
+        if top > MAX_TOP_LOGPROBS {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                format!(
+                    "Invalid 'top_logprobs': expected a value between 0 and {MAX_TOP_LOGPROBS}."
+                ),
+            ));
+        }
+        if req.logprobs != Some(true) {
+            return Err(ApiError::invalid_param(
+                "logprobs",
+                "'logprobs' must be set to true when 'top_logprobs' is used.",
+            ));
+        }
+    }
+    if req.stop_sequences().len() > MAX_STOP {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!("Invalid 'stop': expected at most {MAX_STOP} sequences."),
+        ));
+    }
+    Ok(())
 }
 
 fn push_event<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), serde_json::Error> {
@@ -219,21 +298,22 @@ fn push_event<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), serde_js
 }
 
 /// Renders the whole event stream into write groups: one group when `split` is false, else
-/// the role and first piece, then one group per further piece (the last also carrying the
-/// finish, usage and `[DONE]` events). Tool calls stream as OpenAI streams them: a first delta
-/// per call with its `id`, `type` and `name`, then its argument text.
+/// the roles and first pieces, then one group per further round of chunks (the last also
+/// carrying the finishes, the usage and `[DONE]`). With `n` > 1 the choices' chunks are
+/// interleaved, each carrying its choice's `index`, as OpenAI streams them. Tool calls stream
+/// as OpenAI streams them: a first delta per call with its `id`, `type` and `name`, then its
+/// argument text.
 fn render_stream(
     id: &str,
     req: &ChatRequest,
-    reply: &Reply,
+    replies: &[Reply],
     usage: Usage,
     split: bool,
+    error_after: Option<u32>,
 ) -> Result<Vec<Bytes>, serde_json::Error> {
     let include_usage = req.include_usage();
     let created = unix_now();
-    let chunk = |delta: Delta<'_>,
-                 finish_reason: Option<&'static str>|
-     -> Result<Vec<u8>, serde_json::Error> {
+    let event = |choice: ChunkChoice<'_>| -> Result<Vec<u8>, serde_json::Error> {
         let mut buf = Vec::new();
         push_event(
             &mut buf,
@@ -242,84 +322,123 @@ fn render_stream(
                 object: "chat.completion.chunk",
                 created,
                 model: &req.model,
-                choices: vec![ChunkChoice {
-                    index: 0,
-                    delta,
-                    logprobs: None,
-                    finish_reason,
-                }],
+                system_fingerprint: SYSTEM_FINGERPRINT,
+                choices: vec![choice],
                 usage: include_usage.then_some(None),
             },
         )?;
         Ok(buf)
     };
-
-    let mut groups = Vec::new();
-    let mut current;
-    match reply {
-        Reply::Text { pieces, .. } => {
-            current = chunk(
-                Delta {
+    let mut per_choice = Vec::with_capacity(replies.len());
+    for (reply, index) in replies.iter().zip(0u32..) {
+        let chunk = |delta: Delta<'_>, logprobs, finish_reason| {
+            event(ChunkChoice {
+                index,
+                delta,
+                logprobs,
+                finish_reason,
+            })
+        };
+        let mut events = Vec::new();
+        match reply {
+            Reply::Text {
+                pieces, logprobs, ..
+            } => {
+                let role = Delta {
                     role: Some("assistant"),
                     content: Some(""),
                     ..Delta::default()
-                },
-                None,
-            )?;
-            for (i, piece) in pieces.iter().enumerate() {
-                if split && i > 0 {
-                    groups.push(Bytes::from(mem::take(&mut current)));
-                }
-                current.extend(chunk(
-                    Delta {
+                };
+                events.push(chunk(role, None, None)?);
+                for (i, piece) in pieces.iter().enumerate() {
+                    let lp = logprobs
+                        .as_ref()
+                        .and_then(|l| l.get(i))
+                        .map(|t| ChoiceLogprobs {
+                            content: vec![t.clone()],
+                            refusal: None,
+                        });
+                    let delta = Delta {
                         content: Some(piece),
                         ..Delta::default()
-                    },
-                    None,
-                )?);
+                    };
+                    events.push(chunk(delta, lp, None)?);
+                }
+            }
+            Reply::Tools(calls) => {
+                for (i, (call_id, call)) in calls.iter().enumerate() {
+                    let head = ToolCallDelta {
+                        index: i,
+                        id: Some(call_id),
+                        kind: Some("function"),
+                        function: FunctionDelta {
+                            name: Some(&call.name),
+                            arguments: "",
+                        },
+                    };
+                    let delta = Delta {
+                        role: (i == 0).then_some("assistant"),
+                        tool_calls: Some(vec![head]),
+                        ..Delta::default()
+                    };
+                    events.push(chunk(delta, None, None)?);
+                    let args = ToolCallDelta {
+                        index: i,
+                        id: None,
+                        kind: None,
+                        function: FunctionDelta {
+                            name: None,
+                            arguments: &call.arguments,
+                        },
+                    };
+                    let delta = Delta {
+                        tool_calls: Some(vec![args]),
+                        ..Delta::default()
+                    };
+                    events.push(chunk(delta, None, None)?);
+                }
             }
         }
-        Reply::Tools(calls) => {
-            current = Vec::new();
-            for (index, (call_id, call)) in calls.iter().enumerate() {
-                current.extend(chunk(
-                    Delta {
-                        role: (index == 0).then_some("assistant"),
-                        tool_calls: Some(vec![ToolCallDelta {
-                            index,
-                            id: Some(call_id),
-                            kind: Some("function"),
-                            function: FunctionDelta {
-                                name: Some(&call.name),
-                                arguments: "",
-                            },
-                        }]),
-                        ..Delta::default()
-                    },
-                    None,
-                )?);
-                if split {
-                    groups.push(Bytes::from(mem::take(&mut current)));
-                }
-                current.extend(chunk(
-                    Delta {
-                        tool_calls: Some(vec![ToolCallDelta {
-                            index,
-                            id: None,
-                            kind: None,
-                            function: FunctionDelta {
-                                name: None,
-                                arguments: &call.arguments,
-                            },
-                        }]),
-                        ..Delta::default()
-                    },
-                    None,
-                )?);
+        events.push(chunk(Delta::default(), None, Some(reply.finish_reason()))?);
+        per_choice.push(events.into_iter());
+    }
+
+    let mut rounds: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut round = Vec::new();
+        for events in &mut per_choice {
+            if let Some(e) = events.next() {
+                round.extend(e);
             }
+        }
+        if round.is_empty() {
+            break;
+        }
+        rounds.push(round);
+    }
+    let failed = error_after.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if let Some(n) = failed {
+        // One chunk per round without `n`; the error replaces the rest of the stream.
+        rounds.truncate(n);
+        let mut error = Vec::new();
+        push_event(&mut error, &ApiError::Internal(String::new()).body())?;
+        rounds.push(error);
+    }
+    let last = rounds.len().saturating_sub(1);
+    let mut groups: Vec<Vec<u8>> = Vec::new();
+    for (r, round) in rounds.into_iter().enumerate() {
+        // The first write carries the roles and the first pieces, the last one the last
+        // pieces and the finishes.
+        match groups.last_mut() {
+            Some(g) if !split || r == 1 || r == last => g.extend(round),
+            _ => groups.push(round),
         }
     }
-    current.extend(chunk(Delta::default(), Some(reply.finish_reason()))?);
+    let mut current = groups.pop().unwrap_or_default();
+    if failed.is_some() {
+        groups.push(current);
+        return Ok(groups.into_iter().map(Bytes::from).collect());
+    }
     if include_usage {
         push_event(
             &mut current,
@@ -328,14 +447,15 @@ fn render_stream(
                 object: "chat.completion.chunk",
                 created,
                 model: &req.model,
+                system_fingerprint: SYSTEM_FINGERPRINT,
                 choices: vec![],
                 usage: Some(Some(usage)),
             },
         )?;
     }
     current.extend_from_slice(b"data: [DONE]\n\n");
-    groups.push(Bytes::from(current));
-    Ok(groups)
+    groups.push(current);
+    Ok(groups.into_iter().map(Bytes::from).collect())
 }
 
 /// Sends the groups `chunk_delay` apart; the guard completes as the last group is handed
