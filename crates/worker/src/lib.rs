@@ -33,6 +33,7 @@ pub mod job;
 pub mod observe;
 pub mod schedule;
 pub mod streamed;
+pub mod summary;
 
 use std::{sync::Arc, time::Duration};
 
@@ -60,6 +61,8 @@ pub struct Shared {
     pub gov: sluice_governance::Governor,
     /// Running jobs' cancellation tokens ([`cancel`]).
     pub running: Arc<cancel::Running>,
+    /// What the dashboard is told ([`summary`]).
+    pub summary: summary::Summary,
 }
 
 /// A running worker replica.
@@ -87,6 +90,7 @@ impl Worker {
             pools,
             gov,
             running,
+            summary: summary::Summary::new(),
         });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),
@@ -115,6 +119,10 @@ impl Worker {
         worker.tasks.spawn(observe::poll_queues(
             shared.queue.clone(),
             Duration::from_secs(5),
+            worker.stop_fetching.clone(),
+        ));
+        worker.tasks.spawn(summary::report(
+            shared.clone(),
             worker.stop_fetching.clone(),
         ));
         worker.tasks.spawn(cancel::listen(
