@@ -14,6 +14,9 @@ use sluice_sim::SimConfig;
 const LONG: Duration = Duration::from_secs(60);
 const ADMIN: &str = "sk-test-admin-dashboard";
 
+/// A metric check: name, labels the series must carry, lowest and highest plausible value.
+type Check<'a> = (&'a str, &'a [(&'a str, &'a str)], f64, f64);
+
 /// Sum of the samples of `name` whose labels include every `want` pair.
 fn sample(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
@@ -147,7 +150,7 @@ async fn every_listed_metric_appears_with_plausible_values_after_a_workload() ->
 
     // Ingest's own metrics.
     let at_ingest = text(&env.http, &format!("{}/metrics", ingest.base_url())).await?;
-    let checks_ingest: &[(&str, &[(&str, &str)], f64, f64)] = &[
+    let checks_ingest: &[Check] = &[
         (
             "http_server_request_duration_seconds_count",
             &[("route", "/v1/jobs"), ("status", "202")],
@@ -182,7 +185,7 @@ async fn every_listed_metric_appears_with_plausible_values_after_a_workload() ->
     })
     .await?;
     at_worker.push_str(&text(&env.http, &worker_metrics).await?);
-    let checks_worker: &[(&str, &[(&str, &str)], f64, f64)] = &[
+    let checks_worker: &[Check] = &[
         (
             "sluice_queue_depth_messages",
             &[("priority", "normal")],
