@@ -8,6 +8,7 @@
 #   scripts/bench.sh                     # 2,000 jobs/s for 30 s, then 5,000 jobs/s for 60 s
 #   scripts/bench.sh 3000 20             # one run: RATE jobs/s for DURATION s
 #   BENCH_BIN=/tmp/build-a scripts/bench.sh 3000 20   # the same with other binaries
+#   BENCH_TRACING=on scripts/bench.sh 2000 30          # with every span exported (below)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -50,6 +51,20 @@ export SLUICE_WORKER__CONCURRENCY="${BENCH_WORKER_CONCURRENCY:-256}"
 export RUST_LOG=warn
 export TOKIO_WORKER_THREADS="${BENCH_THREADS:-1}"
 
+# BENCH_TRACING=on: ingest and the workers sample every trace (always_on) and export it over
+# OTLP/HTTP to a local sink (scripts/otlp_sink.py), whose CPU is reported as `otlp`.
+NAMES=(nats redis sim ingest worker1 worker2)
+if [ "${BENCH_TRACING:-off}" = on ]; then
+  OTLP_PORT="$(free_port)"
+  python3 "$ROOT/scripts/otlp_sink.py" "$OTLP_PORT" "$RUN_DIR/otlp-counts.txt" &
+  OTLP_PID=$!; PIDS+=($OTLP_PID)
+  wait_port 127.0.0.1 "$OTLP_PORT" 10 "the OTLP sink"
+  export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT"
+  export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+  export OTEL_TRACES_SAMPLER=always_on
+  log "tracing on: every span exported to the OTLP sink on :$OTLP_PORT"
+fi
+
 "$BIN/sluice-sim" --listen "127.0.0.1:$SIM_PORT" >"$RUN_DIR/sim.log" 2>&1 &
 SIM_PID=$!; PIDS+=($SIM_PID)
 "$BIN/sluice-ingest" >"$RUN_DIR/ingest.log" 2>&1 &
@@ -71,8 +86,8 @@ sys_ticks() { awk '{print $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TICKS_PER_S="$(getconf CLK_TCK)"
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-NAMES=(nats redis sim ingest worker1 worker2)
 PROCS=("$NATS_PID" "$REDIS_PID" "$SIM_PID" "$INGEST_PID" "$W1_PID" "$W2_PID")
+if [ -n "${OTLP_PID:-}" ]; then NAMES+=(otlp); PROCS+=("$OTLP_PID"); fi
 
 sample_memory() { # every 5 s: one line of RSS (MiB) per process
   while true; do
@@ -134,3 +149,8 @@ fi
 
 echo "peak RSS (VmHWM, MiB):"
 for i in "${!PROCS[@]}"; do echo "  ${NAMES[$i]}: $(( $(hwm_kib "${PROCS[$i]}") / 1024 ))"; done
+if [ -n "${OTLP_PID:-}" ]; then
+  kill "$OTLP_PID" 2>/dev/null || true
+  for _ in $(seq 1 50); do [ -s "$RUN_DIR/otlp-counts.txt" ] && break; sleep 0.1; done
+  echo "OTLP sink received: $(cat "$RUN_DIR/otlp-counts.txt" 2>/dev/null || echo nothing)"
+fi

@@ -65,6 +65,39 @@ ensure_redis_server() {
   echo "$bin"
 }
 
+# Debian's chromium for the dashboard's browser test (a test tool's own browser download is
+# refused on machines without general internet access). Prints its path, or nothing when it
+# cannot be installed (the test then says it was skipped).
+ensure_chromium() {
+  local bin
+  bin="$(command -v chromium 2>/dev/null || true)"
+  if [ -z "$bin" ]; then
+    log "installing chromium with apt-get (the dashboard's browser test)"
+    if [ "$(id -u)" = 0 ]; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2 || true
+    else
+      (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2 || true
+    fi
+    bin="$(command -v chromium 2>/dev/null || true)"
+  fi
+  [ -n "$bin" ] || log "chromium could not be installed: the dashboard's browser test will be skipped"
+  echo "$bin"
+}
+
+# playwright-core (the driver only, no browser download) under .tools/browser; prints its
+# node_modules folder.
+PLAYWRIGHT_VERSION="1.65.1"
+ensure_playwright() {
+  local dir="$TOOLS/browser"
+  if ! grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$dir/node_modules/playwright-core/package.json" 2>/dev/null; then
+    log "installing playwright-core@$PLAYWRIGHT_VERSION (npm) into $dir"
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_VERSION" >&2) \
+      || log "could not install playwright-core: the dashboard's browser test will be skipped"
+  fi
+  echo "$dir/node_modules"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }

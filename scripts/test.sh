@@ -36,6 +36,11 @@ export SLUICE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export SLUICE_TEST_NATS_BIN="$NATS_BIN"
 export RUST_BACKTRACE=1
 
+# The dashboard's browser test: Debian's chromium driven by playwright-core.
+CHROMIUM="$(ensure_chromium)"
+[ -n "$CHROMIUM" ] && export CHROMIUM
+command -v npm >/dev/null && export SLUICE_TEST_NODE_MODULES="$(ensure_playwright)"
+
 # The end-to-end tests start worker processes (to SIGKILL them), so build the binaries first.
 cargo build --workspace --bins --quiet
 if cargo nextest --version >/dev/null 2>&1; then

@@ -129,8 +129,22 @@ impl TestEnv {
 
     /// The same worker as a child process (so a test can SIGKILL it).
     pub fn worker_process(&self) -> Result<tokio::process::Child> {
+        self.worker_process_with(None, &[])
+    }
+
+    /// [`TestEnv::worker_process`] reading the TOML file `config` first, with `extra`
+    /// `SLUICE_…` variables on top.
+    pub fn worker_process_with(
+        &self,
+        config: Option<&std::path::Path>,
+        extra: &[(&str, String)],
+    ) -> Result<tokio::process::Child> {
         let c = &self.cfg;
-        let child = tokio::process::Command::new(binary("sluice-worker")?)
+        let mut cmd = tokio::process::Command::new(binary("sluice-worker")?);
+        if let Some(path) = config {
+            cmd.arg("--config").arg(path);
+        }
+        let child = cmd
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
@@ -159,6 +173,7 @@ impl TestEnv {
                 "SLUICE_WORKER__SHUTDOWN_GRACE_S",
                 c.worker.shutdown_grace_s.to_string(),
             )
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()

@@ -45,6 +45,9 @@ async fn one_trace_runs_from_the_client_through_the_broker_to_the_provider_and_t
 
     let mut env = TestEnv::new();
     env.cfg.webhooks.allow_private = vec!["127.0.0.1".into(), "::1".into()];
+    // Limits for the admission span to name: a tenant request rate and the in-flight cap.
+    env.cfg.governance.tenant.requests = 10_000;
+    env.cfg.governance.max_in_flight_per_tenant = 100;
     let sim = env.sim(SimConfig::default()).await?;
     let proxy = Proxy::start(sim.base_url()).await?;
     env.cfg.upstream.base_url = format!("{}/v1", proxy.base_url());
@@ -96,7 +99,7 @@ async fn one_trace_runs_from_the_client_through_the_broker_to_the_provider_and_t
     wait_until(LONG, || {
         tracing.flush();
         spans = collector.spans();
-        let done = spans.iter().filter(|s| s.trace_id == TRACE).count() >= 5;
+        let done = spans.iter().filter(|s| s.trace_id == TRACE).count() >= 6;
         async move { Ok(done) }
     })
     .await?;
@@ -111,6 +114,21 @@ async fn one_trace_runs_from_the_client_through_the_broker_to_the_provider_and_t
     assert_eq!(server.attr("sluice.tenant"), Some("acme"));
     assert_eq!(server.attr("sluice.job_id"), Some(id.as_str()));
     assert_eq!(server.attr("http.response.status_code"), Some("202"));
+    let admission = one(&ours, "admission", |s| s.name == "admission")?;
+    assert_eq!(
+        admission.parent_span_id, server.span_id,
+        "inside the request"
+    );
+    assert_eq!(
+        admission.attr("sluice.admission.limits"),
+        Some("tenant-requests,in-flight"),
+        "names the limits that applied"
+    );
+    assert_eq!(admission.attr("sluice.admission.outcome"), Some("admitted"));
+    assert_eq!(
+        admission.attr("sluice.admission.tightest"),
+        Some("tenant-requests")
+    );
     let publish = one(&ours, "publish", |s| {
         s.kind == 4 && s.name == "publish jobs"
     })?;

@@ -285,6 +285,40 @@ impl Governor {
         }))
     }
 
+    /// Which limits apply to `a`, for the admission span: the rate-limit policies
+    /// (`tenant-requests`, `model-tokens`, ...), the budgets (`tenant-budget`,
+    /// `key-budget`), the loop check (`loop`) and the tenant's in-flight cap (`in-flight`,
+    /// enforced by the workers). Pure: reads the configuration only.
+    pub fn applied(&self, a: &Admission<'_>) -> Vec<String> {
+        let cfg = self.config();
+        let policy = cfg.tenant_policy(a.tenant);
+        let budget = |b: &sluice_config::Budget| b.tokens > 0 || b.cost_usd > 0.0;
+        let mut out: Vec<String> = self
+            .rate_args(cfg, a)
+            .iter()
+            .map(|r| r.policy.name())
+            .collect();
+        if policy.is_some_and(|p| budget(&p.budget)) {
+            out.push("tenant-budget".into());
+        }
+        if policy
+            .and_then(|p| p.key_budgets.get(a.key_id))
+            .is_some_and(budget)
+        {
+            out.push("key-budget".into());
+        }
+        if cfg.loop_max_per_minute > 0 {
+            out.push("loop".into());
+        }
+        let cap = policy.map_or(cfg.max_in_flight_per_tenant, |p| {
+            p.in_flight_cap(cfg.max_in_flight_per_tenant)
+        });
+        if cap > 0 {
+            out.push("in-flight".into());
+        }
+        out
+    }
+
     /// Whether admitting `a` may record a reservation: a budget (the tenant's or the key's)
     /// or a token rate limit applies to it. Only then does its token estimate matter, so a
     /// caller may leave [`Admission::estimate`] at zero otherwise and skip counting.

@@ -13,6 +13,8 @@
 //!   short-TTL bounded cache, so a revocation reaches every replica within seconds.
 //! - [`idempotency`]: `Idempotency-Key` → first job id, per tenant, with the body hash.
 //! - [`inflight`]: the per-tenant cap on jobs running across all workers.
+//! - [`usage`]: what each configured budget has used this period (dashboard, used-ratio
+//!   gauge).
 //!
 //! The scripts are `lua/*.lua` files (each opens with its KEYS/ARGV contract), run through
 //! the store's one loader ([`sluice_store::scripts`]); every key is built by the store's key
@@ -25,6 +27,7 @@ pub mod idempotency;
 pub mod inflight;
 pub mod period;
 pub mod settle;
+pub mod usage;
 
 use std::sync::Arc;
 

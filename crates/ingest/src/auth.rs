@@ -24,7 +24,15 @@ use subtle::ConstantTimeEq;
 use crate::{AppState, error::ApiError};
 
 /// Routes served without a key.
-pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+/// (The dashboard's page and script hold no data; its JSON needs the admin key.)
+pub const OPEN_PATHS: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/dashboard",
+    "/dashboard.js",
+];
 
 /// Routes that need the admin key.
 pub const ADMIN_PREFIX: &str = "/v1/admin/";

@@ -19,6 +19,7 @@
 //! - [`serve`]: connections — header, idle and body-read timeouts, the connection cap.
 //! - [`validate`]: the request checks that turn bad input into a clear 400.
 //! - [`screening`]: prompt screening (injection phrases, role smuggling, system messages).
+//! - [`dashboard`]: the live page at `/dashboard` and its JSON, `/v1/admin/dashboard`.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 //! - [`error`]: the API error and its OpenAI-shaped response.
 //! - [`observe`]: job attributes on the request's trace span.
@@ -26,6 +27,7 @@
 pub mod auth;
 pub mod cache;
 pub mod cancel;
+pub mod dashboard;
 pub mod embeddings;
 pub mod error;
 pub mod middleware;
@@ -166,6 +168,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/webhooks/{id}/deliveries",
             get(routes::webhooks::deliveries),
         )
+        .route("/v1/admin/dashboard", get(dashboard::data))
         .merge(routes::admin::router())
         .merge(routes::admin_dlq::router())
         .fallback(routes::ops::not_found)
@@ -184,6 +187,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(openapi::document))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard.js", get(dashboard::script))
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -68,10 +68,13 @@ pub async fn document() -> Response {
         operations::admin_dlq_list,
         operations::admin_dlq_show,
         operations::admin_dlq_replay,
+        operations::admin_dashboard,
         operations::healthz,
         operations::readyz,
         operations::metrics,
         operations::openapi_json,
+        operations::dashboard_page,
+        operations::dashboard_script,
     ),
     components(
         schemas(schemas::ErrorBody, schemas::Job, schemas::ChatCompletionRequest),
@@ -88,7 +91,7 @@ pub async fn document() -> Response {
         (name = "jobs", description = "Asynchronous jobs: submit, read, cancel, follow."),
         (name = "openai", description = "OpenAI-compatible synchronous endpoints."),
         (name = "webhooks", description = "Signed webhook endpoints of a tenant."),
-        (name = "admin", description = "Tenants, keys and dead letters (admin key only)."),
+        (name = "admin", description = "Tenants, keys, dead letters and the dashboard's data (admin key only)."),
         (name = "ops", description = "Health, readiness, metrics and this document (no key)."),
     )
 )]
@@ -976,6 +979,21 @@ mod operations {
     fn admin_rotate_key() {}
 
     #[utoipa::path(
+        get, path = "/v1/admin/dashboard", tag = "admin",
+        description = "What the live page at `/dashboard` shows: jobs per second, error rate and \
+                       latency percentiles over the workers' last report (about two seconds), \
+                       queue depth and lag per priority, breaker states, top tenants by tokens \
+                       and cost, budget use.",
+        responses(
+            (status = 200, description = "The overview.", body = crate::dashboard::Overview),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 503, response = Unavailable),
+        )
+    )]
+    fn admin_dashboard() {}
+
+    #[utoipa::path(
         get, path = "/v1/admin/dlq", tag = "admin",
         params(
             ("tenant" = Option<String>, Query),
@@ -1049,6 +1067,19 @@ mod operations {
         responses((status = 200, description = "This document.", body = serde_json::Value))
     )]
     fn openapi_json() {}
+
+    #[utoipa::path(
+        get, path = "/dashboard", tag = "ops", security(()),
+        description = "The live dashboard page: it asks for the admin key and reads `/v1/admin/dashboard` with it.",
+        responses((status = 200, description = "An HTML page (no data in it).", body = String, content_type = "text/html"))
+    )]
+    fn dashboard_page() {}
+
+    #[utoipa::path(
+        get, path = "/dashboard.js", tag = "ops", security(()),
+        responses((status = 200, description = "The dashboard page's script.", body = String, content_type = "text/javascript"))
+    )]
+    fn dashboard_script() {}
 }
 
 #[cfg(test)]

@@ -25,6 +25,15 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    /// A low-cardinality name: `closed`, `open`, `half_open`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen { .. } => "half_open",
+        }
+    }
+
     /// For the `sluice_breaker_state` gauge: 0 closed, 1 open, 2 half-open.
     pub fn gauge(&self) -> f64 {
         match self {

@@ -129,6 +129,12 @@ impl Deployment {
         latency * (s.outstanding as f64 + 1.0) / f64::from(self.weight)
     }
 
+    /// The breaker's state now: `closed`, `open` or `half_open` (the dashboard).
+    pub fn breaker_state(&self) -> &'static str {
+        let mut s = self.lock();
+        s.breaker.state(Instant::now()).as_str()
+    }
+
     pub fn outstanding(&self) -> usize {
         self.lock().outstanding
     }

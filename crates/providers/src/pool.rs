@@ -245,6 +245,21 @@ impl Pools {
         })
     }
 
+    /// Every deployment's breaker state, `(deployment, state)`, sorted by name, with the
+    /// implicit `upstream` deployment that serves models without a pool.
+    pub fn breakers(&self) -> Vec<(String, &'static str)> {
+        let mut out: Vec<(String, &'static str)> = self
+            .pools
+            .values()
+            .chain([&self.implicit])
+            .flat_map(|p| &p.deps)
+            .map(|d| (d.name.clone(), d.breaker_state()))
+            .collect();
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+
     pub fn router(&self) -> &Router {
         &self.router
     }

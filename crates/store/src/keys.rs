@@ -15,6 +15,9 @@
 //! | `{p}cache:{<hex>}` | string | response cache entry (MessagePack), expires with its model's TTL |
 //! | `{p}cache:{<hex>}:lead` | string | the job computing that entry (single-flight lease) |
 //!
+//! | `{p}dash:workers` | sorted set | worker id → when it last wrote its summary (ms) |
+//! | `{p}dash:worker:{id}` | string | a worker's dashboard summary (JSON), expires in seconds |
+//!
 //! A job's keys expire [`crate::PENDING_TTL_S`] (a week, or `redis.result_ttl_s` if longer)
 //! after the job was queued, and `redis.result_ttl_s` after it ended; webhook endpoints live
 //! until deleted.
@@ -146,6 +149,14 @@ impl Keys {
     pub fn deferred(&self, tenant: &str) -> String {
         format!("{}deferred:{tenant}", self.prefix)
     }
+
+    pub fn dash_workers(&self) -> String {
+        format!("{}dash:workers", self.prefix)
+    }
+
+    pub fn dash_worker(&self, id: &str) -> String {
+        format!("{}dash:worker:{id}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +193,8 @@ mod tests {
                 "t1:kbudget:acme:k1:d20261201".into(),
             ),
             (k.reservation(id), format!("t1:res:{nil}")),
+            (k.dash_workers(), "t1:dash:workers".into()),
+            (k.dash_worker("w1"), "t1:dash:worker:w1".into()),
             (
                 k.loop_counter("acme", "-", "ab"),
                 "t1:loop:acme:-:ab".into(),

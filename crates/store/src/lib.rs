@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`keys`]: the whole key schema, under one configurable prefix.
 //! - [`cache`]: response cache entries and their single-flight leases.
+//! - [`dashboard`]: the workers' small summaries (latency, breakers, usage) the dashboard
+//!   reads.
 //! - [`jobs`]: creating, reading and transitioning job records (Lua scripts do every
 //!   transition atomically, so ingest and any number of workers can race safely).
 //! - [`record`]: the typed job record read back from Redis.
@@ -12,6 +14,7 @@
 //! - [`webhooks`]: webhook endpoints, per-job webhook targets and delivery logs.
 
 pub mod cache;
+pub mod dashboard;
 pub mod jobs;
 pub mod keys;
 pub mod record;

@@ -35,8 +35,13 @@ pub fn init_with(default_filter: &str, export: Option<&trace::Export>) -> Option
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // Spans are exported whatever `RUST_LOG` says of log lines: the log filter applies to
+    // the log layer only, and the trace layer takes Sluice's own spans at info level and up
+    // (with `RUST_LOG=warn` a global filter would build no span at all).
+    let spans =
+        tracing_subscriber::filter::Targets::new().with_target("sluice", tracing::Level::INFO);
     let (otel, tracing, failed) = match export.map(trace::layer) {
-        Some(Ok((layer, tracing))) => (Some(layer), Some(tracing), None),
+        Some(Ok((layer, tracing))) => (Some(layer.with_filter(spans)), Some(tracing), None),
         Some(Err(e)) => (None, None, Some(e)),
         None => (None, None, None),
     };
@@ -51,9 +56,8 @@ pub fn init_with(default_filter: &str, export: Option<&trace::Export>) -> Option
             .boxed()
     };
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(otel)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .try_init()
         .is_ok();
     if let Some(e) = failed {

@@ -49,6 +49,9 @@ pub async fn apply(
         }
         None => decision.broker,
     };
+    shared
+        .summary
+        .settled(&broker, job.as_ref().map(|j| j.env.created_at_ms));
     let ended = match &broker {
         Broker::Ack(_) => Some("done"),
         Broker::DeadLetter { .. } => Some("dead_letter"),

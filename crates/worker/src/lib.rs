@@ -37,6 +37,7 @@ pub mod job;
 pub mod observe;
 pub mod schedule;
 pub mod streamed;
+pub mod summary;
 
 use std::{sync::Arc, time::Duration};
 
@@ -64,6 +65,8 @@ pub struct Shared {
     pub gov: sluice_governance::Governor,
     /// Running jobs' cancellation tokens ([`cancel`]).
     pub running: Arc<cancel::Running>,
+    /// What the dashboard is told ([`summary`]).
+    pub summary: summary::Summary,
 }
 
 /// A running worker replica.
@@ -91,6 +94,7 @@ impl Worker {
             pools,
             gov,
             running,
+            summary: summary::Summary::new(),
         });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),
@@ -119,6 +123,10 @@ impl Worker {
         worker.tasks.spawn(observe::poll_queues(
             shared.queue.clone(),
             Duration::from_secs(5),
+            worker.stop_fetching.clone(),
+        ));
+        worker.tasks.spawn(summary::report(
+            shared.clone(),
             worker.stop_fetching.clone(),
         ));
         worker.tasks.spawn(cancel::listen(

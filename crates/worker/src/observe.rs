@@ -91,6 +91,11 @@ pub fn settled(shared: &crate::Shared) {
     slots(shared, -1);
 }
 
+/// Slots in use now.
+pub fn in_flight() -> u64 {
+    IN_FLIGHT.load(Ordering::Relaxed).max(0) as u64
+}
+
 fn slots(shared: &crate::Shared, delta: i64) {
     let now = IN_FLIGHT.fetch_add(delta, Ordering::Relaxed) + delta;
     metrics::gauge!("sluice_worker_in_flight").set(now as f64);
@@ -127,10 +132,12 @@ pub fn completed(shared: &crate::Shared, env: &sluice_protocol::JobEnvelope, res
         metrics::counter!("sluice_tokens_total", "type" => kind, "model" => env.model.clone(), "tenant" => env.tenant.clone())
             .increment(n);
     }
-    if let Some(price) = shared.cfg.governance.prices.get(&env.model) {
-        let usd = (input as f64 * price.prompt_per_mtok
-            + output as f64 * price.completion_per_mtok)
-            / 1e6;
+    let price = shared.cfg.governance.prices.get(&env.model);
+    let usd = price.map_or(0.0, |price| {
+        (input as f64 * price.prompt_per_mtok + output as f64 * price.completion_per_mtok) / 1e6
+    });
+    shared.summary.usage(&env.tenant, input, output, usd);
+    if price.is_some() {
         // Counters are integers: cost accrues in micro-dollars.
         metrics::counter!("sluice_cost_microusd_total", "model" => env.model.clone(), "tenant" => env.tenant.clone())
             .increment(usd.mul_add(1e6, 0.5) as u64);

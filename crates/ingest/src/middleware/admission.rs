@@ -23,6 +23,7 @@ use sluice_governance::{Refusal, admission::Policy, estimate, idempotency::Claim
 use sluice_protocol::JobKind;
 use sluice_store::{RecordBase, now_ms};
 use tokio::time::Instant;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{AppState, auth::Tenant, error::ApiError, submission::Submission};
@@ -425,7 +426,8 @@ async fn limits(
         // Until the script answers, a reservation may exist.
         hold.reserved = true;
     }
-    let decision = match state.gov.admit(&a, now).await {
+    let span = admission_span(state, &a);
+    let decision = match state.gov.admit(&a, now).instrument(span.clone()).await {
         Ok(d) => d,
         Err(e) if gov_cfg.on_store_error == FailPolicy::FailOpen => {
             metrics::counter!("sluice_governance_store_unavailables_total", "policy" => "fail_open")
@@ -439,6 +441,25 @@ async fn limits(
     match decision {
         Ok(d) => {
             hold.reserved = d.reserved;
+            sluice_telemetry::trace::set_attribute(&span, "sluice.admission.outcome", "admitted");
+            if let Some((policy, remaining, _)) = &d.quota {
+                sluice_telemetry::trace::set_attribute(
+                    &span,
+                    "sluice.admission.tightest",
+                    policy.name(),
+                );
+                sluice_telemetry::trace::set_attribute(
+                    &span,
+                    "sluice.admission.remaining",
+                    i64::try_from(*remaining).unwrap_or(i64::MAX),
+                );
+            }
+            sluice_governance::usage::record_ratio(
+                &state.gov,
+                &tenant.id,
+                d.budget_tokens_used,
+                d.budget_cost_used_micro_usd,
+            );
             soft_threshold(
                 state,
                 &tenant.id,
@@ -452,11 +473,34 @@ async fn limits(
         Err(refusal) => {
             // A refusal reserves nothing.
             hold.reserved = false;
+            sluice_telemetry::trace::set_attribute(
+                &span,
+                "sluice.admission.outcome",
+                refusal.label(),
+            );
             metrics::counter!("sluice_ingest_refused_total", "reason" => refusal.label())
                 .increment(1);
             Err(refused(refusal))
         }
     }
+}
+
+/// The `admission` span (only while spans are exported): which limits applied to the job
+/// (`sluice.admission.limits`: rate-limit policies, budgets, loop check, the in-flight cap
+/// the workers enforce, and `shed` when load shedding is on), then its outcome, and the
+/// tightest limit with what is left of it.
+fn admission_span(state: &AppState, a: &sluice_governance::Admission<'_>) -> tracing::Span {
+    if !sluice_telemetry::trace::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("admission");
+    let mut applied = state.gov.applied(a);
+    if crate::middleware::shedding::enabled(&state.gov.config().shedding) {
+        applied.push("shed".into());
+    }
+    sluice_telemetry::trace::set_attribute(&span, "sluice.admission.limits", applied.join(","));
+    sluice_telemetry::trace::set_attribute(&span, "sluice.tenant", a.tenant.to_owned());
+    span
 }
 
 /// Bodies up to this are tokenized on the runtime thread; larger ones (up to
