@@ -125,7 +125,14 @@ async fn a_blocked_prompt_is_refused_and_nothing_is_enqueued() -> Result<()> {
     let mut jobs = queue.jetstream().get_stream(&stream).await?;
     assert_eq!(jobs.info().await?.state.messages, 0, "nothing was enqueued");
     let resp = app.oneshot(submit("What is a sluice?")?).await?;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let status = resp.status();
+    let body = to_bytes(resp.into_body(), 1 << 20).await?;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     assert_eq!(
         jobs.info().await?.state.messages,
         1,
