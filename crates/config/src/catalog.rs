@@ -2,9 +2,9 @@
 //!
 //! A model name appears in several sections: `delivery.models` (the models `[upstream]`
 //! serves without a pool), `[[models.pools]]` aliases, the routing alias and its tiers, pool
-//! fallbacks, per-model limits, prices and cache policies. Nothing but this check ties them together, so a
-//! typo would silently route to nothing, limit nothing or price nothing; it is a start-up
-//! error naming the offending entry instead.
+//! fallbacks, per-model limits, prices and cache policies. Nothing but this check ties them
+//! together, so a typo would silently route to nothing, limit, price or cache nothing; it is
+//! a start-up error naming the offending entry instead.
 
 use crate::{Config, ConfigError};
 

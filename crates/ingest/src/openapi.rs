@@ -174,10 +174,12 @@ pub mod schemas {
 
     #[derive(Serialize, ToSchema)]
     #[serde(rename_all = "snake_case")]
+    /// The OpenAI API's type for the status (the table is in docs/compat.md).
     pub enum ErrorType {
         InvalidRequestError,
-        RateLimitError,
-        PermissionError,
+        Requests,
+        Tokens,
+        InsufficientQuota,
         ServerError,
     }
 
