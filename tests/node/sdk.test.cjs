@@ -1,6 +1,6 @@
 // The official Node `openai` package against a Sluice stack (started by scripts/sdk_test.sh):
 // models, plain and streamed chat (with and without include_usage), embeddings with the SDK's
-// default encoding (base64), tool calls, typed errors, and that a 429 Sluice already retried
+// default encoding (base64), n/seed/stop/logprobs, tool calls, typed errors, and that a 429 Sluice already retried
 // is not retried again by the SDK.
 'use strict';
 const test = require('node:test');
@@ -60,6 +60,26 @@ test('stream with include_usage: usage on the last chunk', async () => {
   assert.deepEqual(last.choices, []);
   assert.ok(last.usage.total_tokens > 0);
   assert.ok(chunks.slice(0, -1).every((c) => c.usage === null));
+});
+
+test('n, seed, stop and logprobs reach the model', async () => {
+  const ask = (extra) => client.chat.completions.create({ model: 'sim-small', messages: user('Sample me'), ...extra });
+  const r = await ask({ n: 2, seed: 5, logprobs: true, top_logprobs: 2, user: 'u-node', max_completion_tokens: 10 });
+  assert.equal(r.choices.length, 2);
+  assert.deepEqual(r.choices.map((c) => c.index), [0, 1]);
+  const lp = r.choices[0].logprobs.content;
+  assert.equal(lp.map((t) => t.token).join(''), r.choices[0].message.content);
+  assert.equal(lp[0].top_logprobs.length, 2);
+  const again = await ask({ seed: 5, max_completion_tokens: 10 });
+  assert.equal(again.choices[0].message.content, r.choices[0].message.content, 'same seed, same answer');
+  const second = r.choices[0].message.content.split(' ')[1];
+  const cut = await ask({ seed: 5, stop: [` ${second}`] });
+  assert.equal(cut.choices[0].finish_reason, 'stop');
+  assert.ok(!cut.choices[0].message.content.includes(` ${second}`));
+  const stream = await ask({ n: 2, seed: 5, stream: true });
+  const texts = ['', ''];
+  for await (const chunk of stream) texts[chunk.choices[0].index] += chunk.choices[0].delta.content ?? '';
+  assert.ok(texts[0].length > 0 && texts[1].length > 0);
 });
 
 test('embeddings with the default encoding equal the float answer', async () => {
