@@ -60,6 +60,8 @@ pub struct Shared {
     pub gov: sluice_governance::Governor,
     /// Running jobs' cancellation tokens ([`cancel`]).
     pub running: Arc<cancel::Running>,
+    /// The tenants' kill switches as last read ([`governance::disabled`]).
+    pub kill_switches: governance::KillSwitches,
 }
 
 /// A running worker replica.
@@ -87,6 +89,7 @@ impl Worker {
             pools,
             gov,
             running,
+            kill_switches: Default::default(),
         });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),
