@@ -367,8 +367,13 @@ async fn a_store_outage_burns_no_webhook_delivery_and_exhausted_ones_are_replaya
 
     wait_until(LONG, || async { Ok(rx.received("ep").len() == 2) }).await?;
     let ep_id = ep["id"].as_str().context("id")?;
-    let log = get(&api, &format!("/v1/webhooks/{ep_id}/deliveries")).await?;
-    assert_eq!(log["data"][0]["outcome"], "delivered", "{log}");
+    let path = format!("/v1/webhooks/{ep_id}/deliveries");
+    // The log is written after the receiver answered.
+    wait_until(LONG, || async {
+        Ok(get(&api, &path).await?["data"][0]["outcome"] == "delivered")
+    })
+    .await?;
+    let log = get(&api, &path).await?;
     assert_eq!(
         log["data"][0]["attempt"], 2,
         "the outage was not an attempt: {log}"
