@@ -7,6 +7,7 @@
 
 pub mod otlp;
 pub mod own_nats;
+pub mod own_redis;
 pub mod receiver;
 pub mod sse;
 

@@ -143,6 +143,21 @@ async fn job_records(env: &TestEnv) -> Result<usize> {
     Ok(keys.iter().filter(|k| !k.ends_with(":events")).count())
 }
 
+/// Tenant `acme` with a token budget, so every admitted job holds a reservation.
+fn with_budget(env: &mut TestEnv) {
+    env.cfg.governance.tenants.insert(
+        "acme".into(),
+        TenantPolicy {
+            budget: Budget {
+                period: BudgetPeriod::Month,
+                tokens: 1_000_000,
+                cost_usd: 0.0,
+            },
+            ..Default::default()
+        },
+    );
+}
+
 /// Budget tokens in use by acme this month, straight from Redis.
 async fn budget_used(env: &TestEnv) -> Result<u64> {
     env.budget_tokens_used("acme").await
@@ -751,17 +766,7 @@ async fn the_cost_budget_soft_threshold_is_reported() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_still_charges_the_budget() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.governance.tenants.insert(
-        "acme".into(),
-        TenantPolicy {
-            budget: Budget {
-                period: BudgetPeriod::Month,
-                tokens: 1_000_000,
-                cost_usd: 0.0,
-            },
-            ..Default::default()
-        },
-    );
+    with_budget(&mut env);
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let worker = env.worker().await?;
@@ -785,6 +790,126 @@ async fn cancelling_a_running_job_still_charges_the_budget() -> Result<()> {
     // reads the same; before the fix the settlement returned it and this read 0).
     sluice_e2e::wait_jobs_settled(&env.queue().await?, LONG).await?;
     assert_eq!(budget_used(&env).await?, reserved);
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// Generated text of the chunk events recorded in the job's history (what reached its
+/// clients): how many chunks, and the text of each event.
+async fn streamed_text(env: &TestEnv, id: &str) -> Result<(usize, Vec<String>)> {
+    let store = env.store()?;
+    let mut chunks = 0;
+    let mut events = Vec::new();
+    for e in store.events_after(uuid::Uuid::parse_str(id)?, 0).await? {
+        let v: Value = serde_json::from_str(&e)?;
+        if v["type"] != "chunks" {
+            continue;
+        }
+        let mut text = String::new();
+        for c in v["chunks"].as_array().into_iter().flatten() {
+            let c: Value = match c {
+                Value::String(s) => serde_json::from_str(s)?,
+                other => other.clone(),
+            };
+            chunks += 1;
+            for ch in c["choices"].as_array().into_iter().flatten() {
+                text.push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+            }
+        }
+        events.push(text);
+    }
+    Ok((chunks, events))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_stream_mid_way_charges_the_prompt_and_what_streamed() -> Result<()> {
+    let mut env = TestEnv::new();
+    with_budget(&mut env);
+    env.cfg.delivery.stream_flush_ms = 10;
+    let sim = env
+        .sim(SimConfig {
+            stream_chunk_delay_ms: 400,
+            ..SimConfig::default()
+        })
+        .await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    let mut body = chat_body("stream a long answer, then get cancelled");
+    body["stream"] = json!(true);
+    body["max_tokens"] = json!(2000);
+    let id = api.submit_ok(&body).await?;
+    // Some chunks reached the client, the stream is not over.
+    wait_until(LONG, || async {
+        Ok(streamed_text(&env, &id).await?.0 >= 3)
+    })
+    .await?;
+    let r = env
+        .http
+        .post(format!("{}/v1/jobs/{id}/cancel", ingest.base_url()))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    wait_until(LONG, || async { Ok(sim.counters().in_flight == 0) }).await?;
+    sluice_e2e::wait_jobs_settled(&env.queue().await?, LONG).await?;
+
+    let reserved = sluice_governance::estimate::request(&body);
+    let (chunks, events) = streamed_text(&env, &id).await?;
+    let tokens = |events: &[String]| {
+        sluice_governance::estimate::output_tokens("sim-small", &events.concat())
+    };
+    let streamed = tokens(&events);
+    assert!(chunks >= 3 && streamed > 0, "{chunks} chunks: {events:?}");
+    let used = budget_used(&env).await?;
+    // The prompt and the streamed tokens: not the 2000-token reservation (before the fix),
+    // not nothing. (A cancel that lands while the last event is being written may leave it
+    // uncounted.)
+    let without_last = tokens(&events[..events.len() - 1]);
+    assert!(
+        used == reserved.prompt_tokens + streamed || used == reserved.prompt_tokens + without_last,
+        "charged {used}, prompt {} + streamed {streamed}: {events:?}",
+        reserved.prompt_tokens
+    );
+    assert!(used < reserved.total());
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_stops_queued_jobs_and_releases_their_reservation() -> Result<()> {
+    let mut env = TestEnv::new();
+    with_budget(&mut env);
+    let sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    // Queued while no worker runs, then the tenant is disabled.
+    let id = api
+        .submit_ok(&chat_body("queued, then its tenant is disabled"))
+        .await?;
+    assert!(budget_used(&env).await? > 0, "admission reserved");
+    let store = env.store()?;
+    let gov = sluice_governance::Governor::new(store, env.cfg.governance.clone());
+    gov.put_tenant("acme", true, sluice_store::now_ms()).await?;
+
+    let worker = env.worker().await?;
+    let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "tenant_disabled", "{job}");
+    assert_eq!(sim.counters().per_model.get("sim-small").copied(), None);
+    sluice_e2e::wait_jobs_settled(&env.queue().await?, LONG).await?;
+    assert_eq!(budget_used(&env).await?, 0, "the reservation is returned");
+    // Its keys open no new streams either.
+    let r = env
+        .http
+        .get(format!("{}/v1/jobs/{id}/events", ingest.base_url()))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
     worker.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use sluice_e2e::{ACME_KEY, Api, TestEnv, chat_body, own_nats::OwnNats, wait_until};
+use sluice_e2e::{
+    ACME_KEY, Api, TestEnv, chat_body, own_nats::OwnNats, own_redis::OwnRedis, wait_until,
+};
 use sluice_sim::SimConfig;
 
 const LONG: Duration = Duration::from_secs(40);
@@ -19,6 +21,25 @@ async fn events(env: &TestEnv, id: &str) -> Result<Vec<Value>> {
         .collect())
 }
 
+/// Submits a 3 s job to a worker process and SIGKILLs the worker during the call; returns
+/// the job id.
+async fn killed_mid_call(
+    env: &TestEnv,
+    api: &Api,
+    sim: &sluice_sim::SimHandle,
+    prompt: &str,
+) -> Result<String> {
+    let mut doomed = env.worker_process()?;
+    let id = api
+        .submit_ok(&chat_body(&format!("{prompt} [[sim:sleep=3000]]")))
+        .await?;
+    api.wait_status(&id, &["in_progress"], LONG).await?;
+    wait_until(LONG, || async { Ok(sim.counters().in_flight == 1) }).await?;
+    doomed.start_kill()?;
+    doomed.wait().await?;
+    Ok(id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_loses_nothing_and_the_result_is_recorded_once() -> Result<()> {
     let mut env = TestEnv::new();
@@ -29,21 +50,14 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_result_is_recorded_once()
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
 
-    let mut doomed = env.worker_process()?;
-    let id = api
-        .submit_ok(&chat_body("slow one [[sim:sleep=3000]]"))
-        .await?;
-    api.wait_status(&id, &["in_progress"], LONG).await?;
-    wait_until(LONG, || async { Ok(sim.counters().in_flight == 1) }).await?;
-    doomed.start_kill()?;
-    doomed.wait().await?;
+    let id = killed_mid_call(&env, &api, &sim, "slow one").await?;
 
     let survivor = env.worker().await?;
     let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(
-        job["attempts"], 2,
-        "one redelivery after the kill, none caused by the slow call: {job}"
+        job["attempts"], 1,
+        "the redelivery after the kill runs the same attempt again: {job}"
     );
 
     // Give a stray redelivery time to show up, then check the record holds one outcome.
@@ -57,9 +71,34 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_result_is_recorded_once()
         .filter(|e| e["status"] == "in_progress")
         .map(|e| e["attempt"].clone())
         .collect();
-    assert_eq!(started, vec![json!(1), json!(2)]);
+    assert_eq!(started, vec![json!(1), json!(1)]);
     assert_eq!(sim.counters().per_model.get("sim-small").copied(), Some(2));
 
+    survivor.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// Seen in a crash test: the redelivery after a kill was treated as a retry, the retry budget
+/// refused it (no upstream had failed), and refusals spent the remaining attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_redelivery_is_not_a_retry_and_the_retry_budget_does_not_refuse_it() -> Result<()> {
+    let mut env = TestEnv::new();
+    env.cfg.worker.ack_wait_s = 2;
+    env.cfg.worker.max_attempts = 2;
+    // No retries allowed at all: only a first attempt may call the upstream.
+    env.cfg.models.retry_budget_ratio = 0.0;
+    env.cfg.models.retry_budget_min_per_s = 0.0;
+    let sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    let id = killed_mid_call(&env, &api, &sim, "killed mid-call").await?;
+
+    let survivor = env.worker().await?;
+    let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
     survivor.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
@@ -309,50 +348,19 @@ async fn sigterm_releases_jobs_that_outlast_the_grace_period() -> Result<()> {
     let survivor = env.worker().await?;
     let job = api.wait_status(&id, &["completed", "failed"], LONG).await?;
     assert_eq!(job["status"], "completed", "{job}");
-    assert_eq!(job["attempts"], 2);
+    assert_eq!(
+        job["attempts"], 1,
+        "a released job runs the same attempt again: {job}"
+    );
     survivor.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 
-/// A Redis of this test's own (so pausing it disturbs no other test), stopped on drop.
-struct OwnRedis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl OwnRedis {
-    fn start() -> Result<OwnRedis> {
-        let bin = std::env::var("SLUICE_TEST_REDIS_BIN").unwrap_or_else(|_| "redis-server".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = std::process::Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        Ok(OwnRedis { child, port })
-    }
-
-    fn signal(&self, sig: &str) -> Result<()> {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "kill {sig} failed");
-        Ok(())
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// A Redis outage of 40 s while a tenant's backlog waits at its in-flight cap: before, a
+/// deferred job that came back during the outage ran with its deferrals forgotten, so its
+/// deliveries counted as attempts and it ended `failed max_attempts_exceeded` without an
+/// upstream call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_redis_loses_no_job_and_burns_no_attempt() -> Result<()> {
     let redis = OwnRedis::start()?;
@@ -360,14 +368,17 @@ async fn a_paused_redis_loses_no_job_and_burns_no_attempt() -> Result<()> {
     env.cfg.redis.url = format!("redis://127.0.0.1:{}", redis.port);
     env.cfg.redis.command_timeout_ms = 1000;
     // Three attempts with backoff of at most 0.5 s: spent in about a second if store errors
-    // counted. The pause lasts several times that.
+    // or deferrals counted. The pause lasts many times that.
     env.cfg.worker.max_attempts = 3;
-    let _sim = env.sim(SimConfig::default()).await?;
+    env.cfg.governance.max_in_flight_per_tenant = 1;
+    env.cfg.governance.defer_ms = 50;
+    let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
+    let worker = env.worker().await?;
     let mut ids = Vec::new();
     for i in 0..4 {
-        let body = chat_body(&format!("outage {i}"));
+        let body = chat_body(&format!("outage {i} [[sim:sleep=1500]]"));
         // Our Redis may still be warming up: retry a refused admission a few times.
         let mut tries = 0;
         let id = loop {
@@ -382,10 +393,12 @@ async fn a_paused_redis_loses_no_job_and_burns_no_attempt() -> Result<()> {
         };
         ids.push(id);
     }
+    // One job runs, the others are deferred at the cap, over and over.
+    wait_until(LONG, || async { Ok(sim.counters().in_flight == 1) }).await?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
 
     redis.signal("-STOP")?;
-    let worker = env.worker().await?;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
     redis.signal("-CONT")?;
 
     for id in &ids {
@@ -393,6 +406,7 @@ async fn a_paused_redis_loses_no_job_and_burns_no_attempt() -> Result<()> {
         assert_eq!(job["status"], "completed", "{job}");
         assert_eq!(job["attempts"], 1, "store errors are not attempts: {job}");
     }
+    assert_eq!(sim.counters().per_model.get("sim-small").copied(), Some(4));
     worker.shutdown().await;
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())

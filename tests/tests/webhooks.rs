@@ -332,3 +332,88 @@ async fn internal_urls_are_refused_at_registration_and_at_connect_time() -> Resu
     strict.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+/// Before, every store error while preparing a delivery NAKed it: each counted a delivery,
+/// and past the consumer's `max_deliver` the server stopped delivering it, so the receiver
+/// never got it and the message stayed in `HOOKS` for ever. Then, once exhausted, the dead
+/// letter is replayed like a job's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_burns_no_webhook_delivery_and_exhausted_ones_are_replayable() -> Result<()>
+{
+    let redis = sluice_e2e::own_redis::OwnRedis::start()?;
+    // Two retries after 2 s each: the outage falls between the first attempt and the retry.
+    let mut env = hooks_env(vec![2_000, 2_000]);
+    env.cfg.redis.url = redis.url();
+    env.cfg.redis.command_timeout_ms = 500;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let rx = Receiver::start().await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    rx.script("ep", &[500, 200]);
+    rx.script("down", &[500]);
+    let (code, ep) = register(&api, &rx.url("ep"), None).await?;
+    assert_eq!(code, 201, "{ep}");
+    register(&api, &rx.url("down"), None).await?;
+    let id = api
+        .submit_ok(&chat_body("hooked through an outage"))
+        .await?;
+    api.wait_status(&id, &["completed"], LONG).await?;
+    wait_until(LONG, || async { Ok(rx.received("ep").len() == 1) }).await?;
+
+    // The retry comes due while Redis hangs (about five 1 s NAKs' worth and more).
+    redis.signal("-STOP")?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    redis.signal("-CONT")?;
+
+    wait_until(LONG, || async { Ok(rx.received("ep").len() == 2) }).await?;
+    let ep_id = ep["id"].as_str().context("id")?;
+    let path = format!("/v1/webhooks/{ep_id}/deliveries");
+    // The log is written after the receiver answered.
+    wait_until(LONG, || async {
+        Ok(get(&api, &path).await?["data"][0]["outcome"] == "delivered")
+    })
+    .await?;
+    let log = get(&api, &path).await?;
+    assert_eq!(
+        log["data"][0]["attempt"], 2,
+        "the outage was not an attempt: {log}"
+    );
+
+    // `down` fails its three attempts and is dead-lettered, not left in HOOKS.
+    wait_until(LONG, || async { Ok(rx.received("down").len() == 3) }).await?;
+    let queue = env.queue().await?;
+    let filter = sluice_queue::dlq::DlqFilter {
+        reason: Some("webhook_exhausted".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    wait_until(LONG, || async {
+        Ok(queue.dlq_list(&filter).await?.len() == 1)
+    })
+    .await?;
+    wait_until(LONG, || async {
+        let mut hooks = queue
+            .jetstream()
+            .get_stream(queue.subjects().hooks_stream())
+            .await?;
+        Ok(hooks.info().await?.state.messages == 0)
+    })
+    .await?;
+
+    // Replayed: delivered again (a fresh schedule), and gone from the dead letters.
+    rx.script("down", &[200]);
+    let opts = sluice_queue::dlq::ReplayOptions {
+        rate_per_s: 100.0,
+        dry_run: false,
+        actor: "test".into(),
+    };
+    let report = queue.dlq_replay(&env.store()?, &filter, &opts).await?;
+    assert_eq!(report.replayed.len(), 1, "{report:?}");
+    wait_until(LONG, || async { Ok(rx.received("down").len() == 4) }).await?;
+    assert!(queue.dlq_list(&filter).await?.is_empty());
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

@@ -141,6 +141,12 @@ fn text_tokens(tok: Option<&CoreBPE>, content: Option<&Value>) -> u64 {
     }
 }
 
+/// Tokens of generated `text` for `model` (what a cancelled stream is charged for the part
+/// that reached the client).
+pub fn output_tokens(model: &str, text: &str) -> u64 {
+    count(bpe(model), text)
+}
+
 fn chars_to_tokens(chars: usize) -> u64 {
     (chars as u64).div_ceil(4)
 }

@@ -30,10 +30,12 @@ pub enum ErrorCode {
     MaxAttemptsExceeded,
     DeadlineExceeded,
     Cancelled,
+    /// The tenant's kill switch was turned on while the job was queued.
+    TenantDisabled,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::UpstreamTimeout,
         ErrorCode::UpstreamUnreachable,
         ErrorCode::UpstreamRateLimited,
@@ -48,6 +50,7 @@ impl ErrorCode {
         ErrorCode::MaxAttemptsExceeded,
         ErrorCode::DeadlineExceeded,
         ErrorCode::Cancelled,
+        ErrorCode::TenantDisabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +69,7 @@ impl ErrorCode {
             ErrorCode::MaxAttemptsExceeded => "max_attempts_exceeded",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::TenantDisabled => "tenant_disabled",
         }
     }
 
@@ -78,6 +82,8 @@ impl ErrorCode {
         match self {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::DeadlineExceeded => "expired",
+            // As ingest answers a disabled tenant's request.
+            ErrorCode::TenantDisabled => "permission_error",
             ErrorCode::UpstreamTimeout
             | ErrorCode::UpstreamUnreachable
             | ErrorCode::UpstreamRateLimited
@@ -101,6 +107,7 @@ impl ErrorCode {
             ErrorCode::UpstreamRejected => StatusCode::BAD_REQUEST,
             ErrorCode::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Cancelled => StatusCode::CONFLICT,
+            ErrorCode::TenantDisabled => StatusCode::FORBIDDEN,
             ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::UpstreamTimeout
             | ErrorCode::UpstreamUnreachable

@@ -9,7 +9,9 @@
 //!   (the store's audited replay transition: failed → queued, history kept), then publishes the envelope with a
 //!   fresh broker message id (`<job id>-replay-<n>`, so the duplicate window does not
 //!   swallow it) and the same job id, and finally removes the entry from the DLQ. Undecodable
-//!   (poison) messages are listed and shown but never replayed.
+//!   (poison) messages are listed and shown but never replayed. An exhausted webhook
+//!   delivery (`webhook_exhausted`) is published back to its `hooks.<tenant>` subject as it
+//!   was, for a fresh schedule of attempts (its job is not touched).
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use async_nats::{HeaderMap, jetstream::consumer::pull::OrderedConfig};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
-use sluice_protocol::{JobEnvelope, Replay, ReplayLedger};
+use sluice_protocol::{DeadLetterReason, JobEnvelope, Replay, ReplayLedger};
 use uuid::Uuid;
 
 use crate::{Queue, QueueError, broker};
@@ -246,6 +248,28 @@ impl Queue {
             .await
             .map_err(broker)?;
         for entry in entries {
+            if entry.reason == DeadLetterReason::WebhookExhausted.as_str() {
+                if opts.dry_run {
+                    report
+                        .replayed
+                        .push((entry.seq, entry.job_id.clone().unwrap_or_default()));
+                    continue;
+                }
+                tick.tick().await;
+                match self.replay_webhook(&entry).await {
+                    Ok(()) => {
+                        if let Err(e) = stream.delete_message(entry.seq).await {
+                            tracing::debug!(seq = entry.seq, error = %e, "replayed dead letter already removed");
+                        }
+                        metrics::counter!("sluice_dlq_replays_total").increment(1);
+                        report
+                            .replayed
+                            .push((entry.seq, entry.job_id.clone().unwrap_or_default()));
+                    }
+                    Err(why) => report.skipped.push((entry.seq, why)),
+                }
+                continue;
+            }
             let Some(mut env) = entry.envelope() else {
                 report.skipped.push((
                     entry.seq,
@@ -283,6 +307,27 @@ impl Queue {
             report.replayed.push((entry.seq, env.id.to_string()));
         }
         Ok(report)
+    }
+
+    /// Publishes an exhausted webhook delivery back to its subject; `Err` says why not.
+    async fn replay_webhook(&self, entry: &DlqEntry) -> Result<(), String> {
+        let hooks = self.subjects.hook("");
+        if !entry.original_subject.starts_with(&hooks) {
+            return Err("the dead letter does not name its webhook subject".into());
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("dlq-replay-{}", entry.seq).as_str());
+        let ack = self
+            .js
+            .publish_with_headers(
+                entry.original_subject.clone(),
+                headers,
+                entry.payload.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     async fn publish_replay(&self, env: &JobEnvelope) -> Result<(), QueueError> {

@@ -13,9 +13,9 @@ use crate::{Queue, QueueError, broker};
 pub struct ConsumerSettings {
     pub ack_wait: Duration,
     /// The worker dead-letters a job after this many attempts. The server sets no delivery
-    /// limit: deliveries deferred at a tenant's in-flight cap are not attempts, and the
-    /// worker counts attempts itself (a worker that dies on the last attempt is caught on
-    /// the next delivery).
+    /// limit: deferrals at a tenant's in-flight cap, crash redeliveries and retry-budget
+    /// refusals are not attempts, and the worker numbers attempts from the failures recorded
+    /// on the job (and bounds deliveries itself).
     pub max_attempts: u32,
 }
 

@@ -44,6 +44,15 @@ pub(crate) static ADVANCE: Lua = Lua::with_prelude(
     include_str!("../lua/advance.lua"),
 );
 
+/// A worker's `in_progress` transition, numbering the attempt from the failures recorded
+/// (`lua/start.lua`); falls back to [`TRANSITION`] when the record is missing.
+pub(crate) static START: Lua =
+    Lua::with_prelude("start", status_rule_lua, include_str!("../lua/start.lua"));
+
+/// Recording a failed attempt (`lua/failed_attempt.lua`).
+pub(crate) static FAILED_ATTEMPT: Lua =
+    Lua::new("failed_attempt", include_str!("../lua/failed_attempt.lua"));
+
 /// The status rule as the scripts' `may_become(cur, new)`, generated from
 /// [`JobStatus::may_become`] so that the rule is written once. A function of string
 /// comparisons on one line: building a table on every call would cost the hot script a fifth
@@ -211,7 +220,7 @@ impl Store {
         Ok(created == 1)
     }
 
-    /// Worker: attempt `attempt` (1-based delivery count) starts.
+    /// Attempt `attempt` starts (an explicit number: tools and tests).
     pub async fn record_started(
         &self,
         env: &JobEnvelope,
@@ -225,6 +234,47 @@ impl Store {
             Some(attempt),
         )
         .await
+    }
+
+    /// Worker: the job starts its next attempt, numbered one more than the attempts
+    /// recorded as failed ([`Store::record_failed_attempt`]), so a redelivery that is not a
+    /// retry (a worker crashed, the store was away) runs the same attempt again. Returns the
+    /// transition and, when applied, the attempt number.
+    pub async fn start_attempt(&self, env: &JobEnvelope) -> Result<(Transition, u64), StoreError> {
+        let mut inv = START.key(self.keys.job(env.id));
+        inv.key(self.keys.job_events(env.id));
+        inv.arg(now_ms());
+        let (applied, value): (i64, String) = self.invoke(&inv).await?;
+        match applied {
+            1 => {
+                let attempt = value
+                    .parse()
+                    .map_err(|_| StoreError::Protocol(format!("start returned {value:?}")))?;
+                Ok((Transition::Applied, attempt))
+            }
+            // No record (it was never written, or expired): no failure is known either.
+            -1 => {
+                let t = self
+                    .transition(env.into(), JobStatus::InProgress, &[("attempts", b"1")])
+                    .await?;
+                Ok((t, 1))
+            }
+            _ => Ok((
+                Transition::Refused {
+                    current: parse_status(&value)?,
+                },
+                0,
+            )),
+        }
+    }
+
+    /// Worker: attempt `attempt` of job `id` failed and will be retried (the next start
+    /// numbers `attempt + 1`). Idempotent and monotonic.
+    pub async fn record_failed_attempt(&self, id: Uuid, attempt: u64) -> Result<(), StoreError> {
+        let mut inv = FAILED_ATTEMPT.key(self.keys.job(id));
+        inv.arg(attempt);
+        let _: i64 = self.invoke(&inv).await?;
+        Ok(())
     }
 
     /// Worker: the upstream answered; `result` is the JSON response body. A job ingest

@@ -97,6 +97,8 @@ pub const SCRIPTS: &[&Lua] = &[
     &crate::jobs::TRANSITION,
     &crate::jobs::CREATE,
     &crate::jobs::ADVANCE,
+    &crate::jobs::START,
+    &crate::jobs::FAILED_ATTEMPT,
     &crate::replay::REPLAY,
     &crate::replay::ROUTE,
 ];

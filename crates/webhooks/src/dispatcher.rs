@@ -4,8 +4,16 @@
 //! Success (`2xx`) acks; `410 Gone` disables the endpoint and acks; anything else (`3xx`
 //! included, since redirects are not followed, `4xx`, `5xx`, timeouts, refused addresses)
 //! NAKs with the next delay of `webhooks.schedule_ms` plus jitter, or the receiver's
-//! `Retry-After` if longer. After the schedule the delivery goes to the dead-letter stream.
+//! `Retry-After` if longer. After the schedule the delivery goes to the dead-letter stream
+//! (`dlq.webhook_exhausted.<tenant>`, listed and replayed like job dead letters).
 //! Every attempt is written to the endpoint's delivery log.
+//!
+//! Our own infrastructure failing is not an attempt: when the store cannot be read (the
+//! endpoint, the job's webhook) or the dead letter cannot be written, the dispatcher keeps
+//! the message — in-progress heartbeats, backoff, the same step again — for up to
+//! [`HOLD_LIMIT`], instead of NAKing it, which would count a delivery. The consumer sets no
+//! server-side `max_deliver`: the dispatcher dead-letters on its own once the schedule is
+//! spent, and a server cut-off would leave the message in `HOOKS` for ever.
 
 use std::{sync::Arc, time::Duration};
 use tracing::Instrument;
@@ -32,6 +40,13 @@ use crate::{
 
 /// Longest `Retry-After` honoured (a day).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest a delivery is kept in the dispatcher waiting for the store or the dead-letter
+/// stream; past it the message is NAKed (and that delivery counts).
+pub const HOLD_LIMIT: Duration = Duration::from_secs(300);
+/// Pauses between tries of a held step: doubling from the first to the last.
+const HOLD_FIRST: Duration = Duration::from_millis(250);
+const HOLD_MAX: Duration = Duration::from_secs(5);
 
 struct Ctx {
     cfg: WebhooksConfig,
@@ -108,9 +123,10 @@ pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: Cancella
                 _ = stop.cancelled() => break,
             };
             let ctx = ctx.clone();
+            let stop = stop.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                handle(&ctx, msg).await;
+                handle(&ctx, msg, &stop).await;
             });
         }
     }
@@ -144,7 +160,8 @@ async fn setup(
                     name: Some(name),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_millis(ctx.cfg.timeout_ms) + Duration::from_secs(15),
-                    max_deliver: ctx.cfg.schedule_ms.len() as i64 + 3,
+                    // No server cut-off (see the module docs).
+                    max_deliver: -1,
                     max_ack_pending: 100_000,
                     ..Default::default()
                 })
@@ -169,7 +186,48 @@ fn q<E: std::fmt::Display>(e: E) -> HookError {
     HookError::Queue(sluice_queue::QueueError::Broker(e.to_string()))
 }
 
-async fn handle(ctx: &Ctx, msg: jetstream::Message) {
+/// Keeps a message whose step failed on our side: a heartbeat, a pause, `true` to try the
+/// step again; `false` when the hold is over (its limit, or the dispatcher stopping) and the
+/// message went back to the broker (NAKed with `then`).
+struct Hold {
+    since: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Hold {
+    fn new() -> Hold {
+        Hold {
+            since: tokio::time::Instant::now(),
+            pause: HOLD_FIRST,
+        }
+    }
+
+    async fn wait(
+        &mut self,
+        msg: &jetstream::Message,
+        stop: &CancellationToken,
+        then: Duration,
+    ) -> bool {
+        let held = self.since.elapsed() < HOLD_LIMIT && !stop.is_cancelled() && {
+            metrics::counter!("sluice_webhook_holds_total").increment(1);
+            if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "webhook heartbeat failed");
+            }
+            let pause = self.pause;
+            self.pause = (self.pause * 2).min(HOLD_MAX);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => true,
+                _ = stop.cancelled() => false,
+            }
+        };
+        if !held && let Err(e) = msg.ack_with(AckKind::Nak(Some(then))).await {
+            tracing::debug!(error = %e, "releasing a held webhook delivery failed");
+        }
+        held
+    }
+}
+
+async fn handle(ctx: &Ctx, msg: jetstream::Message, stop: &CancellationToken) {
     let attempt = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
     let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let Ok(d) = serde_json::from_slice::<Delivery>(&msg.payload) else {
@@ -184,18 +242,30 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message) {
         msg.headers.as_ref(),
         None,
     );
-    let result = match attempt_once(ctx, &d).instrument(span.clone()).await {
-        Ok(r) => r,
-        Err(e) => {
-            // Our own store is unavailable: not the receiver's fault, try again soon.
-            tracing::warn!(error = %e, "webhook delivery could not be prepared");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
-            return;
+    let retries = ctx.cfg.schedule_ms.len() as u64;
+    let mut hold = Hold::new();
+    // Past the schedule already: an earlier delivery was exhausted but could not be
+    // dead-lettered. Move it without calling the receiver again.
+    let result = if attempt > retries + 1 {
+        Attempt::Failed {
+            status: None,
+            reason: "exhausted",
+            retry_after: None,
+        }
+    } else {
+        loop {
+            match attempt_once(ctx, &d).instrument(span.clone()).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    // Our own store is unavailable: not the receiver's fault, not an attempt.
+                    tracing::warn!(error = %e, "webhook delivery could not be prepared; holding it");
+                    if !hold.wait(&msg, stop, Duration::from_secs(1)).await {
+                        return;
+                    }
+                }
+            }
         }
     };
-    let retries = ctx.cfg.schedule_ms.len() as u64;
     let (outcome, ack, next) = match &result {
         Attempt::Delivered(_) => ("delivered", AckKind::Ack, None),
         Attempt::Skipped(_) => ("skipped", AckKind::Ack, None),
@@ -215,19 +285,30 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message) {
     };
     metrics::counter!("sluice_webhook_attempts_total", "outcome" => outcome).increment(1);
     sluice_telemetry::trace::set_attribute(&span, "sluice.webhook.outcome", outcome);
-    if let Attempt::Skipped(why) = result {
-        tracing::debug!(why, "webhook delivery skipped");
-    } else {
-        log_attempt(ctx, &d, attempt, &result, outcome, next).await;
+    match &result {
+        Attempt::Skipped(why) => tracing::debug!(why, "webhook delivery skipped"),
+        // Logged when it was exhausted.
+        Attempt::Failed {
+            reason: "exhausted",
+            ..
+        } => {}
+        _ => log_attempt(ctx, &d, attempt, &result, outcome, next).await,
     }
-    if outcome == "exhausted"
-        && let Err(e) = dead_letter(ctx, &d, stream_seq, attempt, &msg.payload).await
-    {
-        tracing::warn!(error = %e, "cannot dead-letter an exhausted webhook; retrying");
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-            .await;
-        return;
+    if outcome == "exhausted" {
+        let last = match &result {
+            Attempt::Failed {
+                status: Some(s), ..
+            } => format!("HTTP {s}"),
+            Attempt::Failed { reason, .. } => (*reason).to_string(),
+            _ => String::new(),
+        };
+        let error = format!("The webhook delivery failed on every attempt (last: {last}).");
+        while let Err(e) = dead_letter(ctx, &d, &msg, stream_seq, attempt, &error).await {
+            tracing::warn!(error = %e, "cannot dead-letter an exhausted webhook; holding it");
+            if !hold.wait(&msg, stop, Duration::from_secs(5)).await {
+                return;
+            }
+        }
     }
     if let Err(e) = msg.ack_with(ack).await {
         tracing::debug!(error = %e, "settling a webhook delivery failed; it is redelivered");
@@ -388,9 +469,10 @@ async fn log_attempt(
 async fn dead_letter(
     ctx: &Ctx,
     d: &Delivery,
+    msg: &jetstream::Message,
     seq: u64,
     attempts: u64,
-    payload: &[u8],
+    error: &str,
 ) -> Result<(), HookError> {
     let s = ctx.queue.subjects();
     let subject = s.dlq("webhook_exhausted", &d.tenant);
@@ -403,10 +485,12 @@ async fn dead_letter(
     h.insert("Sluice-Attempts", attempts.to_string().as_str());
     h.insert("Sluice-Job-Id", d.job_id.to_string().as_str());
     h.insert("Sluice-Webhook-Target", d.target.as_str());
+    h.insert("Sluice-Original-Subject", msg.subject.as_str());
+    h.insert("Sluice-Error", error);
     let ack = ctx
         .queue
         .jetstream()
-        .publish_with_headers(subject, h, payload.to_vec().into())
+        .publish_with_headers(subject, h, msg.payload.clone())
         .await
         .map_err(q)?;
     tokio::time::timeout(Duration::from_secs(5), ack)

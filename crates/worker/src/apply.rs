@@ -13,7 +13,7 @@ use sluice_store::{HookTargets, JobError, StoreError, Transition};
 
 use crate::{
     Shared,
-    attempt::{Broker, Decision, Ran, Record, Settle, decide},
+    attempt::{Broker, Decision, Ran, Record, RetryReason, Settle, decide},
     backoff::redelivery_delay,
     governance,
     hold::Hold,
@@ -68,6 +68,7 @@ async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> 
         Record::Completed(body) => completed(shared, env, body).await,
         Record::Ended(status, err) => ended(shared, env, *status, err).await,
         Record::Emit(status) => finished(shared, env, *status).await,
+        Record::AttemptFailed => failed_attempt(shared, job).await,
     };
     if let Err(ran) = written {
         let max = u64::from(shared.cfg.worker.max_attempts);
@@ -80,6 +81,7 @@ async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> 
             let usage = governance::reserved_usage(env);
             governance::settle(shared, env, usage).await;
         }
+        Settle::Used(usage) => governance::settle(shared, env, usage).await,
         Settle::Recorded => {
             let usage = governance::recorded_usage(shared, env).await;
             governance::settle(shared, env, usage).await;
@@ -105,6 +107,20 @@ async fn completed(shared: &Shared, env: &JobEnvelope, body: &[u8]) -> Result<()
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot record the result; retrying later");
+            Err(Ran::StoreUnavailable)
+        }
+    }
+}
+
+async fn failed_attempt(shared: &Shared, job: &Running<'_>) -> Result<(), Ran> {
+    match shared
+        .store
+        .record_failed_attempt(job.env.id, job.attempt)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::warn!(job = %job.env.id, error = %e, "cannot record the failed attempt; retrying later");
             Err(Ran::StoreUnavailable)
         }
     }
@@ -177,7 +193,12 @@ async fn tell_broker(
             metrics::counter!("sluice_worker_retries_total", "reason" => reason.as_str())
                 .increment(1);
             let w = &shared.cfg.worker;
-            let attempt = job.map_or(delivery.delivered(), |j| j.attempt);
+            // A refused or held attempt keeps its number: its delay grows with the
+            // deliveries instead.
+            let attempt = match (reason, job) {
+                (RetryReason::UpstreamRetry, Some(j)) => j.attempt,
+                _ => delivery.delivered(),
+            };
             let delay = redelivery_delay(attempt, w.backoff_base, w.backoff_max, at_least);
             delivery.nak(delay).await
         }

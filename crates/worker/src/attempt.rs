@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_governance::estimate::Usage;
 use sluice_protocol::{DeadLetterReason, ErrorCode, JobStatus, Outcome};
 use sluice_providers::{CallError, ErrorClass};
 use sluice_store::JobError;
@@ -19,14 +20,20 @@ pub enum Ran {
     Deferred(Duration),
     /// Every attempt was spent before this delivery.
     OutOfAttempts,
+    /// Delivered this many times (deferrals not counted) without an outcome: a worker
+    /// stopped on it each time. The backstop that keeps a message that kills its worker from
+    /// coming back for ever, since crash redeliveries are not attempts.
+    TooManyDeliveries(u64),
+    /// The tenant's kill switch is on: a queued job of a disabled tenant does not run.
+    TenantDisabled,
     /// The job's outcome was already recorded (a redelivery after a lost ack).
     AlreadyEnded(JobStatus),
     /// The job's publish was answered 503: nobody knows its id.
     RejectedPublish,
     /// Its deadline passed before it could run.
     DeadlinePassed,
-    /// Cancelled while it ran.
-    Cancelled,
+    /// Cancelled while it ran: what it used, when known or estimated from what streamed.
+    Cancelled(Option<Usage>),
     /// The worker is shutting down.
     Released,
     /// The upstream answered with this body.
@@ -55,6 +62,8 @@ pub enum Record {
     Completed(Bytes),
     /// A terminal state without a result.
     Ended(JobStatus, JobError),
+    /// The attempt failed and is retried: the next start numbers the next attempt.
+    AttemptFailed,
     /// Already terminal: tell waiters and enqueue the webhooks again (deduplicated by id).
     Emit(JobStatus),
 }
@@ -69,15 +78,20 @@ pub enum Settle {
     /// Return the reservation: nothing was used.
     Zero,
     /// Charge what admission reserved for the request: it ran, and what it used is not
-    /// known (a job cancelled mid-call generated and may have streamed tokens).
+    /// known (a job cancelled mid-call generated tokens nobody saw).
     Reservation,
+    /// Charge this usage (a cancelled job's upstream usage, or the estimate of what it
+    /// streamed).
+    Used(Usage),
 }
 
 /// What to tell the broker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Broker {
     Ack(Outcome),
-    /// NAK with the backoff of the attempt, at least `at_least`.
+    /// NAK with the backoff of the attempt, at least `at_least`. Whether an attempt was
+    /// spent is the record's business ([`Record::AttemptFailed`]), not the broker's: its
+    /// delivery count also counts crash redeliveries and budget refusals.
     Retry {
         reason: RetryReason,
         at_least: Option<Duration>,
@@ -100,6 +114,8 @@ pub enum Broker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryReason {
     UpstreamRetry,
+    /// The retry budget refused the call: no call was made, no attempt spent.
+    RetryBudget,
     StoreUnavailable,
     WebhookEmit,
 }
@@ -108,14 +124,15 @@ impl RetryReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RetryReason::UpstreamRetry => "upstream_retry",
+            RetryReason::RetryBudget => "retry_budget",
             RetryReason::StoreUnavailable => "store_unavailable",
             RetryReason::WebhookEmit => "webhook_emit",
         }
     }
 }
 
-/// The decision for delivery `attempt` (1-based, deferrals not counted) of a job allowed
-/// `max` attempts, from what running it came to.
+/// The decision for attempt `attempt` (1-based: one more than the attempts recorded as
+/// failed) of a job allowed `max` attempts, from what running it came to.
 pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
     let ack = |outcome, settle| Decision {
         record: Record::Nothing,
@@ -147,6 +164,33 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
             broker: Broker::Defer(delay),
         },
         Ran::OutOfAttempts => exhausted(attempt, max, None, None),
+        Ran::TooManyDeliveries(n) => {
+            let message = format!(
+                "The job was delivered {n} times without an outcome (a worker stopped on it each time)."
+            );
+            Decision {
+                record: Record::Ended(
+                    JobStatus::Failed,
+                    JobError::new(ErrorCode::MaxAttemptsExceeded, message.clone()),
+                ),
+                settle: Settle::Zero,
+                broker: Broker::DeadLetter {
+                    reason: DeadLetterReason::MaxDeliveries,
+                    error: message,
+                },
+            }
+        }
+        Ran::TenantDisabled => Decision {
+            record: Record::Ended(
+                JobStatus::Failed,
+                JobError::new(
+                    ErrorCode::TenantDisabled,
+                    "The tenant was disabled before the job could run.",
+                ),
+            ),
+            settle: Settle::Zero,
+            broker: Broker::Ack(Outcome::Failed),
+        },
         // A job cancelled through ingest was emitted there.
         Ran::AlreadyEnded(JobStatus::Cancelled) => ack(Outcome::AlreadyDone, Settle::Recorded),
         Ran::AlreadyEnded(status) => Decision {
@@ -166,7 +210,8 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
             settle: Settle::Zero,
             broker: Broker::Ack(Outcome::Expired),
         },
-        Ran::Cancelled => ack(Outcome::Cancelled, Settle::Reservation),
+        Ran::Cancelled(Some(used)) => ack(Outcome::Cancelled, Settle::Used(used)),
+        Ran::Cancelled(None) => ack(Outcome::Cancelled, Settle::Reservation),
         Ran::Released => Decision {
             record: Record::Nothing,
             settle: Settle::Nothing,
@@ -177,6 +222,8 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
             settle: Settle::Nothing,
             broker: Broker::Ack(Outcome::Completed),
         },
+        // No call was made: delay the attempt, do not spend it.
+        Ran::Upstream(CallError::BudgetExhausted) => retry(RetryReason::RetryBudget, None),
         Ran::Upstream(e) => match e.class() {
             ErrorClass::Permanent => Decision {
                 record: Record::Ended(
@@ -192,7 +239,14 @@ pub fn decide(attempt: u64, max: u64, ran: Ran) -> Decision {
             ErrorClass::Retryable if attempt >= max => {
                 exhausted(attempt, max, Some(e.code()), e.retry_after())
             }
-            ErrorClass::Retryable => retry(RetryReason::UpstreamRetry, e.retry_after()),
+            ErrorClass::Retryable => Decision {
+                record: Record::AttemptFailed,
+                settle: Settle::Nothing,
+                broker: Broker::Retry {
+                    reason: RetryReason::UpstreamRetry,
+                    at_least: e.retry_after(),
+                },
+            },
         },
         // Infrastructure errors do not spend attempts.
         Ran::StoreUnavailable => wait(RetryReason::StoreUnavailable),
@@ -323,9 +377,23 @@ mod tests {
             (
                 1,
                 5,
-                Ran::Cancelled,
+                Ran::Cancelled(None),
                 Record::Nothing,
                 Settle::Reservation,
+                is(Broker::Ack(Outcome::Cancelled)),
+            ),
+            (
+                1,
+                5,
+                Ran::Cancelled(Some(Usage {
+                    prompt_tokens: 9,
+                    completion_tokens: 4,
+                })),
+                Record::Nothing,
+                Settle::Used(Usage {
+                    prompt_tokens: 9,
+                    completion_tokens: 4,
+                }),
                 is(Broker::Ack(Outcome::Cancelled)),
             ),
             (
@@ -364,7 +432,7 @@ mod tests {
                 1,
                 5,
                 status(503, None),
-                Record::Nothing,
+                Record::AttemptFailed,
                 Settle::Nothing,
                 is(retry(RetryReason::UpstreamRetry, None)),
             ),
@@ -372,7 +440,7 @@ mod tests {
                 4,
                 5,
                 status(429, Some(s(2))),
-                Record::Nothing,
+                Record::AttemptFailed,
                 Settle::Nothing,
                 is(retry(RetryReason::UpstreamRetry, Some(s(2)))),
             ),
@@ -429,13 +497,38 @@ mod tests {
                 Settle::Nothing,
                 is(Broker::Wait(RetryReason::WebhookEmit)),
             ),
+            // A budget refusal delays the attempt without spending it, even the last one.
             (
                 2,
                 5,
                 Ran::Upstream(CallError::BudgetExhausted),
                 Record::Nothing,
                 Settle::Nothing,
-                is(retry(RetryReason::UpstreamRetry, None)),
+                is(retry(RetryReason::RetryBudget, None)),
+            ),
+            (
+                5,
+                5,
+                Ran::Upstream(CallError::BudgetExhausted),
+                Record::Nothing,
+                Settle::Nothing,
+                is(retry(RetryReason::RetryBudget, None)),
+            ),
+            (
+                1,
+                5,
+                Ran::TooManyDeliveries(25),
+                failed(ErrorCode::MaxAttemptsExceeded),
+                Settle::Zero,
+                Box::new(dead(DeadLetterReason::MaxDeliveries)),
+            ),
+            (
+                1,
+                5,
+                Ran::TenantDisabled,
+                failed(ErrorCode::TenantDisabled),
+                Settle::Zero,
+                is(Broker::Ack(Outcome::Failed)),
             ),
         ];
         for (attempt, max, ran, record, settle, broker) in cases {

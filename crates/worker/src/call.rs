@@ -11,14 +11,19 @@ use sluice_providers::{CallKind, CallRequest};
 use sluice_store::now_ms;
 use tokio::time::Instant;
 
-use crate::{Shared, streamed::StreamError};
+use crate::{
+    Shared,
+    streamed::{Progress, StreamError},
+};
 
 /// The job's response body: the upstream's JSON, or for a streamed job the completion
-/// assembled from its chunks (which are recorded as job events as they arrive).
+/// assembled from its chunks (which are recorded as job events as they arrive, and counted
+/// in `progress` for a cancellation's settlement).
 pub async fn upstream(
     shared: &Shared,
     env: &JobEnvelope,
     attempt: u64,
+    progress: &Progress,
 ) -> Result<Bytes, StreamError> {
     let route = shared.pools.router().route(&env.model, &env.request).await;
     if let Some(d) = &route {
@@ -45,7 +50,7 @@ pub async fn upstream(
         deadline,
     };
     if env.stream && env.kind == JobKind::ChatCompletion {
-        return crate::streamed::run(shared, env, &req).await;
+        return crate::streamed::run(shared, env, &req, progress).await;
     }
     let answer = shared.pools.call(&req).await?;
     if answer.served.is_degraded() {

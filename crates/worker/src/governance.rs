@@ -9,14 +9,16 @@
 //! moves on past a flooding tenant's backlog to the other tenants' messages instead of
 //! waiting for its slots, and a large backlog comes back at about the rate its slots free
 //! rather than all the time (redeliveries go before new messages, so too short a delay
-//! would crowd out the other tenants again). Deferrals are counted in Redis and are not attempts (the consumer has no
-//! server-side delivery limit for that reason; the worker dead-letters after
-//! `worker.max_attempts` real attempts).
+//! would crowd out the other tenants again). Deferrals are counted in Redis and are not
+//! attempts (attempts are numbered from the failures recorded on the job, and the backstop
+//! on deliveries, [`crate::job::DELIVERIES_PER_ATTEMPT`], leaves deferrals out).
 //!
 //! Settlement (what to settle is decided in [`crate::attempt`]): a job that completed
 //! settles against the `usage` in its response (plain or streamed); a job cancelled while it
-//! ran is charged its reservation (tokens were generated, and may have been streamed); any
-//! other terminal outcome settles with zero usage, returning the reservation. Settling is exactly once per
+//! ran is charged what it used — the upstream's usage if a streamed chunk carried it, else
+//! the prompt estimate plus the tokens that streamed to the client, and its reservation for a
+//! plain call (tokens were generated, nobody knows how many); any other terminal outcome
+//! (the kill switch included) settles with zero usage, returning the reservation. Settling is exactly once per
 //! job id whatever the number of deliveries. A job whose envelope says admission reserved
 //! nothing (no budget or token limit applied) skips it.
 
@@ -38,10 +40,13 @@ pub enum Gate {
     Run { deferrals: u64 },
     /// Its tenant is at the in-flight cap: redeliver after `delay`.
     Defer { delay: Duration },
+    /// The store cannot be asked (the job could not start anyway: keep the message).
+    Unknown,
 }
 
-/// Takes an in-flight slot for the job. When Redis cannot be asked the job runs (the cap is
-/// a fairness device; limits and budgets were enforced at admission).
+/// Takes an in-flight slot for the job. When Redis cannot be asked the answer is
+/// [`Gate::Unknown`]: running the job would fail at recording its start, and its deferral
+/// count, which attempts are told apart from deferrals by, would be lost.
 pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
     let lease_ms = u64::try_from(shared.cfg.worker.in_flight_lease.as_millis()).unwrap_or(u64::MAX);
     match shared
@@ -57,8 +62,8 @@ pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
             }
         }
         Err(e) => {
-            tracing::warn!(job = %env.id, error = %e, "cannot check the tenant's in-flight cap; running the job");
-            Gate::Run { deferrals: 0 }
+            tracing::warn!(job = %env.id, error = %e, "cannot check the tenant's in-flight cap; holding the job");
+            Gate::Unknown
         }
     }
 }
@@ -70,6 +75,47 @@ pub fn defer_delay(job_ms: u64, waiting: u64, cap: u64) -> Duration {
     let rounds = waiting.div_ceil(cap.max(1)).max(1);
     let full = Duration::from_millis(job_ms.max(1).saturating_mul(rounds)).min(MAX_DEFER);
     full.mul_f64(1.0 - rand::random::<f64>() * 0.5)
+}
+
+/// How long a tenant's kill switch, once read, is trusted.
+const KILL_SWITCH_TTL: Duration = Duration::from_secs(1);
+/// Most tenants whose kill switch is remembered (the map is cleared when full).
+const KILL_SWITCH_CAP: usize = 10_000;
+
+/// The tenants' kill switches as last read, so the worker asks Redis at most once a second
+/// per tenant rather than once per job.
+#[derive(Default)]
+pub struct KillSwitches {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (tokio::time::Instant, bool)>>,
+}
+
+/// Whether `tenant`'s kill switch is on (the config's or the one set at run time); `Err`
+/// when the store cannot say.
+pub async fn disabled(shared: &Shared, tenant: &str) -> Result<bool, ()> {
+    let now = tokio::time::Instant::now();
+    let cached = shared.kill_switches.seen.lock().ok().and_then(|m| {
+        m.get(tenant)
+            .filter(|(at, _)| now.duration_since(*at) < KILL_SWITCH_TTL)
+            .map(|(_, on)| *on)
+    });
+    if let Some(on) = cached {
+        return Ok(on);
+    }
+    match shared.gov.is_disabled(tenant).await {
+        Ok(on) => {
+            if let Ok(mut m) = shared.kill_switches.seen.lock() {
+                if m.len() >= KILL_SWITCH_CAP {
+                    m.clear();
+                }
+                m.insert(tenant.to_string(), (now, on));
+            }
+            Ok(on)
+        }
+        Err(e) => {
+            tracing::warn!(tenant, error = %e, "cannot read the tenant's kill switch; retrying later");
+            Err(())
+        }
+    }
 }
 
 /// After the job's outcome is known: frees its in-flight slot.

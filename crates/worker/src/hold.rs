@@ -1,10 +1,12 @@
 //! Keeping a message through an infrastructure outage instead of spending its attempts.
 //!
-//! A NAK is a delivery, and deliveries are attempts: if every Redis error NAKed, a store
-//! outage of some seconds would end queued jobs `failed max_attempts_exceeded` without one
-//! upstream call. So when [`crate::attempt::decide`] says [`Broker::Wait`] (the store could
-//! not be written, webhooks could not be enqueued), the worker keeps the message: it waits with backoff, sending in-progress heartbeats so the
-//! broker does not redeliver it, and then tries the same step again. The hold is bounded
+//! Attempts are numbered from the failures recorded on the job, so a NAK for a store error
+//! spends none; but every NAK is a delivery (they bound a job through
+//! [`crate::job::DELIVERIES_PER_ATTEMPT`]), and a NAK storm through an outage only moves the
+//! work around. So when [`crate::attempt::decide`] says [`Broker::Wait`] (the store could not
+//! be read or written, webhooks could not be enqueued), the worker keeps the message: it
+//! waits with backoff, sending in-progress heartbeats so the broker does not redeliver it,
+//! and then tries the same step again. The hold is bounded
 //! ([`HOLD_LIMIT`]); past it, or when the worker stops, the message goes back to the broker.
 
 use std::time::Duration;

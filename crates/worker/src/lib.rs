@@ -67,6 +67,8 @@ pub struct Shared {
     pub running: Arc<cancel::Running>,
     /// What the dashboard is told ([`summary`]).
     pub summary: summary::Summary,
+    /// The tenants' kill switches as last read ([`governance::disabled`]).
+    pub kill_switches: governance::KillSwitches,
 }
 
 /// A running worker replica.
@@ -95,6 +97,7 @@ impl Worker {
             gov,
             running,
             summary: summary::Summary::new(),
+            kill_switches: Default::default(),
         });
         let worker = Worker {
             stop_fetching: CancellationToken::new(),

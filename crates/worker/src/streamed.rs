@@ -7,10 +7,11 @@
 //! OpenAI-compatible endpoint replays exactly what the upstream sent. A retried attempt
 //! streams again after its own `in_progress` event; readers start over at that event.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Mutex};
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use sluice_governance::{estimate::Usage, settle::usage_from_response};
 use sluice_protocol::JobEnvelope;
 use sluice_providers::{CallError, CallRequest, ChunkStream, ProviderError};
 use sluice_store::StoreError;
@@ -31,12 +32,56 @@ impl From<ProviderError> for StreamError {
     }
 }
 
+/// What a streamed call has forwarded so far: read when the job is cancelled mid-stream, to
+/// charge what reached the client rather than the whole reservation.
+#[derive(Default)]
+pub struct Progress {
+    inner: Mutex<Forwarded>,
+}
+
+#[derive(Default)]
+struct Forwarded {
+    /// Generated text (content and tool-call arguments) of the chunks recorded as events.
+    text: String,
+    chunks: u64,
+    /// The upstream's own usage, if a recorded chunk carried it.
+    usage: Option<Usage>,
+}
+
+impl Progress {
+    fn forwarded(&self, text: &str, chunks: u64, usage: Option<Usage>) {
+        if let Ok(mut f) = self.inner.lock() {
+            f.text.push_str(text);
+            f.chunks += chunks;
+            f.usage = usage.or(f.usage);
+        }
+    }
+
+    /// What a cancelled job used: the upstream's usage when a chunk carried it, else the
+    /// prompt estimate plus the tokens of the text that streamed; `None` when nothing
+    /// streamed (a plain call, or a stream cancelled before its first chunk).
+    pub fn used(&self, env: &JobEnvelope) -> Option<Usage> {
+        let f = self.inner.lock().ok()?;
+        if let Some(u) = f.usage {
+            return Some(u);
+        }
+        if f.chunks == 0 {
+            return None;
+        }
+        Some(Usage {
+            prompt_tokens: crate::governance::reserved_usage(env).prompt_tokens,
+            completion_tokens: sluice_governance::estimate::output_tokens(&env.model, &f.text),
+        })
+    }
+}
+
 /// Streams the call through the model pools (retried on other deployments until the first
 /// byte), forwarding chunk batches; returns the assembled completion.
 pub async fn run(
     shared: &Shared,
     env: &JobEnvelope,
     req: &CallRequest<'_>,
+    progress: &Progress,
 ) -> Result<Bytes, StreamError> {
     let answer = shared.pools.stream(req).await?;
     let mut chunks = ChunkStream::new(answer.stream);
@@ -51,7 +96,7 @@ pub async fn run(
             match tokio::time::timeout_at(last_flush + flush_every, chunks.next_chunk()).await {
                 Ok(r) => r,
                 Err(_) => {
-                    flush(shared, env, &mut batch).await?;
+                    flush(shared, env, &mut batch, &mut asm, progress).await?;
                     last_flush = tokio::time::Instant::now();
                     continue;
                 }
@@ -62,7 +107,7 @@ pub async fn run(
             Err(e) => {
                 // What the upstream sent before it failed is relayed, so readers see the
                 // stream as it went (then the failure).
-                flush(shared, env, &mut batch).await?;
+                flush(shared, env, &mut batch, &mut asm, progress).await?;
                 return Err(e.into());
             }
         };
@@ -70,22 +115,27 @@ pub async fn run(
         asm.add(&chunk);
         batch.push(chunk);
         if last_flush.elapsed() >= flush_every {
-            flush(shared, env, &mut batch).await?;
+            flush(shared, env, &mut batch, &mut asm, progress).await?;
             last_flush = tokio::time::Instant::now();
         }
     }
-    flush(shared, env, &mut batch).await?;
+    flush(shared, env, &mut batch, &mut asm, progress).await?;
     Ok(Bytes::from(asm.finish(&env.model).to_string()))
 }
 
+/// Records the batch as one event; then its chunks reached the client (as far as Sluice
+/// can tell), and `progress` counts them.
 async fn flush(
     shared: &Shared,
     env: &JobEnvelope,
     batch: &mut Vec<Bytes>,
+    asm: &mut Assembler,
+    progress: &Progress,
 ) -> Result<(), StoreError> {
     if batch.is_empty() {
         return Ok(());
     }
+    let chunks = batch.len() as u64;
     let mut event = Vec::with_capacity(batch.iter().map(Bytes::len).sum::<usize>() + 32);
     event.extend_from_slice(br#"{"type":"chunks","chunks":["#);
     for (i, c) in batch.drain(..).enumerate() {
@@ -100,6 +150,10 @@ async fn flush(
         .append_event(env.id, &String::from_utf8_lossy(&event))
         .await?;
     shared.queue.notify_job_event(env.id, "chunks").await;
+    let usage = asm.usage.as_ref().and_then(|u| {
+        usage_from_response(serde_json::json!({ "usage": u }).to_string().as_bytes())
+    });
+    progress.forwarded(&std::mem::take(&mut asm.pending), chunks, usage);
     Ok(())
 }
 
@@ -112,6 +166,8 @@ pub struct Assembler {
     model: Option<String>,
     choices: BTreeMap<u64, Choice>,
     usage: Option<Value>,
+    /// Generated text added since the last flush took it.
+    pending: String,
 }
 
 #[derive(Default)]
@@ -186,6 +242,7 @@ impl Assembler {
                 }
                 if let Some(t) = delta.get("content").and_then(Value::as_str) {
                     slot.content.push_str(t);
+                    self.pending.push_str(t);
                 }
                 for call in delta
                     .get("tool_calls")
@@ -195,6 +252,9 @@ impl Assembler {
                 {
                     let i = call.get("index").and_then(Value::as_u64).unwrap_or(0);
                     slot.tool_calls.entry(i).or_default().add(call);
+                    if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                        self.pending.push_str(a);
+                    }
                 }
             }
             if let Some(f) = ch.get("finish_reason").filter(|f| !f.is_null()) {
