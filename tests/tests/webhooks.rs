@@ -417,3 +417,43 @@ async fn a_store_outage_burns_no_webhook_delivery_and_exhausted_ones_are_replaya
     ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
+
+/// The per-tenant endpoint cap holds under parallel registrations: the count and the add are
+/// one step in Redis, so 40 concurrent registrations against a cap of 16 store exactly 16.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_registrations_cannot_pass_the_endpoint_cap() -> Result<()> {
+    let env = TestEnv::new();
+    let store = env.store()?;
+    let tenant = sluice_e2e::unique("capped-");
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (store, tenant) = (store.clone(), tenant.clone());
+            tokio::spawn(async move {
+                let ep = sluice_store::webhooks::Endpoint {
+                    id: format!("{tenant}-ep-{i}"),
+                    tenant,
+                    url: format!("https://example.com/hook/{i}"),
+                    events: vec!["job.completed".into()],
+                    secret: "whsec_test".into(),
+                    old_secret: None,
+                    disabled: false,
+                    created_at_ms: 1,
+                };
+                store.create_endpoint(&ep, 16).await
+            })
+        })
+        .collect();
+    let mut added = 0;
+    for t in tasks {
+        if t.await?? {
+            added += 1;
+        }
+    }
+    assert_eq!(added, 16, "registrations that reported success");
+    assert_eq!(
+        store.endpoints(&tenant).await?.len(),
+        16,
+        "endpoints stored"
+    );
+    Ok(())
+}

@@ -101,6 +101,7 @@ pub const SCRIPTS: &[&Lua] = &[
     &crate::jobs::FAILED_ATTEMPT,
     &crate::replay::REPLAY,
     &crate::replay::ROUTE,
+    &crate::webhooks::CREATE_ENDPOINT,
 ];
 
 /// Checks that each script opens with a contract naming its KEYS and ARGV, and that Redis

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, scripts::Lua};
 
 /// A registered endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,21 +64,19 @@ pub struct HookTargets {
     pub endpoints: Vec<String>,
 }
 
+/// Registering an endpoint within its tenant's cap (`lua/create_endpoint.lua`).
+pub(crate) static CREATE_ENDPOINT: Lua = Lua::new(
+    "create_endpoint",
+    include_str!("../lua/create_endpoint.lua"),
+);
+
 impl Store {
     /// Registers an endpoint; `false` when the tenant already has `max` endpoints.
     pub async fn create_endpoint(&self, ep: &Endpoint, max: usize) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let set = self.keys.tenant_hooks(&ep.tenant);
-        let n: usize = self
-            .timed(redis::cmd("SCARD").arg(&set).query_async(&mut conn))
-            .await?;
-        if n >= max {
-            return Ok(false);
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HSET")
-            .arg(self.keys.hook(&ep.id))
+        let mut call = CREATE_ENDPOINT.key(self.keys.tenant_hooks(&ep.tenant));
+        call.key(self.keys.hook(&ep.id))
+            .arg(max)
+            .arg(&ep.id)
             .arg("tenant")
             .arg(&ep.tenant)
             .arg("url")
@@ -90,14 +88,9 @@ impl Store {
             .arg("disabled")
             .arg(if ep.disabled { "1" } else { "0" })
             .arg("created_at")
-            .arg(ep.created_at_ms)
-            .ignore()
-            .cmd("SADD")
-            .arg(&set)
-            .arg(&ep.id)
-            .ignore();
-        self.timed(pipe.query_async::<()>(&mut conn)).await?;
-        Ok(true)
+            .arg(ep.created_at_ms);
+        let added: i64 = self.invoke(&call).await?;
+        Ok(added == 1)
     }
 
     pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
