@@ -132,15 +132,21 @@ pub fn completed(shared: &crate::Shared, env: &sluice_protocol::JobEnvelope, res
         metrics::counter!("sluice_tokens_total", "type" => kind, "model" => env.model.clone(), "tenant" => env.tenant.clone())
             .increment(n);
     }
-    let price = shared.cfg.governance.prices.get(&env.model);
-    let usd = price.map_or(0.0, |price| {
-        (input as f64 * price.prompt_per_mtok + output as f64 * price.completion_per_mtok) / 1e6
-    });
-    shared.summary.usage(&env.tenant, input, output, usd);
-    if price.is_some() {
-        // Counters are integers: cost accrues in micro-dollars.
+    // Priced as budgets settle it; counters are integers, so cost accrues in micro-dollars.
+    let micro_usd = sluice_governance::estimate::cost_micro_usd(
+        &shared.cfg.governance,
+        &env.model,
+        sluice_governance::estimate::Usage {
+            prompt_tokens: input,
+            completion_tokens: output,
+        },
+    );
+    shared
+        .summary
+        .usage(&env.tenant, input, output, micro_usd as f64 / 1e6);
+    if shared.cfg.governance.prices.contains_key(&env.model) {
         metrics::counter!("sluice_cost_microusd_total", "model" => env.model.clone(), "tenant" => env.tenant.clone())
-            .increment(usd.mul_add(1e6, 0.5) as u64);
+            .increment(micro_usd);
     }
 }
 
