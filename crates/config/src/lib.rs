@@ -32,7 +32,8 @@ pub use screening::{PolicyRef, ScreeningAction, ScreeningConfig, ScreeningPolicy
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
 pub use settings::{
-    DeliverySettings, HttpSettings, IngestSettings, ProviderSettings, WorkerRuntime, WorkerSettings,
+    DeliverySettings, HttpSettings, IngestSettings, NatsSettings, ProviderSettings, WorkerRuntime,
+    WorkerSettings,
 };
 pub use webhooks::WebhooksConfig;
 

@@ -6,7 +6,7 @@
 //! [`IngestSettings::new`] and [`WorkerSettings::new`] turn every duration it reads into a
 //! [`Duration`] (refusing one that is zero where it must not be, or absurdly long, with an
 //! error naming the field), resolve the secrets it needs from the environment, and keep the
-//! sections other crates take as they are (`nats`, `redis`, `governance`, …). A service is
+//! sections other crates take as they are (`redis`, `governance`, …). A service is
 //! given its settings, never the whole `Config`.
 
 use std::{collections::HashMap, time::Duration};
@@ -51,6 +51,40 @@ fn secret(field: &str, r: &SecretRef) -> Result<SecretString, ConfigError> {
             &format!("environment variable {} is not set", r.variable()),
         )
     })
+}
+
+/// `[nats]`: the broker connection and the bounds of the streams Sluice creates.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    pub namespace: String,
+    /// How long a publish waits for JetStream's acknowledgement.
+    pub publish_timeout: Duration,
+    /// Shortest interval between two doorbell rings of one class.
+    pub ring_gap: Duration,
+    pub max_queued_jobs: i64,
+    pub max_queue_bytes: i64,
+    pub replicas: usize,
+    pub duplicate_window: Duration,
+    pub dlq_max_age: Duration,
+    pub dlq_max_msgs: i64,
+}
+
+impl NatsSettings {
+    pub fn new(n: &NatsConfig) -> Result<NatsSettings, ConfigError> {
+        Ok(NatsSettings {
+            url: n.url.clone(),
+            namespace: n.namespace.clone(),
+            publish_timeout: millis("nats.publish_timeout_ms", n.publish_timeout_ms, true)?,
+            ring_gap: millis("nats.ring_gap_ms", n.ring_gap_ms, true)?,
+            max_queued_jobs: n.max_queued_jobs,
+            max_queue_bytes: n.max_queue_bytes,
+            replicas: n.replicas,
+            duplicate_window: secs("nats.duplicate_window_s", n.duplicate_window_s, true)?,
+            dlq_max_age: secs("nats.dlq_max_age_s", n.dlq_max_age_s, true)?,
+            dlq_max_msgs: n.dlq_max_msgs,
+        })
+    }
 }
 
 /// `[ingest]`: the HTTP front door's limits and timeouts.
@@ -129,7 +163,7 @@ pub struct IngestSettings {
     pub delivery: DeliverySettings,
     /// Every model a client may name, in `GET /v1/models` order ([`Config::model_ids`]).
     pub models: Vec<String>,
-    pub nats: NatsConfig,
+    pub nats: NatsSettings,
     pub redis: RedisConfig,
     pub tenants: Vec<TenantConfig>,
     pub governance: GovernanceConfig,
@@ -145,7 +179,7 @@ impl IngestSettings {
             ingest: HttpSettings::new(cfg)?,
             delivery: DeliverySettings::new(cfg)?,
             models: cfg.model_ids().into_iter().map(String::from).collect(),
-            nats: cfg.nats.clone(),
+            nats: NatsSettings::new(&cfg.nats)?,
             redis: cfg.redis.clone(),
             tenants: cfg.tenants.clone(),
             governance: cfg.governance.clone(),
@@ -249,7 +283,7 @@ pub struct WorkerSettings {
     pub worker: WorkerRuntime,
     pub delivery: DeliverySettings,
     pub providers: ProviderSettings,
-    pub nats: NatsConfig,
+    pub nats: NatsSettings,
     pub redis: RedisConfig,
     pub governance: GovernanceConfig,
     pub webhooks: WebhooksConfig,
@@ -262,7 +296,7 @@ impl WorkerSettings {
             worker: WorkerRuntime::new(cfg)?,
             delivery: DeliverySettings::new(cfg)?,
             providers: ProviderSettings::new(cfg)?,
-            nats: cfg.nats.clone(),
+            nats: NatsSettings::new(&cfg.nats)?,
             redis: cfg.redis.clone(),
             governance: cfg.governance.clone(),
             webhooks: cfg.webhooks.clone(),
@@ -352,6 +386,26 @@ mod tests {
                 "[worker]\nidle_poll_ms = 100",
                 |_, w| w.worker.idle_poll,
                 Duration::from_millis(100),
+            ),
+            (
+                "[nats]\npublish_timeout_ms = 750",
+                |i, _| i.nats.publish_timeout,
+                Duration::from_millis(750),
+            ),
+            (
+                "[nats]\nring_gap_ms = 5",
+                |_, w| w.nats.ring_gap,
+                Duration::from_millis(5),
+            ),
+            (
+                "[nats]\nduplicate_window_s = 30",
+                |_, w| w.nats.duplicate_window,
+                Duration::from_secs(30),
+            ),
+            (
+                "[nats]\ndlq_max_age_s = 3600",
+                |i, _| i.nats.dlq_max_age,
+                Duration::from_secs(3600),
             ),
             (
                 "[worker]\nack_wait_s = 10\n[upstream]\ntimeout_s = 20",

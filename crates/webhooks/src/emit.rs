@@ -5,8 +5,6 @@
 //! JetStream message id is `<event id>:<target>`, so a re-emission within the duplicate window
 //! is stored once; past it, the receiver still sees the same `webhook-id` and can dedupe.
 
-use std::time::Duration;
-
 use async_nats::{HeaderMap, jetstream::stream};
 use serde::{Deserialize, Serialize};
 use sluice_protocol::JobStatus;
@@ -130,12 +128,7 @@ async fn publish(queue: &Queue, d: &Delivery) -> Result<(), HookError> {
             ack.await
                 .map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))
         };
-        match tokio::time::timeout(
-            Duration::from_millis(queue.config().publish_timeout_ms),
-            sent,
-        )
-        .await
-        {
+        match tokio::time::timeout(queue.config().publish_timeout, sent).await {
             Ok(Ok(_)) => return Ok(()),
             // The stream may not exist yet (first use): create it once and try again.
             Ok(Err(_)) if !ensured => {
@@ -162,7 +155,7 @@ pub async fn ensure_stream(queue: &Queue) -> Result<(), HookError> {
             discard: stream::DiscardPolicy::New,
             max_messages: cfg.max_queued_jobs,
             max_bytes: cfg.max_queue_bytes.min(256 * 1024 * 1024),
-            duplicate_window: Duration::from_secs(cfg.duplicate_window_s),
+            duplicate_window: cfg.duplicate_window,
             num_replicas: cfg.replicas,
             ..Default::default()
         })
