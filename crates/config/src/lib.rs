@@ -13,6 +13,7 @@
 mod cache;
 mod catalog;
 mod delivery;
+pub mod duration;
 mod env;
 mod governance;
 mod models;

@@ -1,6 +1,6 @@
 //! The configuration sections and their defaults.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -178,8 +178,10 @@ pub struct UpstreamConfig {
     /// Base URL of an OpenAI-compatible API, up to and including `/v1`.
     pub base_url: String,
     pub api_key: Option<SecretRef>,
-    pub timeout_s: u64,
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "timeout_s", with = "crate::duration::secs")]
+    pub timeout: Duration,
+    #[serde(rename = "connect_timeout_ms", with = "crate::duration::millis")]
+    pub connect_timeout: Duration,
     pub pool_max_idle_per_host: usize,
 }
 
@@ -188,8 +190,8 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             base_url: "http://127.0.0.1:9100/v1".into(),
             api_key: None,
-            timeout_s: 120,
-            connect_timeout_ms: 2_000,
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_millis(2_000),
             pool_max_idle_per_host: 512,
         }
     }

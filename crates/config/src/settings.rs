@@ -212,7 +212,7 @@ impl WorkerRuntime {
     fn new(cfg: &Config) -> Result<WorkerRuntime, ConfigError> {
         let w = &cfg.worker;
         let ack_wait = secs("worker.ack_wait_s", w.ack_wait_s, true)?;
-        let upstream = secs("upstream.timeout_s", cfg.upstream.timeout_s, false)?;
+        let upstream = cfg.upstream.timeout;
         Ok(WorkerRuntime {
             concurrency: w.concurrency,
             ack_wait,
@@ -446,6 +446,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sync_wait_s"), "{e}");
+    }
+
+    #[test]
+    fn durations_read_from_the_file_are_durations_in_the_unit_of_their_name() {
+        let cfg = config(
+            "[upstream]\ntimeout_s = 9\nconnect_timeout_ms = 1500\n[models]\nretry_base_ms = 40\n\
+             retry_budget_window_s = 30\n[models.breaker]\nopen_s = 7\nwindow_s = 20\n\
+             [models.routing]\nclassifier_timeout_ms = 250\n",
+        );
+        assert_eq!(cfg.upstream.timeout, Duration::from_secs(9));
+        assert_eq!(cfg.upstream.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.models.retry_base, Duration::from_millis(40));
+        assert_eq!(cfg.models.retry_budget_window, Duration::from_secs(30));
+        assert_eq!(cfg.models.breaker.open_for, Duration::from_secs(7));
+        assert_eq!(cfg.models.breaker.window, Duration::from_secs(20));
+        assert_eq!(
+            cfg.models.routing.classifier_timeout,
+            Duration::from_millis(250)
+        );
+        let e = Config::from_toml_with_env("[models.breaker]\nopen_s = 400000000", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("open_s") && e.contains("ten years"), "{e}");
     }
 
     #[test]
