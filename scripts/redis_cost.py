@@ -9,8 +9,9 @@
       FILE is `redis-cli --json SLOWLOG GET n` of a run at threshold 0: every top-level call
       (a script call, or a plain command) grouped by script name (the SHA-1 of one of the LUA
       files; a script with a generated prelude shows its SHA-1) or by command and key shape,
-      with calls and µs per job. Durations are execution only, not reading or writing the
-      socket (that is the rest of INFO cpu).
+      with calls and µs per job; then the commands the scripts ran (logged as well, with no
+      client address). Durations are execution only, not reading or writing the socket
+      (that is the rest of INFO cpu).
 """
 
 import hashlib
@@ -39,7 +40,7 @@ def commandstats(path, jobs):
 SHAPES = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<job>"),
     (re.compile(r"[0-9a-f]{16,}"), "<hex>"),
-    (re.compile(r"\d{6,}"), "<n>"),
+    (re.compile(r"\d+"), "<n>"),
 ]
 
 
@@ -53,7 +54,7 @@ def slowlog(path, jobs, lua_files):
     names = {}
     for f in lua_files:
         names[hashlib.sha1(Path(f).read_bytes()).hexdigest()] = Path(f).stem
-    groups = {}
+    top, inner = {}, {}
     for entry in json.loads(Path(path).read_text() or "[]"):
         usec, args = int(entry[2]), entry[3]
         if not args:
@@ -68,19 +69,27 @@ def slowlog(path, jobs, lua_files):
             label = f"script {name} ({first}, {args[2]} keys)"
         else:
             label = f"{cmd} {shape(args[1]) if len(args) > 1 else ''}".strip()
+        # A command a script ran is logged too, with no client address.
+        groups = inner if len(entry) > 4 and entry[4] == "?:0" else top
         calls, total = groups.get(label, (0, 0))
         groups[label] = (calls + 1, total + usec)
-    rows = sorted(groups.items(), key=lambda kv: -kv[1][1])
     print(f"Redis calls per job, SLOWLOG at threshold 0 ({jobs} jobs; execution time only):")
+    table(top, jobs, "all calls")
+    if inner:
+        print("  of which run inside the scripts above:")
+        table(inner, jobs, "all commands in scripts")
+
+
+def table(groups, jobs, total_label):
     print(f"  {'call':<62} {'calls/job':>9} {'µs/job':>8} {'µs/call':>8}")
     all_calls = all_usec = 0
-    for label, (calls, usec) in rows:
+    for label, (calls, usec) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
         all_calls += calls
         all_usec += usec
         if calls / jobs < 0.01:
             continue
         print(f"  {label[:62]:<62} {calls / jobs:>9.2f} {usec / jobs:>8.1f} {usec / calls:>8.2f}")
-    print(f"  {'all':<62} {all_calls / jobs:>9.2f} {all_usec / jobs:>8.1f}")
+    print(f"  {total_label:<62} {all_calls / jobs:>9.2f} {all_usec / jobs:>8.1f}")
 
 
 def main():

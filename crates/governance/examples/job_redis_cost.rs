@@ -82,7 +82,9 @@ async fn take_stats(store: &Store) -> (u64, u64) {
             },
             _ => String::new(),
         };
-        if command == "slowlog" {
+        // A command run by a script is logged as well, with no client address.
+        let inner = matches!(fields.get(4), Some(redis::Value::BulkString(a)) if a == b"?:0");
+        if command == "slowlog" || inner {
             continue;
         }
         if let Some(redis::Value::Int(d)) = fields.get(2) {
