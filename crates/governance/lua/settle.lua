@@ -25,18 +25,17 @@ for _, b in ipairs({r[3], r[4]}) do
     if dc ~= 0 then redis.call('HINCRBY', b, 'cost', dc) end
   end
 end
+-- A token limit's arrival time moves by the difference; one that falls behind now (or a
+-- hash that had expired, which the increment creates anew) is dropped: no state is the
+-- same as an arrival time in the past.
 if dt ~= 0 then
   for i = 5, #r do
     local key, T = r[i][1], r[i][2]
-    local tat = tonumber(redis.call('HGET', key, 't') or '0')
-    if tat > 0 then
-      local new = tat + dt * T
-      if new > now then
-        redis.call('HSET', key, 't', string.format('%.3f', new))
-        if dt > 0 then redis.call('PEXPIRE', key, math.ceil(new - now) + 1000, 'GT') end
-      else
-        redis.call('HDEL', key, 't')
-      end
+    local new = tonumber(redis.call('HINCRBYFLOAT', key, 't', dt * T))
+    if new <= now then
+      redis.call('HDEL', key, 't')
+    elseif dt > 0 then
+      redis.call('PEXPIRE', key, math.ceil(new - now) + 1000, 'GT')
     end
   end
 end

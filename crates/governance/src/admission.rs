@@ -9,10 +9,11 @@
 //! other's effect: the limit holds exactly, and fifty concurrent first requests cannot
 //! overrun a budget.
 //!
-//! What it costs Redis: one call, and within it one read and one write (plus its expiry)
-//! per dimension — a dimension's request and token limits share one hash — one read and
-//! at most three writes per budget, two commands for the loop counter and one `SET` for the
-//! reservation. Only the limits, budgets and checks the configuration turns on are passed.
+//! What it costs Redis: one call, and within it one `HMGET` and one `HSET` per dimension
+//! (a dimension's request and token limits share one hash, whose expiry moves about once a
+//! window), two `HINCRBY` per budget (added to, then taken back if that overruns it), one
+//! `SET NX` for a new prompt's loop counter and one `SET` for the reservation. Only the
+//! limits, budgets and checks the configuration turns on are passed.
 //!
 //! Every key is the tenant's (its hash tag) except the global limit's, the one cross-tenant
 //! key. Against a Redis Cluster it lives on another shard than the tenant's keys, so a
