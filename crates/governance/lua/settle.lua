@@ -1,31 +1,41 @@
 -- Settlement of a job's reservation against its actual usage, exactly once: takes and
 -- deletes the reservation, adds the difference to the budgets it reserved in, and moves each
--- token limit's arrival time by the difference.
--- KEYS[1] the job's reservation (hash: tokens, cost, budget, kbudget, rl).
--- ARGV[1] actual tokens, ARGV[2] actual cost (micro-USD), ARGV[3] now (ms).
+-- token limit's arrival time by the difference; and, in the same call, frees the job's
+-- in-flight slot when its tenant has a cap.
+-- KEYS[1] the job's reservation (string, JSON written by admit.lua: [tokens, cost, budget
+--   key or '', key budget key or '', [GCRA key, T]...]; the keys it names are the same
+--   tenant's, so they share its hash tag and shard), KEYS[2] in-flight leases (sorted set),
+--   KEYS[3] deferrals (hash) — these two only read when ARGV[5] is '1'.
+-- ARGV[1] actual tokens, ARGV[2] actual cost (micro-USD), ARGV[3] now (ms), ARGV[4] job id,
+-- ARGV[5] '1' to free the job's in-flight slot.
 -- Returns 1 settled, 0 nothing to settle (already settled or never reserved).
-local r = redis.call('HGETALL', KEYS[1])
-if #r == 0 then return 0 end
-local h = {}
-for i = 1, #r, 2 do h[r[i]] = r[i + 1] end
-redis.call('DEL', KEYS[1])
+if ARGV[5] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('HDEL', KEYS[3], ARGV[4])
+end
+local raw = redis.call('GETDEL', KEYS[1])
+if not raw then return 0 end
+local r = cjson.decode(raw)
 local now = tonumber(ARGV[3])
-local dt = tonumber(ARGV[1]) - tonumber(h.tokens)
-local dc = tonumber(ARGV[2]) - tonumber(h.cost)
-for _, b in ipairs({h.budget or '', h.kbudget or ''}) do
-  if b ~= '' and redis.call('EXISTS', b) == 1 then
-    redis.call('HINCRBY', b, 'tokens', dt)
-    redis.call('HINCRBY', b, 'cost', dc)
+local dt = tonumber(ARGV[1]) - r[1]
+local dc = tonumber(ARGV[2]) - r[2]
+for _, b in ipairs({r[3], r[4]}) do
+  if b ~= '' and (dt ~= 0 or dc ~= 0) and redis.call('EXISTS', b) == 1 then
+    if dt ~= 0 then redis.call('HINCRBY', b, 'tokens', dt) end
+    if dc ~= 0 then redis.call('HINCRBY', b, 'cost', dc) end
   end
 end
-for _, e in ipairs(cjson.decode(h.rl)) do
-  local tat = tonumber(redis.call('GET', e[1]) or '0')
-  if tat > 0 then
-    local new = tat + dt * e[2]
-    if new > now then
-      redis.call('SET', e[1], tostring(new), 'PX', math.ceil(new - now) + 1000)
-    else
-      redis.call('DEL', e[1])
+-- A token limit's arrival time moves by the difference; one that falls behind now (or a
+-- hash that had expired, which the increment creates anew) is dropped: no state is the
+-- same as an arrival time in the past.
+if dt ~= 0 then
+  for i = 5, #r do
+    local key, T = r[i][1], r[i][2]
+    local new = tonumber(redis.call('HINCRBYFLOAT', key, 't', dt * T))
+    if new <= now then
+      redis.call('HDEL', key, 't')
+    elseif dt > 0 then
+      redis.call('PEXPIRE', key, math.ceil(new - now) + 1000, 'GT')
     end
   end
 end

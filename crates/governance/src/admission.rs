@@ -4,9 +4,22 @@
 //! for loop detection, evaluates every configured rate limit with GCRA (requests cost 1,
 //! token limits cost the estimate), the tenant's budgets and the API key's own budget (if
 //! the tenant configures one for it) — and only when everything passes does it commit the
-//! new arrival times, add the estimate to the budgets and store the job's reservation. Redis runs a script atomically, so two replicas admitting at the same
-//! instant see each other's effect: the limit holds exactly, and fifty concurrent first
-//! requests cannot overrun a budget.
+//! new arrival times, add the estimate to the budgets and store the job's reservation.
+//! Redis runs a script atomically, so two replicas admitting at the same instant see each
+//! other's effect: the limit holds exactly, and fifty concurrent first requests cannot
+//! overrun a budget.
+//!
+//! What it costs Redis: one call, and within it one `HMGET` and one `HSET` per dimension
+//! (a dimension's request and token limits share one hash, whose expiry moves about once a
+//! window), two `HINCRBY` per budget (added to, then taken back if that overruns it), one
+//! `SET NX` for a new prompt's loop counter and one `SET` for the reservation. Only the
+//! limits, budgets and checks the configuration turns on are passed.
+//!
+//! Every key is the tenant's (its hash tag) except the global limit's, the one cross-tenant
+//! key. Against a Redis Cluster it lives on another shard than the tenant's keys, so a
+//! global limit there needs a call of its own (the same GCRA on `gcra:global` alone, before
+//! the tenant's call, refunded if that refuses); the dimension list is built so it can be
+//! split off.
 //!
 //! GCRA: a limit of `L` per window `W` spaces arrivals `T = W / L` apart and tolerates
 //! `tau = burst * W` of accumulated credit; an arrival of cost `c` is allowed when
@@ -116,12 +129,27 @@ impl Refusal {
     }
 }
 
-struct RateArg {
+/// One rate-limit dimension as the script takes it: its GCRA hash and its request and token
+/// limits (either may be off).
+struct DimArg {
     key: String,
+    requests: Option<Gcra>,
+    tokens: Option<Gcra>,
+}
+
+/// One limit: `T` (ms per unit) and `tau` (ms of tolerated credit).
+#[derive(Clone, Copy)]
+struct Gcra {
     policy: Policy,
     t_ms: f64,
     tau_ms: f64,
-    cost: u64,
+}
+
+impl DimArg {
+    /// The dimension's limits, requests first (the order the script numbers them in).
+    fn limits(&self) -> impl Iterator<Item = &Gcra> {
+        self.requests.iter().chain(self.tokens.iter())
+    }
 }
 
 impl Governor {
@@ -137,7 +165,7 @@ impl Governor {
         if policy.is_some_and(|p| p.disabled) {
             return Ok(Err(Refusal::Disabled));
         }
-        let rates = self.rate_args(cfg, a);
+        let dims = self.dim_args(cfg, a);
         let (budget_tokens, budget_cost, period_name, reset_ms) = match policy {
             Some(p) if p.budget.tokens > 0 || p.budget.cost_usd > 0.0 => {
                 let (name, left) = period::current(p.budget.period, now_ms);
@@ -162,9 +190,9 @@ impl Governor {
             None => (0, 0, "none".to_string(), 0),
         };
         let est_cost = crate::estimate::cost_micro_usd(cfg, a.model, a.estimate);
-        let reserve = self.reserves_with(a, &rates);
+        let reserve = self.reserves_with(a, &dims);
         let chain = a.chain.unwrap_or("-");
-        if rates.is_empty() && !reserve && cfg.loop_max_per_minute == 0 {
+        if dims.is_empty() && !reserve && cfg.loop_max_per_minute == 0 {
             // Nothing to count or reserve: only the tenant's kill switch applies, which a
             // plain read answers without running the script.
             return self.admit_unlimited(a, est_cost).await;
@@ -173,10 +201,10 @@ impl Governor {
         let mut inv = ADMIT.key(self.keys().tenant(a.tenant));
         inv.key(self.keys().loop_counter(a.tenant, chain, a.prompt_hash))
             .key(self.keys().budget(a.tenant, &period_name))
-            .key(self.keys().reservation(a.job))
+            .key(self.keys().reservation(a.tenant, a.job))
             .key(self.keys().key_budget(a.tenant, a.key_id, &key_period));
-        for r in &rates {
-            inv.key(&r.key);
+        for d in &dims {
+            inv.key(&d.key);
         }
         inv.arg(now_ms)
             .arg(cfg.loop_max_per_minute)
@@ -187,25 +215,31 @@ impl Governor {
             .arg(RESERVATION_TTL_S)
             .arg(reset_ms / 1000 + 3600)
             .arg(if reserve { "1" } else { "0" })
-            .arg(rates.len());
-        for r in &rates {
-            inv.arg(r.t_ms)
-                .arg(r.tau_ms)
-                .arg(r.cost)
-                .arg(if r.policy.tokens { "1" } else { "0" });
-        }
-        inv.arg(key_tokens)
+            .arg(key_tokens)
             .arg(key_cost)
-            .arg(key_reset_ms / 1000 + 3600);
+            .arg(key_reset_ms / 1000 + 3600)
+            .arg(dims.len());
+        for d in &dims {
+            for limit in [d.requests, d.tokens] {
+                match limit {
+                    Some(g) => inv.arg(g.t_ms).arg(g.tau_ms),
+                    None => inv.arg(0).arg(0),
+                };
+            }
+        }
         let reply: Vec<i64> = self.store().invoke(&inv).await?;
         let [code, idx, ms, rem, used, used_cost] = <[i64; 6]>::try_from(reply).map_err(|r| {
             GovernanceError::Protocol(format!("admission returned {} values", r.len()))
         })?;
+        // Limit i is field (i - 1) % 2 (requests, tokens) of dimension (i - 1) / 2.
         let policy_at = |i: i64| {
             usize::try_from(i - 1)
                 .ok()
-                .and_then(|i| rates.get(i))
-                .map(|r| r.policy)
+                .and_then(|i| {
+                    let d = dims.get(i / 2)?;
+                    if i % 2 == 0 { d.requests } else { d.tokens }
+                })
+                .map(|g| g.policy)
                 .ok_or_else(|| GovernanceError::Protocol(format!("admission named limit {i}")))
         };
         let ms = ms.max(0) as u64;
@@ -294,9 +328,10 @@ impl Governor {
         let policy = cfg.tenant_policy(a.tenant);
         let budget = |b: &sluice_config::Budget| b.tokens > 0 || b.cost_usd > 0.0;
         let mut out: Vec<String> = self
-            .rate_args(cfg, a)
+            .dim_args(cfg, a)
             .iter()
-            .map(|r| r.policy.name())
+            .flat_map(DimArg::limits)
+            .map(|g| g.policy.name())
             .collect();
         if policy.is_some_and(|p| budget(&p.budget)) {
             out.push("tenant-budget".into());
@@ -323,70 +358,63 @@ impl Governor {
     /// or a token rate limit applies to it. Only then does its token estimate matter, so a
     /// caller may leave [`Admission::estimate`] at zero otherwise and skip counting.
     pub fn reserves(&self, a: &Admission<'_>) -> bool {
-        self.reserves_with(a, &self.rate_args(self.config(), a))
+        self.reserves_with(a, &self.dim_args(self.config(), a))
     }
 
     /// [`Governor::reserves`] with `a`'s rate limits already worked out.
-    fn reserves_with(&self, a: &Admission<'_>, rates: &[RateArg]) -> bool {
+    fn reserves_with(&self, a: &Admission<'_>, dims: &[DimArg]) -> bool {
         let policy = self.config().tenant_policy(a.tenant);
         let budget = |b: &sluice_config::Budget| b.tokens > 0 || b.cost_usd > 0.0;
         policy.is_some_and(|p| budget(&p.budget))
             || policy
                 .and_then(|p| p.key_budgets.get(a.key_id))
                 .is_some_and(budget)
-            || rates.iter().any(|r| r.policy.tokens)
+            || dims.iter().any(|d| d.tokens.is_some())
     }
 
-    fn rate_args(&self, cfg: &GovernanceConfig, a: &Admission<'_>) -> Vec<RateArg> {
+    /// The dimensions with at least one limit for `a`, each with its GCRA hash.
+    fn dim_args(&self, cfg: &GovernanceConfig, a: &Admission<'_>) -> Vec<DimArg> {
         let tenant_limit = cfg
             .tenant_policy(a.tenant)
             .and_then(|p| p.limits)
             .unwrap_or(cfg.tenant);
         let model_limit = cfg.models.get(a.model).copied().unwrap_or(cfg.model);
-        let mut dims: Vec<(Dimension, Limit, String)> = vec![
-            (Dimension::Global, cfg.global, "all".into()),
-            (Dimension::Tenant, tenant_limit, a.tenant.into()),
-            (
-                Dimension::Key,
-                cfg.key,
-                format!("{}:{}", a.tenant, a.key_id),
-            ),
-            (
-                Dimension::Model,
-                model_limit,
-                format!("{}:{}", a.tenant, a.model),
-            ),
+        let keys = self.keys();
+        let mut dims: Vec<(Dimension, Limit, Option<&str>)> = vec![
+            (Dimension::Global, cfg.global, None),
+            (Dimension::Tenant, tenant_limit, None),
+            (Dimension::Key, cfg.key, Some(a.key_id)),
+            (Dimension::Model, model_limit, Some(a.model)),
         ];
         if let Some(agent) = a.agent {
-            dims.push((Dimension::Agent, cfg.agent, format!("{}:{agent}", a.tenant)));
+            dims.push((Dimension::Agent, cfg.agent, Some(agent)));
         }
         if let Some(chain) = a.chain {
-            dims.push((Dimension::Chain, cfg.chain, format!("{}:{chain}", a.tenant)));
+            dims.push((Dimension::Chain, cfg.chain, Some(chain)));
         }
         let window_ms = (cfg.window_s * 1000) as f64;
-        let mut out = Vec::with_capacity(dims.len() * 2);
-        for (dim, limit, subject) in dims {
-            for (tokens, per_window, cost) in [
-                (false, limit.requests, 1),
-                (true, limit.tokens, a.estimate.total()),
-            ] {
-                if per_window == 0 {
-                    continue;
-                }
-                out.push(RateArg {
-                    key: self.keys().rate(dim.as_str(), &subject, tokens),
-                    policy: Policy {
-                        dimension: dim,
-                        tokens,
-                        limit: per_window,
-                        window_s: cfg.window_s,
-                    },
-                    t_ms: window_ms / per_window as f64,
-                    tau_ms: limit.burst * window_ms,
-                    cost,
-                });
-            }
-        }
-        out
+        let gcra = |dimension, tokens, per_window: u64, burst: f64| {
+            (per_window > 0).then(|| Gcra {
+                policy: Policy {
+                    dimension,
+                    tokens,
+                    limit: per_window,
+                    window_s: cfg.window_s,
+                },
+                t_ms: window_ms / per_window as f64,
+                tau_ms: burst * window_ms,
+            })
+        };
+        dims.into_iter()
+            .filter(|(_, limit, _)| limit.requests > 0 || limit.tokens > 0)
+            .map(|(dim, limit, subject)| DimArg {
+                key: match dim {
+                    Dimension::Global => keys.gcra_global(),
+                    _ => keys.gcra(a.tenant, dim.as_str(), subject),
+                },
+                requests: gcra(dim, false, limit.requests, limit.burst),
+                tokens: gcra(dim, true, limit.tokens, limit.burst),
+            })
+            .collect()
     }
 }

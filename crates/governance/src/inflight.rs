@@ -1,8 +1,12 @@
 //! The per-tenant cap on jobs running at once, across every worker replica.
 //!
-//! Each running job holds a lease in `{p}inflight:{tenant}` (job id → expiry). Acquiring
-//! drops expired leases (a worker that died), then admits the job if the tenant holds fewer
-//! than its cap; the same job acquiring again (a redelivery) just renews its lease. A worker
+//! Each running job holds a lease in the tenant's sorted set of leases (job id scored by its
+//! expiry). Acquiring drops expired leases (a worker that died), then admits the job if the
+//! tenant holds fewer than its cap; the same job acquiring again (a redelivery) just renews
+//! its lease. Both are O(log n) in the leases held, so a tenant running thousands of jobs
+//! costs Redis no more per acquire than one running ten. The job's end frees the slot in
+//! its settlement's call ([`Governor::settle_and_release`]), or with
+//! [`Governor::release_in_flight`] when there is nothing to settle. A worker
 //! that cannot acquire defers the job (see `sluice_worker::governance`), which lets the other
 //! tenants' messages through. Deferrals are counted per job (`{p}deferred:{tenant}`), so the
 //! worker can tell them from failed attempts and back off the deferral delay.
@@ -54,7 +58,7 @@ impl Governor {
         if cap == 0 {
             return Ok(Slot::Acquired { deferrals: 0 });
         }
-        let mut inv = ACQUIRE.key(self.keys().inflight(tenant));
+        let mut inv = ACQUIRE.key(self.keys().leases(tenant));
         inv.key(self.keys().deferred(tenant))
             .arg(job.to_string())
             .arg(cap)
@@ -79,7 +83,7 @@ impl Governor {
         let store = self.store();
         let mut conn = store.conn().await?;
         let mut pipe = redis::pipe();
-        pipe.hdel(self.keys().inflight(tenant), job.to_string())
+        pipe.zrem(self.keys().leases(tenant), job.to_string())
             .hdel(self.keys().deferred(tenant), job.to_string());
         let _: redis::Value = store.timed(pipe.query_async(&mut conn)).await?;
         Ok(())

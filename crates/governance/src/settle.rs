@@ -5,7 +5,8 @@
 //! `actual - reserved` to the budget counters (the tenant's and the key's) and moves each token limit's arrival time by
 //! the same difference. A job whose reservation is already gone — a redelivered message, a
 //! second worker — changes nothing, so each job settles exactly once. A failed job settles
-//! with zero usage, returning its reservation.
+//! with zero usage, returning its reservation. A worker's settlement also frees the job's
+//! in-flight slot in the same call ([`Governor::settle_and_release`]).
 //!
 //! Usage is read from the upstream response: the `usage` object of a plain response, or of
 //! the last chunk of a streamed one (ingest asks for it with `stream_options.include_usage`),
@@ -20,18 +21,53 @@ use crate::{GovernanceError, Governor, estimate::Usage};
 pub(crate) static SETTLE: Lua = Lua::new("settle", include_str!("../lua/settle.lua"));
 
 impl Governor {
-    /// Settles job `job` of `model` against `usage`. `Ok(true)` if this call settled it,
-    /// `Ok(false)` if it was already settled (or never reserved).
+    /// Settles job `job` of `tenant` and `model` against `usage`. `Ok(true)` if this call
+    /// settled it, `Ok(false)` if it was already settled (or never reserved).
     pub async fn settle(
         &self,
+        tenant: &str,
         job: Uuid,
         model: &str,
         usage: Usage,
         now_ms: u64,
     ) -> Result<bool, GovernanceError> {
+        self.settle_with(tenant, job, model, usage, now_ms, false)
+            .await
+    }
+
+    /// [`Governor::settle`] at the end of a job that held an in-flight slot: the same call
+    /// frees the slot (when the tenant has a cap), so a worker's settlement is one round trip.
+    pub async fn settle_and_release(
+        &self,
+        tenant: &str,
+        job: Uuid,
+        model: &str,
+        usage: Usage,
+        now_ms: u64,
+    ) -> Result<bool, GovernanceError> {
+        let release = self.in_flight_cap(tenant) > 0;
+        self.settle_with(tenant, job, model, usage, now_ms, release)
+            .await
+    }
+
+    async fn settle_with(
+        &self,
+        tenant: &str,
+        job: Uuid,
+        model: &str,
+        usage: Usage,
+        now_ms: u64,
+        release: bool,
+    ) -> Result<bool, GovernanceError> {
         let cost = crate::estimate::cost_micro_usd(self.config(), model, usage);
-        let mut inv = SETTLE.key(self.keys().reservation(job));
-        inv.arg(usage.total()).arg(cost).arg(now_ms);
+        let mut inv = SETTLE.key(self.keys().reservation(tenant, job));
+        inv.key(self.keys().leases(tenant))
+            .key(self.keys().deferred(tenant))
+            .arg(usage.total())
+            .arg(cost)
+            .arg(now_ms)
+            .arg(job.to_string())
+            .arg(if release { "1" } else { "0" });
         let settled: i64 = self.store().invoke(&inv).await?;
         if settled == 1 {
             metrics::counter!("sluice_governance_settled_tokens_total").increment(usage.total());

@@ -132,6 +132,7 @@ async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exa
     for job in &admitted {
         assert!(
             a.settle(
+                "acme",
                 *job,
                 "m",
                 Usage {
@@ -145,6 +146,7 @@ async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exa
         );
         assert!(
             !b.settle(
+                "acme",
                 *job,
                 "m",
                 Usage {
@@ -190,6 +192,7 @@ async fn token_limits_settle_to_actual_usage() {
     // It used 100 of the 900 reserved: 900 tokens of room come back at once.
     assert!(
         a.settle(
+            "acme",
             first,
             "m",
             Usage {
@@ -375,12 +378,12 @@ async fn a_key_budget_bounds_one_key_and_settles_like_the_tenants() {
     assert!(a.admit(&other_key, NOW).await.unwrap().is_ok());
     // A job that used nothing gives its 100 tokens back, once.
     assert!(
-        a.settle(k1_jobs[0], "m", Usage::default(), NOW)
+        a.settle("acme", k1_jobs[0], "m", Usage::default(), NOW)
             .await
             .unwrap()
     );
     assert!(
-        !b.settle(k1_jobs[0], "m", Usage::default(), NOW)
+        !b.settle("acme", k1_jobs[0], "m", Usage::default(), NOW)
             .await
             .unwrap()
     );
@@ -409,7 +412,9 @@ async fn an_unlimited_tenant_reserves_nothing_and_its_kill_switch_holds() {
     assert!(!d.reserved);
     assert_eq!(d.quota, None);
     assert!(
-        !a.settle(job, "m", Usage::default(), NOW).await.unwrap(),
+        !a.settle("acme", job, "m", Usage::default(), NOW)
+            .await
+            .unwrap(),
         "there is no reservation to settle"
     );
     a.put_tenant("acme", true, NOW).await.unwrap();
@@ -424,7 +429,11 @@ async fn an_unlimited_tenant_reserves_nothing_and_its_kill_switch_holds() {
     let job = Uuid::now_v7();
     let d = b.admit(&req(job, 10), NOW).await.unwrap().unwrap();
     assert!(d.reserved);
-    assert!(b.settle(job, "m", Usage::default(), NOW).await.unwrap());
+    assert!(
+        b.settle("acme", job, "m", Usage::default(), NOW)
+            .await
+            .unwrap()
+    );
 }
 
 /// Whether a request's token estimate matters: only budgets and token limits reserve it.
@@ -470,4 +479,96 @@ async fn every_script_states_its_contract_and_compiles() {
     sluice_store::scripts::check(&store, sluice_governance::SCRIPTS)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_workers_settlement_frees_the_slot_once_and_settles_once() {
+    let mut cfg = GovernanceConfig::default();
+    cfg.max_in_flight_per_tenant = 1;
+    cfg.tenants.insert(
+        "acme".into(),
+        TenantPolicy {
+            max_in_flight: 1,
+            ..day_budget(300)
+        },
+    );
+    let (a, b) = replicas(&cfg);
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    assert!(a.admit(&req(first, 200), NOW).await.unwrap().is_ok());
+    assert_eq!(
+        a.acquire_in_flight("acme", first, 60_000, NOW)
+            .await
+            .unwrap(),
+        Slot::Acquired { deferrals: 0 }
+    );
+    assert!(matches!(
+        b.acquire_in_flight("acme", second, 60_000, NOW)
+            .await
+            .unwrap(),
+        Slot::Full { .. }
+    ));
+    let used = Usage {
+        prompt_tokens: 50,
+        completion_tokens: 50,
+    };
+    // One call settles the job and frees its slot; a redelivery's settles nothing again.
+    assert!(
+        a.settle_and_release("acme", first, "m", used, NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.settle_and_release("acme", first, "m", used, NOW)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        b.acquire_in_flight("acme", second, 60_000, NOW)
+            .await
+            .unwrap(),
+        Slot::Acquired { deferrals: 1 }
+    );
+    // 100 of 300 used: exactly 200 more fit.
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 200), NOW)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(matches!(
+        a.admit(&req(Uuid::now_v7(), 1), NOW).await.unwrap(),
+        Err(Refusal::BudgetExhausted { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_leases_count_exactly_and_expire() {
+    const CAP: u64 = 1_000;
+    let mut cfg = GovernanceConfig::default();
+    cfg.max_in_flight_per_tenant = CAP;
+    let (a, b) = replicas(&cfg);
+    let acquire_all = |now: u64| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..CAP + 10 {
+                let g = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tasks.spawn(async move {
+                    g.acquire_in_flight("acme", Uuid::now_v7(), 10_000, now)
+                        .await
+                        .unwrap()
+                });
+            }
+            let mut acquired = 0;
+            while let Some(slot) = tasks.join_next().await {
+                if matches!(slot.unwrap(), Slot::Acquired { .. }) {
+                    acquired += 1;
+                }
+            }
+            acquired
+        }
+    };
+    assert_eq!(acquire_all(NOW).await, CAP, "two replicas, one cap");
+    // Every lease expired (their workers died): the cap is whole again.
+    assert_eq!(acquire_all(NOW + 10_001).await, CAP);
 }

@@ -26,10 +26,11 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{p}rl:{dim}:{subject}:{r\|t}` | string | GCRA theoretical arrival time (ms) of one limit |
+//! | `{p}gcra:{<tenant>}:{dim}[:{subject}]` | hash | GCRA theoretical arrival times (ms) of one dimension's limits: `r` requests, `t` tokens |
+//! | `{p}gcra:global` | hash | the same for the limit over all tenants |
 //! | `{p}budget:{tenant}:{period}` | hash | `tokens`, `cost` (micro-USD): settled + reserved |
 //! | `{p}kbudget:{tenant}:{key id}:{period}` | hash | the same for one API key's budget |
-//! | `{p}res:{job}` | hash | a job's reservation until it is settled |
+//! | `{p}res:{<tenant>}:{job}` | string | a job's reservation until it is settled (JSON: tokens, cost, the budget and GCRA keys it reserved in) |
 //! | `{p}loop:{tenant}:{chain}:{prompt hash}` | string | requests this minute |
 //! | `{p}idem:{tenant}:{key hash}` | string | `body hash` and first job id |
 //! | `{p}idem:{tenant}:{key hash}:ok` | string | that job's id, once the broker took it |
@@ -37,7 +38,7 @@
 //! | `{p}tenants` | set | tenant ids known to the admin API |
 //! | `{p}apikey:{sha256}` | hash | tenant, key id, created/expires/revoked |
 //! | `{p}apikeys:{tenant}` | hash | key id → sha256 |
-//! | `{p}inflight:{tenant}` | hash | job id → lease expiry (ms) of running jobs |
+//! | `{p}leases:{<tenant>}` | sorted set | running job id, scored by its lease's expiry (ms) |
 //! | `{p}deferred:{tenant}` | hash | job id → times deferred at the in-flight cap |
 
 use uuid::Uuid;
@@ -93,13 +94,19 @@ impl Keys {
         format!("{}cache:{{{}}}:lead", self.prefix, key.hex())
     }
 
-    /// GCRA state of one rate limit: `dim` is the dimension's name, `subject` who it counts.
-    pub fn rate(&self, dim: &str, subject: &str, tokens: bool) -> String {
-        format!(
-            "{}rl:{dim}:{subject}:{}",
-            self.prefix,
-            if tokens { "t" } else { "r" }
-        )
+    /// GCRA state of one rate-limit dimension of `tenant` (`dim` is the dimension's name),
+    /// both its limits in one hash; `subject` is who it counts within the tenant (a key id,
+    /// a model, an agent or chain id), `None` for the tenant itself.
+    pub fn gcra(&self, tenant: &str, dim: &str, subject: Option<&str>) -> String {
+        match subject {
+            Some(s) => format!("{}gcra:{{{tenant}}}:{dim}:{s}", self.prefix),
+            None => format!("{}gcra:{{{tenant}}}:{dim}", self.prefix),
+        }
+    }
+
+    /// GCRA state of the limit over all tenants: the one governance key no tenant owns.
+    pub fn gcra_global(&self) -> String {
+        format!("{}gcra:global", self.prefix)
     }
 
     pub fn budget(&self, tenant: &str, period: &str) -> String {
@@ -110,8 +117,9 @@ impl Keys {
         format!("{}kbudget:{tenant}:{key_id}:{period}", self.prefix)
     }
 
-    pub fn reservation(&self, job: Uuid) -> String {
-        format!("{}res:{job}", self.prefix)
+    /// A job's reservation, on its tenant's shard (settling it moves the tenant's counters).
+    pub fn reservation(&self, tenant: &str, job: Uuid) -> String {
+        format!("{}res:{{{tenant}}}:{job}", self.prefix)
     }
 
     pub fn loop_counter(&self, tenant: &str, chain: &str, prompt_hash: &str) -> String {
@@ -142,8 +150,9 @@ impl Keys {
         format!("{}apikeys:{tenant}", self.prefix)
     }
 
-    pub fn inflight(&self, tenant: &str) -> String {
-        format!("{}inflight:{tenant}", self.prefix)
+    /// The leases of a tenant's running jobs (the in-flight cap).
+    pub fn leases(&self, tenant: &str) -> String {
+        format!("{}leases:{{{tenant}}}", self.prefix)
     }
 
     pub fn deferred(&self, tenant: &str) -> String {
@@ -177,13 +186,14 @@ mod tests {
             (k.hook("h1"), "t1:hook:h1".into()),
             (k.hook_log("h1"), "t1:hook:h1:log".into()),
             (
-                k.rate("model", "acme:m", true),
-                "t1:rl:model:acme:m:t".into(),
+                k.gcra("acme", "model", Some("m")),
+                "t1:gcra:{acme}:model:m".into(),
             ),
             (
-                k.rate("tenant", "acme", false),
-                "t1:rl:tenant:acme:r".into(),
+                k.gcra("acme", "tenant", None),
+                "t1:gcra:{acme}:tenant".into(),
             ),
+            (k.gcra_global(), "t1:gcra:global".into()),
             (
                 k.budget("acme", "d20261201"),
                 "t1:budget:acme:d20261201".into(),
@@ -192,7 +202,7 @@ mod tests {
                 k.key_budget("acme", "k1", "d20261201"),
                 "t1:kbudget:acme:k1:d20261201".into(),
             ),
-            (k.reservation(id), format!("t1:res:{nil}")),
+            (k.reservation("acme", id), format!("t1:res:{{acme}}:{nil}")),
             (k.dash_workers(), "t1:dash:workers".into()),
             (k.dash_worker("w1"), "t1:dash:worker:w1".into()),
             (
@@ -204,7 +214,7 @@ mod tests {
             (k.tenants(), "t1:tenants".into()),
             (k.api_key("ab"), "t1:apikey:ab".into()),
             (k.tenant_keys("acme"), "t1:apikeys:acme".into()),
-            (k.inflight("acme"), "t1:inflight:acme".into()),
+            (k.leases("acme"), "t1:leases:{acme}".into()),
             (k.deferred("acme"), "t1:deferred:acme".into()),
         ];
         for (got, want) in cases {

@@ -37,14 +37,17 @@ pub async fn apply(
 ) -> Option<&'static str> {
     let broker = match &job {
         Some(job) => {
+            // Whether a settlement freed the in-flight slot already.
+            let mut freed = false;
             let broker = loop {
                 // A write that failed is tried again while the message is held.
-                let broker = record_and_settle(shared, job, &decision).await;
+                let (broker, settled) = record_and_settle(shared, job, &decision).await;
+                freed |= settled;
                 if let Some(broker) = hold.wait(&delivery, broker).await {
                     break broker;
                 }
             };
-            governance::release(shared, job.env).await;
+            governance::release(shared, job.env, freed).await;
             broker
         }
         None => decision.broker,
@@ -61,45 +64,55 @@ pub async fn apply(
     ended
 }
 
-async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> Broker {
+/// Records the decision's outcome and settles the job; the flag says whether the settlement
+/// freed the job's in-flight slot too.
+async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> (Broker, bool) {
     let env = job.env;
+    let mut freed = false;
     let written = match &d.record {
         Record::Nothing => Ok(()),
-        Record::Completed(body) => completed(shared, env, body).await,
+        Record::Completed(body) => completed(shared, env, body, &mut freed).await,
         Record::Ended(status, err) => ended(shared, env, *status, err).await,
         Record::Emit(status) => finished(shared, env, *status).await,
         Record::AttemptFailed => failed_attempt(shared, job).await,
     };
     if let Err(ran) = written {
         let max = u64::from(shared.cfg.worker.max_attempts);
-        return decide(job.attempt, max, ran).broker;
+        return (decide(job.attempt, max, ran).broker, freed);
     }
-    match d.settle {
-        Settle::Nothing => {}
+    freed |= match d.settle {
+        Settle::Nothing => false,
         Settle::Zero => governance::settle(shared, env, Default::default()).await,
         Settle::Reservation => {
             let usage = governance::reserved_usage(env);
-            governance::settle(shared, env, usage).await;
+            governance::settle(shared, env, usage).await
         }
         Settle::Used(usage) => governance::settle(shared, env, usage).await,
         Settle::Recorded => {
             let usage = governance::recorded_usage(shared, env).await;
-            governance::settle(shared, env, usage).await;
+            governance::settle(shared, env, usage).await
         }
-    }
-    d.broker.clone()
+    };
+    (d.broker.clone(), freed)
 }
 
-/// Recording the result, settling the usage and reading the webhook targets are
-/// independent, so they go to Redis together: one round trip instead of three. The usage is
-/// settled even if the result could not be recorded: the tokens were spent, and the retry's
-/// settlement finds the reservation gone and changes nothing.
-async fn completed(shared: &Shared, env: &JobEnvelope, body: &[u8]) -> Result<(), Ran> {
-    let (recorded, (), targets) = tokio::join!(
+/// Recording the result, settling the usage (and freeing the in-flight slot: `freed`) and
+/// reading the webhook targets are independent, so they go to Redis together: one round
+/// trip instead of three. The usage is settled even if the result could not be recorded:
+/// the tokens were spent, and the retry's settlement finds the reservation gone and changes
+/// nothing.
+async fn completed(
+    shared: &Shared,
+    env: &JobEnvelope,
+    body: &[u8],
+    freed: &mut bool,
+) -> Result<(), Ran> {
+    let (recorded, settled, targets) = tokio::join!(
         shared.store.record_completed(env, body),
         governance::settle(shared, env, usage_from_response(body).unwrap_or_default()),
         shared.store.hook_targets(env.id, &env.tenant),
     );
+    *freed = settled;
     match recorded {
         Ok(Transition::Applied) => {
             finished_with(shared, env, sluice_protocol::JobStatus::Completed, targets).await

@@ -20,7 +20,8 @@
 //! plain call (tokens were generated, nobody knows how many); any other terminal outcome
 //! (the kill switch included) settles with zero usage, returning the reservation. Settling is exactly once per
 //! job id whatever the number of deliveries. A job whose envelope says admission reserved
-//! nothing (no budget or token limit applied) skips it.
+//! nothing (no budget or token limit applied) skips it. Settling frees the job's in-flight
+//! slot in the same Redis call; a job with nothing to settle frees it on its own.
 
 use std::time::Duration;
 
@@ -118,9 +119,10 @@ pub async fn disabled(shared: &Shared, tenant: &str) -> Result<bool, ()> {
     }
 }
 
-/// After the job's outcome is known: frees its in-flight slot.
-pub async fn release(shared: &Shared, env: &JobEnvelope) {
-    if let Err(e) = shared.gov.release_in_flight(&env.tenant, env.id).await {
+/// After the job's outcome is known: frees its in-flight slot, unless its settlement already
+/// did (`freed`, from [`settle`]).
+pub async fn release(shared: &Shared, env: &JobEnvelope, freed: bool) {
+    if !freed && let Err(e) = shared.gov.release_in_flight(&env.tenant, env.id).await {
         tracing::debug!(job = %env.id, error = %e, "cannot release the in-flight slot; its lease expires");
     }
     if shared.gov.in_flight_cap(&env.tenant) > 0 {
@@ -130,13 +132,23 @@ pub async fn release(shared: &Shared, env: &JobEnvelope) {
     }
 }
 
-/// Settles the job's reservation; a job admission reserved nothing for has nothing to settle.
-pub async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) {
+/// Settles the job's reservation and, in the same call, frees its in-flight slot; a job
+/// admission reserved nothing for has nothing to settle. Returns whether the slot is freed
+/// (a cap applies and the call succeeded), so [`release`] need not ask again.
+pub async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) -> bool {
     if !env.reserved {
-        return;
+        return false;
     }
-    if let Err(e) = shared.gov.settle(env.id, &env.model, usage, now_ms()).await {
-        tracing::warn!(job = %env.id, error = %e, "cannot settle the job's reservation");
+    match shared
+        .gov
+        .settle_and_release(&env.tenant, env.id, &env.model, usage, now_ms())
+        .await
+    {
+        Ok(_) => shared.gov.in_flight_cap(&env.tenant) > 0,
+        Err(e) => {
+            tracing::warn!(job = %env.id, error = %e, "cannot settle the job's reservation");
+            false
+        }
     }
 }
 
