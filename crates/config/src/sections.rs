@@ -230,6 +230,10 @@ impl Config {
         if !(1..=5).contains(&self.nats.replicas) {
             return bad("nats.replicas must be between 1 and 5 (3 on a 3-node cluster)");
         }
+        // A brace would become part of every key's Redis Cluster hash tag.
+        if self.redis.prefix.contains(['{', '}']) {
+            return bad("redis.prefix must not contain '{' or '}' (they mark hash tags)");
+        }
         if self.redis.connections == 0 || self.redis.result_ttl_s == 0 {
             return bad("redis.connections and redis.result_ttl_s must be positive");
         }

@@ -178,7 +178,10 @@ async fn main() -> anyhow::Result<()> {
     ));
     rows.push((
         "settlement",
-        run(jobs, |_, env| gov.settle(env.id, "m", usage, now)).await?,
+        run(jobs, |_, env| {
+            gov.settle(&env.tenant, env.id, "m", usage, now)
+        })
+        .await?,
     ));
     println!("phase                 µs/job  calls/job");
     let mut total = 0.0;

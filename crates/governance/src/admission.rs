@@ -173,7 +173,7 @@ impl Governor {
         let mut inv = ADMIT.key(self.keys().tenant(a.tenant));
         inv.key(self.keys().loop_counter(a.tenant, chain, a.prompt_hash))
             .key(self.keys().budget(a.tenant, &period_name))
-            .key(self.keys().reservation(a.job))
+            .key(self.keys().reservation(a.tenant, a.job))
             .key(self.keys().key_budget(a.tenant, a.key_id, &key_period));
         for r in &rates {
             inv.key(&r.key);
@@ -343,25 +343,18 @@ impl Governor {
             .and_then(|p| p.limits)
             .unwrap_or(cfg.tenant);
         let model_limit = cfg.models.get(a.model).copied().unwrap_or(cfg.model);
-        let mut dims: Vec<(Dimension, Limit, String)> = vec![
-            (Dimension::Global, cfg.global, "all".into()),
-            (Dimension::Tenant, tenant_limit, a.tenant.into()),
-            (
-                Dimension::Key,
-                cfg.key,
-                format!("{}:{}", a.tenant, a.key_id),
-            ),
-            (
-                Dimension::Model,
-                model_limit,
-                format!("{}:{}", a.tenant, a.model),
-            ),
+        // What each limit counts within the tenant (the global and tenant limits: nothing).
+        let mut dims: Vec<(Dimension, Limit, Option<&str>)> = vec![
+            (Dimension::Global, cfg.global, None),
+            (Dimension::Tenant, tenant_limit, None),
+            (Dimension::Key, cfg.key, Some(a.key_id)),
+            (Dimension::Model, model_limit, Some(a.model)),
         ];
         if let Some(agent) = a.agent {
-            dims.push((Dimension::Agent, cfg.agent, format!("{}:{agent}", a.tenant)));
+            dims.push((Dimension::Agent, cfg.agent, Some(agent)));
         }
         if let Some(chain) = a.chain {
-            dims.push((Dimension::Chain, cfg.chain, format!("{}:{chain}", a.tenant)));
+            dims.push((Dimension::Chain, cfg.chain, Some(chain)));
         }
         let window_ms = (cfg.window_s * 1000) as f64;
         let mut out = Vec::with_capacity(dims.len() * 2);
@@ -374,7 +367,10 @@ impl Governor {
                     continue;
                 }
                 out.push(RateArg {
-                    key: self.keys().rate(dim.as_str(), &subject, tokens),
+                    key: match dim {
+                        Dimension::Global => self.keys().global_rate(tokens),
+                        _ => self.keys().rate(dim.as_str(), a.tenant, subject, tokens),
+                    },
                     policy: Policy {
                         dimension: dim,
                         tokens,

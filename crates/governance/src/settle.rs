@@ -20,17 +20,18 @@ use crate::{GovernanceError, Governor, estimate::Usage};
 pub(crate) static SETTLE: Lua = Lua::new("settle", include_str!("../lua/settle.lua"));
 
 impl Governor {
-    /// Settles job `job` of `model` against `usage`. `Ok(true)` if this call settled it,
+    /// Settles job `job` of `tenant` and `model` against `usage`. `Ok(true)` if this call settled it,
     /// `Ok(false)` if it was already settled (or never reserved).
     pub async fn settle(
         &self,
+        tenant: &str,
         job: Uuid,
         model: &str,
         usage: Usage,
         now_ms: u64,
     ) -> Result<bool, GovernanceError> {
         let cost = crate::estimate::cost_micro_usd(self.config(), model, usage);
-        let mut inv = SETTLE.key(self.keys().reservation(job));
+        let mut inv = SETTLE.key(self.keys().reservation(tenant, job));
         inv.arg(usage.total()).arg(cost).arg(now_ms);
         let settled: i64 = self.store().invoke(&inv).await?;
         if settled == 1 {

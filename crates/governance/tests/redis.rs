@@ -132,6 +132,7 @@ async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exa
     for job in &admitted {
         assert!(
             a.settle(
+                "acme",
                 *job,
                 "m",
                 Usage {
@@ -145,6 +146,7 @@ async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exa
         );
         assert!(
             !b.settle(
+                "acme",
                 *job,
                 "m",
                 Usage {
@@ -190,6 +192,7 @@ async fn token_limits_settle_to_actual_usage() {
     // It used 100 of the 900 reserved: 900 tokens of room come back at once.
     assert!(
         a.settle(
+            "acme",
             first,
             "m",
             Usage {
@@ -375,12 +378,12 @@ async fn a_key_budget_bounds_one_key_and_settles_like_the_tenants() {
     assert!(a.admit(&other_key, NOW).await.unwrap().is_ok());
     // A job that used nothing gives its 100 tokens back, once.
     assert!(
-        a.settle(k1_jobs[0], "m", Usage::default(), NOW)
+        a.settle("acme", k1_jobs[0], "m", Usage::default(), NOW)
             .await
             .unwrap()
     );
     assert!(
-        !b.settle(k1_jobs[0], "m", Usage::default(), NOW)
+        !b.settle("acme", k1_jobs[0], "m", Usage::default(), NOW)
             .await
             .unwrap()
     );
@@ -409,7 +412,9 @@ async fn an_unlimited_tenant_reserves_nothing_and_its_kill_switch_holds() {
     assert!(!d.reserved);
     assert_eq!(d.quota, None);
     assert!(
-        !a.settle(job, "m", Usage::default(), NOW).await.unwrap(),
+        !a.settle("acme", job, "m", Usage::default(), NOW)
+            .await
+            .unwrap(),
         "there is no reservation to settle"
     );
     a.put_tenant("acme", true, NOW).await.unwrap();
@@ -424,7 +429,11 @@ async fn an_unlimited_tenant_reserves_nothing_and_its_kill_switch_holds() {
     let job = Uuid::now_v7();
     let d = b.admit(&req(job, 10), NOW).await.unwrap().unwrap();
     assert!(d.reserved);
-    assert!(b.settle(job, "m", Usage::default(), NOW).await.unwrap());
+    assert!(
+        b.settle("acme", job, "m", Usage::default(), NOW)
+            .await
+            .unwrap()
+    );
 }
 
 /// Whether a request's token estimate matters: only budgets and token limits reserve it.

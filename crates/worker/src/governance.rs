@@ -135,7 +135,11 @@ pub async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) {
     if !env.reserved {
         return;
     }
-    if let Err(e) = shared.gov.settle(env.id, &env.model, usage, now_ms()).await {
+    if let Err(e) = shared
+        .gov
+        .settle(&env.tenant, env.id, &env.model, usage, now_ms())
+        .await
+    {
         tracing::warn!(job = %env.id, error = %e, "cannot settle the job's reservation");
     }
 }

@@ -187,7 +187,13 @@ impl Hold {
             if self.reserved
                 && let Err(e) = state
                     .gov
-                    .settle(job, &self.model, estimate::Usage::default(), now_ms())
+                    .settle(
+                        &self.tenant,
+                        job,
+                        &self.model,
+                        estimate::Usage::default(),
+                        now_ms(),
+                    )
                     .await
             {
                 tracing::warn!(job = %job, error = %e, "cannot return the reservation of an unpublished job");
