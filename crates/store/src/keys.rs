@@ -19,8 +19,11 @@
 //!   settlement touch together. One tenant's governance lives on one shard; many tenants
 //!   spread over all of them.
 //! - per cache entry `{<digest>}`: the entry and its single-flight lease.
+//! - `{workers}`: the dashboard's index and the workers' summaries, written and read together
+//!   (a few small writes a second, on one shard).
 //! - untagged, used alone: API keys (looked up by their hash alone), the tenants set, webhook
-//!   endpoints and their logs, the dashboard's keys.
+//!   endpoints and their logs. Commands that touch several of them run one by one on a
+//!   cluster (`Store::query_each`, `Store::apply_in_order`), not in one transaction.
 //!
 //! The prefix may contain neither `{` nor `}` (checked at start-up), so the tag is always the
 //! one written here. Rate limits shared by every tenant (`governance.global`) have their own
@@ -38,8 +41,8 @@
 //! | `Phook:<id>:log` | list | the endpoint's latest delivery attempts (JSON, newest first) |
 //! | `Pcache:{<hex>}` | string | response cache entry (MessagePack), expires with its model's TTL |
 //! | `Pcache:{<hex>}:lead` | string | the job computing that entry (single-flight lease) |
-//! | `Pdash:workers` | sorted set | worker id → when it last wrote its summary (ms) |
-//! | `Pdash:worker:<id>` | string | a worker's dashboard summary (JSON), expires in seconds |
+//! | `Pdash:{workers}` | sorted set | worker id → when it last wrote its summary (ms) |
+//! | `Pdash:{workers}:<id>` | string | a worker's dashboard summary (JSON), expires in seconds |
 //!
 //! A job's keys expire [`crate::PENDING_TTL_S`] (a week, or `redis.result_ttl_s` if longer)
 //! after the job was queued, and `redis.result_ttl_s` after it ended; webhook endpoints live
@@ -192,11 +195,11 @@ impl Keys {
     }
 
     pub fn dash_workers(&self) -> String {
-        format!("{}dash:workers", self.prefix)
+        format!("{}dash:{{workers}}", self.prefix)
     }
 
     pub fn dash_worker(&self, id: &str) -> String {
-        format!("{}dash:worker:{id}", self.prefix)
+        format!("{}dash:{{workers}}:{id}", self.prefix)
     }
 }
 
@@ -249,8 +252,8 @@ mod tests {
                 "t1:kbudget:{acme}:k1:d20261201".into(),
             ),
             (k.reservation("acme", id), format!("t1:res:{{acme}}:{nil}")),
-            (k.dash_workers(), "t1:dash:workers".into()),
-            (k.dash_worker("w1"), "t1:dash:worker:w1".into()),
+            (k.dash_workers(), "t1:dash:{workers}".into()),
+            (k.dash_worker("w1"), "t1:dash:{workers}:w1".into()),
             (
                 k.loop_counter("acme", "-", "ab"),
                 "t1:loop:{acme}:-:ab".into(),
@@ -295,6 +298,7 @@ mod tests {
                 k.deferred(tenant),
             ],
             vec![k.global_rate(false), k.global_rate(true)],
+            vec![k.dash_workers(), k.dash_worker("w1")],
         ];
         for group in groups {
             let tag = hash_tag(&group[0]);
