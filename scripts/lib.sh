@@ -124,14 +124,48 @@ start_nats() {
   echo "$pid"
 }
 
-# start_redis BIN PORT DATADIR LOGFILE: starts Redis on loopback, prints the pid.
+# start_redis BIN PORT DATADIR LOGFILE [ARGS...]: starts Redis on loopback with any extra
+# redis-server ARGS, prints the pid.
 start_redis() {
   mkdir -p "$3"
   "$1" --bind 127.0.0.1 --port "$2" --dir "$3" --save "" --appendonly "${REDIS_APPENDONLY:-no}" --daemonize no \
-    --protected-mode yes >"$4" 2>&1 &
+    --protected-mode yes "${@:5}" >"$4" 2>&1 &
   local pid=$!
   wait_port 127.0.0.1 "$2" 15 redis-server
   echo "$pid"
+}
+
+# start_redis_cluster BIN MASTERS DATADIR: starts MASTERS cluster-enabled Redis servers on
+# free loopback ports (no replicas), joins them into one cluster with the slots split evenly
+# and waits until every node reports cluster_state:ok. Adds the pids to PIDS (call it
+# directly, not in $(...)) and sets REDIS_CLUSTER_PORTS and REDIS_CLUSTER_URL (the seed
+# URLs, comma-separated: what redis.url takes).
+start_redis_cluster() {
+  local bin="$1" n="$2" dir="$3" cli i port nodes=() urls=() ok
+  cli="$(dirname "$bin")/redis-cli"
+  [ -x "$cli" ] || cli="$(command -v redis-cli || true)"
+  [ -n "$cli" ] || die "redis-cli not found (Debian: apt-get install redis-tools)"
+  REDIS_CLUSTER_PORTS=()
+  for ((i = 0; i < n; i++)); do
+    port="$(free_port)"
+    PIDS+=("$(start_redis "$bin" "$port" "$dir/node$i" "$dir/node$i.log" \
+      --cluster-enabled yes --cluster-config-file "$dir/node$i/nodes.conf" --cluster-node-timeout 5000)")
+    REDIS_CLUSTER_PORTS+=("$port")
+    nodes+=("127.0.0.1:$port")
+    urls+=("redis://127.0.0.1:$port")
+  done
+  "$cli" --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 \
+    || die "redis-cli --cluster create failed (see $dir/create.log)"
+  for ((i = 0; i < 300; i++)); do
+    ok=1
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+      "$cli" -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || ok=0
+    done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  [ "$ok" = 1 ] || die "the Redis Cluster did not reach cluster_state:ok"
+  REDIS_CLUSTER_URL="$(IFS=,; echo "${urls[*]}")"
 }
 
 # new_run_dir PREFIX: a throw-away folder in RUN_DIR, and a trap that stops every pid added

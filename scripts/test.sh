@@ -49,6 +49,20 @@ else
   cargo test --workspace --no-fail-fast "$@"
 fi
 
+# The store and governance tests (with the multi-replica limit and budget exactness tests)
+# against a 3-master Redis Cluster on loopback: several seed URLs in SLUICE_TEST_REDIS_URL
+# make every store a cluster client.
+start_redis_cluster "$REDIS_BIN" 3 "$RUN_DIR/redis-cluster"
+log "redis cluster on :${REDIS_CLUSTER_PORTS[*]}"
+if cargo nextest --version >/dev/null 2>&1; then
+  SLUICE_TEST_REDIS_URL="$REDIS_CLUSTER_URL" cargo nextest run --no-fail-fast --failure-output final \
+    -p sluice-store -p sluice-governance -p sluice-e2e \
+    -E 'package(sluice-store) | package(sluice-governance) | binary(store) | binary(governance)'
+else
+  SLUICE_TEST_REDIS_URL="$REDIS_CLUSTER_URL" cargo test --no-fail-fast \
+    -p sluice-store -p sluice-governance -p sluice-e2e --lib --test redis --test store --test governance
+fi
+
 # The official Python SDKs (openai, standardwebhooks) against a stack on the same servers.
 bash "$ROOT/scripts/sdk_test.sh"
 

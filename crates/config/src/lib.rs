@@ -160,6 +160,9 @@ mod tests {
                 .ok(),
             Some(3)
         );
+        // A brace in the prefix would be part of every key's Redis Cluster hash tag.
+        assert!(Config::from_toml_with_env("[redis]\nprefix = \"s{1}:\"\n", &[]).is_err());
+        assert!(Config::from_toml_with_env("[redis]\nprefix = \"s1:\"\n", &[]).is_ok());
         let dup = "[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"a\"\n";
         assert!(Config::from_toml_with_env(dup, &[]).is_err());
     }
