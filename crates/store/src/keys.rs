@@ -12,6 +12,8 @@
 //! | `{p}hooks:{tenant}` | set | the tenant's webhook endpoint ids |
 //! | `{p}hook:{id}` | hash | endpoint: tenant, url, events, secret(s), disabled, created_at |
 //! | `{p}hook:{id}:log` | list | the endpoint's latest delivery attempts (JSON, newest first) |
+//! | `{p}hookatt:{<job>}` | hash | `<event id>:<target>` → failed attempts of that delivery |
+//! | `{p}hookoutbox` | sorted set | terminal events `HOOKS` refused (JSON) → next try (ms) |
 //! | `{p}cache:{<hex>}` | string | response cache entry (MessagePack), expires with its model's TTL |
 //! | `{p}cache:{<hex>}:lead` | string | the job computing that entry (single-flight lease) |
 //!
@@ -81,6 +83,16 @@ impl Keys {
 
     pub fn hook_log(&self, id: &str) -> String {
         format!("{}hook:{}:log", self.prefix, id)
+    }
+
+    /// The failed attempts of a job's webhook deliveries; the job id is the hash tag.
+    pub fn hook_attempts(&self, job: Uuid) -> String {
+        format!("{}hookatt:{{{}}}", self.prefix, job)
+    }
+
+    /// Terminal events whose `HOOKS` publish failed, waiting to be enqueued again.
+    pub fn hook_outbox(&self) -> String {
+        format!("{}hookoutbox", self.prefix)
     }
 
     /// A response cache entry; the digest is the key's hash tag.
