@@ -308,6 +308,18 @@ impl Store {
         Ok(n)
     }
 
+    /// Forgets a delivery's failed attempts (it was dead-lettered: a replay starts afresh).
+    pub async fn hook_attempts_reset(&self, job: Uuid, field: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("HDEL")
+                .arg(self.keys.hook_attempts(job))
+                .arg(field)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
     /// Puts an event in the outbox, due at `due_ms`; `false` when it holds `max` already.
     pub async fn outbox_add(
         &self,

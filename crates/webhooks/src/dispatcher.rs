@@ -279,6 +279,11 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message, stop: &CancellationToken) {
         None,
     );
     let retries = ctx.cfg.schedule_ms.len() as u64;
+    // When the message entered HOOKS (a replay enters afresh).
+    let now_s = now_ms() / 1000;
+    let enqueued_s = msg.info().map_or(now_s, |i| {
+        u64::try_from(i.published.unix_timestamp()).unwrap_or(now_s)
+    });
     let mut hold = Hold::new();
     let prepared = loop {
         match prepare(ctx, &d).await {
@@ -298,7 +303,7 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message, stop: &CancellationToken) {
         // dead-lettered, or it waited longer than the whole schedule. Move it without
         // calling the receiver again.
         Prepared::Send { failed, .. }
-            if failed > retries || now_ms() / 1000 > d.created_at + max_age_s(&ctx.cfg) =>
+            if failed > retries || now_s > enqueued_s + max_age_s(&ctx.cfg) =>
         {
             let exhausted = Attempt::Failed {
                 status: None,
@@ -435,6 +440,14 @@ async fn settle(
             if !hold.wait(msg, stop, Duration::from_secs(5)).await {
                 return;
             }
+        }
+        // A replay of the dead letter gets a fresh schedule.
+        if let Err(e) = ctx
+            .store
+            .hook_attempts_reset(d.job_id, &d.attempts_field())
+            .await
+        {
+            tracing::warn!(error = %e, "the dead-lettered delivery's attempts were not reset; a replay of it is dead-lettered again");
         }
     }
     if let Err(e) = msg.ack_with(ack).await {
