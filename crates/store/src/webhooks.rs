@@ -302,4 +302,132 @@ impl Store {
             endpoints,
         })
     }
+
+    /// Failed attempts recorded for one delivery (`field`: `<event id>:<target>`).
+    pub async fn hook_attempts(&self, job: Uuid, field: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let n: Option<u64> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(self.keys.hook_attempts(job))
+                    .arg(field)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Records a failed attempt of one delivery; the count after it. The key lives `ttl_s`
+    /// past the latest failure (the delivery's whole schedule).
+    pub async fn hook_attempt_failed(
+        &self,
+        job: Uuid,
+        field: &str,
+        ttl_s: u64,
+    ) -> Result<u64, StoreError> {
+        let key = self.keys.hook_attempts(job);
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg(field)
+            .arg(1)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(ttl_s.max(1))
+            .ignore();
+        let (n,): (u64,) = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(n)
+    }
+
+    /// Forgets a delivery's failed attempts (it was dead-lettered: a replay starts afresh).
+    pub async fn hook_attempts_reset(&self, job: Uuid, field: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("HDEL")
+                .arg(self.keys.hook_attempts(job))
+                .arg(field)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Puts an event in the outbox, due at `due_ms`; `false` when it holds `max` already.
+    pub async fn outbox_add(
+        &self,
+        event: &str,
+        due_ms: u64,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.hook_outbox();
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(&key)
+            .arg("NX")
+            .arg(due_ms)
+            .arg(event)
+            .ignore()
+            .cmd("ZCARD")
+            .arg(&key);
+        let (len,): (usize,) = self.timed(pipe.query_async(&mut conn)).await?;
+        if len > max {
+            self.outbox_remove(event).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Up to `limit` outbox events due by `now_ms`, oldest due first.
+    pub async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("ZRANGE")
+                .arg(self.keys.hook_outbox())
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// Moves an outbox event's next try to `due_ms`.
+    pub async fn outbox_reschedule(&self, event: &str, due_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("ZADD")
+                .arg(self.keys.hook_outbox())
+                .arg("XX")
+                .arg(due_ms)
+                .arg(event)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    pub async fn outbox_remove(&self, event: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("ZREM")
+                .arg(self.keys.hook_outbox())
+                .arg(event)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    pub async fn outbox_len(&self) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("ZCARD")
+                .arg(self.keys.hook_outbox())
+                .query_async(&mut conn),
+        )
+        .await
+    }
 }
