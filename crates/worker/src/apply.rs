@@ -102,6 +102,7 @@ async fn completed(shared: &Shared, env: &JobEnvelope, body: &[u8]) -> Result<()
     );
     match recorded {
         Ok(Transition::Applied) => {
+            crate::semantic::publish(shared, env).await;
             finished_with(shared, env, sluice_protocol::JobStatus::Completed, targets).await
         }
         Ok(_) => Ok(()),
