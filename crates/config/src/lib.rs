@@ -25,7 +25,7 @@ mod webhooks;
 
 use std::path::Path;
 
-pub use cache::{CacheConfig, CacheMode, CacheModelConfig};
+pub use cache::{CacheConfig, CacheMode, CacheModelConfig, SemanticConfig, SemanticModelConfig};
 pub use delivery::DeliveryConfig;
 pub use governance::*;
 pub use models::*;

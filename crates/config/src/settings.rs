@@ -170,6 +170,10 @@ pub struct IngestSettings {
     pub cache: CacheConfig,
     pub screening: ScreeningConfig,
     pub webhooks: WebhooksConfig,
+    /// The pools and upstream, when a model has the semantic cache (ingest then embeds
+    /// prompts with `cache.semantic.embedding_model`); `None` otherwise, so ingest needs no
+    /// provider key.
+    pub providers: Option<std::sync::Arc<ProviderSettings>>,
 }
 
 impl IngestSettings {
@@ -186,6 +190,11 @@ impl IngestSettings {
             cache: cfg.cache.clone(),
             screening: cfg.screening.clone(),
             webhooks: cfg.webhooks.clone(),
+            providers: if cfg.cache.semantic_enabled() {
+                Some(std::sync::Arc::new(ProviderSettings::new(cfg)?))
+            } else {
+                None
+            },
         })
     }
 }

@@ -115,6 +115,7 @@ async fn completed(
     *freed = settled;
     match recorded {
         Ok(Transition::Applied) => {
+            crate::semantic::publish(shared, env).await;
             finished_with(shared, env, sluice_protocol::JobStatus::Completed, targets).await
         }
         Ok(_) => Ok(()),
