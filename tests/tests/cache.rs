@@ -41,6 +41,7 @@ fn envelope(cache: Option<&CacheKey>) -> JobEnvelope {
         cache: cache.map(|k| CacheWrite {
             key: k.hex(),
             ttl_s: 60,
+            semantic: None,
         }),
     }
 }

@@ -116,3 +116,42 @@ fn validation_and_screening_never_panic_on_mutated_bodies() {
     }
     assert!(accepted > 0, "some mutations stay valid");
 }
+
+#[test]
+fn last_event_id_parsing_stays_in_bounds_on_mutated_values() {
+    use sluice_ingest::routes::events::{MAX_EVENT_ID, last_event_id};
+    let seeds: &[&str] = &[
+        "0",
+        " 42 ",
+        "+9",
+        "0007",
+        "4294967295",
+        "4294967296",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-1",
+        "1e3",
+        "",
+    ];
+    let mut rng = Rng(0x1a57_e7e1);
+    let mut parsed = 0;
+    for seed in seeds {
+        for _ in 0..ROUNDS {
+            let value = mutate(seed.as_bytes(), &mut rng);
+            let Ok(v) = std::str::from_utf8(&value) else {
+                continue;
+            };
+            if let Some(n) = last_event_id(v) {
+                parsed += 1;
+                assert!(n <= MAX_EVENT_ID, "{v:?}");
+            }
+        }
+    }
+    assert!(parsed > 0, "some mutations stay ids");
+    assert_eq!(
+        last_event_id("18446744073709551615"),
+        None,
+        "the overflow of #12"
+    );
+    assert_eq!(last_event_id("4294967295"), Some(MAX_EVENT_ID));
+}

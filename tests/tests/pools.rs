@@ -21,7 +21,7 @@ fn deployment(name: &str, sim: &SimHandle, weight: u32) -> DeploymentConfig {
     DeploymentConfig {
         weight,
         max_concurrency: 64,
-        timeout_s: 30,
+        timeout: Duration::from_secs(30),
         ..DeploymentConfig::new(name, &sim.base_url())
     }
 }
@@ -128,7 +128,7 @@ async fn a_brownout_opens_the_breaker_and_jobs_still_complete_via_the_pool() -> 
         ],
     )];
     env.cfg.models.breaker.min_calls = 4;
-    env.cfg.models.breaker.open_s = 60;
+    env.cfg.models.breaker.open_for = Duration::from_secs(60);
     env.cfg.models.retry_budget_ratio = 1.0;
     env.cfg.worker.concurrency = 2;
     let ingest = env.ingest().await?;
@@ -178,7 +178,7 @@ async fn the_retry_budget_caps_upstream_calls_during_a_full_outage() -> Result<(
     env.cfg.worker.max_attempts = 5;
     env.cfg.models.retry_budget_ratio = 0.1;
     env.cfg.models.retry_budget_min_per_s = 0.0;
-    env.cfg.models.retry_budget_window_s = 600;
+    env.cfg.models.retry_budget_window = Duration::from_secs(600);
     // Keep the breaker out of it: this test is about the budget alone.
     env.cfg.models.breaker.min_calls = 100_000;
     let ingest = env.ingest().await?;
@@ -225,7 +225,7 @@ async fn hedging_completes_a_job_whose_primary_is_slow_and_cancels_the_loser() -
     );
     p.hedge = HedgeConfig {
         enabled: true,
-        after_ms: 200,
+        after: Duration::from_millis(200),
         max_share: 0.5,
     };
     env.cfg.models.pools = vec![p];

@@ -174,10 +174,8 @@ async fn broker_down_answers_503_then_service_resumes_without_restart() -> Resul
         .filter(|k| !k.ends_with(":events"))
         .collect();
     jobs.sort();
-    let mut want = vec![
-        format!("{}job:{before}", env.cfg.redis.prefix),
-        format!("{}job:{after}", env.cfg.redis.prefix),
-    ];
+    let k = sluice_store::Keys::new(&env.cfg.redis.prefix);
+    let mut want = vec![k.job(before.parse()?), k.job(after.parse()?)];
     want.sort();
     assert_eq!(jobs, want);
     worker.shutdown().await;

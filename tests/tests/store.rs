@@ -227,9 +227,7 @@ async fn a_created_record_reads_like_one_the_state_machine_wrote() -> Result<()>
         expected
     );
     // Both keys of the created job expire.
-    let mut conn = redis::Client::open(sluice_e2e::redis_url())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut conn = store.conn().await?;
     for key in [
         store.keys().job(created.id),
         store.keys().job_events(created.id),

@@ -46,7 +46,7 @@ async fn budget_used(env: &TestEnv) -> Result<i64> {
         .get_multiplexed_async_connection()
         .await?;
     let mut used = 0;
-    for k in keys(env, "budget:acme:*").await? {
+    for k in keys(env, "budget:{acme}:*").await? {
         let t: Option<i64> = redis::cmd("HGET")
             .arg(&k)
             .arg("tokens")
@@ -307,7 +307,7 @@ async fn a_job_queued_longer_than_the_result_ttl_keeps_its_record() -> Result<()
         .get_multiplexed_async_connection()
         .await?;
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{}job:{id}", env.cfg.redis.prefix))
+        .arg(sluice_store::Keys::new(&env.cfg.redis.prefix).job(id.parse()?))
         .query_async(&mut redis)
         .await?;
     assert!((0..=2).contains(&ttl), "{ttl}");

@@ -67,6 +67,8 @@ fn hooks_env(schedule: Vec<u64>) -> TestEnv {
     env.cfg.webhooks.schedule_ms = schedule;
     env.cfg.webhooks.jitter = 0.0;
     env.cfg.webhooks.timeout_ms = 5_000;
+    // The breaker has its own test; here every failure is an attempt on the schedule.
+    env.cfg.webhooks.breaker_failures = 0;
     env
 }
 
@@ -455,5 +457,183 @@ async fn parallel_registrations_cannot_pass_the_endpoint_cap() -> Result<()> {
         16,
         "endpoints stored"
     );
+    Ok(())
+}
+
+/// Item 8 of #12: one FIFO for every tenant let a tenant whose receivers never answer hold
+/// every dispatcher slot. Now a tenant holds at most its share (here one of two slots) and
+/// an endpoint its own slots, so the other tenant's deliveries all arrive while the tar
+/// pit's first attempt still hangs (the old dispatcher delivered them only after the tar
+/// pit's 20 s attempt time limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tar_pit_receiver_of_one_tenant_does_not_delay_another_tenants_deliveries() -> Result<()>
+{
+    let mut env = hooks_env(vec![60_000]);
+    env.cfg.webhooks.timeout_ms = 20_000;
+    env.cfg.webhooks.concurrency = 2;
+    env.cfg.webhooks.tenant_share = 0.5;
+    env.cfg.webhooks.endpoint_concurrency = 2;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let rx = Receiver::start().await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let acme = Api::new(ingest.base_url(), ACME_KEY);
+    let other = Api::new(ingest.base_url(), sluice_e2e::OTHER_KEY);
+
+    // acme's two endpoints are tar pits: they take each request and never answer.
+    rx.script("pit1", &[0]);
+    rx.script("pit2", &[0]);
+    for path in ["pit1", "pit2"] {
+        let (code, ep) = register(&acme, &rx.url(path), None).await?;
+        assert_eq!(code, 201, "{ep}");
+    }
+    let (code, ep) = register(&other, &rx.url("fast"), None).await?;
+    assert_eq!(code, 201, "{ep}");
+
+    for i in 0..3 {
+        let id = acme.submit_ok(&chat_body(&format!("acme {i}"))).await?;
+        acme.wait_status(&id, &["completed"], LONG).await?;
+    }
+    wait_until(LONG, || async {
+        Ok(rx.received("pit1").len() + rx.received("pit2").len() >= 1)
+    })
+    .await?;
+    let hanging_since = std::time::Instant::now();
+
+    for i in 0..3 {
+        other.submit_ok(&chat_body(&format!("other {i}"))).await?;
+    }
+    wait_until(Duration::from_secs(15), || async {
+        Ok(rx.received("fast").len() == 3)
+    })
+    .await
+    .context("the other tenant's deliveries waited behind the tar pit")?;
+    assert!(
+        hanging_since.elapsed() < Duration::from_secs(20),
+        "the tar pit's first attempt is still hanging"
+    );
+    // acme never had more than its share in flight.
+    assert!(rx.received("pit1").len() + rx.received("pit2").len() <= 1);
+    drop(worker);
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// An endpoint that keeps failing opens its breaker after `breaker_failures` attempts: its
+/// delivery waits out the cool-down in `HOOKS` instead of being retried on the 50 ms
+/// schedule, then one probe goes through (failing: open again; succeeding: closed). The
+/// waits spend no attempt: the log numbers the five attempts 1 to 5, although the broker
+/// delivered the message more often than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_opens_its_breaker_and_is_probed_after_the_cool_down() -> Result<()> {
+    let mut env = hooks_env(vec![50; 10]);
+    env.cfg.webhooks.breaker_failures = 3;
+    env.cfg.webhooks.breaker_cooldown_ms = 3_000;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let rx = Receiver::start().await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+
+    rx.script("flaky", &[500, 500, 500, 500, 200]);
+    let (code, ep) = register(&api, &rx.url("flaky"), None).await?;
+    assert_eq!(code, 201, "{ep}");
+    let id = api.submit_ok(&chat_body("through a breaker")).await?;
+    api.wait_status(&id, &["completed"], LONG).await?;
+    wait_until(LONG, || async { Ok(rx.received("flaky").len() == 5) }).await?;
+
+    let got = rx.received("flaky");
+    let gap = |i: usize| got[i + 1].at.duration_since(got[i].at);
+    let cool = Duration::from_millis(2_900);
+    assert!(gap(2) >= cool, "open after three failures: {:?}", gap(2));
+    assert!(
+        gap(3) >= cool,
+        "the failed probe opened it again: {:?}",
+        gap(3)
+    );
+
+    let ep_id = ep["id"].as_str().context("endpoint id")?;
+    let path = format!("/v1/webhooks/{ep_id}/deliveries");
+    wait_until(LONG, || async {
+        Ok(get(&api, &path).await?["data"][0]["outcome"] == "delivered")
+    })
+    .await?;
+    let log = get(&api, &path).await?;
+    let attempts: Vec<u64> = log["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["attempt"].as_u64())
+        .collect();
+    assert_eq!(attempts, [5, 4, 3, 2, 1], "newest first: {log}");
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// A full `HOOKS` stream held every finishing job in its worker (five minutes each, slot
+/// taken), so with one slot the third job never ran. Now the event waits in the outbox and
+/// the job's message is acknowledged: every job completes and the queue drains. The outbox
+/// is bounded: what does not fit is dropped where the operator sees it (the endpoint's
+/// log), and the rest is delivered once a dispatcher runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_hook_stream_holds_no_job_and_its_events_are_delivered_later() -> Result<()> {
+    let mut env = hooks_env(vec![50]);
+    env.cfg.webhooks.stream_max_msgs = 1;
+    env.cfg.webhooks.outbox_max = 3;
+    env.cfg.webhooks.dispatcher = false;
+    env.cfg.worker.concurrency = 1;
+    let _sim = env.sim(SimConfig::default()).await?;
+    let rx = Receiver::start().await?;
+    let ingest = env.ingest().await?;
+    let worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let (code, ep) = register(&api, &rx.url("ep"), None).await?;
+    assert_eq!(code, 201, "{ep}");
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(api.submit_ok(&chat_body(&format!("full {i}"))).await?);
+    }
+    for id in &ids {
+        api.wait_status(id, &["completed"], LONG).await?;
+    }
+    let queue = env.queue().await?;
+    sluice_e2e::wait_jobs_settled(&queue, LONG).await?;
+    // One event in HOOKS, three in the outbox, two dropped.
+    let store = env.store()?;
+    assert_eq!(store.outbox_len().await?, 3);
+    let ep_id = ep["id"].as_str().context("endpoint id")?;
+    let path = format!("/v1/webhooks/{ep_id}/deliveries");
+    let outcomes = |log: &Value, outcome: &str| {
+        log["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(outcomes(&get(&api, &path).await?, "dropped"), 2);
+
+    // A dispatcher drains HOOKS and the outbox through the one-message stream.
+    env.cfg.webhooks.dispatcher = true;
+    let dispatcher = env.worker().await?;
+    wait_until(LONG, || async { Ok(rx.received("ep").len() == 4) }).await?;
+    wait_until(LONG, || async { Ok(store.outbox_len().await? == 0) }).await?;
+    wait_until(LONG, || async {
+        Ok(outcomes(&get(&api, &path).await?, "delivered") == 4)
+    })
+    .await?;
+    let mut delivered: Vec<String> = rx
+        .received("ep")
+        .iter()
+        .map(|r| header(r, "webhook-id").to_string())
+        .collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 4, "four different events");
+    dispatcher.shutdown().await;
+    worker.shutdown().await;
+    ingest.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -8,10 +8,12 @@
 //! - [`policy`]: the read/write decision from mode, request and `Cache-Control`.
 //! - [`entry`]: the stored answer and its age.
 //! - [`tier`]: the in-process tier (moka), bounded in bytes and in staleness.
+//! - [`semantic`]: the semantic cache's scope, prompt, insertion record and HNSW index.
 
 pub mod entry;
 pub mod key;
 pub mod policy;
+pub mod semantic;
 pub mod tier;
 
 pub use entry::Entry;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use sluice_config::Config;
+use sluice_config::{Config, NatsSettings};
 use sluice_queue::{
     Queue,
     dlq::{DlqEntry, DlqFilter, ReplayOptions},
@@ -104,7 +104,7 @@ impl FilterArgs {
 }
 
 async fn connect(cfg: &Config) -> Result<Queue> {
-    let q = Queue::connect(&cfg.nats, "sluice-cli").await?;
+    let q = Queue::connect(&NatsSettings::new(&cfg.nats)?, "sluice-cli").await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !q.is_connected() {
         if tokio::time::Instant::now() > deadline {

@@ -70,7 +70,10 @@ impl Config {
             .keys()
             .map(|m| ("governance.prices", m));
         let cached = self.cache.models.keys().map(|m| ("cache.models", m));
-        for (entry, m) in limits.chain(prices).chain(cached) {
+        let embedder = Some(&self.cache.semantic.embedding_model)
+            .filter(|m| !m.is_empty())
+            .map(|m| ("cache.semantic.embedding_model", m));
+        for (entry, m) in limits.chain(prices).chain(cached).chain(embedder) {
             if !all.contains(&m.as_str()) {
                 return unknown(entry, m, &all, "");
             }

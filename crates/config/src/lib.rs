@@ -13,6 +13,7 @@
 mod cache;
 mod catalog;
 mod delivery;
+pub mod duration;
 mod env;
 mod governance;
 mod models;
@@ -24,7 +25,7 @@ mod webhooks;
 
 use std::path::Path;
 
-pub use cache::{CacheConfig, CacheMode, CacheModelConfig};
+pub use cache::{CacheConfig, CacheMode, CacheModelConfig, SemanticConfig, SemanticModelConfig};
 pub use delivery::DeliveryConfig;
 pub use governance::*;
 pub use models::*;
@@ -32,7 +33,8 @@ pub use screening::{PolicyRef, ScreeningAction, ScreeningConfig, ScreeningPolicy
 pub use secret::{SecretRef, hash_api_key};
 pub use sections::*;
 pub use settings::{
-    DeliverySettings, HttpSettings, IngestSettings, ProviderSettings, WorkerRuntime, WorkerSettings,
+    DeliverySettings, HttpSettings, IngestSettings, NatsSettings, ProviderSettings, WorkerRuntime,
+    WorkerSettings,
 };
 pub use webhooks::WebhooksConfig;
 
@@ -158,6 +160,9 @@ mod tests {
                 .ok(),
             Some(3)
         );
+        // A brace in the prefix would be part of every key's Redis Cluster hash tag.
+        assert!(Config::from_toml_with_env("[redis]\nprefix = \"s{1}:\"\n", &[]).is_err());
+        assert!(Config::from_toml_with_env("[redis]\nprefix = \"s1:\"\n", &[]).is_ok());
         let dup = "[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"a\"\n";
         assert!(Config::from_toml_with_env(dup, &[]).is_err());
     }

@@ -23,7 +23,7 @@
 //! tpm = 150000
 //! ```
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,13 +36,16 @@ pub struct ModelsConfig {
     /// Upstream calls one delivery may make (first try, retries on other deployments, hedges).
     pub max_calls_per_attempt: u32,
     /// Backoff between calls inside one delivery: full jitter up to `base * 2^n`, capped.
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
+    #[serde(rename = "retry_base_ms", with = "crate::duration::millis")]
+    pub retry_base: Duration,
+    #[serde(rename = "retry_max_ms", with = "crate::duration::millis")]
+    pub retry_max: Duration,
     /// Retries (in-delivery retries and redeliveries) may be at most this fraction of first
     /// attempts over `retry_budget_window_s`, plus `retry_budget_min_per_s`.
     pub retry_budget_ratio: f64,
     pub retry_budget_min_per_s: f64,
-    pub retry_budget_window_s: u64,
+    #[serde(rename = "retry_budget_window_s", with = "crate::duration::secs")]
+    pub retry_budget_window: Duration,
     pub breaker: BreakerConfig,
     pub routing: RoutingConfig,
     /// Successful answers kept in memory per worker to serve as a stale fallback (0: off).
@@ -56,11 +59,11 @@ impl Default for ModelsConfig {
         ModelsConfig {
             pools: Vec::new(),
             max_calls_per_attempt: 3,
-            retry_base_ms: 100,
-            retry_max_ms: 2_000,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_millis(2_000),
             retry_budget_ratio: 0.2,
             retry_budget_min_per_s: 1.0,
-            retry_budget_window_s: 10,
+            retry_budget_window: Duration::from_secs(10),
             breaker: BreakerConfig::default(),
             routing: RoutingConfig::default(),
             stale_cache_entries: 1_024,
@@ -122,8 +125,12 @@ pub struct DeploymentConfig {
     pub rpm: u64,
     #[serde(default)]
     pub tpm: u64,
-    #[serde(default = "default_timeout_s")]
-    pub timeout_s: u64,
+    #[serde(
+        rename = "timeout_s",
+        with = "crate::duration::secs",
+        default = "default_timeout"
+    )]
+    pub timeout: Duration,
 }
 
 impl DeploymentConfig {
@@ -141,7 +148,7 @@ impl DeploymentConfig {
             max_concurrency: default_concurrency(),
             rpm: 0,
             tpm: 0,
-            timeout_s: default_timeout_s(),
+            timeout: default_timeout(),
         }
     }
 }
@@ -155,8 +162,8 @@ fn one() -> u32 {
 fn default_concurrency() -> usize {
     256
 }
-fn default_timeout_s() -> u64 {
-    120
+fn default_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,7 +171,8 @@ fn default_timeout_s() -> u64 {
 pub struct HedgeConfig {
     pub enabled: bool,
     /// Start the second call after this long (0: the deployment's observed p95).
-    pub after_ms: u64,
+    #[serde(rename = "after_ms", with = "crate::duration::millis")]
+    pub after: Duration,
     /// Most calls that may be hedges, as a fraction of calls.
     pub max_share: f64,
 }
@@ -173,7 +181,7 @@ impl Default for HedgeConfig {
     fn default() -> Self {
         HedgeConfig {
             enabled: false,
-            after_ms: 0,
+            after: Duration::ZERO,
             max_share: 0.1,
         }
     }
@@ -183,13 +191,15 @@ impl Default for HedgeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Outcomes counted over this window.
-    pub window_s: u64,
+    #[serde(rename = "window_s", with = "crate::duration::secs")]
+    pub window: Duration,
     /// No opinion below this many calls in the window.
     pub min_calls: u32,
     /// Open when failures / calls reaches this.
     pub failure_ratio: f64,
     /// How long an open breaker refuses traffic before letting probes through.
-    pub open_s: u64,
+    #[serde(rename = "open_s", with = "crate::duration::secs")]
+    pub open_for: Duration,
     /// Probes allowed at once while half-open; that many successes close it.
     pub half_open_probes: u32,
 }
@@ -197,10 +207,10 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
-            window_s: 10,
+            window: Duration::from_secs(10),
             min_calls: 10,
             failure_ratio: 0.5,
-            open_s: 5,
+            open_for: Duration::from_secs(5),
             half_open_probes: 2,
         }
     }
@@ -220,7 +230,8 @@ pub struct RoutingConfig {
     pub strong_keywords: Vec<String>,
     /// Optional classifier: `POST` the request body, answer `{"tier":"cheap"|"strong"}`.
     pub classifier_url: String,
-    pub classifier_timeout_ms: u64,
+    #[serde(rename = "classifier_timeout_ms", with = "crate::duration::millis")]
+    pub classifier_timeout: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -237,7 +248,7 @@ impl Default for RoutingConfig {
                 "analyse".into(),
             ],
             classifier_url: String::new(),
-            classifier_timeout_ms: 300,
+            classifier_timeout: Duration::from_millis(300),
         }
     }
 }
@@ -256,7 +267,7 @@ impl ModelsConfig {
         let non_negative = |v: f64| v.is_finite() && v >= 0.0;
         if !non_negative(self.retry_budget_ratio)
             || !non_negative(self.retry_budget_min_per_s)
-            || self.retry_budget_window_s == 0
+            || self.retry_budget_window.is_zero()
         {
             return bad(
                 "models.retry_budget_* must be non-negative and the window positive".into(),
@@ -266,8 +277,8 @@ impl ModelsConfig {
             return bad("models.quota_headroom must be a fraction".into());
         }
         let b = &self.breaker;
-        if b.window_s == 0
-            || b.open_s == 0
+        if b.window.is_zero()
+            || b.open_for.is_zero()
             || b.half_open_probes == 0
             || !(fraction(b.failure_ratio) && b.failure_ratio > 0.0)
         {
@@ -304,7 +315,7 @@ impl ModelsConfig {
                         d.name
                     ));
                 }
-                if d.weight == 0 || d.max_concurrency == 0 || d.timeout_s == 0 {
+                if d.weight == 0 || d.max_concurrency == 0 || d.timeout.is_zero() {
                     return bad(format!(
                         "deployment {:?}: weight, max_concurrency and timeout_s must be positive",
                         d.name

@@ -1,6 +1,6 @@
 //! The configuration sections and their defaults.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +72,10 @@ impl Default for NatsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    /// One Redis, or the seed nodes of a Redis Cluster separated by commas.
     pub url: String,
+    /// A Redis Cluster even when `url` names one seed node (several always mean a cluster).
+    pub cluster: bool,
     /// Every key lives under this prefix (see `sluice_store::keys`).
     pub prefix: String,
     /// Multiplexed connections per process; concurrent commands are pipelined onto them.
@@ -83,10 +86,27 @@ pub struct RedisConfig {
     pub command_timeout_ms: u64,
 }
 
+impl RedisConfig {
+    /// The URLs of `url`: one Redis, or a cluster's seed nodes.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// Whether Sluice talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster || self.urls().len() > 1
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
             prefix: "sluice:".into(),
             connections: 2,
             result_ttl_s: 24 * 3600,
@@ -178,8 +198,10 @@ pub struct UpstreamConfig {
     /// Base URL of an OpenAI-compatible API, up to and including `/v1`.
     pub base_url: String,
     pub api_key: Option<SecretRef>,
-    pub timeout_s: u64,
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "timeout_s", with = "crate::duration::secs")]
+    pub timeout: Duration,
+    #[serde(rename = "connect_timeout_ms", with = "crate::duration::millis")]
+    pub connect_timeout: Duration,
     pub pool_max_idle_per_host: usize,
 }
 
@@ -188,8 +210,8 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             base_url: "http://127.0.0.1:9100/v1".into(),
             api_key: None,
-            timeout_s: 120,
-            connect_timeout_ms: 2_000,
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_millis(2_000),
             pool_max_idle_per_host: 512,
         }
     }
@@ -230,6 +252,13 @@ impl Config {
         if !(1..=5).contains(&self.nats.replicas) {
             return bad("nats.replicas must be between 1 and 5 (3 on a 3-node cluster)");
         }
+        // A brace would become part of every key's Redis Cluster hash tag.
+        if self.redis.prefix.contains(['{', '}']) {
+            return bad("redis.prefix must not contain '{' or '}' (they mark hash tags)");
+        }
+        if self.redis.urls().is_empty() {
+            return bad("redis.url must name a Redis (or a cluster's seed nodes, comma-separated)");
+        }
         if self.redis.connections == 0 || self.redis.result_ttl_s == 0 {
             return bad("redis.connections and redis.result_ttl_s must be positive");
         }
@@ -265,6 +294,12 @@ impl Config {
         self.delivery.validate()?;
         self.webhooks.validate()?;
         self.governance.validate()?;
+        let global = self.governance.global;
+        if self.redis.is_cluster() && (global.requests > 0 || global.tokens > 0) {
+            return bad(
+                "governance.global limits cannot be used with a Redis Cluster: a limit shared by every tenant would need every admission on one shard",
+            );
+        }
         self.models.validate()?;
         self.check_model_references()?;
         let mut tenants = HashSet::new();

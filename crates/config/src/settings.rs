@@ -6,7 +6,7 @@
 //! [`IngestSettings::new`] and [`WorkerSettings::new`] turn every duration it reads into a
 //! [`Duration`] (refusing one that is zero where it must not be, or absurdly long, with an
 //! error naming the field), resolve the secrets it needs from the environment, and keep the
-//! sections other crates take as they are (`nats`, `redis`, `governance`, …). A service is
+//! sections other crates take as they are (`redis`, `governance`, …). A service is
 //! given its settings, never the whole `Config`.
 
 use std::{collections::HashMap, time::Duration};
@@ -51,6 +51,40 @@ fn secret(field: &str, r: &SecretRef) -> Result<SecretString, ConfigError> {
             &format!("environment variable {} is not set", r.variable()),
         )
     })
+}
+
+/// `[nats]`: the broker connection and the bounds of the streams Sluice creates.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    pub namespace: String,
+    /// How long a publish waits for JetStream's acknowledgement.
+    pub publish_timeout: Duration,
+    /// Shortest interval between two doorbell rings of one class.
+    pub ring_gap: Duration,
+    pub max_queued_jobs: i64,
+    pub max_queue_bytes: i64,
+    pub replicas: usize,
+    pub duplicate_window: Duration,
+    pub dlq_max_age: Duration,
+    pub dlq_max_msgs: i64,
+}
+
+impl NatsSettings {
+    pub fn new(n: &NatsConfig) -> Result<NatsSettings, ConfigError> {
+        Ok(NatsSettings {
+            url: n.url.clone(),
+            namespace: n.namespace.clone(),
+            publish_timeout: millis("nats.publish_timeout_ms", n.publish_timeout_ms, true)?,
+            ring_gap: millis("nats.ring_gap_ms", n.ring_gap_ms, true)?,
+            max_queued_jobs: n.max_queued_jobs,
+            max_queue_bytes: n.max_queue_bytes,
+            replicas: n.replicas,
+            duplicate_window: secs("nats.duplicate_window_s", n.duplicate_window_s, true)?,
+            dlq_max_age: secs("nats.dlq_max_age_s", n.dlq_max_age_s, true)?,
+            dlq_max_msgs: n.dlq_max_msgs,
+        })
+    }
 }
 
 /// `[ingest]`: the HTTP front door's limits and timeouts.
@@ -129,13 +163,17 @@ pub struct IngestSettings {
     pub delivery: DeliverySettings,
     /// Every model a client may name, in `GET /v1/models` order ([`Config::model_ids`]).
     pub models: Vec<String>,
-    pub nats: NatsConfig,
+    pub nats: NatsSettings,
     pub redis: RedisConfig,
     pub tenants: Vec<TenantConfig>,
     pub governance: GovernanceConfig,
     pub cache: CacheConfig,
     pub screening: ScreeningConfig,
     pub webhooks: WebhooksConfig,
+    /// The pools and upstream, when a model has the semantic cache (ingest then embeds
+    /// prompts with `cache.semantic.embedding_model`); `None` otherwise, so ingest needs no
+    /// provider key.
+    pub providers: Option<std::sync::Arc<ProviderSettings>>,
 }
 
 impl IngestSettings {
@@ -145,13 +183,18 @@ impl IngestSettings {
             ingest: HttpSettings::new(cfg)?,
             delivery: DeliverySettings::new(cfg)?,
             models: cfg.model_ids().into_iter().map(String::from).collect(),
-            nats: cfg.nats.clone(),
+            nats: NatsSettings::new(&cfg.nats)?,
             redis: cfg.redis.clone(),
             tenants: cfg.tenants.clone(),
             governance: cfg.governance.clone(),
             cache: cfg.cache.clone(),
             screening: cfg.screening.clone(),
             webhooks: cfg.webhooks.clone(),
+            providers: if cfg.cache.semantic_enabled() {
+                Some(std::sync::Arc::new(ProviderSettings::new(cfg)?))
+            } else {
+                None
+            },
         })
     }
 }
@@ -178,7 +221,7 @@ impl WorkerRuntime {
     fn new(cfg: &Config) -> Result<WorkerRuntime, ConfigError> {
         let w = &cfg.worker;
         let ack_wait = secs("worker.ack_wait_s", w.ack_wait_s, true)?;
-        let upstream = secs("upstream.timeout_s", cfg.upstream.timeout_s, false)?;
+        let upstream = cfg.upstream.timeout;
         Ok(WorkerRuntime {
             concurrency: w.concurrency,
             ack_wait,
@@ -249,7 +292,7 @@ pub struct WorkerSettings {
     pub worker: WorkerRuntime,
     pub delivery: DeliverySettings,
     pub providers: ProviderSettings,
-    pub nats: NatsConfig,
+    pub nats: NatsSettings,
     pub redis: RedisConfig,
     pub governance: GovernanceConfig,
     pub webhooks: WebhooksConfig,
@@ -262,7 +305,7 @@ impl WorkerSettings {
             worker: WorkerRuntime::new(cfg)?,
             delivery: DeliverySettings::new(cfg)?,
             providers: ProviderSettings::new(cfg)?,
-            nats: cfg.nats.clone(),
+            nats: NatsSettings::new(&cfg.nats)?,
             redis: cfg.redis.clone(),
             governance: cfg.governance.clone(),
             webhooks: cfg.webhooks.clone(),
@@ -354,6 +397,26 @@ mod tests {
                 Duration::from_millis(100),
             ),
             (
+                "[nats]\npublish_timeout_ms = 750",
+                |i, _| i.nats.publish_timeout,
+                Duration::from_millis(750),
+            ),
+            (
+                "[nats]\nring_gap_ms = 5",
+                |_, w| w.nats.ring_gap,
+                Duration::from_millis(5),
+            ),
+            (
+                "[nats]\nduplicate_window_s = 30",
+                |_, w| w.nats.duplicate_window,
+                Duration::from_secs(30),
+            ),
+            (
+                "[nats]\ndlq_max_age_s = 3600",
+                |i, _| i.nats.dlq_max_age,
+                Duration::from_secs(3600),
+            ),
+            (
                 "[worker]\nack_wait_s = 10\n[upstream]\ntimeout_s = 20",
                 |_, w| w.worker.in_flight_lease,
                 Duration::from_secs(60),
@@ -392,6 +455,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sync_wait_s"), "{e}");
+    }
+
+    #[test]
+    fn durations_read_from_the_file_are_durations_in_the_unit_of_their_name() {
+        let cfg = config(
+            "[upstream]\ntimeout_s = 9\nconnect_timeout_ms = 1500\n[models]\nretry_base_ms = 40\n\
+             retry_budget_window_s = 30\n[models.breaker]\nopen_s = 7\nwindow_s = 20\n\
+             [models.routing]\nclassifier_timeout_ms = 250\n",
+        );
+        assert_eq!(cfg.upstream.timeout, Duration::from_secs(9));
+        assert_eq!(cfg.upstream.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.models.retry_base, Duration::from_millis(40));
+        assert_eq!(cfg.models.retry_budget_window, Duration::from_secs(30));
+        assert_eq!(cfg.models.breaker.open_for, Duration::from_secs(7));
+        assert_eq!(cfg.models.breaker.window, Duration::from_secs(20));
+        assert_eq!(
+            cfg.models.routing.classifier_timeout,
+            Duration::from_millis(250)
+        );
+        let e = Config::from_toml_with_env("[models.breaker]\nopen_s = 400000000", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("open_s") && e.contains("ten years"), "{e}");
     }
 
     #[test]

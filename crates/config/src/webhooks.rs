@@ -29,6 +29,27 @@ pub struct WebhooksConfig {
     pub log_len: usize,
     /// Deliveries the dispatcher runs at once.
     pub concurrency: usize,
+    /// Deliveries to one endpoint (a registered endpoint, or one host of per-job webhook
+    /// URLs) at once; more wait in `HOOKS` (not an attempt).
+    pub endpoint_concurrency: usize,
+    /// The part of `concurrency` one tenant's deliveries may hold at once (at least one
+    /// delivery), so a tenant whose receivers hang cannot delay the others.
+    pub tenant_share: f64,
+    /// Consecutive failed attempts that open an endpoint's circuit breaker: its deliveries
+    /// then wait in `HOOKS` (not an attempt) for `breaker_cooldown_ms`, after which one
+    /// probe is let through (success closes it, failure opens it again). `0` disables it.
+    pub breaker_failures: u32,
+    pub breaker_cooldown_ms: u64,
+    /// Limits of the `HOOKS` stream (`0`: those of the jobs stream, `nats.max_queued_jobs`
+    /// and at most 256 MiB of `nats.max_queue_bytes`). A full stream does not hold or fail
+    /// jobs: their events wait in the store's outbox and are enqueued again later.
+    pub stream_max_msgs: i64,
+    pub stream_max_bytes: i64,
+    /// Events the outbox keeps for a full or unreachable `HOOKS`, and for how long; an
+    /// event past either is dropped, counted (`sluice_webhook_dropped_total`) and written
+    /// to its endpoints' delivery logs.
+    pub outbox_max: usize,
+    pub outbox_max_age_s: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -57,15 +78,40 @@ impl Default for WebhooksConfig {
             max_endpoints_per_tenant: 16,
             log_len: 100,
             concurrency: 32,
+            endpoint_concurrency: 8,
+            tenant_share: 0.5,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+            stream_max_msgs: 0,
+            stream_max_bytes: 0,
+            outbox_max: 100_000,
+            outbox_max_age_s: 24 * 3600,
         }
     }
 }
 
 impl WebhooksConfig {
+    /// Deliveries one tenant may have in flight: its share of `concurrency`, at least one.
+    pub fn tenant_slots(&self) -> usize {
+        ((self.concurrency as f64 * self.tenant_share).floor() as usize).clamp(1, self.concurrency)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.timeout_ms == 0 || self.concurrency == 0 || self.log_len == 0 {
-            return bad("webhooks.timeout_ms, concurrency and log_len must be positive");
+        if self.timeout_ms == 0
+            || self.concurrency == 0
+            || self.log_len == 0
+            || self.endpoint_concurrency == 0
+        {
+            return bad(
+                "webhooks.timeout_ms, concurrency, endpoint_concurrency and log_len must be positive",
+            );
+        }
+        if !(self.tenant_share > 0.0 && self.tenant_share <= 1.0) {
+            return bad("webhooks.tenant_share must be above 0 and at most 1");
+        }
+        if self.stream_max_msgs < 0 || self.stream_max_bytes < 0 {
+            return bad("webhooks.stream_max_msgs and stream_max_bytes must not be negative");
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return bad("webhooks.jitter must be between 0 and 1");

@@ -59,8 +59,13 @@ impl Governor {
         let secret = format!("sk-sluice-{}", random_hex(32));
         let key_id = format!("key_{}", random_hex(6));
         let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+        // The key itself last: on a cluster these run one by one, and a key must not work
+        // before its tenant and index know it.
         let mut pipe = redis::pipe();
         pipe.atomic()
+            .sadd(self.keys().tenants(), tenant)
+            .hset_nx(self.keys().tenant(tenant), "created_at", now_ms)
+            .hset(self.keys().tenant_keys(tenant), &key_id, &digest)
             .hset_multiple(
                 self.keys().api_key(&digest),
                 &[
@@ -68,10 +73,7 @@ impl Governor {
                     ("key_id", key_id.as_str()),
                     ("created_at", now_ms.to_string().as_str()),
                 ],
-            )
-            .hset(self.keys().tenant_keys(tenant), &key_id, &digest)
-            .sadd(self.keys().tenants(), tenant)
-            .hset_nx(self.keys().tenant(tenant), "created_at", now_ms);
+            );
         self.run(pipe).await?;
         Ok(CreatedKey {
             tenant: tenant.to_string(),
@@ -248,11 +250,10 @@ impl Governor {
         Ok(store.timed(cmd.query_async(&mut conn)).await?)
     }
 
+    /// Runs the commands of `pipe` (a transaction) in their order: see
+    /// [`sluice_store::Store::apply_in_order`].
     async fn run(&self, pipe: redis::Pipeline) -> Result<(), GovernanceError> {
-        let store = self.store();
-        let mut conn = store.conn().await?;
-        let _: redis::Value = store.timed(pipe.query_async(&mut conn)).await?;
-        Ok(())
+        Ok(self.store().apply_in_order(pipe).await?)
     }
 }
 

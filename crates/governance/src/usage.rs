@@ -51,18 +51,19 @@ impl Governor {
         if budgeted.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for (tenant, p) in &budgeted {
-            let (name, _) = period::current(p.budget.period, now_ms);
-            pipe.cmd("HMGET")
-                .arg(self.keys().budget(tenant, &name))
-                .arg("tokens")
-                .arg("cost");
-        }
-        let store = self.store();
-        let mut conn = store.conn().await?;
-        let rows: Vec<(Option<i64>, Option<i64>)> =
-            store.timed(pipe.query_async(&mut conn)).await?;
+        // Each tenant's budget is on its tenant's cluster slot.
+        let reads = budgeted
+            .iter()
+            .map(|(tenant, p)| {
+                let (name, _) = period::current(p.budget.period, now_ms);
+                redis::cmd("HMGET")
+                    .arg(self.keys().budget(tenant, &name))
+                    .arg("tokens")
+                    .arg("cost")
+                    .to_owned()
+            })
+            .collect();
+        let rows: Vec<(Option<i64>, Option<i64>)> = self.store().query_each(reads).await?;
         let mut out: Vec<BudgetUse> = budgeted
             .iter()
             .zip(rows)

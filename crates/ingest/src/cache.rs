@@ -4,6 +4,8 @@
 //! ```text
 //! Submission ─ lookup ─▶ Off | Bypass          → the job runs, nothing is stored
 //!                        Hit(entry)            → answered here (x-sluice-cache: hit)
+//!                        Similar(entry, sim)   → a similar prompt's answer (semantic hit,
+//!                                                x-sluice-cache-similarity: sim)
 //!                        Lead(write)           → the job runs and stores its answer
 //!                        Follow(leader, write) → wait for the leader's job (coalesced)
 //! ```
@@ -32,6 +34,7 @@ use crate::{
     AppState,
     error::ApiError,
     routes::jobs::store_unavailable,
+    semantic::SemanticCache,
     watch::{JobWatch, Outcome},
 };
 
@@ -43,6 +46,8 @@ pub const OPT_HEADER: &str = "x-sluice-cache";
 pub struct ResponseCache {
     cfg: CacheConfig,
     tier: LocalTier,
+    /// The semantic cache, when a model has one ([`crate::semantic`]).
+    semantic: Option<SemanticCache>,
 }
 
 /// What the cache makes of one request.
@@ -53,6 +58,11 @@ pub enum Lookup {
     /// Not cacheable, or the client said `no-store`.
     Bypass,
     Hit(Arc<Entry>),
+    /// A semantic hit: the answer of a prompt this similar (cosine) in the same scope.
+    Similar {
+        entry: Arc<Entry>,
+        similarity: f32,
+    },
     /// Run the job and store its answer; `leased`: this job holds the single-flight lease,
     /// to give back if it is never queued.
     Lead {
@@ -74,9 +84,18 @@ impl Lookup {
         match self {
             Lookup::Off => None,
             Lookup::Bypass => Some("bypass"),
-            Lookup::Hit(_) => Some("hit"),
+            Lookup::Hit(_) | Lookup::Similar { .. } => Some("hit"),
             Lookup::Lead { .. } => Some("miss"),
             Lookup::Follow { .. } => Some("coalesced"),
+        }
+    }
+
+    /// The entry a hit answers with, and the similarity of a semantic one.
+    pub fn hit(&self) -> Option<(Arc<Entry>, Option<f32>)> {
+        match self {
+            Lookup::Hit(e) => Some((e.clone(), None)),
+            Lookup::Similar { entry, similarity } => Some((entry.clone(), Some(*similarity))),
+            _ => None,
         }
     }
 
@@ -97,7 +116,18 @@ impl ResponseCache {
                 cfg.local_max_bytes,
                 std::time::Duration::from_millis(cfg.local_ttl_ms),
             ),
+            semantic: None,
         }
+    }
+
+    /// With the semantic cache (`None`: no model has one).
+    pub fn with_semantic(mut self, semantic: Option<SemanticCache>) -> ResponseCache {
+        self.semantic = semantic;
+        self
+    }
+
+    pub fn semantic(&self) -> Option<&SemanticCache> {
+        self.semantic.as_ref()
     }
 
     pub fn enabled(&self) -> bool {
@@ -163,6 +193,7 @@ impl ResponseCache {
             key: key.hex(),
             // Validated at start-up to fit.
             ttl_s: u32::try_from(self.cfg.ttl_s(model)).unwrap_or(u32::MAX),
+            semantic: None,
         };
         let lookup = if read {
             self.read(store, key, write, max_age_s, job, coalesce).await
@@ -175,6 +206,21 @@ impl ResponseCache {
             })
         };
         let lookup = match lookup {
+            Ok(l) => {
+                let q = SemanticQuery {
+                    tenant,
+                    model,
+                    request,
+                    headers,
+                    read,
+                    max_age_s,
+                    job,
+                };
+                self.semantic_step(store, &q, l).await
+            }
+            Err(e) => Err(e),
+        };
+        let lookup = match lookup {
             Ok(l) => l,
             Err(e) => {
                 metrics::counter!("sluice_cache_errors_total").increment(1);
@@ -185,6 +231,55 @@ impl ResponseCache {
         let result = lookup.header().unwrap_or("off");
         metrics::counter!("sluice_cache_requests_total", "result" => result).increment(1);
         lookup
+    }
+
+    /// An exact miss that runs its own job: look for a similar prompt's answer first, and
+    /// otherwise carry the prompt's embedding to the worker, which inserts it once the
+    /// answer is stored. Anything else passes through.
+    async fn semantic_step(
+        &self,
+        store: &Store,
+        q: &SemanticQuery<'_>,
+        lookup: Lookup,
+    ) -> Result<Lookup, sluice_store::StoreError> {
+        let Some(sem) = &self.semantic else {
+            return Ok(lookup);
+        };
+        let Lookup::Lead {
+            mut write,
+            key,
+            leased,
+        } = lookup
+        else {
+            return Ok(lookup);
+        };
+        let prepared = match sem.prepare(q.tenant, q.model, q.request, q.headers).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(Lookup::Lead { write, key, leased }),
+            Err(e) => {
+                metrics::counter!("sluice_cache_semantic_requests_total", "result" => "error")
+                    .increment(1);
+                tracing::warn!(error = %e, "semantic cache unavailable; looking up exactly only");
+                return Ok(Lookup::Lead { write, key, leased });
+            }
+        };
+        if q.read {
+            if let Some(hit) = sem.find(store, &self.tier, &prepared, q.max_age_s).await? {
+                metrics::counter!("sluice_cache_semantic_requests_total", "result" => "hit")
+                    .increment(1);
+                if leased && let Err(e) = store.cache_release(&key, q.job).await {
+                    tracing::warn!(error = %e, "cannot free a cache lease; it expires with its TTL");
+                }
+                return Ok(Lookup::Similar {
+                    entry: hit.entry,
+                    similarity: hit.similarity,
+                });
+            }
+            metrics::counter!("sluice_cache_semantic_requests_total", "result" => "miss")
+                .increment(1);
+        }
+        write.semantic = Some(prepared.write());
+        Ok(Lookup::Lead { write, key, leased })
     }
 
     /// Looks `key` up; a miss leads (storing under `write`) or follows the job that leads.
@@ -234,6 +329,17 @@ impl ResponseCache {
             }
         }
     }
+}
+
+/// What the semantic step needs of a request.
+struct SemanticQuery<'a> {
+    tenant: &'a str,
+    model: &'a str,
+    request: &'a Value,
+    headers: &'a HeaderMap,
+    read: bool,
+    max_age_s: Option<u64>,
+    job: Uuid,
 }
 
 /// Frees this job's single-flight lease when dropped while armed: the job was refused or

@@ -24,14 +24,7 @@ pub async fn cancel_job(
         metrics::counter!("sluice_jobs_cancelled_total").increment(1);
         state.queue.notify_job_event(id, "cancelled").await;
         if let Some(tenant) = state.store.get(id).await.ok().flatten().map(|r| r.tenant)
-            && let Err(e) = sluice_webhooks::emit::emit(
-                &state.queue,
-                &state.store,
-                id,
-                &tenant,
-                JobStatus::Cancelled,
-            )
-            .await
+            && let Err(e) = cancelled_hooks(state, id, &tenant).await
         {
             tracing::warn!(job = %id, error = %e, "job.cancelled webhooks not enqueued");
         }
@@ -42,6 +35,25 @@ pub async fn cancel_job(
         }
     }
     Ok(t)
+}
+
+/// Enqueues the `job.cancelled` webhooks (or puts them in the outbox when `HOOKS` refuses).
+async fn cancelled_hooks(
+    state: &AppState,
+    id: Uuid,
+    tenant: &str,
+) -> Result<sluice_webhooks::outbox::Emitted, sluice_webhooks::HookError> {
+    let targets = state.store.hook_targets(id, tenant).await?;
+    sluice_webhooks::outbox::emit_or_defer(
+        &state.queue,
+        &state.store,
+        &state.cfg.webhooks,
+        targets,
+        id,
+        tenant,
+        JobStatus::Cancelled,
+    )
+    .await
 }
 
 /// Cancels the job when dropped while armed: axum drops a handler's future (and a streaming

@@ -10,6 +10,8 @@
 //!   `admin` and `ops` (health, readiness, metrics).
 //! - [`watch`]: following a job's event history (Redis) woken by broker notifications.
 //! - [`cache`]: the response cache: lookup before admission, hits, single-flight.
+//! - [`semantic`]: the semantic cache: prompt embedding, similar-prompt lookup, the index
+//!   kept in step with the SEMANTIC stream.
 //! - [`cancel`]: cancelling a job, on request or when a synchronous client leaves.
 //! - [`auth`]: API keys (config and Redis), the admin scope and the open-route allowlist.
 //! - [`submission`]: the one path from a validated request to a published job, shared by
@@ -35,6 +37,7 @@ pub mod observe;
 pub mod openapi;
 pub mod routes;
 pub mod screening;
+pub mod semantic;
 pub mod serve;
 pub mod strict_json;
 pub mod submission;
@@ -118,7 +121,8 @@ impl AppState {
             d.sync_waits_per_tenant,
         );
         let streams = middleware::slots::Slots::new("stream", d.max_streams, d.streams_per_tenant);
-        let cache = cache::ResponseCache::new(&cfg.cache);
+        let cache = cache::ResponseCache::new(&cfg.cache)
+            .with_semantic(semantic::SemanticCache::new(&cfg)?);
         Ok(AppState(Arc::new(Services {
             cfg: Arc::new(cfg),
             queue,
@@ -268,6 +272,7 @@ pub struct Server {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     background: TaskTracker,
+    semantic: Option<sluice_cache::semantic::SemanticIndex>,
 }
 
 impl Server {
@@ -302,7 +307,16 @@ impl Server {
         }
         routes::admin::seed_tenants(&state).await;
         tasks.spawn(check_eviction(state.store.clone()));
+        if let Some(sem) = state.cache.semantic() {
+            tasks.spawn(semantic::follow_insertions(
+                state.queue.clone(),
+                sem.index().clone(),
+                state.cfg.cache.clone(),
+                shutdown.clone(),
+            ));
+        }
         let background = state.background.clone();
+        let semantic = state.cache.semantic().map(|s| s.index().clone());
         let limits = serve::ConnLimits::from_settings(&state.cfg.ingest);
         let app = router(state);
         tasks.spawn(serve::serve(listener, app, limits, shutdown.clone()));
@@ -312,7 +326,13 @@ impl Server {
             shutdown,
             tasks,
             background,
+            semantic,
         })
+    }
+
+    /// Entries in this replica's semantic index (`None`: no model has the semantic cache).
+    pub fn semantic_entries(&self) -> Option<usize> {
+        self.semantic.as_ref().map(|i| i.len())
     }
 
     pub fn base_url(&self) -> String {

@@ -288,20 +288,23 @@ async fn look_up(
             follow == Follow::Wait,
         )
         .await;
-    match lookup {
-        Lookup::Hit(entry) => {
-            let limits = admission::admit_hit(state, tenant, headers, sub, job.id).await?;
-            crate::cache::count_saved(state.gov.config(), &tenant.id, &sub.model, &entry);
-            Ok(Looked::Answered(match follow {
-                Follow::Wait => Submitted::Cached(Box::new(Cached {
-                    body: entry.body.clone(),
-                    how: "hit",
-                    source: entry.source_job,
-                    headers: limits,
-                })),
-                Follow::No => cached_job(state, tenant, sub, job, &entry, limits).await?,
-            }))
+    if let Some((entry, similarity)) = lookup.hit() {
+        let mut limits = admission::admit_hit(state, tenant, headers, sub, job.id).await?;
+        if let Some(s) = similarity {
+            limits.push((crate::semantic::SIMILARITY_HEADER, format!("{s:.3}")));
         }
+        crate::cache::count_saved(state.gov.config(), &tenant.id, &sub.model, &entry);
+        return Ok(Looked::Answered(match follow {
+            Follow::Wait => Submitted::Cached(Box::new(Cached {
+                body: entry.body.clone(),
+                how: "hit",
+                source: entry.source_job,
+                headers: limits,
+            })),
+            Follow::No => cached_job(state, tenant, sub, job, &entry, limits).await?,
+        }));
+    }
+    match lookup {
         Lookup::Follow { leader, write, key } => {
             let wait = state.cfg.delivery.sync_wait;
             match follow_leader(state, leader, wait).await? {

@@ -79,6 +79,22 @@ pub struct CacheWrite {
     pub key: String,
     /// How long the entry lives, in seconds.
     pub ttl_s: u32,
+    /// The semantic cache's part: after storing the entry the worker publishes an insertion
+    /// (scope, vector, key) that every ingest replica adds to its index. Absent for models
+    /// without the semantic cache, so their encoding is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic: Option<SemanticWrite>,
+}
+
+/// The prompt's place in the semantic cache, computed by ingest on the miss (which had to
+/// embed the prompt to look it up), so the worker need not embed it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemanticWrite {
+    /// The scope digest (tenant, model, system prompt, tools, output parameters): 64 hex.
+    pub scope: String,
+    /// The prompt's unit embedding, little-endian `f32`s.
+    #[serde(with = "serde_bytes")]
+    pub vector: Vec<u8>,
 }
 
 fn reserved_unless_told() -> bool {

@@ -21,7 +21,9 @@ pub mod replay;
 pub mod status;
 pub mod subjects;
 
-pub use envelope::{CacheWrite, DecodeError, EncodeError, JobEnvelope, JobKind, SCHEMA_VERSION};
+pub use envelope::{
+    CacheWrite, DecodeError, EncodeError, JobEnvelope, JobKind, SCHEMA_VERSION, SemanticWrite,
+};
 pub use outcome::{DeadLetterReason, ErrorCode, Outcome};
 pub use priority::Priority;
 pub use replay::{Replay, ReplayLedger};

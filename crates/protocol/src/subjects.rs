@@ -137,6 +137,17 @@ impl Subjects {
     pub fn dlq(&self, reason: &str, tenant: &str) -> String {
         format!("{}dlq.{}.{}", self.subject_prefix(), reason, tenant)
     }
+
+    /// The SEMANTIC stream: the semantic cache's insertions, which every ingest replica
+    /// replays into its index.
+    pub fn semantic_stream(&self) -> String {
+        format!("{}SEMANTIC", self.stream_prefix())
+    }
+
+    /// The one subject of the SEMANTIC stream.
+    pub fn semantic_insertions(&self) -> String {
+        format!("{}cache.semantic", self.subject_prefix())
+    }
 }
 
 /// Whether `s` can be used as a single NATS subject token (tenant ids, reasons).

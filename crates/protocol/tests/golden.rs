@@ -8,7 +8,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use sluice_protocol::{CacheWrite, JobEnvelope, JobKind, Priority, SCHEMA_VERSION};
+use sluice_protocol::{CacheWrite, JobEnvelope, JobKind, Priority, SCHEMA_VERSION, SemanticWrite};
 use uuid::Uuid;
 
 fn samples() -> PathBuf {
@@ -79,6 +79,24 @@ fn v1_cached() -> JobEnvelope {
         cache: Some(CacheWrite {
             key: "ab".repeat(32),
             ttl_s: 3600,
+            semantic: None,
+        }),
+        ..v1_chat()
+    }
+}
+
+/// Written after `cache.semantic` was added: a job whose answer also goes to the semantic
+/// cache.
+fn v1_semantic() -> JobEnvelope {
+    JobEnvelope {
+        id: Uuid::parse_str("0192f0c1-7a4b-7cde-8f01-000000000006").unwrap(),
+        cache: Some(CacheWrite {
+            key: "ab".repeat(32),
+            ttl_s: 3600,
+            semantic: Some(SemanticWrite {
+                scope: "cd".repeat(32),
+                vector: [0.6f32, 0.8].iter().flat_map(|x| x.to_le_bytes()).collect(),
+            }),
         }),
         ..v1_chat()
     }
@@ -114,6 +132,18 @@ fn v1_unreserved_sample_decodes() {
 #[test]
 fn v1_cached_sample_decodes() {
     check("v1-cached.msgpack", v1_cached());
+}
+
+#[test]
+fn v1_semantic_sample_decodes() {
+    check("v1-semantic.msgpack", v1_semantic());
+}
+
+/// `cache.semantic` is left out when absent: a cached job without it encodes as before.
+#[test]
+fn a_cached_envelope_without_semantic_encodes_as_before() {
+    let before = std::fs::read(samples().join("v1-cached.msgpack")).unwrap();
+    assert_eq!(v1_cached().encode().unwrap(), before);
 }
 
 /// `cache` is left out of a message when absent: a job that is not cached encodes byte for

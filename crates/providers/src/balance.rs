@@ -92,10 +92,10 @@ mod tests {
                 .unwrap();
         let client = OpenAiProvider::for_deployment(&d, None).unwrap();
         let breaker = BreakerConfig {
-            window_s: 10,
+            window: Duration::from_secs(10),
             min_calls: 2,
             failure_ratio: 0.5,
-            open_s: 5,
+            open_for: Duration::from_secs(5),
             half_open_probes: 1,
         };
         Deployment::from_config(&d, client, &breaker, 0.1)

@@ -67,10 +67,10 @@ impl Breaker {
         Breaker {
             min_calls: u64::from(cfg.min_calls),
             failure_ratio: cfg.failure_ratio,
-            open_for: Duration::from_secs(cfg.open_s),
+            open_for: cfg.open_for,
             probes: cfg.half_open_probes.max(1),
             state: BreakerState::Closed,
-            window: Window::new(Duration::from_secs(cfg.window_s), now),
+            window: Window::new(cfg.window, now),
         }
     }
 
@@ -178,10 +178,10 @@ mod tests {
 
     fn cfg() -> BreakerConfig {
         BreakerConfig {
-            window_s: 10,
+            window: Duration::from_secs(10),
             min_calls: 4,
             failure_ratio: 0.5,
-            open_s: 5,
+            open_for: Duration::from_secs(5),
             half_open_probes: 2,
         }
     }

@@ -35,11 +35,7 @@ impl OpenAiProvider {
         cfg: &UpstreamConfig,
         api_key: Option<SecretString>,
     ) -> Result<OpenAiProvider, ProviderError> {
-        let http = client(
-            cfg.pool_max_idle_per_host,
-            cfg.connect_timeout_ms,
-            cfg.timeout_s,
-        )?;
+        let http = client(cfg.pool_max_idle_per_host, cfg.connect_timeout, cfg.timeout)?;
         OpenAiProvider::build(
             http,
             cfg.base_url.trim_end_matches('/').to_string(),
@@ -53,7 +49,11 @@ impl OpenAiProvider {
         d: &DeploymentConfig,
         api_key: Option<SecretString>,
     ) -> Result<OpenAiProvider, ProviderError> {
-        let http = client(d.max_concurrency.min(1024), 2_000, d.timeout_s)?;
+        let http = client(
+            d.max_concurrency.min(1024),
+            Duration::from_secs(2),
+            d.timeout,
+        )?;
         let base = d.base_url.trim_end_matches('/');
         match d.style {
             ApiStyle::Openai => {
@@ -171,15 +171,15 @@ impl OpenAiProvider {
 
 fn client(
     pool_idle: usize,
-    connect_timeout_ms: u64,
-    timeout_s: u64,
+    connect_timeout: Duration,
+    timeout: Duration,
 ) -> Result<reqwest::Client, ProviderError> {
     reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(pool_idle)
         .pool_idle_timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_millis(connect_timeout_ms))
-        .timeout(Duration::from_secs(timeout_s))
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|_| ProviderError::Transport)

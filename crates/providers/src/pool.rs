@@ -211,7 +211,7 @@ impl Pools {
             .map_err(|_| BuildError::Client("upstream".into()))?;
         let implicit_cfg = DeploymentConfig {
             max_concurrency: 1_000_000,
-            timeout_s: up.timeout_s,
+            timeout: up.timeout,
             ..DeploymentConfig::new("upstream", &up.base_url)
         };
         let implicit = pool(
@@ -236,7 +236,7 @@ impl Pools {
             budget: Mutex::new(RetryBudget::new(
                 m.retry_budget_ratio,
                 m.retry_budget_min_per_s,
-                Duration::from_secs(m.retry_budget_window_s),
+                m.retry_budget_window,
                 now,
             )),
             stale: StaleCache::new(m.stale_cache_entries),
@@ -407,9 +407,11 @@ impl Pools {
                     last = Some(last.unwrap_or(CallError::BudgetExhausted));
                     break;
                 }
-                let cap = Duration::from_millis(self.cfg.retry_base_ms)
+                let cap = self
+                    .cfg
+                    .retry_base
                     .saturating_mul(1 << (*calls - 1).min(16))
-                    .min(Duration::from_millis(self.cfg.retry_max_ms));
+                    .min(self.cfg.retry_max);
                 let pause = cap.mul_f64(rand::rng().random_range(0.0..=1.0));
                 if req.deadline.is_some_and(|d| Instant::now() + pause >= d) {
                     break;
@@ -446,8 +448,8 @@ impl Pools {
             return send(slot, model, req).await;
         }
         pool.hedges.lock().await.deposit(Instant::now());
-        let after = if pool.hedge.after_ms > 0 {
-            Duration::from_millis(pool.hedge.after_ms)
+        let after = if !pool.hedge.after.is_zero() {
+            pool.hedge.after
         } else {
             slot.deployment().p95().unwrap_or(Duration::from_secs(1))
         };

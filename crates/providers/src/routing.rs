@@ -44,7 +44,7 @@ impl Router {
             .then(|| {
                 reqwest::Client::builder()
                     .tcp_nodelay(true)
-                    .timeout(Duration::from_millis(cfg.classifier_timeout_ms.max(1)))
+                    .timeout(cfg.classifier_timeout.max(Duration::from_millis(1)))
                     .build()
                     .ok()
             })

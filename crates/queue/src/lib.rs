@@ -30,7 +30,7 @@ pub mod trace;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use sluice_config::NatsConfig;
+use sluice_config::NatsSettings;
 use sluice_protocol::Subjects;
 
 pub use consumer::Delivery;
@@ -56,7 +56,7 @@ pub struct Queue {
     client: async_nats::Client,
     js: jetstream::Context,
     subjects: Subjects,
-    cfg: NatsConfig,
+    cfg: NatsSettings,
     /// The doorbell's coalescing state (see [`Queue::ring`]).
     doorbell: std::sync::Arc<publisher::Doorbell>,
 }
@@ -64,7 +64,7 @@ pub struct Queue {
 impl Queue {
     /// Connects to NATS. The connection is retried in the background if the server is not
     /// reachable yet, so a service can start before its broker and report not-ready.
-    pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Queue, QueueError> {
+    pub async fn connect(cfg: &NatsSettings, name: &str) -> Result<Queue, QueueError> {
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
@@ -75,7 +75,7 @@ impl Queue {
             .await
             .map_err(|e| QueueError::Broker(e.to_string()))?;
         let mut js = jetstream::new(client.clone());
-        js.set_timeout(Duration::from_millis(cfg.publish_timeout_ms));
+        js.set_timeout(cfg.publish_timeout);
         Ok(Queue {
             client,
             js,
@@ -97,7 +97,7 @@ impl Queue {
         &self.js
     }
 
-    pub fn config(&self) -> &NatsConfig {
+    pub fn config(&self) -> &NatsSettings {
         &self.cfg
     }
 

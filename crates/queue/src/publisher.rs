@@ -1,7 +1,5 @@
 //! Publishing jobs. A job counts as accepted only once JetStream acknowledged it.
 
-use std::time::Duration;
-
 use async_nats::HeaderMap;
 use sluice_protocol::JobEnvelope;
 use tracing::Instrument;
@@ -25,7 +23,7 @@ impl Queue {
         let subject = self.subjects.job(env.priority, &env.tenant);
         let span = crate::trace::publish_span("jobs", &subject, env.id);
         crate::trace::inject(&span, &mut headers);
-        let timeout = Duration::from_millis(self.cfg.publish_timeout_ms);
+        let timeout = self.cfg.publish_timeout;
         let send = async {
             let ack = self
                 .js
@@ -66,7 +64,7 @@ impl Queue {
         tokio::spawn(async move {
             let bell = &queue.doorbell;
             let last = bell.last[class].lock().map(|l| *l).unwrap_or(None);
-            let gap = Duration::from_millis(queue.cfg.ring_gap_ms.max(1));
+            let gap = queue.cfg.ring_gap;
             match last.map(|at| at + gap) {
                 Some(next) if next > std::time::Instant::now() => {
                     tokio::time::sleep_until(next.into()).await;

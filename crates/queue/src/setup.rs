@@ -32,7 +32,7 @@ impl Queue {
                 discard: stream::DiscardPolicy::New,
                 max_messages: self.cfg.max_queued_jobs,
                 max_bytes: self.cfg.max_queue_bytes,
-                duplicate_window: Duration::from_secs(self.cfg.duplicate_window_s),
+                duplicate_window: self.cfg.duplicate_window,
                 num_replicas: self.cfg.replicas,
                 ..Default::default()
             })
@@ -46,8 +46,8 @@ impl Queue {
                 storage: stream::StorageType::File,
                 discard: stream::DiscardPolicy::Old,
                 max_messages: self.cfg.dlq_max_msgs,
-                max_age: Duration::from_secs(self.cfg.dlq_max_age_s),
-                duplicate_window: Duration::from_secs(self.cfg.duplicate_window_s),
+                max_age: self.cfg.dlq_max_age,
+                duplicate_window: self.cfg.duplicate_window,
                 num_replicas: self.cfg.replicas,
                 ..Default::default()
             })

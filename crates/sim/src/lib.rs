@@ -24,12 +24,14 @@
 //! - [`latency`]: sampling delays that reproduce configured p50/p95/p99.
 //! - [`directives`]: the `[[sim:…]]` per-request directives.
 //! - [`fail_first`]: bounded bookkeeping for `fail_first`.
-//! - [`output`]: deterministic completions, token counts and embeddings.
+//! - [`output`]: deterministic completions, token counts and embeddings; [`bow`]: the
+//!   bag-of-words embedding model (`sim-embed-bow…`) whose similarities mean something.
 //! - [`counters`]: request counters and the guard that tells completed from aborted.
 //! - [`state`]: shared state and the decision of each request's delay and fate.
 //! - [`openai`]: wire types; [`error`]: the OpenAI-shaped API error.
 //! - [`handlers`]: one module per endpoint group; [`server`]: router, [`start`], [`SimHandle`].
 
+pub mod bow;
 pub mod config;
 pub mod counters;
 pub mod directives;

@@ -113,7 +113,6 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // One GET per key rather than MGET, so the keys need not share a cluster slot.
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.cmd("GET").arg(self.keys.dash_worker(id));

@@ -72,25 +72,46 @@ pub(crate) static CREATE_ENDPOINT: Lua = Lua::new(
 
 impl Store {
     /// Registers an endpoint; `false` when the tenant already has `max` endpoints.
+    ///
+    /// The endpoint is written first, then its id joins the tenant's set under the cap (one
+    /// script: the count and the add are one step, so parallel registrations cannot pass the
+    /// cap together); a refused endpoint is deleted again. The two keys are on different
+    /// cluster slots, so they cannot share a script.
     pub async fn create_endpoint(&self, ep: &Endpoint, max: usize) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let () = self
+            .timed(
+                redis::cmd("HSET")
+                    .arg(self.keys.hook(&ep.id))
+                    .arg("tenant")
+                    .arg(&ep.tenant)
+                    .arg("url")
+                    .arg(&ep.url)
+                    .arg("events")
+                    .arg(ep.events.join(","))
+                    .arg("secret")
+                    .arg(&ep.secret)
+                    .arg("disabled")
+                    .arg(if ep.disabled { "1" } else { "0" })
+                    .arg("created_at")
+                    .arg(ep.created_at_ms)
+                    .query_async(&mut conn),
+            )
+            .await?;
         let mut call = CREATE_ENDPOINT.key(self.keys.tenant_hooks(&ep.tenant));
-        call.key(self.keys.hook(&ep.id))
-            .arg(max)
-            .arg(&ep.id)
-            .arg("tenant")
-            .arg(&ep.tenant)
-            .arg("url")
-            .arg(&ep.url)
-            .arg("events")
-            .arg(ep.events.join(","))
-            .arg("secret")
-            .arg(&ep.secret)
-            .arg("disabled")
-            .arg(if ep.disabled { "1" } else { "0" })
-            .arg("created_at")
-            .arg(ep.created_at_ms);
+        call.arg(max).arg(&ep.id);
         let added: i64 = self.invoke(&call).await?;
-        Ok(added == 1)
+        if added == 1 {
+            return Ok(true);
+        }
+        let () = self
+            .timed(
+                redis::cmd("DEL")
+                    .arg(self.keys.hook(&ep.id))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(false)
     }
 
     pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
@@ -138,18 +159,23 @@ impl Store {
         if self.tenant_endpoint(tenant, id).await?.is_none() {
             return Ok(false);
         }
+        // Three keys on different cluster slots: no transaction; out of the set first, so a
+        // reader never lists an endpoint that is half deleted.
         let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SREM")
-            .arg(self.keys.tenant_hooks(tenant))
-            .arg(id)
-            .ignore()
-            .cmd("DEL")
-            .arg(self.keys.hook(id))
-            .arg(self.keys.hook_log(id))
-            .ignore();
-        self.timed(pipe.query_async::<()>(&mut conn)).await?;
+        let _: i64 = self
+            .timed(
+                redis::cmd("SREM")
+                    .arg(self.keys.tenant_hooks(tenant))
+                    .arg(id)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let _: Vec<()> = self
+            .query_each(vec![
+                redis::cmd("DEL").arg(self.keys.hook(id)).to_owned(),
+                redis::cmd("DEL").arg(self.keys.hook_log(id)).to_owned(),
+            ])
+            .await?;
         Ok(true)
     }
 
@@ -254,19 +280,154 @@ impl Store {
 
     /// Everything a terminal event of `job` is delivered to, in one round trip.
     pub async fn hook_targets(&self, job: Uuid, tenant: &str) -> Result<HookTargets, StoreError> {
-        let mut conn = self.conn().await?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
+        // The job's keys and the tenant's set are on different cluster slots: two commands,
+        // sent together.
+        let (mut a, mut b) = (self.conn().await?, self.conn().await?);
+        let record = redis::cmd("HMGET")
             .arg(self.keys.job(job))
             .arg("webhook_url")
-            .arg("tenant");
-        pipe.cmd("SMEMBERS").arg(self.keys.tenant_hooks(tenant));
+            .arg("tenant")
+            .to_owned();
+        let set = redis::cmd("SMEMBERS")
+            .arg(self.keys.tenant_hooks(tenant))
+            .to_owned();
         let ((job_url, rec_tenant), endpoints): ((Option<String>, Option<String>), Vec<String>) =
-            self.timed(pipe.query_async(&mut conn)).await?;
+            self.timed(async {
+                tokio::try_join!(record.query_async(&mut a), set.query_async(&mut b))
+            })
+            .await?;
         Ok(HookTargets {
             tenant: rec_tenant,
             job_url,
             endpoints,
         })
+    }
+
+    /// Failed attempts recorded for one delivery (`field`: `<event id>:<target>`).
+    pub async fn hook_attempts(&self, job: Uuid, field: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let n: Option<u64> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(self.keys.hook_attempts(job))
+                    .arg(field)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Records a failed attempt of one delivery; the count after it. The key lives `ttl_s`
+    /// past the latest failure (the delivery's whole schedule).
+    pub async fn hook_attempt_failed(
+        &self,
+        job: Uuid,
+        field: &str,
+        ttl_s: u64,
+    ) -> Result<u64, StoreError> {
+        let key = self.keys.hook_attempts(job);
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg(field)
+            .arg(1)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(ttl_s.max(1))
+            .ignore();
+        let (n,): (u64,) = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(n)
+    }
+
+    /// Forgets a delivery's failed attempts (it was dead-lettered: a replay starts afresh).
+    pub async fn hook_attempts_reset(&self, job: Uuid, field: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("HDEL")
+                .arg(self.keys.hook_attempts(job))
+                .arg(field)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Puts an event in the outbox, due at `due_ms`; `false` when it holds `max` already.
+    pub async fn outbox_add(
+        &self,
+        event: &str,
+        due_ms: u64,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.hook_outbox();
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(&key)
+            .arg("NX")
+            .arg(due_ms)
+            .arg(event)
+            .ignore()
+            .cmd("ZCARD")
+            .arg(&key);
+        let (len,): (usize,) = self.timed(pipe.query_async(&mut conn)).await?;
+        if len > max {
+            self.outbox_remove(event).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Up to `limit` outbox events due by `now_ms`, oldest due first.
+    pub async fn outbox_due(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("ZRANGE")
+                .arg(self.keys.hook_outbox())
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// Moves an outbox event's next try to `due_ms`.
+    pub async fn outbox_reschedule(&self, event: &str, due_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("ZADD")
+                .arg(self.keys.hook_outbox())
+                .arg("XX")
+                .arg(due_ms)
+                .arg(event)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    pub async fn outbox_remove(&self, event: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("ZREM")
+                .arg(self.keys.hook_outbox())
+                .arg(event)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    pub async fn outbox_len(&self) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(
+            redis::cmd("ZCARD")
+                .arg(self.keys.hook_outbox())
+                .query_async(&mut conn),
+        )
+        .await
     }
 }

@@ -1,19 +1,30 @@
 //! The dispatcher: consumes `HOOKS` and makes each delivery.
 //!
-//! One attempt per broker delivery: the message's delivery count is the attempt number.
-//! Success (`2xx`) acks; `410 Gone` disables the endpoint and acks; anything else (`3xx`
-//! included, since redirects are not followed, `4xx`, `5xx`, timeouts, refused addresses)
-//! NAKs with the next delay of `webhooks.schedule_ms` plus jitter, or the receiver's
-//! `Retry-After` if longer. After the schedule the delivery goes to the dead-letter stream
-//! (`dlq.webhook_exhausted.<tenant>`, listed and replayed like job dead letters).
-//! Every attempt is written to the endpoint's delivery log.
+//! Deliveries are scheduled fairly ([`crate::fair`]): each takes a slot of its tenant's share
+//! of `webhooks.concurrency` and one of its endpoint's `webhooks.endpoint_concurrency`, and
+//! passes the endpoint's circuit breaker; one that cannot is NAKed with a short delay (or
+//! the breaker's remaining cool-down) and waits in `HOOKS`. That is not an attempt.
+//!
+//! Attempts are numbered from the failures recorded for the delivery in the store
+//! (`{p}hookatt:{<job>}`), not from the broker's delivery count, so a redelivery after a
+//! dispatcher crash, a held delivery and a deferred one spend none. Success (`2xx`) acks;
+//! `410 Gone` disables the endpoint and acks; anything else (`3xx` included, since redirects
+//! are not followed, `4xx`, `5xx`, timeouts, refused addresses) is recorded as a failed
+//! attempt and NAKs with the next delay of `webhooks.schedule_ms` plus jitter, or the
+//! receiver's `Retry-After` if longer. After the schedule the delivery goes to the
+//! dead-letter stream (`dlq.webhook_exhausted.<tenant>`, listed and replayed like job dead
+//! letters), as does one older than the whole schedule (held behind an open breaker that
+//! long). Every attempt is written to the endpoint's delivery log.
 //!
 //! Our own infrastructure failing is not an attempt: when the store cannot be read (the
-//! endpoint, the job's webhook) or the dead letter cannot be written, the dispatcher keeps
-//! the message — in-progress heartbeats, backoff, the same step again — for up to
-//! [`HOLD_LIMIT`], instead of NAKing it, which would count a delivery. The consumer sets no
-//! server-side `max_deliver`: the dispatcher dead-letters on its own once the schedule is
-//! spent, and a server cut-off would leave the message in `HOOKS` for ever.
+//! endpoint, the job's webhook, the attempts) or the dead letter cannot be written, the
+//! dispatcher keeps the message — in-progress heartbeats, backoff, the same step again — for
+//! up to [`HOLD_LIMIT`], then NAKs it. The consumer sets no server-side `max_deliver`: the
+//! dispatcher dead-letters on its own once the schedule is spent, and a server cut-off would
+//! leave the message in `HOOKS` for ever.
+//!
+//! Beside it runs the outbox sweeper ([`crate::outbox::run`]), which enqueues again the
+//! events a full `HOOKS` refused.
 
 use std::{sync::Arc, time::Duration};
 use tracing::Instrument;
@@ -34,6 +45,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     HookError,
     emit::{Delivery, ensure_stream},
+    fair::{Fair, Wait},
     sign::sign,
     ssrf::{self, Policy, literal_ip},
 };
@@ -54,6 +66,7 @@ struct Ctx {
     store: Store,
     http: reqwest::Client,
     policy: Arc<Policy>,
+    fair: Arc<Fair>,
 }
 
 /// What one attempt came to.
@@ -87,6 +100,7 @@ pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: Cancella
         }
     };
     let ctx = Arc::new(Ctx {
+        fair: Fair::new(&cfg),
         cfg,
         queue,
         store,
@@ -98,6 +112,12 @@ pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: Cancella
     };
     let slots = Arc::new(Semaphore::new(ctx.cfg.concurrency));
     let tasks = TaskTracker::new();
+    tasks.spawn(crate::outbox::run(
+        ctx.cfg.clone(),
+        ctx.queue.clone(),
+        ctx.store.clone(),
+        stop.clone(),
+    ));
     while !stop.is_cancelled() {
         let free = slots.available_permits().max(1);
         let batch = consumer
@@ -145,7 +165,7 @@ async fn setup(
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = async {
-            ensure_stream(&ctx.queue).await?;
+            ensure_stream(&ctx.queue, &ctx.cfg).await?;
             let s = ctx.queue.subjects();
             let stream = ctx
                 .queue
@@ -227,13 +247,29 @@ impl Hold {
     }
 }
 
+/// What the store says about a delivery before it is attempted.
+enum Prepared {
+    /// Nothing to deliver to (endpoint deleted or disabled, not subscribed, job expired).
+    Skip(&'static str),
+    Send {
+        url: String,
+        secrets: Vec<String>,
+        /// Failed attempts recorded so far.
+        failed: u64,
+    },
+}
+
 async fn handle(ctx: &Ctx, msg: jetstream::Message, stop: &CancellationToken) {
-    let attempt = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
     let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let Ok(d) = serde_json::from_slice::<Delivery>(&msg.payload) else {
         tracing::warn!("undecodable webhook delivery; terminated");
         let _ = msg.ack_with(AckKind::Term).await;
         return;
+    };
+    // A tenant holds at most its share of the dispatcher.
+    let _tenant = match ctx.fair.tenant(&d.tenant) {
+        Ok(slot) => slot,
+        Err(wait) => return defer(ctx, &msg, wait).await,
     };
     let span = sluice_queue::trace::process_span(
         "hooks",
@@ -243,29 +279,116 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message, stop: &CancellationToken) {
         None,
     );
     let retries = ctx.cfg.schedule_ms.len() as u64;
+    // When the message entered HOOKS (a replay enters afresh).
+    let now_s = now_ms() / 1000;
+    let enqueued_s = msg.info().map_or(now_s, |i| {
+        u64::try_from(i.published.unix_timestamp()).unwrap_or(now_s)
+    });
     let mut hold = Hold::new();
-    // Past the schedule already: an earlier delivery was exhausted but could not be
-    // dead-lettered. Move it without calling the receiver again.
-    let result = if attempt > retries + 1 {
-        Attempt::Failed {
-            status: None,
-            reason: "exhausted",
-            retry_after: None,
-        }
-    } else {
-        loop {
-            match attempt_once(ctx, &d).instrument(span.clone()).await {
-                Ok(r) => break r,
-                Err(e) => {
-                    // Our own store is unavailable: not the receiver's fault, not an attempt.
-                    tracing::warn!(error = %e, "webhook delivery could not be prepared; holding it");
-                    if !hold.wait(&msg, stop, Duration::from_secs(1)).await {
-                        return;
-                    }
+    let prepared = loop {
+        match prepare(ctx, &d).await {
+            Ok(p) => break p,
+            Err(e) => {
+                // Our own store is unavailable: not the receiver's fault, not an attempt.
+                tracing::warn!(error = %e, "webhook delivery could not be prepared; holding it");
+                if !hold.wait(&msg, stop, Duration::from_secs(1)).await {
+                    return;
                 }
             }
         }
     };
+    let (result, attempt) = match prepared {
+        Prepared::Skip(why) => (Attempt::Skipped(why), 1),
+        // Past the schedule already: the last attempt failed but could not be
+        // dead-lettered, or it waited longer than the whole schedule. Move it without
+        // calling the receiver again.
+        Prepared::Send { failed, .. }
+            if failed > retries || now_s > enqueued_s + max_age_s(&ctx.cfg) =>
+        {
+            let exhausted = Attempt::Failed {
+                status: None,
+                reason: "exhausted",
+                retry_after: None,
+            };
+            (exhausted, retries + 1)
+        }
+        Prepared::Send {
+            url,
+            secrets,
+            failed,
+        } => {
+            let attempt = failed + 1;
+            let Ok(parsed) = crate::ssrf::parse(&url) else {
+                let invalid = Attempt::Failed {
+                    status: None,
+                    reason: "invalid_url",
+                    retry_after: None,
+                };
+                return settle(ctx, &msg, &d, stream_seq, attempt, invalid, &span, stop).await;
+            };
+            // One endpoint: a registered one, or the host of per-job webhook URLs.
+            let endpoint = if d.target == "job" {
+                format!(
+                    "job:{}:{}",
+                    parsed.host_str().unwrap_or_default(),
+                    parsed.port_or_known_default().unwrap_or(0)
+                )
+            } else {
+                format!("ep:{}", d.target)
+            };
+            let lane = match ctx.fair.endpoint(&endpoint) {
+                Ok(lane) => lane,
+                Err(wait) => return defer(ctx, &msg, wait).await,
+            };
+            let r = send(ctx, &d, parsed, &secrets)
+                .instrument(span.clone())
+                .await;
+            lane.report(matches!(r, Attempt::Delivered(_)));
+            (r, attempt)
+        }
+    };
+    settle(ctx, &msg, &d, stream_seq, attempt, result, &span, stop).await;
+}
+
+/// A delivery gets no slot now: back to `HOOKS` for a while, not an attempt.
+async fn defer(ctx: &Ctx, msg: &jetstream::Message, wait: Wait) {
+    metrics::counter!("sluice_webhook_deferrals_total", "reason" => wait.as_str()).increment(1);
+    let delay = match wait {
+        Wait::CircuitOpen(left) => left,
+        // A slot frees when a delivery ends: at most one attempt's time limit.
+        Wait::TenantShare | Wait::EndpointBusy => {
+            Duration::from_millis((ctx.cfg.timeout_ms / 4).clamp(100, 2_000))
+        }
+    };
+    let jitter = rand::rng().random_range(0.0..=0.25);
+    let delay = delay + delay.mul_f64(jitter);
+    if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::debug!(error = %e, "deferring a webhook delivery failed; it is redelivered");
+    }
+}
+
+/// The longest a delivery is kept: its whole schedule with the most jitter and one longest
+/// `Retry-After`, plus a day.
+fn max_age_s(cfg: &WebhooksConfig) -> u64 {
+    let schedule: u64 = cfg.schedule_ms.iter().sum();
+    let schedule = (schedule as f64 * (1.0 + cfg.jitter)) as u64 / 1000;
+    schedule + MAX_RETRY_AFTER.as_secs() + 24 * 3600
+}
+
+/// Records what the attempt came to, logs it, and acks, NAKs or dead-letters the message.
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    d: &Delivery,
+    stream_seq: u64,
+    attempt: u64,
+    result: Attempt,
+    span: &tracing::Span,
+    stop: &CancellationToken,
+) {
+    let retries = ctx.cfg.schedule_ms.len() as u64;
+    let mut hold = Hold::new();
     let (outcome, ack, next) = match &result {
         Attempt::Delivered(_) => ("delivered", AckKind::Ack, None),
         Attempt::Skipped(_) => ("skipped", AckKind::Ack, None),
@@ -283,8 +406,17 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message, stop: &CancellationToken) {
         }
         Attempt::Failed { .. } => ("exhausted", AckKind::Term, None),
     };
+    if matches!(result, Attempt::Failed { reason, .. } if reason != "exhausted")
+        && let Err(e) = ctx
+            .store
+            .hook_attempt_failed(d.job_id, &d.attempts_field(), max_age_s(&ctx.cfg))
+            .await
+    {
+        // The attempt is made again under the same number: at least once, never skipped.
+        tracing::warn!(error = %e, "a failed webhook attempt could not be recorded");
+    }
     metrics::counter!("sluice_webhook_attempts_total", "outcome" => outcome).increment(1);
-    sluice_telemetry::trace::set_attribute(&span, "sluice.webhook.outcome", outcome);
+    sluice_telemetry::trace::set_attribute(span, "sluice.webhook.outcome", outcome);
     match &result {
         Attempt::Skipped(why) => tracing::debug!(why, "webhook delivery skipped"),
         // Logged when it was exhausted.
@@ -292,7 +424,7 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message, stop: &CancellationToken) {
             reason: "exhausted",
             ..
         } => {}
-        _ => log_attempt(ctx, &d, attempt, &result, outcome, next).await,
+        _ => log_attempt(ctx, d, attempt, &result, outcome, next).await,
     }
     if outcome == "exhausted" {
         let last = match &result {
@@ -303,11 +435,19 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message, stop: &CancellationToken) {
             _ => String::new(),
         };
         let error = format!("The webhook delivery failed on every attempt (last: {last}).");
-        while let Err(e) = dead_letter(ctx, &d, &msg, stream_seq, attempt, &error).await {
+        while let Err(e) = dead_letter(ctx, d, msg, stream_seq, attempt, &error).await {
             tracing::warn!(error = %e, "cannot dead-letter an exhausted webhook; holding it");
-            if !hold.wait(&msg, stop, Duration::from_secs(5)).await {
+            if !hold.wait(msg, stop, Duration::from_secs(5)).await {
                 return;
             }
+        }
+        // A replay of the dead letter gets a fresh schedule.
+        if let Err(e) = ctx
+            .store
+            .hook_attempts_reset(d.job_id, &d.attempts_field())
+            .await
+        {
+            tracing::warn!(error = %e, "the dead-lettered delivery's attempts were not reset; a replay of it is dead-lettered again");
         }
     }
     if let Err(e) = msg.ack_with(ack).await {
@@ -332,21 +472,21 @@ pub fn next_delay(cfg: &WebhooksConfig, attempt: u64, retry_after: Option<Durati
     scheduled.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
 }
 
-async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
+async fn prepare(ctx: &Ctx, d: &Delivery) -> Result<Prepared, HookError> {
     let (url, secrets) = if d.target == "job" {
         match ctx.store.job_hook(d.job_id).await? {
             Some((url, secret)) => (url, vec![secret]),
-            None => return Ok(Attempt::Skipped("the job and its webhook expired")),
+            None => return Ok(Prepared::Skip("the job and its webhook expired")),
         }
     } else {
         let Some(ep) = ctx.store.endpoint(&d.target).await? else {
-            return Ok(Attempt::Skipped("endpoint deleted"));
+            return Ok(Prepared::Skip("endpoint deleted"));
         };
         if ep.disabled {
-            return Ok(Attempt::Skipped("endpoint disabled"));
+            return Ok(Prepared::Skip("endpoint disabled"));
         }
         if !ep.events.is_empty() && !ep.events.contains(&d.kind) {
-            return Ok(Attempt::Skipped("endpoint not subscribed to this event"));
+            return Ok(Prepared::Skip("endpoint not subscribed to this event"));
         }
         let mut secrets = vec![ep.secret];
         if let Some((old, until)) = ep.old_secret
@@ -356,21 +496,27 @@ async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
         }
         (ep.url, secrets)
     };
-    let Ok(parsed) = crate::ssrf::parse(&url) else {
-        return Ok(Attempt::Failed {
-            status: None,
-            reason: "invalid_url",
-            retry_after: None,
-        });
-    };
+    let failed = ctx
+        .store
+        .hook_attempts(d.job_id, &d.attempts_field())
+        .await?;
+    Ok(Prepared::Send {
+        url,
+        secrets,
+        failed,
+    })
+}
+
+/// One attempt: sign, POST, classify the answer.
+async fn send(ctx: &Ctx, d: &Delivery, parsed: reqwest::Url, secrets: &[String]) -> Attempt {
     if literal_ip(&parsed).is_some_and(|ip| !ctx.policy.permits(ip)) {
-        return Ok(Attempt::Failed {
+        return Attempt::Failed {
             status: None,
             reason: "address_refused",
             retry_after: None,
-        });
+        };
     }
-    let body = serde_json::to_vec(&d.payload())?;
+    let body = d.payload().to_string().into_bytes();
     let ts = now_ms() / 1000;
     let sigs: Vec<String> = secrets
         .iter()
@@ -396,7 +542,7 @@ async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            Ok(match status {
+            match status {
                 200..=299 => Attempt::Delivered(status),
                 410 => Attempt::Gone,
                 300..=399 => Attempt::Failed {
@@ -409,7 +555,7 @@ async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
                     reason: "http_error",
                     retry_after,
                 },
-            })
+            }
         }
         Err(e) => {
             let reason = if e.is_timeout() {
@@ -419,11 +565,11 @@ async fn attempt_once(ctx: &Ctx, d: &Delivery) -> Result<Attempt, HookError> {
             } else {
                 "transport"
             };
-            Ok(Attempt::Failed {
+            Attempt::Failed {
                 status: None,
                 reason,
                 retry_after: None,
-            })
+            }
         }
     }
 }

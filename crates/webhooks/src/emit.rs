@@ -1,14 +1,17 @@
 //! Emitting a job's terminal event: one durable message per target on `HOOKS`.
 //!
 //! Called by whoever records the terminal state (the worker; ingest for a cancel) before the
-//! job's message is acknowledged, so a crash in between re-emits on redelivery. The
+//! job's message is acknowledged, so a crash in between re-emits on redelivery; through
+//! [`crate::outbox::emit_or_defer`], so a `HOOKS` that refuses the event does not hold the job. The
 //! JetStream message id is `<event id>:<target>`, so a re-emission within the duplicate window
 //! is stored once; past it, the receiver still sees the same `webhook-id` and can dedupe.
 
-use std::time::Duration;
-
-use async_nats::{HeaderMap, jetstream::stream};
+use async_nats::{
+    HeaderMap,
+    jetstream::{context::PublishErrorKind, stream},
+};
 use serde::{Deserialize, Serialize};
+use sluice_config::WebhooksConfig;
 use sluice_protocol::JobStatus;
 use sluice_queue::Queue;
 use sluice_store::{HookTargets, Store};
@@ -32,6 +35,11 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The delivery's name in the store's attempt counts (`{p}hookatt:{<job>}`).
+    pub fn attempts_field(&self) -> String {
+        format!("{}:{}", self.event_id, self.target)
+    }
+
     /// The thin payload: `{id, object, type, created_at, data: {id}}`.
     pub fn payload(&self) -> serde_json::Value {
         serde_json::json!({
@@ -55,10 +63,21 @@ pub fn event_type(status: JobStatus) -> Option<&'static str> {
     }
 }
 
-/// Enqueues the deliveries for job `job_id` having ended in `status`.
+/// The `webhook-id` of a job's terminal event.
+pub fn event_id(job_id: Uuid, kind: &str) -> String {
+    format!(
+        "evt_{}_{}",
+        job_id.simple(),
+        kind.trim_start_matches("job.")
+    )
+}
+
+/// Enqueues the deliveries for job `job_id` having ended in `status`. Callers that record
+/// a terminal state use [`crate::outbox::emit_or_defer`], which survives a full `HOOKS`.
 pub async fn emit(
     queue: &Queue,
     store: &Store,
+    cfg: &WebhooksConfig,
     job_id: Uuid,
     tenant: &str,
     status: JobStatus,
@@ -67,12 +86,13 @@ pub async fn emit(
         return Ok(0);
     }
     let targets = store.hook_targets(job_id, tenant).await?;
-    emit_to(queue, targets, job_id, tenant, status).await
+    emit_to(queue, cfg, targets, job_id, tenant, status).await
 }
 
 /// [`emit`] with the job's webhook targets already read.
 pub async fn emit_to(
     queue: &Queue,
+    cfg: &WebhooksConfig,
     targets: HookTargets,
     job_id: Uuid,
     tenant: &str,
@@ -90,11 +110,7 @@ pub async fn emit_to(
         return Ok(0);
     }
     let created_at = sluice_store::now_ms() / 1000;
-    let event_id = format!(
-        "evt_{}_{}",
-        job_id.simple(),
-        kind.trim_start_matches("job.")
-    );
+    let event_id = event_id(job_id, kind);
     for target in &names {
         let d = Delivery {
             event_id: event_id.clone(),
@@ -104,13 +120,13 @@ pub async fn emit_to(
             created_at,
             target: target.clone(),
         };
-        publish(queue, &d).await?;
+        publish(queue, cfg, &d).await?;
     }
     metrics::counter!("sluice_webhook_events_total", "type" => kind).increment(names.len() as u64);
     Ok(names.len())
 }
 
-async fn publish(queue: &Queue, d: &Delivery) -> Result<(), HookError> {
+async fn publish(queue: &Queue, cfg: &WebhooksConfig, d: &Delivery) -> Result<(), HookError> {
     let body = serde_json::to_vec(d)?;
     let subject = queue.subjects().hook(&d.tenant);
     let mut ensured = false;
@@ -125,33 +141,35 @@ async fn publish(queue: &Queue, d: &Delivery) -> Result<(), HookError> {
             let ack = queue
                 .jetstream()
                 .publish_with_headers(subject.clone(), h, body.clone().into())
-                .await
-                .map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))?;
+                .await?;
             ack.await
-                .map_err(|e| sluice_queue::QueueError::Refused(e.to_string()))
         };
-        match tokio::time::timeout(
-            Duration::from_millis(queue.config().publish_timeout_ms),
-            sent,
-        )
-        .await
-        {
+        match tokio::time::timeout(queue.config().publish_timeout, sent).await {
             Ok(Ok(_)) => return Ok(()),
             // The stream may not exist yet (first use): create it once and try again.
-            Ok(Err(_)) if !ensured => {
-                ensure_stream(queue).await?;
+            Ok(Err(e)) if !ensured && e.kind() == PublishErrorKind::StreamNotFound => {
+                ensure_stream(queue, cfg).await?;
                 ensured = true;
             }
-            Ok(Err(e)) => return Err(e.into()),
+            // A full stream (`discard: new`) answers with an error here.
+            Ok(Err(e)) => return Err(sluice_queue::QueueError::Refused(e.to_string()).into()),
             Err(_) => return Err(sluice_queue::QueueError::Timeout.into()),
         }
     }
 }
 
 /// Creates or updates the `HOOKS` stream (work queue, file storage, deduplication window).
-pub async fn ensure_stream(queue: &Queue) -> Result<(), HookError> {
+pub async fn ensure_stream(queue: &Queue, hooks: &WebhooksConfig) -> Result<(), HookError> {
     let s = queue.subjects();
     let cfg = queue.config();
+    let max_messages = match hooks.stream_max_msgs {
+        0 => cfg.max_queued_jobs,
+        n => n,
+    };
+    let max_bytes = match hooks.stream_max_bytes {
+        0 => cfg.max_queue_bytes.min(256 * 1024 * 1024),
+        n => n,
+    };
     queue
         .jetstream()
         .create_or_update_stream(stream::Config {
@@ -160,9 +178,9 @@ pub async fn ensure_stream(queue: &Queue) -> Result<(), HookError> {
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             discard: stream::DiscardPolicy::New,
-            max_messages: cfg.max_queued_jobs,
-            max_bytes: cfg.max_queue_bytes.min(256 * 1024 * 1024),
-            duplicate_window: Duration::from_secs(cfg.duplicate_window_s),
+            max_messages,
+            max_bytes,
+            duplicate_window: cfg.duplicate_window,
             num_replicas: cfg.replicas,
             ..Default::default()
         })

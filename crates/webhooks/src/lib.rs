@@ -5,6 +5,9 @@
 //! - [`ssrf`]: the address policy, checked at registration and again at connect time.
 //! - [`emit`]: turning a job's terminal state into one durable delivery message per target
 //!   (the job's own webhook and the tenant's endpoints) on the JetStream `HOOKS` stream.
+//! - [`outbox`]: where an event waits when `HOOKS` refuses it (full, unreachable), so the
+//!   job's outcome never depends on the hook stream; enqueued again by the dispatcher.
+//! - [`fair`]: per-tenant shares, per-endpoint concurrency and circuit breakers.
 //! - [`dispatcher`]: consuming `HOOKS`, signing and POSTing each delivery with a timeout,
 //!   retrying on the configured schedule (with jitter, honouring `Retry-After`), disabling
 //!   an endpoint that answers `410`, dead-lettering what is exhausted, logging every attempt.
@@ -14,6 +17,8 @@
 
 pub mod dispatcher;
 pub mod emit;
+pub mod fair;
+pub mod outbox;
 pub mod sign;
 pub mod ssrf;
 

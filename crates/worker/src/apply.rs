@@ -115,6 +115,7 @@ async fn completed(
     *freed = settled;
     match recorded {
         Ok(Transition::Applied) => {
+            crate::semantic::publish(shared, env).await;
             finished_with(shared, env, sluice_protocol::JobStatus::Completed, targets).await
         }
         Ok(_) => Ok(()),
@@ -176,9 +177,18 @@ async fn finished_with(
     shared.queue.notify_job_event(env.id, status.as_str()).await;
     let emitted = match targets {
         Ok(targets) => {
-            sluice_webhooks::emit::emit_to(&shared.queue, targets, env.id, &env.tenant, status)
-                .await
-                .map_err(|e| e.to_string())
+            // A full or unreachable HOOKS puts the event in the outbox: the job is done.
+            sluice_webhooks::outbox::emit_or_defer(
+                &shared.queue,
+                &shared.store,
+                &shared.cfg.webhooks,
+                targets,
+                env.id,
+                &env.tenant,
+                status,
+            )
+            .await
+            .map_err(|e| e.to_string())
         }
         Err(e) => Err(e.to_string()),
     };

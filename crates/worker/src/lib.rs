@@ -21,6 +21,7 @@
 //! - [`cancel`]: cancelling running jobs; [`advisory`]: dead-lettering what the server
 //!   stopped delivering.
 //! - [`observe`]: each delivery's CONSUMER span and the job, token and cost metrics.
+//! - [`semantic`]: publishing a semantic-cache insertion once an answer is stored.
 //!
 //! The worker is given its [`WorkerSettings`] (built once from the file's `Config`), not
 //! the whole configuration.
@@ -36,6 +37,7 @@ pub mod hold;
 pub mod job;
 pub mod observe;
 pub mod schedule;
+pub mod semantic;
 pub mod streamed;
 pub mod summary;
 

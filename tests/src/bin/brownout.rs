@@ -28,7 +28,7 @@ use sluice_sim::{Latency, SimConfig, SimHandle};
 fn deployment(name: &str, sim: &SimHandle) -> DeploymentConfig {
     DeploymentConfig {
         max_concurrency: 64,
-        timeout_s: 30,
+        timeout: Duration::from_secs(30),
         ..DeploymentConfig::new(name, &sim.base_url())
     }
 }

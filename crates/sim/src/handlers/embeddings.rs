@@ -17,8 +17,8 @@ use crate::openai::{
     EmbeddingItem, EmbeddingList, EmbeddingUsage, EmbeddingVector, EmbeddingsRequest,
     EncodingFormat,
 };
-use crate::output;
 use crate::state::SimState;
+use crate::{bow, output};
 
 /// Most inputs in one request, as OpenAI allows.
 pub const MAX_INPUTS: usize = 2048;
@@ -75,7 +75,11 @@ async fn handle(state: &SimState, body: &[u8]) -> Result<Response, ApiError> {
         .map(|(index, text)| EmbeddingItem {
             object: "embedding",
             index,
-            embedding: EmbeddingVector::encode(&output::embedding(&req.model, text), format),
+            embedding: if bow::is_bow(&req.model) {
+                EmbeddingVector::encode(&bow::embedding(text), format)
+            } else {
+                EmbeddingVector::encode(&output::embedding(&req.model, text), format)
+            },
         })
         .collect();
     let prompt_tokens = inputs.iter().map(|t| output::text_tokens(t)).sum();
