@@ -184,7 +184,7 @@ run() { # run RATE DURATION
     if [ -s "$RUN_DIR/gen-cpu-$1.txt" ]; then
       awk -v jobs="$jobs" '{printf "  generator (submit and drain): %d µs per job\n", ($1 + $2) * 1000000 / jobs}' "$RUN_DIR/gen-cpu-$1.txt"
     fi
-    echo "Redis CPU per job (INFO cpu, user + system): $(( ($(redis_cpu_us) - redis_before) / jobs )) µs ($PROFILE)"
+    echo "Redis CPU per accepted job (INFO cpu, user + system; warm-up and drain included): $(( ($(redis_cpu_us) - redis_before) / jobs )) µs ($PROFILE)"
     redis_cli INFO commandstats | tr -d '\r' >"$RUN_DIR/commandstats.txt"
     python3 "$ROOT/scripts/redis_cost.py" commandstats "$RUN_DIR/commandstats.txt" "$jobs"
   fi

@@ -16,10 +16,10 @@
 //! limits, budgets and checks the configuration turns on are passed.
 //!
 //! Every key is the tenant's (its hash tag) except the global limit's, the one cross-tenant
-//! key. Against a Redis Cluster it lives on another shard than the tenant's keys, so a
-//! global limit there needs a call of its own (the same GCRA on `gcra:global` alone, before
-//! the tenant's call, refunded if that refuses); the dimension list is built so it can be
-//! split off.
+//! key (`gcra:{global}`, its own slot). Against a Redis Cluster it lives on another shard
+//! than the tenant's keys, so a global limit there needs a call of its own (the same GCRA on
+//! that hash alone, before the tenant's call, refunded if that refuses: not built yet); the
+//! dimension list is built so it can be split off.
 //!
 //! GCRA: a limit of `L` per window `W` spaces arrivals `T = W / L` apart and tolerates
 //! `tau = burst * W` of accumulated credit; an arrival of cost `c` is allowed when
