@@ -158,6 +158,23 @@ start_redis() {
   echo "$pid"
 }
 
+# A free loopback port P for a Redis Cluster node: its cluster bus listens on P + 10000, which
+# must be a port too (P <= 55535) and free.
+free_cluster_port() {
+  python3 - <<'PY'
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+    if p > 55535:
+        continue
+    try:
+        b = socket.socket(); b.bind(("127.0.0.1", p + 10000)); b.close()
+    except OSError:
+        continue
+    print(p); break
+PY
+}
+
 # start_redis_cluster BIN MASTERS DATADIR: starts MASTERS cluster-enabled Redis servers on
 # free loopback ports (no replicas), joins them into one cluster with the slots split evenly
 # and waits until every node reports cluster_state:ok. Adds the pids to PIDS (call it
@@ -170,7 +187,7 @@ start_redis_cluster() {
   [ -n "$cli" ] || die "redis-cli not found (Debian: apt-get install redis-tools)"
   REDIS_CLUSTER_PORTS=()
   for ((i = 0; i < n; i++)); do
-    port="$(free_port)"
+    port="$(free_cluster_port)"
     PIDS+=("$(start_redis "$bin" "$port" "$dir/node$i" "$dir/node$i.log" \
       --cluster-enabled yes --cluster-config-file "$dir/node$i/nodes.conf" --cluster-node-timeout 5000)")
     REDIS_CLUSTER_PORTS+=("$port")

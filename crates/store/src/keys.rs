@@ -64,6 +64,7 @@
 //! | `Pidem:{<tenant>}:<key hash>:ok` | string | that job's id, once the broker took it |
 //! | `Ptenant:{<id>}` | hash | `disabled` (kill switch), `created_at` |
 //! | `Ptenants` | set | tenant ids known to the admin API |
+//! | `Pschema` | string | version of the key names (2: hash tags), see [`crate::Store::upgrade_keys`] |
 //! | `Papikey:<sha256>` | hash | tenant, key id, created/expires/revoked |
 //! | `Papikeys:<tenant>` | hash | key id → sha256 |
 //! | `Pleases:{<tenant>}` | sorted set | running job id, scored by its lease's expiry (ms) |
@@ -72,7 +73,8 @@
 //! Upgrading from the untagged names: job keys, rate-limit states, reservations, loop
 //! counters, idempotency claims and leases are short-lived and start afresh; API keys, the
 //! tenants set and webhook endpoints kept their names. The kill switch and the budgets of the
-//! current periods are under new names.
+//! current periods are carried over by [`crate::Store::upgrade_keys`] (ingest runs it at
+//! start-up).
 
 use uuid::Uuid;
 
@@ -202,6 +204,12 @@ impl Keys {
         format!("{}deferred:{{{tenant}}}", self.prefix)
     }
 
+    /// The version of these key names, once [`crate::Store::upgrade_keys`] carried the old
+    /// ones over.
+    pub fn schema_version(&self) -> String {
+        format!("{}schema", self.prefix)
+    }
+
     pub fn dash_workers(&self) -> String {
         format!("{}dash:{{workers}}", self.prefix)
     }
@@ -273,6 +281,7 @@ mod tests {
             ),
             (k.tenant("acme"), "t1:tenant:{acme}".into()),
             (k.tenants(), "t1:tenants".into()),
+            (k.schema_version(), "t1:schema".into()),
             (k.api_key("ab"), "t1:apikey:ab".into()),
             (k.tenant_keys("acme"), "t1:apikeys:acme".into()),
             (k.leases("acme"), "t1:leases:{acme}".into()),

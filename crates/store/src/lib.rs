@@ -11,6 +11,7 @@
 //! - [`replay`]: the audited operator replay (failed → queued) and the routing record.
 //! - [`scripts`]: the one loader of every Redis script (the store's `lua/*.lua` and the
 //!   governance crate's), each a file that opens with its KEYS/ARGV contract.
+//! - [`upgrade`]: carrying kill switches and budgets over to the hash-tagged key names.
 //! - [`webhooks`]: webhook endpoints, per-job webhook targets and delivery logs.
 
 pub mod cache;
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod record;
 pub mod replay;
 pub mod scripts;
+pub mod upgrade;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -38,6 +38,22 @@ pub fn router() -> Router<AppState> {
 /// Registers the config file's tenants in Redis, so the admin API lists them. Best effort:
 /// Redis may not be up yet, and nothing depends on it.
 pub async fn seed_tenants(state: &AppState) {
+    // Kill switches and budgets stored under the key names of earlier versions (before the
+    // tenant seeding below writes the new ones).
+    match state.store.upgrade_keys().await {
+        Ok(up) if up.tenants + up.budgets > 0 => {
+            tracing::info!(
+                tenants = up.tenants,
+                budgets = up.budgets,
+                "moved stored tenants and budgets to the hash-tagged key names"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::info!(error = %e, "cannot upgrade stored key names yet");
+            return;
+        }
+    }
     let ids = state
         .cfg
         .tenants
