@@ -1,12 +1,13 @@
 -- Admission of one request: the tenant's kill switch, loop detection, every rate limit
 -- (GCRA; one hash per dimension, fields `r` and `t`: the theoretical arrival times, ms, of
--- its request and its token limit, `x`: the hash's expiry), the tenant's and the API key's
+-- its request and its token limit, `x`: the hash's expiry, `n`: the latest `now` it has
+-- seen), the tenant's and the API key's
 -- budgets; only when all pass are the new arrival times, the budget reservations and the
 -- job's reservation committed (a budget is added to, then taken back if that overruns it:
 -- one call instead of a read and a write).
 -- KEYS[1] tenant (hash), KEYS[2] loop counter, KEYS[3] tenant budget (hash),
 -- KEYS[4] the job's reservation (string), KEYS[5] key budget (hash),
--- KEYS[5 + d] GCRA state of dimension d (hash: r, t, x), d = 1..ndim.
+-- KEYS[5 + d] GCRA state of dimension d (hash: r, t, x, n), d = 1..ndim.
 -- ARGV[1] now (ms), ARGV[2] loop max per minute (0: off), ARGV[3] budget tokens,
 -- ARGV[4] budget cost (micro-USD), ARGV[5] estimated tokens, ARGV[6] estimated cost,
 -- ARGV[7] reservation TTL (s), ARGV[8] budget TTL (s), ARGV[9] '1' to record a reservation,
@@ -34,10 +35,16 @@ local ndim = tonumber(ARGV[13])
 local news = {}
 local best, best_ratio, best_rem, best_reset = 0, 2, 0, 0
 local token_dims = {}
+-- Each replica stamps its own `now` before the call, so calls can reach Redis out of the
+-- order of their stamps: a dimension's clock never goes back (field `n`), or a late call
+-- with an earlier stamp would be refused a slot the limit still has.
+local nows = {}
 for d = 1, ndim do
   local b = 13 + (d - 1) * 4
-  local tats = redis.call('HMGET', KEYS[5 + d], 'r', 't', 'x')
+  local tats = redis.call('HMGET', KEYS[5 + d], 'r', 't', 'x', 'n')
   local new = {x = tonumber(tats[3] or '0'), tau = 0}
+  local now = math.max(now, tonumber(tats[4] or '0'))
+  nows[d] = now
   for f = 1, 2 do
     local T, tau = tonumber(ARGV[b + 2 * f - 1]), tonumber(ARGV[b + 2 * f])
     if T > 0 then
@@ -109,8 +116,8 @@ end
 -- comes within a second of it is the expiry moved, to a window past that arrival time, so
 -- a busy hash takes a PEXPIRE about once a window rather than at every request.
 for d = 1, ndim do
-  local new, last = news[d], 0
-  local fields = {}
+  local new, last, now = news[d], 0, nows[d]
+  local fields = {'n', string.format('%d', now)}
   for f, field in ipairs({'r', 't'}) do
     if new[f] then
       fields[#fields + 1] = field
