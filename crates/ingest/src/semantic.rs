@@ -202,7 +202,11 @@ impl SemanticCache {
                 Some(e) => Some(e),
                 None => store.cache_get(&c.key).await?.map(Arc::new),
             };
-            if let Some(e) = entry.filter(|e| e.acceptable(now, max_age_s)) {
+            // Only a fresh answer: a similar prompt's refusal or expired answer is not this
+            // prompt's.
+            if let Some(e) =
+                entry.filter(|e| !e.negative && e.fresh(now) && e.acceptable(now, max_age_s))
+            {
                 return Ok(Some(Similar {
                     entry: e,
                     similarity: c.similarity,
