@@ -323,7 +323,16 @@ impl Store {
         else {
             return advance.await;
         };
-        let (prompt_tokens, completion_tokens) = crate::cache::usage_of(result);
+        let (prompt_tokens, completion_tokens, degraded) = crate::cache::usage_of(result);
+        if degraded {
+            // A stale answer or the degradation message is not a fresh answer: the entry
+            // stays as it was, and the lease is freed for the next request.
+            let (recorded, released) = tokio::join!(advance, self.cache_release(&key, env.id));
+            if let Err(e) = released {
+                tracing::warn!(job = %env.id, error = %e, "cannot free a cache lease; it expires with its TTL");
+            }
+            return recorded;
+        }
         let now = now_ms();
         let ttl_s = u64::from(write.ttl_s);
         let entry = sluice_cache::Entry {
