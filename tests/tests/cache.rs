@@ -41,6 +41,8 @@ fn envelope(cache: Option<&CacheKey>) -> JobEnvelope {
         cache: cache.map(|k| CacheWrite {
             key: k.hex(),
             ttl_s: 60,
+            stale_s: 0,
+            negative_ttl_s: 0,
             semantic: None,
         }),
     }

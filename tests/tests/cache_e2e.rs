@@ -16,6 +16,8 @@ fn deterministic(content: &str) -> Value {
 struct Answer {
     status: u16,
     cache: Option<String>,
+    /// The job whose answer this is (a hit's is the job that computed the entry).
+    request_id: Option<String>,
     body: Value,
 }
 
@@ -35,10 +37,16 @@ async fn chat(api: &Api, body: &Value, headers: &[(&str, &str)]) -> Result<Answe
         .get("x-sluice-cache")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     Ok(Answer {
         status,
         cache,
+        request_id,
         body,
     })
 }
@@ -71,13 +79,7 @@ async fn a_repeated_deterministic_request_reaches_upstream_once() -> Result<()> 
     let saved_output = first.body["usage"]["completion_tokens"]
         .as_u64()
         .context("usage")?;
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", ingest.base_url()))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics(&env, &ingest).await?;
     let counted: u64 = metrics
         .lines()
         .filter(|l| {
@@ -290,18 +292,45 @@ async fn a_cached_answer_streams_as_a_valid_sse_stream_with_usage() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_error_is_never_cached() -> Result<()> {
+async fn an_upstream_error_is_never_cached_as_an_answer_and_a_400_is_a_negative_entry() -> Result<()>
+{
     let mut env = TestEnv::new();
     env.cfg.worker.max_attempts = 1;
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let _worker = env.worker().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
-    // After a 429 or a 500 the deployment may cool down or open its breaker, and a retry
-    // then fails fast without a call: only the 400 counts calls.
-    for status in ["400", "429", "500"] {
+    // The upstream refuses the request itself (400): a negative entry, answered with the
+    // same status and OpenAI error body, without calling upstream again.
+    let body = deterministic(&format!("{} [[sim:status=400]]", unique("bad ")));
+    let before = upstream_chats(&sim);
+    let a = chat(&api, &body, &[]).await?;
+    assert_eq!(a.status, 400);
+    assert!(a.body["error"]["message"].is_string(), "{}", a.body);
+    for _ in 0..2 {
+        let b = chat(&api, &body, &[]).await?;
+        assert_eq!((b.status, b.cache.as_deref()), (400, Some("hit")));
+        assert_eq!(b.body, a.body, "the same OpenAI error");
+    }
+    assert_eq!(upstream_chats(&sim), before + 1);
+    // A stream request is refused the same way, before any chunk.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let s = chat(&api, &streamed, &[]).await?;
+    assert_eq!((s.status, s.body.clone()), (400, a.body.clone()));
+    // POST /v1/jobs cannot answer with an error: it runs its job.
+    let (status, headers, _) = api.submit(&body).await?;
+    assert_eq!(status, 202);
+    assert_eq!(headers["x-sluice-cache"], "miss");
+    assert!(
+        metric_sum(&env, &ingest, "sluice_cache_negative_hits_total").await? >= 3.0,
+        "negative hits are counted"
+    );
+
+    // A 429 or a 500 is never cached, negative entries or not. (After one the deployment
+    // may cool down or open its breaker, so these come last and calls are not counted.)
+    for status in ["429", "500"] {
         let body = deterministic(&format!("{} [[sim:status={status}]]", unique("err ")));
-        let before = upstream_chats(&sim);
         let a = chat(&api, &body, &[]).await?;
         assert_ne!(a.status, 200);
         let b = chat(&api, &body, &[]).await?;
@@ -309,16 +338,50 @@ async fn an_upstream_error_is_never_cached() -> Result<()> {
             b.status, 200,
             "an error is not replayed as a 200 ({status})"
         );
-        assert_ne!(b.cache.as_deref(), Some("hit"));
-        if status == "400" {
-            assert_eq!(
-                upstream_chats(&sim),
-                before + 2,
-                "the retry called upstream itself: nothing cached, no lease kept ({status})"
-            );
-        }
+        assert_ne!(b.cache.as_deref(), Some("hit"), "{status} is not cached");
     }
+
+    // With negative entries off, a 400 is not cached either.
+    let mut env = TestEnv::new();
+    env.cfg.worker.max_attempts = 1;
+    env.cfg.cache.negative_ttl_s = 0;
+    let sim = env.sim(SimConfig::default()).await?;
+    let ingest = env.ingest().await?;
+    let _worker = env.worker().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let body = deterministic(&format!("{} [[sim:status=400]]", unique("bad ")));
+    for _ in 0..2 {
+        let r = chat(&api, &body, &[]).await?;
+        assert_eq!(r.status, 400);
+        assert_ne!(r.cache.as_deref(), Some("hit"));
+    }
+    assert_eq!(
+        upstream_chats(&sim),
+        2,
+        "the retry called upstream itself: nothing cached, no lease kept"
+    );
     Ok(())
+}
+
+/// `ingest`'s `/metrics` text.
+async fn metrics(env: &TestEnv, ingest: &sluice_ingest::Server) -> Result<String> {
+    Ok(env
+        .http
+        .get(format!("{}/metrics", ingest.base_url()))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+/// The sum of every series of counter `name` on `ingest`'s `/metrics`.
+async fn metric_sum(env: &TestEnv, ingest: &sluice_ingest::Server, name: &str) -> Result<f64> {
+    Ok(metrics(env, ingest)
+        .await?
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,5 +428,73 @@ async fn jobs_and_embeddings_are_answered_from_the_cache() -> Result<()> {
     assert_eq!(answers[1].0, "hit");
     assert_eq!(answers[0].1, answers[1].1);
     assert_eq!(sim.counters().per_endpoint.embeddings, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_entry_is_served_stale_while_one_low_priority_job_refreshes_it() -> Result<()> {
+    let mut env = TestEnv::new();
+    let sim = env.sim(SimConfig::default()).await?;
+    env.cfg.cache.stale_s = 600;
+    // Replica `a` writes entries fresh for 1 s, replica `b` for an hour: `a`'s entry expires
+    // at once, and the refresh `b` queues writes one that stays fresh for the rest.
+    env.cfg.cache.ttl_s = 1;
+    let a = env.ingest().await?;
+    env.cfg.cache.ttl_s = 3600;
+    let b = env.ingest().await?;
+    let _worker = env.worker().await?;
+    let api_a = Api::new(a.base_url(), ACME_KEY);
+    let api_b = Api::new(b.base_url(), ACME_KEY);
+    let body = deterministic(&unique("stale "));
+
+    let first = chat(&api_a, &body, &[]).await?;
+    assert_eq!((first.status, first.cache.as_deref()), (200, Some("miss")));
+    // Past the entry's freshness (it was written before the answer arrived).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let burst = futures_util::future::join_all((0..10).map(|_| chat(&api_b, &body, &[])))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    for s in &burst {
+        assert_eq!((s.status, s.cache.as_deref()), (200, Some("stale")));
+        assert_eq!(s.body, first.body, "a stale read is the old answer");
+        assert_eq!(s.request_id, first.request_id);
+    }
+    // The refresh runs in the background; read until it has rewritten the entry.
+    let refreshed = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = chat(&api_b, &body, &[]).await?;
+            assert_eq!(r.status, 200);
+            if r.cache.as_deref() == Some("hit") {
+                break r;
+            }
+            assert_eq!(r.cache.as_deref(), Some("stale"), "until the refresh lands");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the entry was never refreshed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(
+        upstream_chats(&sim),
+        2,
+        "exactly one refresh for every stale read"
+    );
+    let refresh = refreshed.request_id.context("x-request-id")?;
+    assert_ne!(Some(&refresh), first.request_id.as_ref(), "a new answer");
+    let (_, job) = api_b.job(&refresh).await?;
+    assert_eq!(
+        job["priority"], "low",
+        "the refresh is a low-priority job: {job}"
+    );
+    assert_eq!(job["status"], "completed");
+    // Every replica now reads the refreshed entry.
+    let again = chat(&api_a, &body, &[]).await?;
+    assert_eq!(again.cache.as_deref(), Some("hit"));
+    assert_eq!(again.request_id.as_ref(), Some(&refresh));
+    assert_eq!(upstream_chats(&sim), 2);
     Ok(())
 }

@@ -338,6 +338,71 @@ async fn the_fallback_chain_goes_to_the_fallback_model_then_a_stale_answer_then_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stale_answer_comes_from_the_shared_cache_so_any_worker_serves_it() -> Result<()> {
+    let mut env = TestEnv::new();
+    let upstream = sim(SimConfig::default()).await?;
+    let mut small = pool("sim-small", vec![deployment("only", &upstream, 1)]);
+    small.degraded_message = Some("We are busy; please try again shortly.".into());
+    env.cfg.models.pools = vec![small];
+    env.cfg.worker.max_attempts = 1;
+    // Entries are fresh for 1 s and kept for the stale window after.
+    env.cfg.cache.ttl_s = 1;
+    env.cfg.cache.stale_s = 600;
+    let ingest = env.ingest().await?;
+    let api = Api::new(ingest.base_url(), ACME_KEY);
+    let body = json!({ "model": "sim-small", "temperature": 0, "max_tokens": 16,
+                       "messages": [{ "role": "user", "content": sluice_e2e::unique("shared stale ") }] });
+    let post = |headers: &'static [(&'static str, &'static str)]| {
+        let mut req = api
+            .http
+            .post(format!("{}/v1/chat/completions", api.base))
+            .bearer_auth(&api.key)
+            .json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        async move {
+            let resp = req.send().await?;
+            let cache = resp
+                .headers()
+                .get("x-sluice-cache")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            anyhow::Ok((resp.status().as_u16(), cache, resp.json::<Value>().await?))
+        }
+    };
+
+    // One worker answers and stores the entry, then goes away with its own map.
+    let first_worker = env.worker().await?;
+    let (status, cache, fresh) = post(&[]).await?;
+    assert_eq!((status, cache.as_deref()), (200, Some("miss")), "{fresh}");
+    first_worker.shutdown().await;
+
+    // Another worker, the upstream down, the entry expired but kept: the chain's stale
+    // answer is the shared entry (this worker never saw the request).
+    let _worker = env.worker().await?;
+    upstream.set_config(SimConfig {
+        error_rate: 1.0,
+        ..SimConfig::default()
+    })?;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (status, _, stale) = post(&[("cache-control", "no-cache")]).await?;
+    assert_eq!(status, 200, "{stale}");
+    assert_eq!(stale["degraded"], true, "{stale}");
+    assert_eq!(stale["degraded_reason"], "stale_cache", "{stale}");
+    assert_eq!(
+        stale["choices"][0]["message"]["content"],
+        fresh["choices"][0]["message"]["content"]
+    );
+    // The degraded answer did not replace the entry: a plain read still gets the original.
+    let (status, cache, again) = post(&[]).await?;
+    assert_eq!((status, cache.as_deref()), (200, Some("stale")));
+    assert_eq!(again, fresh, "the stored answer, not the degraded one");
+    assert!(metric(r#"sluice_stale_answer_lookups_total{result="hit"}"#) >= 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_auto_is_routed_by_rules_and_the_decision_is_recorded() -> Result<()> {
     let mut env = TestEnv::new();
     let sim = env.sim(SimConfig::default()).await?;

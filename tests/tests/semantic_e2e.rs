@@ -199,9 +199,35 @@ async fn a_replica_started_after_the_insertions_serves_the_semantic_hit() -> Res
     assert_eq!(first.cache.as_deref(), Some("miss"));
     indexed(&first_replica, 1).await?;
 
-    // A new replica replays the SEMANTIC stream before it answers the same hit.
-    let second_replica = env.ingest().await?;
-    indexed(&second_replica, 1).await?;
+    // A new replica replays the SEMANTIC stream before it says it is ready: whenever
+    // /readyz answers 200, the index already holds the insertion.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let second_replica = sluice_ingest::Server::start(env.ingest_settings()?, listener).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = env
+            .http
+            .get(format!("{}/readyz", second_replica.base_url()))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let ready: Value = resp.json().await?;
+        if status == 200 {
+            assert_eq!(ready["semantic_index"], "ready", "{ready}");
+            assert_eq!(
+                second_replica.semantic_entries(),
+                Some(1),
+                "ready before the replay caught up"
+            );
+            break;
+        }
+        assert_ne!(ready["semantic_index"], "ready", "{ready}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let b = Api::new(second_replica.base_url(), ACME_KEY);
     let para = chat(&b, &ask(None, PARAPHRASE), &[]).await?;
     assert_eq!(para.cache.as_deref(), Some("hit"));

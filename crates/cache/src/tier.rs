@@ -85,6 +85,8 @@ mod tests {
             body: vec![b'x'; body_len],
             prompt_tokens: 0,
             completion_tokens: 0,
+            fresh_until_ms: 0,
+            negative: false,
         })
     }
 

@@ -25,6 +25,13 @@ pub struct CacheConfig {
     pub enabled: bool,
     /// Lifetime of an entry unless its model says otherwise.
     pub ttl_s: u64,
+    /// Stale-while-revalidate: how long after its TTL an entry may still be served
+    /// (`x-sluice-cache: stale`) while one low-priority job refreshes it, unless its model
+    /// says otherwise. 0: off, an expired entry is a miss.
+    pub stale_s: u64,
+    /// Negative entries: how long an upstream's deterministic refusal of a request (a 4xx
+    /// stored as `upstream_rejected`) is cached and answered with the same error. 0: off.
+    pub negative_ttl_s: u64,
     /// The in-process tier in front of Redis: bytes of answers it holds, and how long it
     /// holds one (the bound on how stale one replica's hit can be against Redis).
     pub local_max_bytes: u64,
@@ -101,6 +108,7 @@ impl Default for SemanticModelConfig {
 pub struct CacheModelConfig {
     pub mode: Option<CacheMode>,
     pub ttl_s: Option<u64>,
+    pub stale_s: Option<u64>,
     pub semantic: Option<SemanticModelConfig>,
 }
 
@@ -109,6 +117,8 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             ttl_s: 3600,
+            stale_s: 0,
+            negative_ttl_s: 30,
             local_max_bytes: 64 << 20,
             local_ttl_ms: 2_000,
             lease_ms: 60_000,
@@ -136,6 +146,14 @@ impl CacheConfig {
             .unwrap_or(self.ttl_s)
     }
 
+    /// How long past its TTL an entry of `model` may be served stale (0: never).
+    pub fn stale_s(&self, model: &str) -> u64 {
+        self.models
+            .get(model)
+            .and_then(|m| m.stale_s)
+            .unwrap_or(self.stale_s)
+    }
+
     /// The semantic settings of `model`, when it has the semantic cache.
     pub fn semantic(&self, model: &str) -> Option<&SemanticModelConfig> {
         self.models.get(model).and_then(|m| m.semantic.as_ref())
@@ -161,6 +179,10 @@ impl CacheConfig {
         if self.ttl_s == 0 || self.ttl_s > u64::from(u32::MAX) {
             return bad("cache.ttl_s must be between 1 and 4294967295".into());
         }
+        let max = u64::from(u32::MAX);
+        if self.stale_s > max || self.negative_ttl_s > max {
+            return bad("cache.stale_s and cache.negative_ttl_s must be at most 4294967295".into());
+        }
         if self.lease_ms == 0 {
             return bad("cache.lease_ms must be positive".into());
         }
@@ -168,6 +190,11 @@ impl CacheConfig {
             if m.ttl_s.is_some_and(|t| t == 0 || t > u64::from(u32::MAX)) {
                 return bad(format!(
                     "cache.models.{name}.ttl_s must be between 1 and 4294967295"
+                ));
+            }
+            if m.stale_s.is_some_and(|t| t > max) {
+                return bad(format!(
+                    "cache.models.{name}.stale_s must be at most 4294967295"
                 ));
             }
             if let Some(sem) = &m.semantic {

@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! Submission ─ lookup ─▶ Off | Bypass          → the job runs, nothing is stored
-//!                        Hit(entry)            → answered here (x-sluice-cache: hit)
+//!                        Hit(entry)            → answered here (x-sluice-cache: hit); a
+//!                                                negative entry with its stored error
+//!                        Stale(entry, refresh) → an expired entry within its model's stale
+//!                                                window (x-sluice-cache: stale); `refresh`:
+//!                                                this request took the lease, so it queues
+//!                                                the one low-priority job that rewrites it
 //!                        Similar(entry, sim)   → a similar prompt's answer (semantic hit,
 //!                                                x-sluice-cache-similarity: sim)
 //!                        Lead(write)           → the job runs and stores its answer
@@ -50,6 +55,14 @@ pub struct ResponseCache {
     semantic: Option<SemanticCache>,
 }
 
+/// The background job that refreshes a stale entry: its id holds the entry's lease.
+#[derive(Debug, Clone)]
+pub struct Refresh {
+    pub job: Uuid,
+    pub key: CacheKey,
+    pub write: CacheWrite,
+}
+
 /// What the cache makes of one request.
 #[derive(Debug, Clone)]
 pub enum Lookup {
@@ -58,6 +71,13 @@ pub enum Lookup {
     /// Not cacheable, or the client said `no-store`.
     Bypass,
     Hit(Arc<Entry>),
+    /// An expired entry still within its stale window. `refresh`: the job id that took the
+    /// entry's single-flight lease, to be queued at low priority and rewrite the entry
+    /// (`None`: another job is refreshing it already).
+    Stale {
+        entry: Arc<Entry>,
+        refresh: Option<Refresh>,
+    },
     /// A semantic hit: the answer of a prompt this similar (cosine) in the same scope.
     Similar {
         entry: Arc<Entry>,
@@ -85,6 +105,7 @@ impl Lookup {
             Lookup::Off => None,
             Lookup::Bypass => Some("bypass"),
             Lookup::Hit(_) | Lookup::Similar { .. } => Some("hit"),
+            Lookup::Stale { .. } => Some("stale"),
             Lookup::Lead { .. } => Some("miss"),
             Lookup::Follow { .. } => Some("coalesced"),
         }
@@ -93,7 +114,7 @@ impl Lookup {
     /// The entry a hit answers with, and the similarity of a semantic one.
     pub fn hit(&self) -> Option<(Arc<Entry>, Option<f32>)> {
         match self {
-            Lookup::Hit(e) => Some((e.clone(), None)),
+            Lookup::Hit(e) | Lookup::Stale { entry: e, .. } => Some((e.clone(), None)),
             Lookup::Similar { entry, similarity } => Some((entry.clone(), Some(*similarity))),
             _ => None,
         }
@@ -193,6 +214,8 @@ impl ResponseCache {
             key: key.hex(),
             // Validated at start-up to fit.
             ttl_s: u32::try_from(self.cfg.ttl_s(model)).unwrap_or(u32::MAX),
+            stale_s: u32::try_from(self.cfg.stale_s(model)).unwrap_or(u32::MAX),
+            negative_ttl_s: u32::try_from(self.cfg.negative_ttl_s).unwrap_or(u32::MAX),
             semantic: None,
         };
         let lookup = if read {
@@ -230,6 +253,11 @@ impl ResponseCache {
         };
         let result = lookup.header().unwrap_or("off");
         metrics::counter!("sluice_cache_requests_total", "result" => result).increment(1);
+        if let Lookup::Hit(e) = &lookup
+            && e.negative
+        {
+            metrics::counter!("sluice_cache_negative_hits_total").increment(1);
+        }
         lookup
     }
 
@@ -283,6 +311,10 @@ impl ResponseCache {
     }
 
     /// Looks `key` up; a miss leads (storing under `write`) or follows the job that leads.
+    /// An expired entry within its stale window is served stale, and the request that
+    /// takes its lease refreshes it. A negative entry answers only a request that can be
+    /// answered with an error (`coalesce`: the synchronous endpoints); `POST /v1/jobs`
+    /// runs its job.
     async fn read(
         &self,
         store: &Store,
@@ -293,15 +325,24 @@ impl ResponseCache {
         coalesce: bool,
     ) -> Result<Lookup, sluice_store::StoreError> {
         let now = now_ms();
-        if let Some(e) = self.tier.get(&key).filter(|e| e.acceptable(now, max_age_s)) {
+        let usable = |e: &Entry| e.acceptable(now, max_age_s) && (coalesce || !e.negative);
+        if let Some(e) = self.tier.get(&key).filter(|e| e.fresh(now) && usable(e)) {
             return Ok(Lookup::Hit(e));
         }
+        let mut stale = None;
         if let Some(e) = store.cache_get(&key).await? {
             let e = Arc::new(e);
-            self.tier.insert(key, e.clone());
-            if e.acceptable(now, max_age_s) {
-                return Ok(Lookup::Hit(e));
+            if e.fresh(now) {
+                self.tier.insert(key, e.clone());
+                if usable(&e) {
+                    return Ok(Lookup::Hit(e));
+                }
+            } else if e.servable_stale(now, u64::from(write.stale_s)) && usable(&e) {
+                stale = Some(e);
             }
+        }
+        if let Some(entry) = stale {
+            return self.stale(store, entry, key, write, max_age_s).await;
         }
         if !coalesce {
             return Ok(Lookup::Lead {
@@ -316,7 +357,7 @@ impl ResponseCache {
                 // The previous leader may have stored the answer between our read and our
                 // lease: look once more, so a burst makes one upstream call, not two.
                 match store.cache_get(&key).await? {
-                    Some(e) if e.acceptable(now, max_age_s) => {
+                    Some(e) if e.fresh(now) && usable(&e) => {
                         store.cache_release(&key, job).await?;
                         Ok(Lookup::Hit(Arc::new(e)))
                     }
@@ -328,6 +369,41 @@ impl ResponseCache {
                 }
             }
         }
+    }
+
+    /// `entry` expired but is within its stale window: serve it, and refresh it unless a
+    /// job already holds the lease (a refresh, or a miss computing the entry). The lease is
+    /// taken for the refresh job's id, so across replicas exactly one refresh is queued.
+    async fn stale(
+        &self,
+        store: &Store,
+        entry: Arc<Entry>,
+        key: CacheKey,
+        write: CacheWrite,
+        max_age_s: Option<u64>,
+    ) -> Result<Lookup, sluice_store::StoreError> {
+        let refresh = Uuid::now_v7();
+        let refresh = match store.cache_lead(&key, refresh, self.cfg.lease_ms).await? {
+            Lead::Follower(_) => None,
+            Lead::Leader => {
+                // A refresh may have completed between our read and our lease.
+                let now = now_ms();
+                match store.cache_get(&key).await? {
+                    Some(e) if e.fresh(now) && !e.negative && e.acceptable(now, max_age_s) => {
+                        store.cache_release(&key, refresh).await?;
+                        return Ok(Lookup::Hit(Arc::new(e)));
+                    }
+                    _ => Some(Refresh {
+                        job: refresh,
+                        key,
+                        write,
+                    }),
+                }
+            }
+        };
+        metrics::counter!("sluice_cache_stale_served_total", "refresh" => if refresh.is_some() { "queued" } else { "running" })
+            .increment(1);
+        Ok(Lookup::Stale { entry, refresh })
     }
 }
 
@@ -365,6 +441,16 @@ impl LeaseGuard {
                 armed: true,
             }),
             _ => None,
+        }
+    }
+
+    /// A guard for the lease a stale entry's refresh job holds.
+    pub fn for_refresh(state: &AppState, refresh: &Refresh) -> LeaseGuard {
+        LeaseGuard {
+            state: state.clone(),
+            key: refresh.key,
+            job: refresh.job,
+            armed: true,
         }
     }
 
@@ -456,6 +542,26 @@ pub fn answer(
         }
     }
     Ok(resp)
+}
+
+/// The answer of a negative entry: the stored error of the upstream's refusal, with the
+/// status and OpenAI error body the job itself ended with (for a stream request too: the
+/// refusal came before any chunk).
+pub fn negative_answer(
+    error: &[u8],
+    how: &'static str,
+    extra: Vec<(&'static str, String)>,
+) -> Response {
+    let error = std::str::from_utf8(error).ok();
+    let mut resp = crate::watch::failure(sluice_protocol::JobStatus::Failed, error).into_response();
+    let h = resp.headers_mut();
+    h.insert(CACHE_HEADER, HeaderValue::from_static(how));
+    for (k, v) in extra {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    resp
 }
 
 /// A cached chat completion as the chunks of a stream, the way the provider would have

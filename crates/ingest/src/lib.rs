@@ -312,6 +312,7 @@ impl Server {
                 state.queue.clone(),
                 sem.index().clone(),
                 state.cfg.cache.clone(),
+                sem.replayed_flag(),
                 shutdown.clone(),
             ));
         }

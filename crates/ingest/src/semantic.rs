@@ -17,7 +17,13 @@
 //! makes the request run uncached, counted in `sluice_cache_semantic_requests_total
 //! {result="error"}`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::jetstream::{self, consumer, stream};
 use axum::http::HeaderMap;
@@ -47,6 +53,9 @@ pub struct SemanticCache {
     cfg: CacheConfig,
     index: SemanticIndex,
     pools: Pools,
+    /// Set once this replica's index has replayed the SEMANTIC stream as it stood at start
+    /// (`/readyz` waits for it, so a fresh replica does not miss what others would hit).
+    replayed: Arc<AtomicBool>,
 }
 
 /// A prompt ready for the lookup and for the insertion after the job.
@@ -97,11 +106,22 @@ impl SemanticCache {
             cfg: cfg.cache.clone(),
             index: SemanticIndex::new(IndexConfig::new(cfg.cache.semantic.capacity)),
             pools,
+            replayed: Arc::new(AtomicBool::new(false)),
         }))
     }
 
     pub fn index(&self) -> &SemanticIndex {
         &self.index
+    }
+
+    /// Whether the index has caught up with the stream (see [`follow_insertions`]).
+    pub fn replayed(&self) -> bool {
+        self.replayed.load(Ordering::Acquire)
+    }
+
+    /// The flag [`follow_insertions`] sets once the replay caught up.
+    pub fn replayed_flag(&self) -> Arc<AtomicBool> {
+        self.replayed.clone()
     }
 
     /// Whether chat `request` for `model` takes part, and if so its embedded prompt.
@@ -202,7 +222,11 @@ impl SemanticCache {
                 Some(e) => Some(e),
                 None => store.cache_get(&c.key).await?.map(Arc::new),
             };
-            if let Some(e) = entry.filter(|e| e.acceptable(now, max_age_s)) {
+            // Only a fresh answer: a similar prompt's refusal or expired answer is not this
+            // prompt's.
+            if let Some(e) =
+                entry.filter(|e| !e.negative && e.fresh(now) && e.acceptable(now, max_age_s))
+            {
                 return Ok(Some(Similar {
                     entry: e,
                     similarity: c.similarity,
@@ -216,10 +240,13 @@ impl SemanticCache {
 /// Keeps `index` in step with the SEMANTIC stream until `shutdown`: creates the stream,
 /// replays it from the first message, then follows it; after a broker error it resumes
 /// after the last message it applied. Also rebuilds the index's graphs as they need it.
+/// Sets `replayed` once it applied every insertion the stream held when it started (or the
+/// stream went quiet before: what it held expired meanwhile), and the graphs are built.
 pub async fn follow_insertions(
     queue: Queue,
     index: SemanticIndex,
     cfg: CacheConfig,
+    replayed: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut next_seq = 1u64;
@@ -228,16 +255,12 @@ pub async fn follow_insertions(
         if shutdown.is_cancelled() {
             return;
         }
-        match consume(
-            &queue,
-            &index,
-            &cfg,
-            &shutdown,
-            &mut next_seq,
-            &mut last_maintained,
-        )
-        .await
-        {
+        let mut progress = Progress {
+            next_seq: &mut next_seq,
+            last_maintained: &mut last_maintained,
+            replayed: &replayed,
+        };
+        match consume(&queue, &index, &cfg, &shutdown, &mut progress).await {
             Ok(()) => return,
             Err(e) => {
                 metrics::counter!("sluice_cache_semantic_stream_errors_total").increment(1);
@@ -267,22 +290,36 @@ pub fn stream_config(queue: &Queue, cfg: &CacheConfig) -> stream::Config {
     }
 }
 
+/// Where [`consume`] stands in the stream, kept across its restarts.
+struct Progress<'a> {
+    /// The next stream sequence to apply.
+    next_seq: &'a mut u64,
+    last_maintained: &'a mut Instant,
+    replayed: &'a AtomicBool,
+}
+
 async fn consume(
     queue: &Queue,
     index: &SemanticIndex,
     cfg: &CacheConfig,
     shutdown: &CancellationToken,
-    next_seq: &mut u64,
-    last_maintained: &mut Instant,
+    p: &mut Progress<'_>,
 ) -> anyhow::Result<()> {
     let js: &jetstream::Context = queue.jetstream();
     js.create_or_update_stream(stream_config(queue, cfg))
         .await?;
-    let stream = js.get_stream(queue.subjects().semantic_stream()).await?;
+    let mut stream = js.get_stream(queue.subjects().semantic_stream()).await?;
+    // The replay is complete once every insertion the stream holds now is applied.
+    let state = stream.info().await?.state.clone();
+    let target = if state.messages == 0 {
+        0
+    } else {
+        state.last_sequence
+    };
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: *next_seq,
+                start_sequence: *p.next_seq,
             },
             ..Default::default()
         })
@@ -294,10 +331,12 @@ async fn consume(
             _ = shutdown.cancelled() => return Ok(()),
             m = tokio::time::timeout(maintain_every, messages.next()) => m,
         };
+        // Quiet for a while: nothing of the replay is left to come.
+        let mut idle = false;
         match next {
             Ok(Some(Ok(m))) => {
                 if let Ok(info) = m.info() {
-                    *next_seq = info.stream_sequence + 1;
+                    *p.next_seq = info.stream_sequence + 1;
                 }
                 match Insertion::decode(&m.payload) {
                     Ok((scope, key, vector, expires_at_ms)) => {
@@ -310,13 +349,18 @@ async fn consume(
             }
             Ok(Some(Err(e))) => return Err(e.into()),
             Ok(None) => anyhow::bail!("the semantic stream's consumer ended"),
-            Err(_) => {}
+            Err(_) => idle = true,
         }
-        if last_maintained.elapsed() >= maintain_every {
-            *last_maintained = Instant::now();
+        let caught_up = !p.replayed.load(Ordering::Acquire) && (*p.next_seq > target || idle);
+        if caught_up || p.last_maintained.elapsed() >= maintain_every {
+            *p.last_maintained = Instant::now();
             let idx = index.clone();
             let _ = tokio::task::spawn_blocking(move || idx.maintain(now_ms())).await;
             metrics::gauge!("sluice_cache_semantic_entries").set(index.len() as f64);
+        }
+        if caught_up {
+            tracing::info!(entries = index.len(), "semantic index replayed the stream");
+            p.replayed.store(true, Ordering::Release);
         }
     }
 }

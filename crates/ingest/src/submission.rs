@@ -25,7 +25,7 @@ use sluice_protocol::JobStatus;
 use crate::{
     AppState,
     auth::Tenant,
-    cache::{Followed, LeaseGuard, Lookup, follow as follow_leader},
+    cache::{Followed, LeaseGuard, Lookup, Refresh, follow as follow_leader},
     cancel::CancelOnDrop,
     error::ApiError,
     middleware::admission::{self, Admission, NewJob},
@@ -142,8 +142,11 @@ pub enum Submitted {
 pub struct Cached {
     /// The stored result (JSON).
     pub body: Vec<u8>,
-    /// `x-sluice-cache`: `hit` or `coalesced`.
+    /// `x-sluice-cache`: `hit`, `stale` or `coalesced`.
     pub how: &'static str,
+    /// A negative entry: `body` is the stored error of the upstream's refusal, answered
+    /// as that error (never as a 200).
+    pub negative: bool,
     /// The job whose answer this is (the response's `x-request-id`).
     pub source: Uuid,
     /// `RateLimit-Policy` / `RateLimit` for the response.
@@ -175,7 +178,7 @@ pub async fn submit(
     follow: Follow,
 ) -> Result<Submitted, ApiError> {
     let job = NewJob::now(sub.kind);
-    let lookup = match look_up(state, tenant, headers, &sub, job, follow).await? {
+    let lookup = match look_up(state, tenant, headers, body, &sub, job, follow).await? {
         Looked::Answered(s) => return Ok(s),
         Looked::Run(l) => l,
     };
@@ -260,6 +263,7 @@ async fn look_up(
     state: &AppState,
     tenant: &Tenant,
     headers: &HeaderMap,
+    body: &[u8],
     sub: &Submission,
     job: NewJob,
     follow: Follow,
@@ -289,19 +293,27 @@ async fn look_up(
         )
         .await;
     if let Some((entry, similarity)) = lookup.hit() {
+        let how = lookup.header().unwrap_or("hit");
         let mut limits = admission::admit_hit(state, tenant, headers, sub, job.id).await?;
         if let Some(s) = similarity {
             limits.push((crate::semantic::SIMILARITY_HEADER, format!("{s:.3}")));
+        }
+        if let Lookup::Stale {
+            refresh: Some(r), ..
+        } = &lookup
+        {
+            spawn_refresh(state, tenant, body, sub, r.clone());
         }
         crate::cache::count_saved(state.gov.config(), &tenant.id, &sub.model, &entry);
         return Ok(Looked::Answered(match follow {
             Follow::Wait => Submitted::Cached(Box::new(Cached {
                 body: entry.body.clone(),
-                how: "hit",
+                how,
+                negative: entry.negative,
                 source: entry.source_job,
                 headers: limits,
             })),
-            Follow::No => cached_job(state, tenant, sub, job, &entry, limits).await?,
+            Follow::No => cached_job(state, tenant, sub, job, &entry, how, limits).await?,
         }));
     }
     match lookup {
@@ -316,6 +328,7 @@ async fn look_up(
                     Ok(Looked::Answered(Submitted::Cached(Box::new(Cached {
                         body: body.into_bytes(),
                         how: "coalesced",
+                        negative: false,
                         source: leader,
                         headers: limits,
                     }))))
@@ -351,6 +364,7 @@ async fn cached_job(
     sub: &Submission,
     job: NewJob,
     entry: &sluice_cache::Entry,
+    how: &'static str,
     headers: Vec<(&'static str, String)>,
 ) -> Result<Submitted, ApiError> {
     let env = Submission {
@@ -382,6 +396,67 @@ async fn cached_job(
         view,
         headers,
         wait: None,
-        cache: Some("hit"),
+        cache: Some(how),
     })))
+}
+
+/// Queues the job that refreshes a stale entry, in the background (the stale answer does
+/// not wait for it): the same request at `low` priority, so it yields to client traffic
+/// and is shed first, admitted like any job of the tenant (limits, budget), without the
+/// client's metadata, webhook or deadline. Its id holds the entry's lease: it rewrites the
+/// entry and frees the lease when it completes; if it is refused or cannot be queued, the
+/// lease is freed at once and the next stale read tries again.
+fn spawn_refresh(state: &AppState, tenant: &Tenant, body: &[u8], sub: &Submission, r: Refresh) {
+    let refresh = Submission {
+        kind: sub.kind,
+        model: sub.model.clone(),
+        priority: Priority::Low,
+        metadata: BTreeMap::new(),
+        deadline_s: None,
+        stream: sub.stream,
+        webhook_url: None,
+        traceparent: None,
+        request: sub.request.clone(),
+    };
+    let job = NewJob {
+        id: r.job,
+        ..NewJob::now(sub.kind)
+    };
+    let (bg, state, tenant, body) = (
+        state.background.clone(),
+        state.clone(),
+        tenant.clone(),
+        body.to_vec(),
+    );
+    bg.spawn(async move {
+        let lease = LeaseGuard::for_refresh(&state, &r);
+        let outcome = match admission::admit(&state, &tenant, &HeaderMap::new(), &body, &refresh, job)
+            .await
+        {
+            Ok(Admission::Fresh(admitted)) => {
+                let reserved = admitted.reserved();
+                match publish(&state, &tenant, refresh, job, reserved, Follow::No, Some(r.write))
+                    .await
+                {
+                    Ok(_) => {
+                        admitted.commit().await;
+                        lease.commit();
+                        "queued"
+                    }
+                    Err(e) => {
+                        admitted.undo().await;
+                        tracing::warn!(job = %job.id, error = %e, "cannot queue a stale entry's refresh");
+                        "unavailable"
+                    }
+                }
+            }
+            // Without an idempotency key there is no first request to replay.
+            Ok(Admission::Replay(_)) => "refused",
+            Err(e) => {
+                tracing::debug!(job = %job.id, error = %e, "a stale entry's refresh was not admitted");
+                "refused"
+            }
+        };
+        metrics::counter!("sluice_cache_refreshes_total", "result" => outcome).increment(1);
+    });
 }

@@ -43,29 +43,33 @@ pub struct Outcome {
 impl Outcome {
     /// The error a synchronous client gets for a job that ended without a result.
     pub fn failure(&self) -> ApiError {
-        let err: Value = self
-            .error
-            .as_deref()
-            .and_then(|e| serde_json::from_str(e).ok())
-            .unwrap_or(Value::Null);
-        let field = |k: &str| err.get(k).and_then(Value::as_str);
-        // Every terminal record Sluice writes carries a code; without one, the status says.
-        let code = field("code")
-            .and_then(ErrorCode::parse)
-            .unwrap_or(match self.status {
-                JobStatus::Cancelled => ErrorCode::Cancelled,
-                JobStatus::Expired => ErrorCode::DeadlineExceeded,
-                JobStatus::Queued
-                | JobStatus::InProgress
-                | JobStatus::Completed
-                | JobStatus::Failed => ErrorCode::UpstreamError,
-            });
-        ApiError::JobFailed {
-            code,
-            message: field("message")
-                .map_or_else(|| format!("The job ended {}.", self.status), str::to_string),
-            retry_after_s: err.get("retry_after_s").and_then(Value::as_u64),
-        }
+        failure(self.status, self.error.as_deref())
+    }
+}
+
+/// The error a synchronous client gets for a job that ended `status` with the stored error
+/// `error` (JSON): the job's own outcome, or a negative cache entry of one.
+pub fn failure(status: JobStatus, error: Option<&str>) -> ApiError {
+    let err: Value = error
+        .and_then(|e| serde_json::from_str(e).ok())
+        .unwrap_or(Value::Null);
+    let field = |k: &str| err.get(k).and_then(Value::as_str);
+    // Every terminal record Sluice writes carries a code; without one, the status says.
+    let code = field("code")
+        .and_then(ErrorCode::parse)
+        .unwrap_or(match status {
+            JobStatus::Cancelled => ErrorCode::Cancelled,
+            JobStatus::Expired => ErrorCode::DeadlineExceeded,
+            JobStatus::Queued
+            | JobStatus::InProgress
+            | JobStatus::Completed
+            | JobStatus::Failed => ErrorCode::UpstreamError,
+        });
+    ApiError::JobFailed {
+        code,
+        message: field("message")
+            .map_or_else(|| format!("The job ended {status}."), str::to_string),
+        retry_after_s: err.get("retry_after_s").and_then(Value::as_u64),
     }
 }
 

@@ -79,6 +79,14 @@ pub struct CacheWrite {
     pub key: String,
     /// How long the entry lives, in seconds.
     pub ttl_s: u32,
+    /// Stale-while-revalidate: how long past `ttl_s` the entry is kept, to be served stale
+    /// while one job refreshes it. Absent (0) when off, so the encoding is unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stale_s: u32,
+    /// Negative entries: how long an upstream's deterministic refusal is kept (0: not at
+    /// all, and absent from the encoding).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub negative_ttl_s: u32,
     /// The semantic cache's part: after storing the entry the worker publishes an insertion
     /// (scope, vector, key) that every ingest replica adds to its index. Absent for models
     /// without the semantic cache, so their encoding is unchanged.
@@ -95,6 +103,10 @@ pub struct SemanticWrite {
     /// The prompt's unit embedding, little-endian `f32`s.
     #[serde(with = "serde_bytes")]
     pub vector: Vec<u8>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn reserved_unless_told() -> bool {

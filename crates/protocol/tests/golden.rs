@@ -79,6 +79,8 @@ fn v1_cached() -> JobEnvelope {
         cache: Some(CacheWrite {
             key: "ab".repeat(32),
             ttl_s: 3600,
+            stale_s: 0,
+            negative_ttl_s: 0,
             semantic: None,
         }),
         ..v1_chat()
@@ -93,6 +95,8 @@ fn v1_semantic() -> JobEnvelope {
         cache: Some(CacheWrite {
             key: "ab".repeat(32),
             ttl_s: 3600,
+            stale_s: 0,
+            negative_ttl_s: 0,
             semantic: Some(SemanticWrite {
                 scope: "cd".repeat(32),
                 vector: [0.6f32, 0.8].iter().flat_map(|x| x.to_le_bytes()).collect(),

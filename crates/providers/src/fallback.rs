@@ -1,7 +1,13 @@
 //! The end of the fallback chain: a stale cached answer (the last good answer to the same
-//! request, kept in a bounded in-memory map) or the pool's configured degradation message.
-//! Both are flagged in the result (`degraded: true`, with `degraded_reason`), so a client
-//! can tell them from a fresh answer.
+//! request) or the pool's configured degradation message. Both are flagged in the result
+//! (`degraded: true`, with `degraded_reason`), so a client can tell them from a fresh
+//! answer.
+//!
+//! The stale answer comes from the shared response cache when the job has an entry there
+//! ([`SharedStale`], read by the worker from Redis: any worker can serve it, and expired
+//! entries are kept for the model's stale window). Only when that read fails, or for a job
+//! the response cache does not cover, does the worker's own bounded map ([`StaleCache`])
+//! answer.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -9,10 +15,23 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 type Key = [u8; 32];
+
+/// The shared cache's last good answer to one job's request, for the end of the chain.
+pub trait SharedStale: Send + Sync {
+    /// `Ok(None)`: the shared cache holds no answer to this request (the chain then ends in
+    /// the degradation message); `Err`: it could not be read.
+    fn stale_answer(&self) -> BoxFuture<'_, Result<Option<Bytes>, SharedStaleError>>;
+}
+
+/// The shared cache could not be read (the worker's own map answers instead).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the shared cache could not be read")]
+pub struct SharedStaleError;
 
 /// Last good answers by (model alias, request body), first in first out.
 pub struct StaleCache {

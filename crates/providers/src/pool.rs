@@ -25,7 +25,7 @@ use crate::{
     balance::{self, Pick},
     budget::RetryBudget,
     deployment::{Deployment, Slot, Unavailable},
-    fallback::{self, StaleCache},
+    fallback::{self, SharedStale, StaleCache},
     routing::Router,
 };
 
@@ -301,9 +301,19 @@ impl Pools {
 
     /// Runs one job attempt's call through the chain (see the module docs).
     pub async fn call(&self, req: &CallRequest<'_>) -> Result<Answer, CallError> {
+        self.call_with(req, None).await
+    }
+
+    /// [`Pools::call`] whose stale answer, at the end of the chain, comes from `shared`
+    /// (the response cache) rather than this worker's map, unless `shared` cannot be read.
+    pub async fn call_with(
+        &self,
+        req: &CallRequest<'_>,
+        shared: Option<&dyn SharedStale>,
+    ) -> Result<Answer, CallError> {
         let (tokens, chain) = match self.begin(req).await {
             Ok(v) => v,
-            Err(e) => return self.last_resort(req, e),
+            Err(e) => return self.last_resort(req, e, shared).await,
         };
         let answered = self
             .through_chain(&chain, req, tokens, &Plain { req, tokens })
@@ -318,7 +328,7 @@ impl Pools {
                     .increment(1);
                 Ok(a)
             }
-            Err(e) => self.last_resort(req, e),
+            Err(e) => self.last_resort(req, e, shared).await,
         }
     }
 
@@ -351,15 +361,33 @@ impl Pools {
     }
 
     /// On the last attempt, a stale answer or the degradation message instead of `err`.
-    fn last_resort(&self, req: &CallRequest<'_>, err: CallError) -> Result<Answer, CallError> {
+    async fn last_resort(
+        &self,
+        req: &CallRequest<'_>,
+        err: CallError,
+        shared: Option<&dyn SharedStale>,
+    ) -> Result<Answer, CallError> {
         if !req.final_attempt || err.class() == ErrorClass::Permanent {
             return Err(err);
         }
-        let (body, served) = if let Some(b) = self
-            .stale
-            .get(req.model, req.body)
-            .and_then(|b| fallback::mark_stale(&b))
-        {
+        let stale = match shared {
+            Some(s) => match s.stale_answer().await {
+                Ok(found) => {
+                    let result = if found.is_some() { "hit" } else { "miss" };
+                    metrics::counter!("sluice_stale_answer_lookups_total", "result" => result)
+                        .increment(1);
+                    found
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "stale answer: using this worker's own, the shared cache is unreadable");
+                    metrics::counter!("sluice_stale_answer_lookups_total", "result" => "error")
+                        .increment(1);
+                    self.stale.get(req.model, req.body)
+                }
+            },
+            None => self.stale.get(req.model, req.body),
+        };
+        let (body, served) = if let Some(b) = stale.and_then(|b| fallback::mark_stale(&b)) {
             (b, Served::Stale)
         } else if let (Some(msg), CallKind::Chat) =
             (&self.pool(req.model).degraded_message, req.kind)

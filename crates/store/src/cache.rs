@@ -137,8 +137,10 @@ end
 return 0
 "#;
 
-/// The prompt and completion tokens of a provider answer (0 where it reports none).
-pub(crate) fn usage_of(result: &[u8]) -> (u64, u64) {
+/// The prompt and completion tokens of a provider answer (0 where it reports none), and
+/// whether it is a degraded answer (a stale answer or the degradation message, which the
+/// response cache must not store as a fresh one).
+pub(crate) fn usage_of(result: &[u8]) -> (u64, u64, bool) {
     #[derive(serde::Deserialize, Default)]
     struct Usage {
         #[serde(default)]
@@ -146,14 +148,14 @@ pub(crate) fn usage_of(result: &[u8]) -> (u64, u64) {
         #[serde(default)]
         completion_tokens: u64,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(serde::Deserialize, Default)]
     struct Answer {
         #[serde(default)]
         usage: Option<Usage>,
+        #[serde(default)]
+        degraded: bool,
     }
-    let u = serde_json::from_slice::<Answer>(result)
-        .ok()
-        .and_then(|a| a.usage)
-        .unwrap_or_default();
-    (u.prompt_tokens, u.completion_tokens)
+    let a = serde_json::from_slice::<Answer>(result).unwrap_or_default();
+    let u = a.usage.unwrap_or_default();
+    (u.prompt_tokens, u.completion_tokens, a.degraded)
 }

@@ -144,6 +144,34 @@ pub struct JobError {
     pub retry_after_s: Option<u64>,
 }
 
+/// The negative cache entry of a job that ended `status` with `code` (its stored error
+/// `error`, JSON): only a failed job the upstream refused as a request (`upstream_rejected`,
+/// a 4xx other than 404, 408, 409 and 429: deterministic, unlike a 5xx, a 429 or a timeout),
+/// and only when the write asks for negative entries.
+fn negative_entry(
+    env: &JobEnvelope,
+    status: JobStatus,
+    write: &sluice_protocol::CacheWrite,
+    code: ErrorCode,
+    error: &str,
+) -> Option<sluice_cache::Entry> {
+    let deterministic = status == JobStatus::Failed && code == ErrorCode::UpstreamRejected;
+    if !deterministic || write.negative_ttl_s == 0 {
+        return None;
+    }
+    let now = now_ms();
+    Some(sluice_cache::Entry {
+        v: sluice_cache::entry::ENTRY_VERSION,
+        source_job: env.id,
+        created_at_ms: now,
+        body: error.as_bytes().to_vec(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        fresh_until_ms: now.saturating_add(u64::from(write.negative_ttl_s).saturating_mul(1000)),
+        negative: true,
+    })
+}
+
 /// Longest upstream `Retry-After` stored with a job's error.
 pub const MAX_RETRY_AFTER_S: u64 = 3600;
 
@@ -288,24 +316,38 @@ impl Store {
     ) -> Result<Transition, StoreError> {
         let set = [("result", result)];
         let advance = self.advance(env, JobStatus::Completed, &set, None);
-        let Some((key, ttl_s)) = env
+        let Some((key, write)) = env
             .cache
             .as_ref()
-            .and_then(|c| Some((sluice_cache::CacheKey::from_hex(&c.key)?, c.ttl_s)))
+            .and_then(|c| Some((sluice_cache::CacheKey::from_hex(&c.key)?, c)))
         else {
             return advance.await;
         };
-        let (prompt_tokens, completion_tokens) = crate::cache::usage_of(result);
+        let (prompt_tokens, completion_tokens, degraded) = crate::cache::usage_of(result);
+        if degraded {
+            // A stale answer or the degradation message is not a fresh answer: the entry
+            // stays as it was, and the lease is freed for the next request.
+            let (recorded, released) = tokio::join!(advance, self.cache_release(&key, env.id));
+            if let Err(e) = released {
+                tracing::warn!(job = %env.id, error = %e, "cannot free a cache lease; it expires with its TTL");
+            }
+            return recorded;
+        }
+        let now = now_ms();
+        let ttl_s = u64::from(write.ttl_s);
         let entry = sluice_cache::Entry {
             v: sluice_cache::entry::ENTRY_VERSION,
             source_job: env.id,
-            created_at_ms: now_ms(),
+            created_at_ms: now,
             body: result.to_vec(),
             prompt_tokens,
             completion_tokens,
+            fresh_until_ms: now.saturating_add(ttl_s.saturating_mul(1000)),
+            negative: false,
         };
-        let (recorded, cached) =
-            tokio::join!(advance, self.cache_put(&key, &entry, u64::from(ttl_s)));
+        // Redis keeps the entry past its freshness for the stale window, if any.
+        let keep_s = ttl_s.saturating_add(u64::from(write.stale_s));
+        let (recorded, cached) = tokio::join!(advance, self.cache_put(&key, &entry, keep_s));
         if let Err(e) = cached {
             tracing::warn!(job = %env.id, error = %e, "cannot store the answer in the response cache");
         }
@@ -328,17 +370,30 @@ impl Store {
         status: JobStatus,
         error: &JobError,
     ) -> Result<Transition, StoreError> {
+        let code = error.code;
         let error =
             serde_json::to_string(error).map_err(|e| StoreError::Protocol(e.to_string()))?;
         let set = [("error", error.as_bytes())];
         let ended = self.advance(env, status, &set, None);
-        let Some(key) = env
+        let Some((key, write)) = env
             .cache
             .as_ref()
-            .and_then(|c| sluice_cache::CacheKey::from_hex(&c.key))
+            .and_then(|c| Some((sluice_cache::CacheKey::from_hex(&c.key)?, c)))
         else {
             return ended.await;
         };
+        if let Some(entry) = negative_entry(env, status, write, code, &error) {
+            // The upstream refused this very request: the next identical one gets the same
+            // error from the cache (and the lease is freed by the write).
+            let (ended, cached) = tokio::join!(
+                ended,
+                self.cache_put(&key, &entry, u64::from(write.negative_ttl_s))
+            );
+            if let Err(e) = cached {
+                tracing::warn!(job = %env.id, error = %e, "cannot store a negative cache entry");
+            }
+            return ended;
+        }
         // A job that ends without an answer frees its single-flight lease, so the next
         // identical request calls upstream itself instead of sharing this failure.
         let (ended, released) = tokio::join!(ended, self.cache_release(&key, env.id));

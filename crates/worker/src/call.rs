@@ -5,9 +5,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde_json::json;
 use sluice_protocol::{JobEnvelope, JobKind};
-use sluice_providers::{CallKind, CallRequest};
+use sluice_providers::{
+    CallKind, CallRequest,
+    fallback::{SharedStale, SharedStaleError},
+};
 use sluice_store::now_ms;
 use tokio::time::Instant;
 
@@ -52,10 +56,43 @@ pub async fn upstream(
     if env.stream && env.kind == JobKind::ChatCompletion {
         return crate::streamed::run(shared, env, &req, progress).await;
     }
-    let answer = shared.pools.call(&req).await?;
+    // The chain's stale answer comes from the job's response-cache entry when it has one.
+    let entry = env
+        .cache
+        .as_ref()
+        .and_then(|c| sluice_cache::CacheKey::from_hex(&c.key))
+        .map(|key| CachedAnswer {
+            store: &shared.store,
+            key,
+        });
+    let answer = shared
+        .pools
+        .call_with(&req, entry.as_ref().map(|e| e as &dyn SharedStale))
+        .await?;
     if answer.served.is_degraded() {
         metrics::counter!("sluice_worker_degraded_answers_total", "served" => answer.served.as_str()).increment(1);
         tracing::info!(job = %env.id, served = answer.served.as_str(), "answered with a degraded result");
     }
     Ok(answer.body)
+}
+
+/// A job's entry in the shared response cache, as the fallback chain's stale answer: a fresh
+/// or expired-but-kept answer, never a negative entry.
+struct CachedAnswer<'a> {
+    store: &'a sluice_store::Store,
+    key: sluice_cache::CacheKey,
+}
+
+impl SharedStale for CachedAnswer<'_> {
+    fn stale_answer(&self) -> BoxFuture<'_, Result<Option<Bytes>, SharedStaleError>> {
+        Box::pin(async move {
+            match self.store.cache_get(&self.key).await {
+                Ok(e) => Ok(e.filter(|e| !e.negative).map(|e| Bytes::from(e.body))),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the response cache for a stale answer");
+                    Err(SharedStaleError)
+                }
+            }
+        })
+    }
 }

@@ -76,6 +76,8 @@ mod tests {
         env.cache = Some(CacheWrite {
             key: "ab".repeat(32),
             ttl_s: 60,
+            stale_s: 0,
+            negative_ttl_s: 0,
             semantic: Some(SemanticWrite {
                 scope: "cd".repeat(32),
                 vector: sluice_cache::semantic::vector_bytes(&[0.6, 0.8]),

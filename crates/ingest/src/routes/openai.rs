@@ -166,6 +166,10 @@ async fn answer(
     let mut how = None;
     let (watch, guard, view) =
         match submission::submit(&state, &tenant, &headers, &body, sub, Follow::Wait).await? {
+            Submitted::Cached(c) if c.negative => {
+                let resp = crate::cache::negative_answer(&c.body, c.how, c.headers);
+                return Ok(with_request_id(resp, c.source));
+            }
             Submitted::Cached(c) => {
                 let body = match shape {
                     Shape::Chat { .. } => c.body,

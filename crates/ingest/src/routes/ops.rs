@@ -29,7 +29,10 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(None) => "unknown".into(),
         Err(_) => "unreachable".into(),
     };
-    let status = if nats && redis {
+    // A replica whose semantic index is still replaying the insertion stream would miss
+    // what the others hit: it takes traffic once it caught up.
+    let semantic = state.cache.semantic().map(|s| s.replayed());
+    let status = if nats && redis && semantic != Some(false) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -54,6 +57,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "redis": redis,
             "limits": limits,
             "redis_maxmemory_policy": eviction,
+            "semantic_index": match semantic {
+                None => "off",
+                Some(true) => "ready",
+                Some(false) => "replaying",
+            },
         })),
     )
 }
