@@ -1,6 +1,6 @@
 //! `[cache]`: the response cache (see `sluice-cache` and the README's "Response cache").
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,14 +24,17 @@ pub struct CacheConfig {
     /// Off: no lookup, no write, no `x-sluice-cache` header.
     pub enabled: bool,
     /// Lifetime of an entry unless its model says otherwise.
-    pub ttl_s: u64,
+    #[serde(rename = "ttl_s", with = "crate::duration::secs")]
+    pub ttl: Duration,
     /// The in-process tier in front of Redis: bytes of answers it holds, and how long it
     /// holds one (the bound on how stale one replica's hit can be against Redis).
     pub local_max_bytes: u64,
-    pub local_ttl_ms: u64,
+    #[serde(rename = "local_ttl_ms", with = "crate::duration::millis")]
+    pub local_ttl: Duration,
     /// How long the job computing an entry holds its single-flight lease; identical
     /// requests arriving meanwhile wait for that job. Longer than a job normally takes.
-    pub lease_ms: u64,
+    #[serde(rename = "lease_ms", with = "crate::duration::millis")]
+    pub lease: Duration,
     /// Whether a hit counts against the request-rate limits (it never reserves tokens or
     /// budget, since it calls no provider).
     pub hits_count_against_limits: bool,
@@ -54,10 +57,12 @@ pub struct SemanticConfig {
     /// Bounds of the insertion stream every replica builds its index from: by age (by
     /// default the longest cache TTL, so the stream holds nothing whose answer has expired)
     /// and by bytes.
-    pub stream_max_age_s: Option<u64>,
+    #[serde(rename = "stream_max_age_s", with = "crate::duration::secs_opt")]
+    pub stream_max_age: Option<Duration>,
     pub stream_max_bytes: i64,
     /// How long a lookup waits for the embedding before the request runs uncached.
-    pub embed_timeout_ms: u64,
+    #[serde(rename = "embed_timeout_ms", with = "crate::duration::millis")]
+    pub embed_timeout: Duration,
 }
 
 impl Default for SemanticConfig {
@@ -65,9 +70,9 @@ impl Default for SemanticConfig {
         SemanticConfig {
             embedding_model: String::new(),
             capacity: 100_000,
-            stream_max_age_s: None,
+            stream_max_age: None,
             stream_max_bytes: 1 << 30,
-            embed_timeout_ms: 2_000,
+            embed_timeout: Duration::from_millis(2_000),
         }
     }
 }
@@ -100,7 +105,8 @@ impl Default for SemanticModelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheModelConfig {
     pub mode: Option<CacheMode>,
-    pub ttl_s: Option<u64>,
+    #[serde(rename = "ttl_s", with = "crate::duration::secs_opt")]
+    pub ttl: Option<Duration>,
     pub semantic: Option<SemanticModelConfig>,
 }
 
@@ -108,10 +114,10 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             enabled: true,
-            ttl_s: 3600,
+            ttl: Duration::from_secs(3600),
             local_max_bytes: 64 << 20,
-            local_ttl_ms: 2_000,
-            lease_ms: 60_000,
+            local_ttl: Duration::from_millis(2_000),
+            lease: Duration::from_millis(60_000),
             hits_count_against_limits: true,
             models: BTreeMap::new(),
             semantic: SemanticConfig::default(),
@@ -129,11 +135,12 @@ impl CacheConfig {
         }
     }
 
-    pub fn ttl_s(&self, model: &str) -> u64 {
+    /// The lifetime of an entry of `model`.
+    pub fn ttl(&self, model: &str) -> Duration {
         self.models
             .get(model)
-            .and_then(|m| m.ttl_s)
-            .unwrap_or(self.ttl_s)
+            .and_then(|m| m.ttl)
+            .unwrap_or(self.ttl)
     }
 
     /// The semantic settings of `model`, when it has the semantic cache.
@@ -147,25 +154,26 @@ impl CacheConfig {
     }
 
     /// Retention of the insertion stream: `stream_max_age_s`, else the longest TTL.
-    pub fn semantic_max_age_s(&self) -> u64 {
-        self.semantic.stream_max_age_s.unwrap_or_else(|| {
+    pub fn semantic_max_age(&self) -> Duration {
+        self.semantic.stream_max_age.unwrap_or_else(|| {
             self.models
                 .values()
-                .filter_map(|m| m.ttl_s)
-                .fold(self.ttl_s, u64::max)
+                .filter_map(|m| m.ttl)
+                .fold(self.ttl, Duration::max)
         })
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.ttl_s == 0 || self.ttl_s > u64::from(u32::MAX) {
+        let ttl_ok = |t: Duration| !t.is_zero() && t <= Duration::from_secs(u32::MAX.into());
+        if !ttl_ok(self.ttl) {
             return bad("cache.ttl_s must be between 1 and 4294967295".into());
         }
-        if self.lease_ms == 0 {
+        if self.lease.is_zero() {
             return bad("cache.lease_ms must be positive".into());
         }
         for (name, m) in &self.models {
-            if m.ttl_s.is_some_and(|t| t == 0 || t > u64::from(u32::MAX)) {
+            if m.ttl.is_some_and(|t| !ttl_ok(t)) {
                 return bad(format!(
                     "cache.models.{name}.ttl_s must be between 1 and 4294967295"
                 ));
@@ -198,13 +206,13 @@ impl CacheConfig {
                     "cache.semantic.embedding_model is required when a model sets semantic".into(),
                 );
             }
-            if s.capacity == 0 || s.stream_max_bytes <= 0 || s.embed_timeout_ms == 0 {
+            if s.capacity == 0 || s.stream_max_bytes <= 0 || s.embed_timeout.is_zero() {
                 return bad(
                     "cache.semantic.capacity, stream_max_bytes and embed_timeout_ms must be positive"
                         .into(),
                 );
             }
-            if s.stream_max_age_s == Some(0) {
+            if s.stream_max_age.is_some_and(|a| a.is_zero()) {
                 return bad("cache.semantic.stream_max_age_s must be positive".into());
             }
         }
@@ -215,6 +223,8 @@ impl CacheConfig {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::time::Duration;
+
     use crate::Config;
 
     fn load(toml: &str) -> Result<Config, crate::ConfigError> {
@@ -252,7 +262,9 @@ mod tests {
             (Some(0.95), 1, true)
         );
         assert!(cfg.cache.semantic_enabled());
-        assert_eq!(cfg.cache.semantic_max_age_s(), 7200);
+        assert_eq!(cfg.cache.semantic_max_age(), Duration::from_secs(7200));
+        assert_eq!(cfg.cache.ttl("m"), Duration::from_secs(7200));
+        assert_eq!(cfg.cache.ttl("other"), Duration::from_secs(3600));
         assert!(!load("").unwrap().cache.semantic_enabled());
     }
 }

@@ -20,6 +20,12 @@ fn bounded<E: serde::de::Error>(d: Duration, unit: &str) -> Result<Duration, E> 
     Ok(d)
 }
 
+/// `d` in whole milliseconds, as Redis and Lua take them (saturating; a setting's duration
+/// is at most [`MAX`], far below `u64::MAX` milliseconds).
+pub fn millis_u64(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Whole seconds.
 pub mod secs {
     use super::*;
@@ -39,7 +45,7 @@ pub mod millis {
     use super::*;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        s.serialize_u64(millis_u64(*d))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -71,10 +77,7 @@ pub mod millis_vec {
     use super::*;
 
     pub fn serialize<S: Serializer>(d: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            d.iter()
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        )
+        s.collect_seq(d.iter().copied().map(millis_u64))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

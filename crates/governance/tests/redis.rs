@@ -114,9 +114,17 @@ async fn stamps_arriving_out_of_order_still_get_every_slot() {
         burst: 1.0,
     };
     let (a, b) = replicas(&cfg);
-    assert!(a.admit(&req(Uuid::now_v7(), 10), NOW + 5).await.unwrap().is_ok());
     assert!(
-        b.admit(&req(Uuid::now_v7(), 10), NOW).await.unwrap().is_ok(),
+        a.admit(&req(Uuid::now_v7(), 10), NOW + 5)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        b.admit(&req(Uuid::now_v7(), 10), NOW)
+            .await
+            .unwrap()
+            .is_ok(),
         "the second slot, asked with an earlier stamp"
     );
     assert!(matches!(
