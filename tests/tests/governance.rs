@@ -826,7 +826,7 @@ async fn streamed_text(env: &TestEnv, id: &str) -> Result<(usize, Vec<String>)> 
 async fn cancelling_a_stream_mid_way_charges_the_prompt_and_what_streamed() -> Result<()> {
     let mut env = TestEnv::new();
     with_budget(&mut env);
-    env.cfg.delivery.stream_flush_ms = 10;
+    env.cfg.delivery.stream_flush = Duration::from_millis(10);
     let sim = env
         .sim(SimConfig {
             stream_chunk_delay_ms: 400,

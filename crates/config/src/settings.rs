@@ -142,12 +142,12 @@ impl DeliverySettings {
     fn new(cfg: &Config) -> Result<DeliverySettings, ConfigError> {
         let d = &cfg.delivery;
         Ok(DeliverySettings {
-            sync_wait: secs("delivery.sync_wait_s", d.sync_wait_s, true)?,
-            keepalive: secs("delivery.keepalive_s", d.keepalive_s, true)?,
-            sse_max: secs("delivery.sse_max_s", d.sse_max_s, true)?,
-            recheck: millis("delivery.recheck_ms", d.recheck_ms, true)?,
-            idle_recheck_max: millis("delivery.idle_recheck_max_ms", d.idle_recheck_max_ms, true)?,
-            stream_flush: millis("delivery.stream_flush_ms", d.stream_flush_ms, false)?,
+            sync_wait: d.sync_wait,
+            keepalive: d.keepalive,
+            sse_max: d.sse_max,
+            recheck: d.recheck,
+            idle_recheck_max: d.idle_recheck_max,
+            stream_flush: d.stream_flush,
             max_tracked_jobs: d.max_tracked_jobs,
             sync_waits_per_tenant: d.sync_waits_per_tenant,
             max_streams: d.max_streams,
@@ -434,12 +434,14 @@ mod tests {
 
     #[test]
     fn an_invalid_duration_is_refused_naming_its_field() {
-        let err = |toml: &str| {
-            let cfg = config(toml);
-            let e = WorkerSettings::new(&cfg)
+        // Refused while the file is read, or while a service's settings are built.
+        let err = |toml: &str| match Config::from_toml_with_env(toml, &[]) {
+            Err(e) => e.to_string(),
+            Ok(cfg) => WorkerSettings::new(&cfg)
                 .err()
-                .or_else(|| IngestSettings::new(&cfg).err());
-            e.map(|e| e.to_string()).unwrap_or_default()
+                .or_else(|| IngestSettings::new(&cfg).err())
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
         };
         let e = err("[delivery]\nstream_flush_ms = 9223372036854775807");
         assert!(e.contains("delivery.stream_flush_ms"), "{e}");
