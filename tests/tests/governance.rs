@@ -312,7 +312,7 @@ async fn low_is_shed_first_then_normal_and_high_up_to_its_hard_limit() -> Result
         low_max_depth: 3,
         normal_max_depth: 6,
         high_max_depth: 9,
-        poll_ms: 50,
+        poll: Duration::from_millis(50),
         ..Shedding::default()
     };
     // Consumers exist (as if workers had started) but nothing consumes: the backlog grows.
@@ -378,7 +378,7 @@ async fn low_is_shed_first_then_normal_and_high_up_to_its_hard_limit() -> Result
 async fn admin_api_keys_revocation_reaches_every_replica_and_the_kill_switch() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.governance.admin_key_sha256 = Some(hash_api_key(ADMIN_KEY));
-    env.cfg.governance.key_cache_ttl_ms = 500;
+    env.cfg.governance.key_cache_ttl = Duration::from_millis(500);
     let (a, b) = (env.ingest().await?, env.ingest().await?);
     let admin = |method: reqwest::Method, path: &str, key: &str| {
         env.http

@@ -369,7 +369,7 @@ async fn a_paused_redis_loses_no_job_and_burns_no_attempt() -> Result<()> {
     // or deferrals counted. The pause lasts many times that.
     env.cfg.worker.max_attempts = 3;
     env.cfg.governance.max_in_flight_per_tenant = 1;
-    env.cfg.governance.defer_ms = 50;
+    env.cfg.governance.defer = Duration::from_millis(50);
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
