@@ -30,9 +30,9 @@ async fn read_to_close(tcp: &mut TcpStream) -> Result<String> {
 async fn slow_heads_slow_bodies_and_idle_connections_are_closed_while_others_are_served()
 -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.ingest.header_read_timeout_ms = 500;
-    env.cfg.ingest.idle_timeout_ms = 1_000;
-    env.cfg.ingest.body_read_timeout_ms = 500;
+    env.cfg.ingest.header_read_timeout = Duration::from_millis(500);
+    env.cfg.ingest.idle_timeout = Duration::from_millis(1_000);
+    env.cfg.ingest.body_read_timeout = Duration::from_millis(500);
     let ingest = env.ingest().await?;
     let addr = ingest.addr;
 

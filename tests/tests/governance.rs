@@ -482,7 +482,7 @@ async fn admin_api_keys_revocation_reaches_every_replica_and_the_kill_switch() -
 async fn without_redis_admission_fails_closed_and_says_so() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.redis.url = "redis://127.0.0.1:1".into();
-    env.cfg.redis.command_timeout_ms = 200;
+    env.cfg.redis.command_timeout = Duration::from_millis(200);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let ingest = sluice_ingest::Server::start(env.ingest_settings()?, listener).await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);

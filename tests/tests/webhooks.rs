@@ -346,7 +346,7 @@ async fn a_store_outage_burns_no_webhook_delivery_and_exhausted_ones_are_replaya
     // Two retries after 2 s each: the outage falls between the first attempt and the retry.
     let mut env = hooks_env(vec![2_000, 2_000]);
     env.cfg.redis.url = redis.url();
-    env.cfg.redis.command_timeout_ms = 500;
+    env.cfg.redis.command_timeout = Duration::from_millis(500);
     let _sim = env.sim(SimConfig::default()).await?;
     let rx = Receiver::start().await?;
     let ingest = env.ingest().await?;
