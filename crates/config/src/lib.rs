@@ -4,9 +4,11 @@
 //! reads the sections it needs. Loading is layered: built-in defaults, then the file, then
 //! `SLUICE_<SECTION>__<KEY>` environment variables (`SLUICE_NATS__URL`,
 //! `SLUICE_WORKER__CONCURRENCY`, …). Unknown keys are errors, and [`Config::validate`] turns
-//! every inconsistency into one clear start-up error. That is the file's phase; each service
-//! then builds its runtime settings from it once ([`IngestSettings`], [`WorkerSettings`]:
-//! `Duration`s, resolved secrets), and is given those, not the whole `Config`. Secrets are never written in the file:
+//! every inconsistency into one clear start-up error. A duration is written as an integer
+//! whose key names the unit (`_s`, `_ms`) and read into a `Duration` ([`duration`]). That
+//! is the file's phase; each service then builds its runtime settings from it once
+//! ([`IngestSettings`], [`WorkerSettings`]: resolved secrets, only the sections it reads),
+//! and is given those, not the whole `Config`. Secrets are never written in the file:
 //! a secret field holds `env::NAME` and is resolved from the environment into a
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
