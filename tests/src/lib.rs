@@ -64,14 +64,14 @@ impl TestEnv {
         cfg.nats.max_queue_bytes = 8 * 1024 * 1024;
         cfg.redis.url = redis_url();
         cfg.redis.prefix = format!("{ns}:");
-        cfg.redis.result_ttl_s = 600;
+        cfg.redis.result_ttl = Duration::from_secs(600);
         cfg.ingest.listen = "127.0.0.1:0".into();
         cfg.worker.concurrency = 8;
-        cfg.worker.ack_wait_s = 5;
-        cfg.worker.backoff_base_ms = 50;
-        cfg.worker.backoff_max_ms = 500;
-        cfg.worker.shutdown_grace_s = 5;
-        cfg.worker.idle_poll_ms = 100;
+        cfg.worker.ack_wait = Duration::from_secs(5);
+        cfg.worker.backoff_base = Duration::from_millis(50);
+        cfg.worker.backoff_max = Duration::from_millis(500);
+        cfg.worker.shutdown_grace = Duration::from_secs(5);
+        cfg.worker.idle_poll = Duration::from_millis(100);
         cfg.tenants = vec![
             TenantConfig {
                 id: "acme".into(),
@@ -165,14 +165,17 @@ impl TestEnv {
                 "SLUICE_WORKER__CONCURRENCY",
                 c.worker.concurrency.to_string(),
             )
-            .env("SLUICE_WORKER__ACK_WAIT_S", c.worker.ack_wait_s.to_string())
+            .env(
+                "SLUICE_WORKER__ACK_WAIT_S",
+                c.worker.ack_wait.as_secs().to_string(),
+            )
             .env(
                 "SLUICE_WORKER__IDLE_POLL_MS",
-                c.worker.idle_poll_ms.to_string(),
+                c.worker.idle_poll.as_millis().to_string(),
             )
             .env(
                 "SLUICE_WORKER__SHUTDOWN_GRACE_S",
-                c.worker.shutdown_grace_s.to_string(),
+                c.worker.shutdown_grace.as_secs().to_string(),
             )
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())

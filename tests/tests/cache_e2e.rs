@@ -344,7 +344,7 @@ async fn an_upstream_error_is_never_cached_as_an_answer_and_a_400_is_a_negative_
     // With negative entries off, a 400 is not cached either.
     let mut env = TestEnv::new();
     env.cfg.worker.max_attempts = 1;
-    env.cfg.cache.negative_ttl_s = 0;
+    env.cfg.cache.negative_ttl = Duration::ZERO;
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let _worker = env.worker().await?;
@@ -435,12 +435,12 @@ async fn jobs_and_embeddings_are_answered_from_the_cache() -> Result<()> {
 async fn an_expired_entry_is_served_stale_while_one_low_priority_job_refreshes_it() -> Result<()> {
     let mut env = TestEnv::new();
     let sim = env.sim(SimConfig::default()).await?;
-    env.cfg.cache.stale_s = 600;
+    env.cfg.cache.stale = Duration::from_secs(600);
     // Replica `a` writes entries fresh for 1 s, replica `b` for an hour: `a`'s entry expires
     // at once, and the refresh `b` queues writes one that stays fresh for the rest.
-    env.cfg.cache.ttl_s = 1;
+    env.cfg.cache.ttl = Duration::from_secs(1);
     let a = env.ingest().await?;
-    env.cfg.cache.ttl_s = 3600;
+    env.cfg.cache.ttl = Duration::from_secs(3600);
     let b = env.ingest().await?;
     let _worker = env.worker().await?;
     let api_a = Api::new(a.base_url(), ACME_KEY);

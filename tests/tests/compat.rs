@@ -512,7 +512,7 @@ async fn a_stream_failing_mid_way_ends_with_an_error_event() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.worker.max_attempts = 2;
     // Chunks a while apart, so the first ones reach the client before the failure.
-    env.cfg.delivery.stream_flush_ms = 10;
+    env.cfg.delivery.stream_flush = Duration::from_millis(10);
     let sim = SimConfig {
         stream_chunk_delay_ms: 150,
         ..SimConfig::default()

@@ -45,7 +45,7 @@ fn chunk_text(events: &[SseEvent]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_resumes_with_last_event_id_without_loss_or_duplication() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.delivery.stream_flush_ms = 10;
+    env.cfg.delivery.stream_flush = Duration::from_millis(10);
     let sim = env
         .sim(SimConfig {
             stream_chunk_delay_ms: 30,
@@ -155,7 +155,7 @@ async fn sse_resumes_with_last_event_id_without_loss_or_duplication() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_sends_keepalive_comments_while_a_job_waits() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.delivery.keepalive_s = 1;
+    env.cfg.delivery.keepalive = Duration::from_secs(1);
     let _sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
@@ -337,7 +337,7 @@ async fn chat_completions_answers_in_openai_format_plain_and_streamed() -> Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_past_the_limit_answers_202_with_the_job_to_poll() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.delivery.sync_wait_s = 1;
+    env.cfg.delivery.sync_wait = Duration::from_secs(1);
     let _sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let worker = env.worker().await?;

@@ -30,9 +30,9 @@ async fn read_to_close(tcp: &mut TcpStream) -> Result<String> {
 async fn slow_heads_slow_bodies_and_idle_connections_are_closed_while_others_are_served()
 -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.ingest.header_read_timeout_ms = 500;
-    env.cfg.ingest.idle_timeout_ms = 1_000;
-    env.cfg.ingest.body_read_timeout_ms = 500;
+    env.cfg.ingest.header_read_timeout = Duration::from_millis(500);
+    env.cfg.ingest.idle_timeout = Duration::from_millis(1_000);
+    env.cfg.ingest.body_read_timeout = Duration::from_millis(500);
     let ingest = env.ingest().await?;
     let addr = ingest.addr;
 
@@ -135,7 +135,7 @@ async fn probes_answer_while_every_permit_waits_and_a_tenant_gets_only_its_share
     let mut env = TestEnv::new();
     env.cfg.ingest.max_concurrent_requests = 4;
     env.cfg.delivery.sync_waits_per_tenant = 2;
-    env.cfg.delivery.sync_wait_s = 60;
+    env.cfg.delivery.sync_wait = Duration::from_secs(60);
     let ingest = env.ingest().await?;
     let base = ingest.base_url();
     // No worker: every synchronous request waits, holding a permit.
@@ -183,7 +183,7 @@ async fn event_streams_are_capped_per_tenant_and_in_total() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.delivery.streams_per_tenant = 2;
     env.cfg.delivery.max_streams = 3;
-    env.cfg.delivery.keepalive_s = 1;
+    env.cfg.delivery.keepalive = Duration::from_secs(1);
     let ingest = env.ingest().await?;
     let (acme, other) = (
         Api::new(ingest.base_url(), ACME_KEY),

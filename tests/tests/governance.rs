@@ -312,7 +312,7 @@ async fn low_is_shed_first_then_normal_and_high_up_to_its_hard_limit() -> Result
         low_max_depth: 3,
         normal_max_depth: 6,
         high_max_depth: 9,
-        poll_ms: 50,
+        poll: Duration::from_millis(50),
         ..Shedding::default()
     };
     // Consumers exist (as if workers had started) but nothing consumes: the backlog grows.
@@ -378,7 +378,7 @@ async fn low_is_shed_first_then_normal_and_high_up_to_its_hard_limit() -> Result
 async fn admin_api_keys_revocation_reaches_every_replica_and_the_kill_switch() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.governance.admin_key_sha256 = Some(hash_api_key(ADMIN_KEY));
-    env.cfg.governance.key_cache_ttl_ms = 500;
+    env.cfg.governance.key_cache_ttl = Duration::from_millis(500);
     let (a, b) = (env.ingest().await?, env.ingest().await?);
     let admin = |method: reqwest::Method, path: &str, key: &str| {
         env.http
@@ -482,7 +482,7 @@ async fn admin_api_keys_revocation_reaches_every_replica_and_the_kill_switch() -
 async fn without_redis_admission_fails_closed_and_says_so() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.redis.url = "redis://127.0.0.1:1".into();
-    env.cfg.redis.command_timeout_ms = 200;
+    env.cfg.redis.command_timeout = Duration::from_millis(200);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let ingest = sluice_ingest::Server::start(env.ingest_settings()?, listener).await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
@@ -834,7 +834,7 @@ async fn streamed_text(env: &TestEnv, id: &str) -> Result<(usize, Vec<String>)> 
 async fn cancelling_a_stream_mid_way_charges_the_prompt_and_what_streamed() -> Result<()> {
     let mut env = TestEnv::new();
     with_budget(&mut env);
-    env.cfg.delivery.stream_flush_ms = 10;
+    env.cfg.delivery.stream_flush = Duration::from_millis(10);
     let sim = env
         .sim(SimConfig {
             stream_chunk_delay_ms: 400,

@@ -346,8 +346,8 @@ async fn the_stale_answer_comes_from_the_shared_cache_so_any_worker_serves_it() 
     env.cfg.models.pools = vec![small];
     env.cfg.worker.max_attempts = 1;
     // Entries are fresh for 1 s and kept for the stale window after.
-    env.cfg.cache.ttl_s = 1;
-    env.cfg.cache.stale_s = 600;
+    env.cfg.cache.ttl = Duration::from_secs(1);
+    env.cfg.cache.stale = Duration::from_secs(600);
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
     let body = json!({ "model": "sim-small", "temperature": 0, "max_tokens": 16,

@@ -78,7 +78,7 @@ async fn rings_are_coalesced_and_the_last_ask_is_always_rung() -> Result<()> {
 async fn rings_for_asks_over_30_ms(gap_ms: u64) -> Result<(u128, u128)> {
     use futures_util::StreamExt;
     let mut env = TestEnv::new();
-    env.cfg.nats.ring_gap_ms = gap_ms;
+    env.cfg.nats.ring_gap = Duration::from_millis(gap_ms);
     let queue = env.queue().await?;
     let mut rings = queue
         .client()

@@ -45,7 +45,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_result_is_recorded_once()
     let mut env = TestEnv::new();
     // The call outlives ack_wait: only heartbeats keep the message from being redelivered
     // while the worker is alive.
-    env.cfg.worker.ack_wait_s = 2;
+    env.cfg.worker.ack_wait = Duration::from_secs(2);
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
@@ -84,7 +84,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_result_is_recorded_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_redelivery_is_not_a_retry_and_the_retry_budget_does_not_refuse_it() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.worker.ack_wait_s = 2;
+    env.cfg.worker.ack_wait = Duration::from_secs(2);
     env.cfg.worker.max_attempts = 2;
     // No retries allowed at all: only a first attempt may call the upstream.
     env.cfg.models.retry_budget_ratio = 0.0;
@@ -111,7 +111,7 @@ async fn broker_down_answers_503_then_service_resumes_without_restart() -> Resul
 
     let mut env = TestEnv::new();
     env.cfg.nats.url = nats.url();
-    env.cfg.nats.publish_timeout_ms = 500;
+    env.cfg.nats.publish_timeout = Duration::from_millis(500);
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
@@ -305,7 +305,7 @@ async fn with_the_worker_saturated_high_jobs_start_before_earlier_low_ones() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_jobs_finish_within_the_grace_period() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.worker.shutdown_grace_s = 20;
+    env.cfg.worker.shutdown_grace = Duration::from_secs(20);
     let _sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
@@ -329,7 +329,7 @@ async fn sigterm_lets_in_flight_jobs_finish_within_the_grace_period() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_jobs_that_outlast_the_grace_period() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.worker.shutdown_grace_s = 1;
+    env.cfg.worker.shutdown_grace = Duration::from_secs(1);
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);
@@ -364,12 +364,12 @@ async fn a_paused_redis_loses_no_job_and_burns_no_attempt() -> Result<()> {
     let redis = OwnRedis::start()?;
     let mut env = TestEnv::new();
     env.cfg.redis.url = format!("redis://127.0.0.1:{}", redis.port);
-    env.cfg.redis.command_timeout_ms = 1000;
+    env.cfg.redis.command_timeout = Duration::from_millis(1000);
     // Three attempts with backoff of at most 0.5 s: spent in about a second if store errors
     // or deferrals counted. The pause lasts many times that.
     env.cfg.worker.max_attempts = 3;
     env.cfg.governance.max_in_flight_per_tenant = 1;
-    env.cfg.governance.defer_ms = 50;
+    env.cfg.governance.defer = Duration::from_millis(50);
     let sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);

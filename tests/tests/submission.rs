@@ -136,7 +136,7 @@ async fn on_own_nats(env: &mut TestEnv) -> Result<OwnNats> {
     let mut nats = OwnNats::new()?;
     nats.start().await?;
     env.cfg.nats.url = nats.url();
-    env.cfg.nats.publish_timeout_ms = 1_500;
+    env.cfg.nats.publish_timeout = Duration::from_millis(1_500);
     Ok(nats)
 }
 
@@ -146,7 +146,7 @@ async fn a_client_that_leaves_before_the_publish_ack_gives_back_its_claim_and_re
     let mut env = TestEnv::new();
     with_budget(&mut env);
     let nats = on_own_nats(&mut env).await?;
-    env.cfg.nats.publish_timeout_ms = 10_000;
+    env.cfg.nats.publish_timeout = Duration::from_millis(10_000);
     let ingest = env.ingest().await?;
     let base = ingest.base_url();
     nats.pause(true)?;
@@ -263,7 +263,7 @@ async fn a_retry_that_disconnects_does_not_cancel_the_job_it_replays() -> Result
 async fn fail_open_admits_requests_with_an_idempotency_key() -> Result<()> {
     let mut env = TestEnv::new();
     env.cfg.redis.url = "redis://127.0.0.1:1".into();
-    env.cfg.redis.command_timeout_ms = 200;
+    env.cfg.redis.command_timeout = Duration::from_millis(200);
     env.cfg.governance.on_store_error = FailPolicy::FailOpen;
     // The streams exist before ingest (it cannot report ready without Redis).
     env.queue().await?;
@@ -287,7 +287,7 @@ async fn fail_open_admits_requests_with_an_idempotency_key() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_queued_longer_than_the_result_ttl_keeps_its_record() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.redis.result_ttl_s = 2;
+    env.cfg.redis.result_ttl = Duration::from_secs(2);
     let _sim = env.sim(SimConfig::default()).await?;
     let ingest = env.ingest().await?;
     let api = Api::new(ingest.base_url(), ACME_KEY);

@@ -61,12 +61,13 @@ fn verifies(r: &Received, secret: &str) -> bool {
         .any(|s| s == expected)
 }
 
-fn hooks_env(schedule: Vec<u64>) -> TestEnv {
+/// A test environment whose webhooks retry after each of `schedule_ms`.
+fn hooks_env(schedule_ms: Vec<u64>) -> TestEnv {
     let mut env = TestEnv::new();
     env.cfg.webhooks.allow_private = vec!["127.0.0.1".into(), "::1".into()];
-    env.cfg.webhooks.schedule_ms = schedule;
+    env.cfg.webhooks.schedule = schedule_ms.into_iter().map(Duration::from_millis).collect();
     env.cfg.webhooks.jitter = 0.0;
-    env.cfg.webhooks.timeout_ms = 5_000;
+    env.cfg.webhooks.timeout = Duration::from_millis(5_000);
     // The breaker has its own test; here every failure is an attempt on the schedule.
     env.cfg.webhooks.breaker_failures = 0;
     env
@@ -271,7 +272,7 @@ async fn a_cancelled_job_sends_job_cancelled() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_urls_are_refused_at_registration_and_at_connect_time() -> Result<()> {
     let mut env = TestEnv::new();
-    env.cfg.webhooks.schedule_ms = vec![20];
+    env.cfg.webhooks.schedule = vec![Duration::from_millis(20)];
     env.cfg.webhooks.jitter = 0.0;
     let _sim = env.sim(SimConfig::default()).await?;
     let rx = Receiver::start().await?;
@@ -346,7 +347,7 @@ async fn a_store_outage_burns_no_webhook_delivery_and_exhausted_ones_are_replaya
     // Two retries after 2 s each: the outage falls between the first attempt and the retry.
     let mut env = hooks_env(vec![2_000, 2_000]);
     env.cfg.redis.url = redis.url();
-    env.cfg.redis.command_timeout_ms = 500;
+    env.cfg.redis.command_timeout = Duration::from_millis(500);
     let _sim = env.sim(SimConfig::default()).await?;
     let rx = Receiver::start().await?;
     let ingest = env.ingest().await?;
@@ -469,7 +470,7 @@ async fn parallel_registrations_cannot_pass_the_endpoint_cap() -> Result<()> {
 async fn a_tar_pit_receiver_of_one_tenant_does_not_delay_another_tenants_deliveries() -> Result<()>
 {
     let mut env = hooks_env(vec![60_000]);
-    env.cfg.webhooks.timeout_ms = 20_000;
+    env.cfg.webhooks.timeout = Duration::from_millis(20_000);
     env.cfg.webhooks.concurrency = 2;
     env.cfg.webhooks.tenant_share = 0.5;
     env.cfg.webhooks.endpoint_concurrency = 2;
@@ -528,7 +529,7 @@ async fn a_tar_pit_receiver_of_one_tenant_does_not_delay_another_tenants_deliver
 async fn a_failing_endpoint_opens_its_breaker_and_is_probed_after_the_cool_down() -> Result<()> {
     let mut env = hooks_env(vec![50; 10]);
     env.cfg.webhooks.breaker_failures = 3;
-    env.cfg.webhooks.breaker_cooldown_ms = 3_000;
+    env.cfg.webhooks.breaker_cooldown = Duration::from_millis(3_000);
     let _sim = env.sim(SimConfig::default()).await?;
     let rx = Receiver::start().await?;
     let ingest = env.ingest().await?;

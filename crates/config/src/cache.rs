@@ -1,6 +1,6 @@
 //! `[cache]`: the response cache (see `sluice-cache` and the README's "Response cache").
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,21 +24,26 @@ pub struct CacheConfig {
     /// Off: no lookup, no write, no `x-sluice-cache` header.
     pub enabled: bool,
     /// Lifetime of an entry unless its model says otherwise.
-    pub ttl_s: u64,
+    #[serde(rename = "ttl_s", with = "crate::duration::secs")]
+    pub ttl: Duration,
     /// Stale-while-revalidate: how long after its TTL an entry may still be served
     /// (`x-sluice-cache: stale`) while one low-priority job refreshes it, unless its model
     /// says otherwise. 0: off, an expired entry is a miss.
-    pub stale_s: u64,
+    #[serde(rename = "stale_s", with = "crate::duration::secs")]
+    pub stale: Duration,
     /// Negative entries: how long an upstream's deterministic refusal of a request (a 4xx
     /// stored as `upstream_rejected`) is cached and answered with the same error. 0: off.
-    pub negative_ttl_s: u64,
+    #[serde(rename = "negative_ttl_s", with = "crate::duration::secs")]
+    pub negative_ttl: Duration,
     /// The in-process tier in front of Redis: bytes of answers it holds, and how long it
     /// holds one (the bound on how stale one replica's hit can be against Redis).
     pub local_max_bytes: u64,
-    pub local_ttl_ms: u64,
+    #[serde(rename = "local_ttl_ms", with = "crate::duration::millis")]
+    pub local_ttl: Duration,
     /// How long the job computing an entry holds its single-flight lease; identical
     /// requests arriving meanwhile wait for that job. Longer than a job normally takes.
-    pub lease_ms: u64,
+    #[serde(rename = "lease_ms", with = "crate::duration::millis")]
+    pub lease: Duration,
     /// Whether a hit counts against the request-rate limits (it never reserves tokens or
     /// budget, since it calls no provider).
     pub hits_count_against_limits: bool,
@@ -61,10 +66,12 @@ pub struct SemanticConfig {
     /// Bounds of the insertion stream every replica builds its index from: by age (by
     /// default the longest cache TTL, so the stream holds nothing whose answer has expired)
     /// and by bytes.
-    pub stream_max_age_s: Option<u64>,
+    #[serde(rename = "stream_max_age_s", with = "crate::duration::secs_opt")]
+    pub stream_max_age: Option<Duration>,
     pub stream_max_bytes: i64,
     /// How long a lookup waits for the embedding before the request runs uncached.
-    pub embed_timeout_ms: u64,
+    #[serde(rename = "embed_timeout_ms", with = "crate::duration::millis")]
+    pub embed_timeout: Duration,
 }
 
 impl Default for SemanticConfig {
@@ -72,9 +79,9 @@ impl Default for SemanticConfig {
         SemanticConfig {
             embedding_model: String::new(),
             capacity: 100_000,
-            stream_max_age_s: None,
+            stream_max_age: None,
             stream_max_bytes: 1 << 30,
-            embed_timeout_ms: 2_000,
+            embed_timeout: Duration::from_millis(2_000),
         }
     }
 }
@@ -107,8 +114,10 @@ impl Default for SemanticModelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheModelConfig {
     pub mode: Option<CacheMode>,
-    pub ttl_s: Option<u64>,
-    pub stale_s: Option<u64>,
+    #[serde(rename = "ttl_s", with = "crate::duration::secs_opt")]
+    pub ttl: Option<Duration>,
+    #[serde(rename = "stale_s", with = "crate::duration::secs_opt")]
+    pub stale: Option<Duration>,
     pub semantic: Option<SemanticModelConfig>,
 }
 
@@ -116,12 +125,12 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             enabled: true,
-            ttl_s: 3600,
-            stale_s: 0,
-            negative_ttl_s: 30,
+            ttl: Duration::from_secs(3600),
+            stale: Duration::ZERO,
+            negative_ttl: Duration::from_secs(30),
             local_max_bytes: 64 << 20,
-            local_ttl_ms: 2_000,
-            lease_ms: 60_000,
+            local_ttl: Duration::from_millis(2_000),
+            lease: Duration::from_millis(60_000),
             hits_count_against_limits: true,
             models: BTreeMap::new(),
             semantic: SemanticConfig::default(),
@@ -139,19 +148,20 @@ impl CacheConfig {
         }
     }
 
-    pub fn ttl_s(&self, model: &str) -> u64 {
+    /// The lifetime of an entry of `model`.
+    pub fn ttl(&self, model: &str) -> Duration {
         self.models
             .get(model)
-            .and_then(|m| m.ttl_s)
-            .unwrap_or(self.ttl_s)
+            .and_then(|m| m.ttl)
+            .unwrap_or(self.ttl)
     }
 
-    /// How long past its TTL an entry of `model` may be served stale (0: never).
-    pub fn stale_s(&self, model: &str) -> u64 {
+    /// How long past its TTL an entry of `model` may be served stale (zero: never).
+    pub fn stale(&self, model: &str) -> Duration {
         self.models
             .get(model)
-            .and_then(|m| m.stale_s)
-            .unwrap_or(self.stale_s)
+            .and_then(|m| m.stale)
+            .unwrap_or(self.stale)
     }
 
     /// The semantic settings of `model`, when it has the semantic cache.
@@ -165,34 +175,35 @@ impl CacheConfig {
     }
 
     /// Retention of the insertion stream: `stream_max_age_s`, else the longest TTL.
-    pub fn semantic_max_age_s(&self) -> u64 {
-        self.semantic.stream_max_age_s.unwrap_or_else(|| {
+    pub fn semantic_max_age(&self) -> Duration {
+        self.semantic.stream_max_age.unwrap_or_else(|| {
             self.models
                 .values()
-                .filter_map(|m| m.ttl_s)
-                .fold(self.ttl_s, u64::max)
+                .filter_map(|m| m.ttl)
+                .fold(self.ttl, Duration::max)
         })
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.ttl_s == 0 || self.ttl_s > u64::from(u32::MAX) {
+        let ttl_ok = |t: Duration| !t.is_zero() && t <= Duration::from_secs(u32::MAX.into());
+        if !ttl_ok(self.ttl) {
             return bad("cache.ttl_s must be between 1 and 4294967295".into());
         }
-        let max = u64::from(u32::MAX);
-        if self.stale_s > max || self.negative_ttl_s > max {
+        let max = Duration::from_secs(u32::MAX.into());
+        if self.stale > max || self.negative_ttl > max {
             return bad("cache.stale_s and cache.negative_ttl_s must be at most 4294967295".into());
         }
-        if self.lease_ms == 0 {
+        if self.lease.is_zero() {
             return bad("cache.lease_ms must be positive".into());
         }
         for (name, m) in &self.models {
-            if m.ttl_s.is_some_and(|t| t == 0 || t > u64::from(u32::MAX)) {
+            if m.ttl.is_some_and(|t| !ttl_ok(t)) {
                 return bad(format!(
                     "cache.models.{name}.ttl_s must be between 1 and 4294967295"
                 ));
             }
-            if m.stale_s.is_some_and(|t| t > max) {
+            if m.stale.is_some_and(|t| t > max) {
                 return bad(format!(
                     "cache.models.{name}.stale_s must be at most 4294967295"
                 ));
@@ -225,13 +236,13 @@ impl CacheConfig {
                     "cache.semantic.embedding_model is required when a model sets semantic".into(),
                 );
             }
-            if s.capacity == 0 || s.stream_max_bytes <= 0 || s.embed_timeout_ms == 0 {
+            if s.capacity == 0 || s.stream_max_bytes <= 0 || s.embed_timeout.is_zero() {
                 return bad(
                     "cache.semantic.capacity, stream_max_bytes and embed_timeout_ms must be positive"
                         .into(),
                 );
             }
-            if s.stream_max_age_s == Some(0) {
+            if s.stream_max_age.is_some_and(|a| a.is_zero()) {
                 return bad("cache.semantic.stream_max_age_s must be positive".into());
             }
         }
@@ -242,6 +253,8 @@ impl CacheConfig {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::time::Duration;
+
     use crate::Config;
 
     fn load(toml: &str) -> Result<Config, crate::ConfigError> {
@@ -279,7 +292,9 @@ mod tests {
             (Some(0.95), 1, true)
         );
         assert!(cfg.cache.semantic_enabled());
-        assert_eq!(cfg.cache.semantic_max_age_s(), 7200);
+        assert_eq!(cfg.cache.semantic_max_age(), Duration::from_secs(7200));
+        assert_eq!(cfg.cache.ttl("m"), Duration::from_secs(7200));
+        assert_eq!(cfg.cache.ttl("other"), Duration::from_secs(3600));
         assert!(!load("").unwrap().cache.semantic_enabled());
     }
 }

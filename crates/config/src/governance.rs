@@ -1,7 +1,7 @@
 //! `[governance]`: rate limits, budgets, fairness, idempotency, loop detection, load shedding
 //! and the admin key. Every limit of `0` is off.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,8 @@ pub struct GovernanceConfig {
     /// (unchecked: not deduplicated). Either way it shows in metrics and `/readyz`.
     pub on_store_error: FailPolicy,
     /// Length of every rate-limit window.
-    pub window_s: u64,
+    #[serde(rename = "window_s", with = "crate::duration::secs")]
+    pub window: Duration,
     /// Over all tenants.
     pub global: Limit,
     /// Per tenant (overridable in `tenants.<id>.limits`).
@@ -35,19 +36,22 @@ pub struct GovernanceConfig {
     /// Fraction of a budget past which the soft-threshold metric and event fire.
     pub budget_soft_ratio: f64,
     /// How long an `Idempotency-Key` is remembered.
-    pub idempotency_ttl_s: u64,
+    #[serde(rename = "idempotency_ttl_s", with = "crate::duration::secs")]
+    pub idempotency_ttl: Duration,
     /// Same tenant, chain and prompt more than this many times a minute is a loop (0: off).
     pub loop_max_per_minute: u64,
     /// Jobs one tenant may run at once across all workers, unless its policy says otherwise.
     pub max_in_flight_per_tenant: u64,
     /// A typical job's duration: a job of a tenant at its in-flight cap is deferred for this
     /// times the tenant's deferred jobs per slot (up to 30 s).
-    pub defer_ms: u64,
+    #[serde(rename = "defer_ms", with = "crate::duration::millis")]
+    pub defer: Duration,
     /// Hex SHA-256 of the admin key guarding `/v1/admin/...` (absent: admin API off).
     pub admin_key_sha256: Option<String>,
     /// How long a key looked up in Redis is trusted before it is read again (revocation
     /// reaches every replica within this time).
-    pub key_cache_ttl_ms: u64,
+    #[serde(rename = "key_cache_ttl_ms", with = "crate::duration::millis")]
+    pub key_cache_ttl: Duration,
     pub key_cache_capacity: usize,
     pub shedding: Shedding,
 }
@@ -56,7 +60,7 @@ impl Default for GovernanceConfig {
     fn default() -> Self {
         GovernanceConfig {
             on_store_error: FailPolicy::FailClosed,
-            window_s: 60,
+            window: Duration::from_secs(60),
             global: Limit::default(),
             tenant: Limit::default(),
             key: Limit::default(),
@@ -67,12 +71,12 @@ impl Default for GovernanceConfig {
             tenants: BTreeMap::new(),
             prices: BTreeMap::new(),
             budget_soft_ratio: 0.8,
-            idempotency_ttl_s: 24 * 3600,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
             loop_max_per_minute: 0,
             max_in_flight_per_tenant: 0,
-            defer_ms: 100,
+            defer: Duration::from_millis(100),
             admin_key_sha256: None,
-            key_cache_ttl_ms: 2_000,
+            key_cache_ttl: Duration::from_millis(2_000),
             key_cache_capacity: 10_000,
             shedding: Shedding::default(),
         }
@@ -179,10 +183,13 @@ pub struct Shedding {
     pub low_max_depth: u64,
     pub normal_max_depth: u64,
     pub high_max_depth: u64,
-    pub low_max_age_ms: u64,
-    pub normal_max_age_ms: u64,
+    #[serde(rename = "low_max_age_ms", with = "crate::duration::millis")]
+    pub low_max_age: Duration,
+    #[serde(rename = "normal_max_age_ms", with = "crate::duration::millis")]
+    pub normal_max_age: Duration,
     /// How often ingest reads the queue state.
-    pub poll_ms: u64,
+    #[serde(rename = "poll_ms", with = "crate::duration::millis")]
+    pub poll: Duration,
 }
 
 impl Default for Shedding {
@@ -191,9 +198,9 @@ impl Default for Shedding {
             low_max_depth: 0,
             normal_max_depth: 0,
             high_max_depth: 0,
-            low_max_age_ms: 0,
-            normal_max_age_ms: 0,
-            poll_ms: 500,
+            low_max_age: Duration::ZERO,
+            normal_max_age: Duration::ZERO,
+            poll: Duration::from_millis(500),
         }
     }
 }
@@ -201,7 +208,7 @@ impl Default for Shedding {
 impl GovernanceConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.window_s == 0 {
+        if self.window.is_zero() {
             return bad("governance.window_s must be positive".into());
         }
         let limits = [
@@ -263,7 +270,9 @@ impl GovernanceConfig {
         {
             return bad("governance.admin_key_sha256 must be 64 hex digits".into());
         }
-        if self.idempotency_ttl_s == 0 || self.key_cache_capacity == 0 || self.shedding.poll_ms == 0
+        if self.idempotency_ttl.is_zero()
+            || self.key_cache_capacity == 0
+            || self.shedding.poll.is_zero()
         {
             return bad("governance: idempotency_ttl_s, key_cache_capacity and shedding.poll_ms must be positive".into());
         }
@@ -278,6 +287,8 @@ impl GovernanceConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::Config;
 
     #[test]
@@ -302,6 +313,22 @@ low_max_depth = 50000
         assert_eq!(cfg.governance.tenant.requests, 600);
         assert_eq!(cfg.governance.tenants["acme"].budget.tokens, 50_000_000);
         assert_eq!(cfg.governance.shedding.low_max_depth, 50_000);
+        let cfg = Config::from_toml_with_env(
+            "[governance]\nwindow_s = 30\nidempotency_ttl_s = 600\ndefer_ms = 40\nkey_cache_ttl_ms = 250\n\
+             [governance.shedding]\nlow_max_age_ms = 900\nnormal_max_age_ms = 1800\npoll_ms = 75\n",
+            &[],
+        )?;
+        let (g, ms) = (&cfg.governance, Duration::from_millis);
+        assert_eq!(
+            (g.window, g.idempotency_ttl),
+            (Duration::from_secs(30), Duration::from_secs(600))
+        );
+        assert_eq!((g.defer, g.key_cache_ttl), (ms(40), ms(250)));
+        let s = &g.shedding;
+        assert_eq!(
+            (s.low_max_age, s.normal_max_age, s.poll),
+            (ms(900), ms(1800), ms(75))
+        );
         let bad = |t: &str| Config::from_toml_with_env(t, &[]).is_err();
         assert!(bad(
             "[governance]\ntenant = { requests = 1, burst = 0.0 }\n"

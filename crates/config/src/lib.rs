@@ -4,9 +4,11 @@
 //! reads the sections it needs. Loading is layered: built-in defaults, then the file, then
 //! `SLUICE_<SECTION>__<KEY>` environment variables (`SLUICE_NATS__URL`,
 //! `SLUICE_WORKER__CONCURRENCY`, …). Unknown keys are errors, and [`Config::validate`] turns
-//! every inconsistency into one clear start-up error. That is the file's phase; each service
-//! then builds its runtime settings from it once ([`IngestSettings`], [`WorkerSettings`]:
-//! `Duration`s, resolved secrets), and is given those, not the whole `Config`. Secrets are never written in the file:
+//! every inconsistency into one clear start-up error. A duration is written as an integer
+//! whose key names the unit (`_s`, `_ms`) and read into a `Duration` ([`duration`]). That
+//! is the file's phase; each service then builds its runtime settings from it once
+//! ([`IngestSettings`], [`WorkerSettings`]: resolved secrets, only the sections it reads),
+//! and is given those, not the whole `Config`. Secrets are never written in the file:
 //! a secret field holds `env::NAME` and is resolved from the environment into a
 //! [`secrecy::SecretString`], which `Debug` does not print.
 
@@ -106,6 +108,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -128,6 +132,86 @@ mod tests {
         let cfg = Config::from_toml_with_env("[worker]\nconcurrency = 3\n", &vars).unwrap();
         assert_eq!(cfg.nats.url, "nats://10.0.0.1:4333");
         assert_eq!(cfg.worker.concurrency, 7);
+    }
+
+    #[test]
+    fn the_shipped_files_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files: Vec<_> = std::fs::read_dir(root.join("config"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.push(root.join("k8s/base/sluice.toml"));
+        assert!(files.len() >= 3, "{files:?}");
+        for f in &files {
+            let cfg = Config::load_with_env(Some(f), &[]);
+            assert!(cfg.is_ok(), "{}: {:?}", f.display(), cfg.err());
+        }
+        let k8s = Config::load_with_env(Some(&root.join("k8s/base/sluice.toml")), &[]).unwrap();
+        assert_eq!(k8s.worker.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(k8s.nats.publish_timeout, Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn durations_keep_their_file_keys_and_environment_overrides() {
+        let vars = [
+            ("SLUICE_WORKER__ACK_WAIT_S".to_string(), "45".to_string()),
+            ("SLUICE_REDIS__RESULT_TTL_S".into(), "600".into()),
+            ("SLUICE_WEBHOOKS__SCHEDULE_MS".into(), "[10, 2000]".into()),
+            (
+                "SLUICE_CACHE__SEMANTIC__STREAM_MAX_AGE_S".into(),
+                "90".into(),
+            ),
+        ];
+        let text = "[governance.shedding]\npoll_ms = 250\n[cache.models.sim-small]\nttl_s = 30\n";
+        let cfg = Config::from_toml_with_env(text, &vars).unwrap();
+        assert_eq!(cfg.worker.ack_wait, Duration::from_secs(45));
+        assert_eq!(cfg.redis.result_ttl, Duration::from_secs(600));
+        let ms = Duration::from_millis;
+        assert_eq!(cfg.webhooks.schedule, vec![ms(10), ms(2000)]);
+        assert_eq!(
+            cfg.cache.semantic.stream_max_age,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(cfg.governance.shedding.poll, ms(250));
+        assert_eq!(cfg.cache.ttl("sim-small"), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_duration_over_ten_years_is_refused_naming_its_field() {
+        let years = |n: u64| n * 365 * 24 * 3600;
+        let cases = [
+            format!("[redis]\nresult_ttl_s = {}\n", years(11)),
+            format!("[governance]\nidempotency_ttl_s = {}\n", years(11)),
+            format!("[webhooks]\nschedule_ms = [5, {}]\n", years(11) * 1000),
+            format!("[cache.models.m]\nttl_s = {}\n", years(11)),
+        ];
+        for (text, field) in cases.iter().zip([
+            "redis.result_ttl_s",
+            "governance.idempotency_ttl_s",
+            "webhooks.schedule_ms",
+            "ttl_s",
+        ]) {
+            let e = Config::from_toml_with_env(text, &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains("ten years"), "{text}: {e}");
+        }
+        let vars = [(
+            "SLUICE_WORKER__IDLE_POLL_MS".to_string(),
+            i64::MAX.to_string(),
+        )];
+        let e = Config::from_toml_with_env("", &vars)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("worker.idle_poll_ms") && e.contains("ten years"),
+            "{e}"
+        );
+        // Ten years exactly is allowed.
+        let ok = format!("[redis]\nresult_ttl_s = {}\n", years(10));
+        assert!(Config::from_toml_with_env(&ok, &[]).is_ok());
     }
 
     #[test]

@@ -32,12 +32,14 @@ pub struct NatsConfig {
     /// Prefix for stream, consumer and subject names (empty: the documented names).
     pub namespace: String,
     /// How long ingest waits for JetStream to acknowledge a publish before answering 503.
-    pub publish_timeout_ms: u64,
+    #[serde(rename = "publish_timeout_ms", with = "crate::duration::millis")]
+    pub publish_timeout: Duration,
     /// Shortest interval between two doorbell rings of one priority class (see
     /// `Queue::ring`). Longer gaps let each ring and the fetches it causes cover more jobs:
     /// less broker and worker CPU under moderate load, at the cost of up to this much queue
     /// latency for a job that arrives right after a ring.
-    pub ring_gap_ms: u64,
+    #[serde(rename = "ring_gap_ms", with = "crate::duration::millis")]
+    pub ring_gap: Duration,
     /// Bounds of the JOBS stream; past them publishes are refused (and answered 503).
     pub max_queued_jobs: i64,
     pub max_queue_bytes: i64,
@@ -46,9 +48,11 @@ pub struct NatsConfig {
     /// replicates the existing streams.
     pub replicas: usize,
     /// Window in which a re-published job id is recognised as a duplicate.
-    pub duplicate_window_s: u64,
+    #[serde(rename = "duplicate_window_s", with = "crate::duration::secs")]
+    pub duplicate_window: Duration,
     /// Retention of the dead-letter stream.
-    pub dlq_max_age_s: u64,
+    #[serde(rename = "dlq_max_age_s", with = "crate::duration::secs")]
+    pub dlq_max_age: Duration,
     pub dlq_max_msgs: i64,
 }
 
@@ -57,13 +61,13 @@ impl Default for NatsConfig {
         NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             namespace: String::new(),
-            publish_timeout_ms: 2_000,
-            ring_gap_ms: 1,
+            publish_timeout: Duration::from_millis(2_000),
+            ring_gap: Duration::from_millis(1),
             max_queued_jobs: 1_000_000,
             max_queue_bytes: 2 * 1024 * 1024 * 1024,
             replicas: 1,
-            duplicate_window_s: 120,
-            dlq_max_age_s: 14 * 24 * 3600,
+            duplicate_window: Duration::from_secs(120),
+            dlq_max_age: Duration::from_secs(14 * 24 * 3600),
             dlq_max_msgs: 1_000_000,
         }
     }
@@ -82,8 +86,10 @@ pub struct RedisConfig {
     pub connections: usize,
     /// How long a job record, its result and its event history are kept after the job
     /// ended (until then: `sluice_store::PENDING_TTL_S`, a week, or this if longer).
-    pub result_ttl_s: u64,
-    pub command_timeout_ms: u64,
+    #[serde(rename = "result_ttl_s", with = "crate::duration::secs")]
+    pub result_ttl: Duration,
+    #[serde(rename = "command_timeout_ms", with = "crate::duration::millis")]
+    pub command_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -109,8 +115,8 @@ impl Default for RedisConfig {
             cluster: false,
             prefix: "sluice:".into(),
             connections: 2,
-            result_ttl_s: 24 * 3600,
-            command_timeout_ms: 2_000,
+            result_ttl: Duration::from_secs(24 * 3600),
+            command_timeout: Duration::from_millis(2_000),
         }
     }
 }
@@ -124,18 +130,22 @@ pub struct IngestConfig {
     /// Largest accepted `max_tokens`.
     pub max_output_tokens: u64,
     /// Seconds a client is told to wait (`Retry-After`) when the broker refuses work.
-    pub retry_after_s: u64,
+    #[serde(rename = "retry_after_s", with = "crate::duration::secs")]
+    pub retry_after: Duration,
     /// Requests processed at once; past it requests get 503. Probes do not count.
     pub max_concurrent_requests: usize,
     /// Open connections at most; past it the listener stops accepting until one closes.
     pub max_connections: usize,
     /// A new connection must send its first request head within this.
-    pub header_read_timeout_ms: u64,
+    #[serde(rename = "header_read_timeout_ms", with = "crate::duration::millis")]
+    pub header_read_timeout: Duration,
     /// A keep-alive connection must send its next request head within this of the last
     /// response, or it is closed.
-    pub idle_timeout_ms: u64,
+    #[serde(rename = "idle_timeout_ms", with = "crate::duration::millis")]
+    pub idle_timeout: Duration,
     /// A request body must arrive whole within this, else `408`.
-    pub body_read_timeout_ms: u64,
+    #[serde(rename = "body_read_timeout_ms", with = "crate::duration::millis")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for IngestConfig {
@@ -144,12 +154,12 @@ impl Default for IngestConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
             max_output_tokens: 1_000_000,
-            retry_after_s: 2,
+            retry_after: Duration::from_secs(2),
             max_concurrent_requests: 4096,
             max_connections: 10_000,
-            header_read_timeout_ms: 10_000,
-            idle_timeout_ms: 75_000,
-            body_read_timeout_ms: 30_000,
+            header_read_timeout: Duration::from_millis(10_000),
+            idle_timeout: Duration::from_millis(75_000),
+            body_read_timeout: Duration::from_millis(30_000),
         }
     }
 }
@@ -160,34 +170,39 @@ pub struct WorkerConfig {
     /// Jobs one worker replica runs at once.
     pub concurrency: usize,
     /// How long the broker waits for an ack before redelivering; heartbeats extend it.
-    pub ack_wait_s: u64,
+    #[serde(rename = "ack_wait_s", with = "crate::duration::secs")]
+    pub ack_wait: Duration,
     /// Deliveries before a job is failed and dead-lettered.
     pub max_attempts: u32,
-    pub backoff_base_ms: u64,
-    pub backoff_max_ms: u64,
+    #[serde(rename = "backoff_base_ms", with = "crate::duration::millis")]
+    pub backoff_base: Duration,
+    #[serde(rename = "backoff_max_ms", with = "crate::duration::millis")]
+    pub backoff_max: Duration,
     /// On SIGTERM, how long in-flight jobs may run before they are released to the broker.
-    pub shutdown_grace_s: u64,
+    #[serde(rename = "shutdown_grace_s", with = "crate::duration::secs")]
+    pub shutdown_grace: Duration,
     /// Every Nth fetch round starts with `low` (and every other Nth/2 with `normal`), so lower
     /// classes keep a small guaranteed share under a flood of higher ones.
     pub low_share_every: u32,
     /// Where the worker serves `/metrics` and `/healthz` (empty: not served).
     pub metrics_listen: String,
     /// Expiry of the one-message long-poll each idle class keeps open (re-armed when it ends).
-    pub idle_poll_ms: u64,
+    #[serde(rename = "idle_poll_ms", with = "crate::duration::millis")]
+    pub idle_poll: Duration,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             concurrency: 64,
-            ack_wait_s: 30,
+            ack_wait: Duration::from_secs(30),
             max_attempts: 5,
-            backoff_base_ms: 500,
-            backoff_max_ms: 30_000,
-            shutdown_grace_s: 20,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_millis(30_000),
+            shutdown_grace: Duration::from_secs(20),
             low_share_every: 10,
             metrics_listen: String::new(),
-            idle_poll_ms: 2_000,
+            idle_poll: Duration::from_millis(2_000),
         }
     }
 }
@@ -242,10 +257,13 @@ impl Config {
         if !sluice_protocol::Subjects::valid_namespace(&self.nats.namespace) {
             return bad("nats.namespace must contain only letters, digits, '-' and '_'");
         }
-        if self.nats.publish_timeout_ms == 0 {
-            return bad("nats.publish_timeout_ms must be positive");
+        let n = &self.nats;
+        if n.publish_timeout.is_zero() || n.duplicate_window.is_zero() || n.dlq_max_age.is_zero() {
+            return bad(
+                "nats.publish_timeout_ms, duplicate_window_s and dlq_max_age_s must be positive",
+            );
         }
-        if !(1..=1_000).contains(&self.nats.ring_gap_ms) {
+        if !(Duration::from_millis(1)..=Duration::from_secs(1)).contains(&n.ring_gap) {
             return bad("nats.ring_gap_ms must be between 1 and 1000");
         }
         // JetStream replicates a stream on at most five servers.
@@ -259,7 +277,7 @@ impl Config {
         if self.redis.urls().is_empty() {
             return bad("redis.url must name a Redis (or a cluster's seed nodes, comma-separated)");
         }
-        if self.redis.connections == 0 || self.redis.result_ttl_s == 0 {
+        if self.redis.connections == 0 || self.redis.result_ttl.is_zero() {
             return bad("redis.connections and redis.result_ttl_s must be positive");
         }
         if self.ingest.max_body_bytes < 1024 || self.ingest.max_concurrent_requests == 0 {
@@ -269,9 +287,9 @@ impl Config {
         }
         let i = &self.ingest;
         if i.max_connections == 0
-            || i.header_read_timeout_ms == 0
-            || i.idle_timeout_ms == 0
-            || i.body_read_timeout_ms == 0
+            || i.header_read_timeout.is_zero()
+            || i.idle_timeout.is_zero()
+            || i.body_read_timeout.is_zero()
         {
             return bad(
                 "ingest.max_connections, header_read_timeout_ms, idle_timeout_ms and body_read_timeout_ms must be positive",
@@ -280,7 +298,7 @@ impl Config {
         if self.worker.concurrency == 0 || self.worker.concurrency > 100_000 {
             return bad("worker.concurrency must be between 1 and 100000");
         }
-        if self.worker.max_attempts == 0 || self.worker.ack_wait_s == 0 {
+        if self.worker.max_attempts == 0 || self.worker.ack_wait.is_zero() {
             return bad("worker.max_attempts and worker.ack_wait_s must be positive");
         }
         if self.worker.low_share_every < 2 {

@@ -1,13 +1,13 @@
 //! The second phase of configuration: runtime settings per service.
 //!
-//! [`Config`] is the file as written (integers named `_ms` / `_s`, secrets as `env::NAME`
+//! [`Config`] is the file as read (durations written as integers named `_ms` / `_s` and
+//! held as [`Duration`]s from then on, see `crate::duration`; secrets as `env::NAME`
 //! references), checked by [`Config::validate`], cross-references included (see
 //! `catalog.rs`). Each service then builds its settings once, at start-up:
-//! [`IngestSettings::new`] and [`WorkerSettings::new`] turn every duration it reads into a
-//! [`Duration`] (refusing one that is zero where it must not be, or absurdly long, with an
-//! error naming the field), resolve the secrets it needs from the environment, and keep the
-//! sections other crates take as they are (`redis`, `governance`, …). A service is
-//! given its settings, never the whole `Config`.
+//! [`IngestSettings::new`] and [`WorkerSettings::new`] resolve the secrets it needs from the
+//! environment (a missing one is an error naming the field), and keep the sections other
+//! crates take as they are (`redis`, `governance`, …). A service is given its settings,
+//! never the whole `Config`.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -17,32 +17,6 @@ use crate::{
     CacheConfig, Config, ConfigError, GovernanceConfig, ModelsConfig, NatsConfig, RedisConfig,
     ScreeningConfig, SecretRef, TenantConfig, UpstreamConfig, WebhooksConfig,
 };
-
-/// Longest duration a setting may hold: ten years, so that `now + setting` cannot overflow.
-const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
-
-/// `v` seconds of the setting `field`; `positive` refuses zero.
-fn secs(field: &str, v: u64, positive: bool) -> Result<Duration, ConfigError> {
-    checked(field, Duration::from_secs(v), positive)
-}
-
-/// `v` milliseconds of the setting `field`; `positive` refuses zero.
-fn millis(field: &str, v: u64, positive: bool) -> Result<Duration, ConfigError> {
-    checked(field, Duration::from_millis(v), positive)
-}
-
-fn checked(field: &str, d: Duration, positive: bool) -> Result<Duration, ConfigError> {
-    if positive && d.is_zero() {
-        return Err(ConfigError::field(field, "must be positive"));
-    }
-    if d > Duration::from_secs(MAX_SECS) {
-        return Err(ConfigError::field(
-            field,
-            "is longer than ten years; durations are written in the unit the name ends with (_s, _ms)",
-        ));
-    }
-    Ok(d)
-}
 
 fn secret(field: &str, r: &SecretRef) -> Result<SecretString, ConfigError> {
     r.resolve().map_err(|_| {
@@ -75,13 +49,13 @@ impl NatsSettings {
         Ok(NatsSettings {
             url: n.url.clone(),
             namespace: n.namespace.clone(),
-            publish_timeout: millis("nats.publish_timeout_ms", n.publish_timeout_ms, true)?,
-            ring_gap: millis("nats.ring_gap_ms", n.ring_gap_ms, true)?,
+            publish_timeout: n.publish_timeout,
+            ring_gap: n.ring_gap,
             max_queued_jobs: n.max_queued_jobs,
             max_queue_bytes: n.max_queue_bytes,
             replicas: n.replicas,
-            duplicate_window: secs("nats.duplicate_window_s", n.duplicate_window_s, true)?,
-            dlq_max_age: secs("nats.dlq_max_age_s", n.dlq_max_age_s, true)?,
+            duplicate_window: n.duplicate_window,
+            dlq_max_age: n.dlq_max_age,
             dlq_max_msgs: n.dlq_max_msgs,
         })
     }
@@ -109,16 +83,12 @@ impl HttpSettings {
             listen: i.listen.clone(),
             max_body_bytes: i.max_body_bytes,
             max_output_tokens: i.max_output_tokens,
-            retry_after_s: secs("ingest.retry_after_s", i.retry_after_s, false)?.as_secs(),
+            retry_after_s: i.retry_after.as_secs(),
             max_concurrent_requests: i.max_concurrent_requests,
             max_connections: i.max_connections,
-            header_read_timeout: millis(
-                "ingest.header_read_timeout_ms",
-                i.header_read_timeout_ms,
-                true,
-            )?,
-            idle_timeout: millis("ingest.idle_timeout_ms", i.idle_timeout_ms, true)?,
-            body_read_timeout: millis("ingest.body_read_timeout_ms", i.body_read_timeout_ms, true)?,
+            header_read_timeout: i.header_read_timeout,
+            idle_timeout: i.idle_timeout,
+            body_read_timeout: i.body_read_timeout,
         })
     }
 }
@@ -142,12 +112,12 @@ impl DeliverySettings {
     fn new(cfg: &Config) -> Result<DeliverySettings, ConfigError> {
         let d = &cfg.delivery;
         Ok(DeliverySettings {
-            sync_wait: secs("delivery.sync_wait_s", d.sync_wait_s, true)?,
-            keepalive: secs("delivery.keepalive_s", d.keepalive_s, true)?,
-            sse_max: secs("delivery.sse_max_s", d.sse_max_s, true)?,
-            recheck: millis("delivery.recheck_ms", d.recheck_ms, true)?,
-            idle_recheck_max: millis("delivery.idle_recheck_max_ms", d.idle_recheck_max_ms, true)?,
-            stream_flush: millis("delivery.stream_flush_ms", d.stream_flush_ms, false)?,
+            sync_wait: d.sync_wait,
+            keepalive: d.keepalive,
+            sse_max: d.sse_max,
+            recheck: d.recheck,
+            idle_recheck_max: d.idle_recheck_max,
+            stream_flush: d.stream_flush,
             max_tracked_jobs: d.max_tracked_jobs,
             sync_waits_per_tenant: d.sync_waits_per_tenant,
             max_streams: d.max_streams,
@@ -220,19 +190,17 @@ pub struct WorkerRuntime {
 impl WorkerRuntime {
     fn new(cfg: &Config) -> Result<WorkerRuntime, ConfigError> {
         let w = &cfg.worker;
-        let ack_wait = secs("worker.ack_wait_s", w.ack_wait_s, true)?;
-        let upstream = cfg.upstream.timeout;
         Ok(WorkerRuntime {
             concurrency: w.concurrency,
-            ack_wait,
+            ack_wait: w.ack_wait,
             max_attempts: w.max_attempts,
-            backoff_base: millis("worker.backoff_base_ms", w.backoff_base_ms, false)?,
-            backoff_max: millis("worker.backoff_max_ms", w.backoff_max_ms, false)?,
-            shutdown_grace: secs("worker.shutdown_grace_s", w.shutdown_grace_s, false)?,
+            backoff_base: w.backoff_base,
+            backoff_max: w.backoff_max,
+            shutdown_grace: w.shutdown_grace,
             low_share_every: w.low_share_every,
             metrics_listen: w.metrics_listen.clone(),
-            idle_poll: millis("worker.idle_poll_ms", w.idle_poll_ms, false)?,
-            in_flight_lease: (upstream + ack_wait) * 2,
+            idle_poll: w.idle_poll,
+            in_flight_lease: (cfg.upstream.timeout + w.ack_wait) * 2,
         })
     }
 }
@@ -434,18 +402,20 @@ mod tests {
 
     #[test]
     fn an_invalid_duration_is_refused_naming_its_field() {
-        let err = |toml: &str| {
-            let cfg = config(toml);
-            let e = WorkerSettings::new(&cfg)
+        // Refused while the file is read, or while a service's settings are built.
+        let err = |toml: &str| match Config::from_toml_with_env(toml, &[]) {
+            Err(e) => e.to_string(),
+            Ok(cfg) => WorkerSettings::new(&cfg)
                 .err()
-                .or_else(|| IngestSettings::new(&cfg).err());
-            e.map(|e| e.to_string()).unwrap_or_default()
+                .or_else(|| IngestSettings::new(&cfg).err())
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
         };
         let e = err("[delivery]\nstream_flush_ms = 9223372036854775807");
         assert!(e.contains("delivery.stream_flush_ms"), "{e}");
         let e = err("[worker]\nshutdown_grace_s = 400000000");
         assert!(
-            e.contains("worker.shutdown_grace_s: is longer than ten years"),
+            e.contains("worker.shutdown_grace_s") && e.contains("longer than ten years"),
             "{e}"
         );
         let e = err("[ingest]\nretry_after_s = 9999999999");

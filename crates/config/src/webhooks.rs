@@ -1,5 +1,7 @@
 //! The `[webhooks]` section: signed webhook delivery (Standard Webhooks).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
@@ -14,15 +16,18 @@ pub struct WebhooksConfig {
     /// allow their local receiver.
     pub allow_private: Vec<String>,
     /// One delivery attempt's time limit (connect + response).
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "crate::duration::millis")]
+    pub timeout: Duration,
     /// Delay before each retry, in milliseconds (a jitter of up to `jitter` is added).
     /// After the last one the delivery is dead-lettered. The default follows the Standard
     /// Webhooks schedule, stretched to about three days.
-    pub schedule_ms: Vec<u64>,
+    #[serde(rename = "schedule_ms", with = "crate::duration::millis_vec")]
+    pub schedule: Vec<Duration>,
     /// Fraction of a retry delay added as random jitter.
     pub jitter: f64,
     /// How long a rotated-out secret still signs deliveries (both signatures are sent).
-    pub rotation_grace_s: u64,
+    #[serde(rename = "rotation_grace_s", with = "crate::duration::secs")]
+    pub rotation_grace: Duration,
     /// Endpoints one tenant may register.
     pub max_endpoints_per_tenant: usize,
     /// Delivery attempts kept in each endpoint's log.
@@ -39,7 +44,8 @@ pub struct WebhooksConfig {
     /// then wait in `HOOKS` (not an attempt) for `breaker_cooldown_ms`, after which one
     /// probe is let through (success closes it, failure opens it again). `0` disables it.
     pub breaker_failures: u32,
-    pub breaker_cooldown_ms: u64,
+    #[serde(rename = "breaker_cooldown_ms", with = "crate::duration::millis")]
+    pub breaker_cooldown: Duration,
     /// Limits of the `HOOKS` stream (`0`: those of the jobs stream, `nats.max_queued_jobs`
     /// and at most 256 MiB of `nats.max_queue_bytes`). A full stream does not hold or fail
     /// jobs: their events wait in the store's outbox and are enqueued again later.
@@ -49,18 +55,19 @@ pub struct WebhooksConfig {
     /// event past either is dropped, counted (`sluice_webhook_dropped_total`) and written
     /// to its endpoints' delivery logs.
     pub outbox_max: usize,
-    pub outbox_max_age_s: u64,
+    #[serde(rename = "outbox_max_age_s", with = "crate::duration::secs")]
+    pub outbox_max_age: Duration,
 }
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
-        let s = 1000;
+        let s = Duration::from_secs(1);
         let h = 3600 * s;
         WebhooksConfig {
             dispatcher: true,
             allow_private: Vec::new(),
-            timeout_ms: 15_000,
-            schedule_ms: vec![
+            timeout: Duration::from_millis(15_000),
+            schedule: vec![
                 5 * s,
                 300 * s,
                 1800 * s,
@@ -74,18 +81,18 @@ impl Default for WebhooksConfig {
                 10 * h,
             ],
             jitter: 0.2,
-            rotation_grace_s: 24 * 3600,
+            rotation_grace: Duration::from_secs(24 * 3600),
             max_endpoints_per_tenant: 16,
             log_len: 100,
             concurrency: 32,
             endpoint_concurrency: 8,
             tenant_share: 0.5,
             breaker_failures: 5,
-            breaker_cooldown_ms: 30_000,
+            breaker_cooldown: Duration::from_millis(30_000),
             stream_max_msgs: 0,
             stream_max_bytes: 0,
             outbox_max: 100_000,
-            outbox_max_age_s: 24 * 3600,
+            outbox_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -98,7 +105,7 @@ impl WebhooksConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.timeout_ms == 0
+        if self.timeout.is_zero()
             || self.concurrency == 0
             || self.log_len == 0
             || self.endpoint_concurrency == 0
@@ -116,7 +123,7 @@ impl WebhooksConfig {
         if !(0.0..=1.0).contains(&self.jitter) {
             return bad("webhooks.jitter must be between 0 and 1");
         }
-        if self.schedule_ms.len() > 50 {
+        if self.schedule.len() > 50 {
             return bad("webhooks.schedule_ms may have at most 50 retries");
         }
         for a in &self.allow_private {

@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         url: url.clone(),
         cluster: true,
         prefix: format!("cs{}:", Uuid::now_v7().simple()),
-        command_timeout_ms: 60_000,
+        command_timeout: std::time::Duration::from_secs(60),
         ..RedisConfig::default()
     };
     let store = Store::new(&redis)?;

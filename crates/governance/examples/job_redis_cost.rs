@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         url: std::env::var("SLUICE_BENCH_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         prefix: format!("jc{}:", Uuid::now_v7().simple()),
-        command_timeout_ms: 60_000,
+        command_timeout: std::time::Duration::from_secs(60),
         ..RedisConfig::default()
     };
     let store = Store::new(&redis)?;

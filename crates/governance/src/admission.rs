@@ -392,14 +392,14 @@ impl Governor {
         if let Some(chain) = a.chain {
             dims.push((Dimension::Chain, cfg.chain, Some(chain)));
         }
-        let window_ms = (cfg.window_s * 1000) as f64;
+        let window_ms = cfg.window.as_secs_f64() * 1000.0;
         let gcra = |dimension, tokens, per_window: u64, burst: f64| {
             (per_window > 0).then(|| Gcra {
                 policy: Policy {
                     dimension,
                     tokens,
                     limit: per_window,
-                    window_s: cfg.window_s,
+                    window_s: cfg.window.as_secs(),
                 },
                 t_ms: window_ms / per_window as f64,
                 tau_ms: burst * window_ms,

@@ -54,7 +54,7 @@ impl Governor {
             .arg("NX")
             .arg("GET")
             .arg("EX")
-            .arg(lease_s.clamp(1, self.config().idempotency_ttl_s))
+            .arg(lease_s.clamp(1, self.config().idempotency_ttl.as_secs().max(1)))
             .cmd("GET")
             .arg(self.keys().idempotency_accepted(tenant, key_hash));
         let store = self.store();
@@ -84,7 +84,7 @@ impl Governor {
         key_hash: &str,
         job: Uuid,
     ) -> Result<(), GovernanceError> {
-        let ttl = self.config().idempotency_ttl_s;
+        let ttl = self.config().idempotency_ttl.as_secs();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.keys().idempotency_accepted(tenant, key_hash))

@@ -29,7 +29,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 use sluice_cache::{CacheKey, Call, Control, Decision, Entry, LocalTier, Scope, policy};
-use sluice_config::{CacheConfig, CacheMode};
+use sluice_config::{CacheConfig, CacheMode, duration::millis_u64};
 use sluice_protocol::CacheWrite;
 use sluice_store::{Lead, Store, now_ms};
 use tokio::time::Instant;
@@ -133,10 +133,7 @@ impl ResponseCache {
     pub fn new(cfg: &CacheConfig) -> ResponseCache {
         ResponseCache {
             cfg: cfg.clone(),
-            tier: LocalTier::new(
-                cfg.local_max_bytes,
-                std::time::Duration::from_millis(cfg.local_ttl_ms),
-            ),
+            tier: LocalTier::new(cfg.local_max_bytes, cfg.local_ttl),
             semantic: None,
         }
     }
@@ -213,9 +210,9 @@ impl ResponseCache {
         let write = CacheWrite {
             key: key.hex(),
             // Validated at start-up to fit.
-            ttl_s: u32::try_from(self.cfg.ttl_s(model)).unwrap_or(u32::MAX),
-            stale_s: u32::try_from(self.cfg.stale_s(model)).unwrap_or(u32::MAX),
-            negative_ttl_s: u32::try_from(self.cfg.negative_ttl_s).unwrap_or(u32::MAX),
+            ttl_s: u32::try_from(self.cfg.ttl(model).as_secs()).unwrap_or(u32::MAX),
+            stale_s: u32::try_from(self.cfg.stale(model).as_secs()).unwrap_or(u32::MAX),
+            negative_ttl_s: u32::try_from(self.cfg.negative_ttl.as_secs()).unwrap_or(u32::MAX),
             semantic: None,
         };
         let lookup = if read {
@@ -351,7 +348,10 @@ impl ResponseCache {
                 leased: false,
             });
         }
-        match store.cache_lead(&key, job, self.cfg.lease_ms).await? {
+        match store
+            .cache_lead(&key, job, millis_u64(self.cfg.lease))
+            .await?
+        {
             Lead::Follower(leader) => Ok(Lookup::Follow { leader, write, key }),
             Lead::Leader => {
                 // The previous leader may have stored the answer between our read and our
@@ -383,7 +383,10 @@ impl ResponseCache {
         max_age_s: Option<u64>,
     ) -> Result<Lookup, sluice_store::StoreError> {
         let refresh = Uuid::now_v7();
-        let refresh = match store.cache_lead(&key, refresh, self.cfg.lease_ms).await? {
+        let refresh = match store
+            .cache_lead(&key, refresh, millis_u64(self.cfg.lease))
+            .await?
+        {
             Lead::Follower(_) => None,
             Lead::Leader => {
                 // A refresh may have completed between our read and our lease.

@@ -108,10 +108,8 @@ impl AppState {
         let in_flight = Arc::new(Semaphore::new(cfg.ingest.max_concurrent_requests));
         let streams_ready = Arc::new(AtomicBool::new(false));
         let g = &cfg.governance;
-        let key_cache = sluice_governance::apikeys::KeyCache::new(
-            Duration::from_millis(g.key_cache_ttl_ms),
-            g.key_cache_capacity,
-        );
+        let key_cache =
+            sluice_governance::apikeys::KeyCache::new(g.key_cache_ttl, g.key_cache_capacity);
         let gov = sluice_governance::Governor::new(store.clone(), g.clone());
         let backlogs = Arc::new(middleware::shedding::Backlogs::default());
         let d = &cfg.delivery;
@@ -297,7 +295,7 @@ impl Server {
         ));
         let shedding = &state.cfg.governance.shedding;
         if middleware::shedding::enabled(shedding) {
-            let every = Duration::from_millis(shedding.poll_ms);
+            let every = shedding.poll;
             tasks.spawn(middleware::shedding::poll(
                 state.queue.clone(),
                 state.backlogs.clone(),

@@ -175,7 +175,7 @@ impl SemanticCache {
         let model = &self.cfg.semantic.embedding_model;
         let body = json!({ "model": model, "input": text, "encoding_format": "float" });
         let body = serde_json::to_vec(&body).map_err(|e| SemanticError::Embed(e.to_string()))?;
-        let limit = Duration::from_millis(self.cfg.semantic.embed_timeout_ms);
+        let limit = self.cfg.semantic.embed_timeout;
         let req = CallRequest {
             kind: CallKind::Embeddings,
             model,
@@ -283,7 +283,7 @@ pub fn stream_config(queue: &Queue, cfg: &CacheConfig) -> stream::Config {
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::Old,
-        max_age: Duration::from_secs(cfg.semantic_max_age_s()),
+        max_age: cfg.semantic_max_age(),
         max_bytes: cfg.semantic.stream_max_bytes,
         num_replicas: queue.config().replicas,
         ..Default::default()

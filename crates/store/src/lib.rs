@@ -142,7 +142,7 @@ impl Store {
     /// Prepares the connections (opened lazily, on the first command) and checks nothing;
     /// call [`Store::ping`] to find out whether Redis answers.
     pub fn new(cfg: &RedisConfig) -> Result<Store, StoreError> {
-        let timeout = Duration::from_millis(cfg.command_timeout_ms.max(1));
+        let timeout = cfg.command_timeout.max(Duration::from_millis(1));
         // redis-rs leaves Nagle's algorithm on by default: a command written while an earlier
         // one is unacknowledged would wait for that ACK.
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
@@ -177,8 +177,8 @@ impl Store {
             redis,
             next: Default::default(),
             keys: Keys::new(&cfg.prefix),
-            ttl_s: cfg.result_ttl_s,
-            pending_ttl_s: cfg.result_ttl_s.max(PENDING_TTL_S),
+            ttl_s: cfg.result_ttl.as_secs(),
+            pending_ttl_s: cfg.result_ttl.as_secs().max(PENDING_TTL_S),
             timeout,
         })
     }

@@ -88,8 +88,8 @@ pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: Cancella
     let policy = Arc::new(Policy::new(&cfg.allow_private));
     let http = match ssrf::client_builder(policy.clone())
         .tcp_nodelay(true)
-        .timeout(Duration::from_millis(cfg.timeout_ms))
-        .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(5_000)))
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
         .user_agent("Sluice-Webhooks/1")
         .build()
     {
@@ -151,11 +151,7 @@ pub async fn run(cfg: WebhooksConfig, queue: Queue, store: Store, stop: Cancella
         }
     }
     tasks.close();
-    let _ = tokio::time::timeout(
-        Duration::from_millis(ctx.cfg.timeout_ms + 2_000),
-        tasks.wait(),
-    )
-    .await;
+    let _ = tokio::time::timeout(ctx.cfg.timeout + Duration::from_secs(2), tasks.wait()).await;
 }
 
 async fn setup(
@@ -179,7 +175,7 @@ async fn setup(
                     durable_name: Some(name.clone()),
                     name: Some(name),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_millis(ctx.cfg.timeout_ms) + Duration::from_secs(15),
+                    ack_wait: ctx.cfg.timeout + Duration::from_secs(15),
                     // No server cut-off (see the module docs).
                     max_deliver: -1,
                     max_ack_pending: 100_000,
@@ -278,7 +274,7 @@ async fn handle(ctx: &Ctx, msg: jetstream::Message, stop: &CancellationToken) {
         msg.headers.as_ref(),
         None,
     );
-    let retries = ctx.cfg.schedule_ms.len() as u64;
+    let retries = ctx.cfg.schedule.len() as u64;
     // When the message entered HOOKS (a replay enters afresh).
     let now_s = now_ms() / 1000;
     let enqueued_s = msg.info().map_or(now_s, |i| {
@@ -357,7 +353,7 @@ async fn defer(ctx: &Ctx, msg: &jetstream::Message, wait: Wait) {
         Wait::CircuitOpen(left) => left,
         // A slot frees when a delivery ends: at most one attempt's time limit.
         Wait::TenantShare | Wait::EndpointBusy => {
-            Duration::from_millis((ctx.cfg.timeout_ms / 4).clamp(100, 2_000))
+            (ctx.cfg.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(2))
         }
     };
     let jitter = rand::rng().random_range(0.0..=0.25);
@@ -370,9 +366,8 @@ async fn defer(ctx: &Ctx, msg: &jetstream::Message, wait: Wait) {
 /// The longest a delivery is kept: its whole schedule with the most jitter and one longest
 /// `Retry-After`, plus a day.
 fn max_age_s(cfg: &WebhooksConfig) -> u64 {
-    let schedule: u64 = cfg.schedule_ms.iter().sum();
-    let schedule = (schedule as f64 * (1.0 + cfg.jitter)) as u64 / 1000;
-    schedule + MAX_RETRY_AFTER.as_secs() + 24 * 3600
+    let schedule: Duration = cfg.schedule.iter().sum();
+    schedule.mul_f64(1.0 + cfg.jitter).as_secs() + MAX_RETRY_AFTER.as_secs() + 24 * 3600
 }
 
 /// Records what the attempt came to, logs it, and acks, NAKs or dead-letters the message.
@@ -387,7 +382,7 @@ async fn settle(
     span: &tracing::Span,
     stop: &CancellationToken,
 ) {
-    let retries = ctx.cfg.schedule_ms.len() as u64;
+    let retries = ctx.cfg.schedule.len() as u64;
     let mut hold = Hold::new();
     let (outcome, ack, next) = match &result {
         Attempt::Delivered(_) => ("delivered", AckKind::Ack, None),
@@ -460,15 +455,14 @@ async fn settle(
 pub fn next_delay(cfg: &WebhooksConfig, attempt: u64, retry_after: Option<Duration>) -> Duration {
     let idx = usize::try_from(attempt.saturating_sub(1))
         .unwrap_or(usize::MAX)
-        .min(cfg.schedule_ms.len().saturating_sub(1));
-    let base = cfg.schedule_ms.get(idx).copied().unwrap_or(0);
+        .min(cfg.schedule.len().saturating_sub(1));
+    let base = cfg.schedule.get(idx).copied().unwrap_or_default();
     let jitter = if cfg.jitter > 0.0 {
         rand::rng().random_range(0.0..=cfg.jitter)
     } else {
         0.0
     };
-    let scheduled =
-        Duration::from_millis(base) + Duration::from_millis((base as f64 * jitter) as u64);
+    let scheduled = base + base.mul_f64(jitter);
     scheduled.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
 }
 
@@ -654,7 +648,7 @@ mod tests {
     #[test]
     fn delays_follow_the_schedule_with_bounded_jitter_and_retry_after() {
         let cfg = WebhooksConfig {
-            schedule_ms: vec![1000, 60_000],
+            schedule: vec![Duration::from_secs(1), Duration::from_secs(60)],
             jitter: 0.2,
             ..WebhooksConfig::default()
         };
@@ -679,8 +673,8 @@ mod tests {
 
     #[test]
     fn the_default_schedule_spans_about_three_days() {
-        let total: u64 = WebhooksConfig::default().schedule_ms.iter().sum();
-        let days = total as f64 / 86_400_000.0;
+        let total: Duration = WebhooksConfig::default().schedule.iter().sum();
+        let days = total.as_secs_f64() / 86_400.0;
         assert!((2.5..=3.5).contains(&days), "{days}");
     }
 }

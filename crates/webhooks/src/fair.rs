@@ -133,7 +133,7 @@ impl Fair {
             tenant_slots: cfg.tenant_slots(),
             endpoint_slots: cfg.endpoint_concurrency.max(1),
             threshold: cfg.breaker_failures,
-            cooldown: Duration::from_millis(cfg.breaker_cooldown_ms),
+            cooldown: cfg.breaker_cooldown,
             state: Mutex::new(State::default()),
         })
     }
@@ -252,7 +252,7 @@ mod tests {
             tenant_share: share,
             endpoint_concurrency: per_endpoint,
             breaker_failures: failures,
-            breaker_cooldown_ms: 1_000,
+            breaker_cooldown: Duration::from_millis(1_000),
             ..WebhooksConfig::default()
         }
     }

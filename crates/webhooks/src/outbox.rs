@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sluice_config::WebhooksConfig;
+use sluice_config::{WebhooksConfig, duration::millis_u64};
 use sluice_protocol::JobStatus;
 use sluice_queue::Queue;
 use sluice_store::{HookTargets, Store, now_ms};
@@ -103,7 +103,7 @@ async fn sweep(cfg: &WebhooksConfig, queue: &Queue, store: &Store) -> Result<(),
             continue;
         };
         let age = now.saturating_sub(p.since_ms);
-        if age > cfg.outbox_max_age_s.saturating_mul(1000) {
+        if age > millis_u64(cfg.outbox_max_age) {
             dropped(store, cfg, &p, "expired").await;
             store.outbox_remove(&member).await?;
             continue;

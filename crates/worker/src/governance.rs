@@ -59,7 +59,7 @@ pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
         Ok(Slot::Full { waiting, cap, .. }) => {
             metrics::counter!("sluice_worker_deferred_total").increment(1);
             Gate::Defer {
-                delay: defer_delay(shared.cfg.governance.defer_ms, waiting, cap),
+                delay: defer_delay(shared.cfg.governance.defer, waiting, cap),
             }
         }
         Err(e) => {
@@ -72,9 +72,12 @@ pub async fn acquire(shared: &Shared, env: &JobEnvelope) -> Gate {
 /// About the wait for a slot: `job_ms` per round, `waiting / cap` rounds, between `job_ms`
 /// and [`MAX_DEFER`], scaled by a random factor in [0.5, 1] so that jobs deferred together
 /// do not come back together.
-pub fn defer_delay(job_ms: u64, waiting: u64, cap: u64) -> Duration {
-    let rounds = waiting.div_ceil(cap.max(1)).max(1);
-    let full = Duration::from_millis(job_ms.max(1).saturating_mul(rounds)).min(MAX_DEFER);
+pub fn defer_delay(job: Duration, waiting: u64, cap: u64) -> Duration {
+    let rounds = u32::try_from(waiting.div_ceil(cap.max(1)).max(1)).unwrap_or(u32::MAX);
+    let full = job
+        .max(Duration::from_millis(1))
+        .saturating_mul(rounds)
+        .min(MAX_DEFER);
     full.mul_f64(1.0 - rand::random::<f64>() * 0.5)
 }
 
@@ -179,8 +182,9 @@ mod tests {
     #[test]
     fn deferral_delay_follows_the_expected_wait() {
         let within = |d: Duration, full: Duration| d <= full && d >= full.mul_f64(0.5);
-        assert!(within(defer_delay(100, 1, 8), Duration::from_millis(100)));
-        assert!(within(defer_delay(100, 92, 8), Duration::from_millis(1200)));
-        assert!(within(defer_delay(100, 10_000, 8), MAX_DEFER));
+        let job = Duration::from_millis(100);
+        assert!(within(defer_delay(job, 1, 8), Duration::from_millis(100)));
+        assert!(within(defer_delay(job, 92, 8), Duration::from_millis(1200)));
+        assert!(within(defer_delay(job, 10_000, 8), MAX_DEFER));
     }
 }

@@ -22,6 +22,7 @@
 //!   stopped delivering.
 //! - [`observe`]: each delivery's CONSUMER span and the job, token and cost metrics.
 //! - [`semantic`]: publishing a semantic-cache insertion once an answer is stored.
+//! - [`summary`]: the worker's part of the live dashboard, written to Redis periodically.
 //!
 //! The worker is given its [`WorkerSettings`] (built once from the file's `Config`), not
 //! the whole configuration.

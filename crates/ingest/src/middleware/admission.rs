@@ -384,8 +384,7 @@ async fn claim(
 /// take (every step is bounded by a Redis or a publish timeout). A first request whose
 /// ingest died frees its key after this; a retry waits no longer than this.
 fn pending_lease(state: &AppState) -> Duration {
-    let steps = state.cfg.nats.publish_timeout
-        + 4 * Duration::from_millis(state.cfg.redis.command_timeout_ms);
+    let steps = state.cfg.nats.publish_timeout + 4 * state.cfg.redis.command_timeout;
     Duration::from_secs((2 * steps).as_secs_f64().ceil().max(5.0) as u64)
 }
 

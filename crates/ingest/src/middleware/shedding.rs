@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use sluice_config::Shedding;
+use sluice_config::{Shedding, duration::millis_u64};
 use sluice_protocol::Priority;
 use sluice_queue::Queue;
 use tokio_util::sync::CancellationToken;
@@ -55,18 +55,17 @@ impl Backlogs {
     pub fn check(&self, cfg: &Shedding, p: Priority, now_ms: u64) -> Result<(), ApiError> {
         let (pending, age) = self.competing(p, now_ms);
         let over = |max: u64, v: u64| max > 0 && v > max;
+        let (low_age, normal_age) = (millis_u64(cfg.low_max_age), millis_u64(cfg.normal_max_age));
         let shed = match p {
-            Priority::Low => over(cfg.low_max_depth, pending) || over(cfg.low_max_age_ms, age),
-            Priority::Normal => {
-                over(cfg.normal_max_depth, pending) || over(cfg.normal_max_age_ms, age)
-            }
+            Priority::Low => over(cfg.low_max_depth, pending) || over(low_age, age),
+            Priority::Normal => over(cfg.normal_max_depth, pending) || over(normal_age, age),
             Priority::High => over(cfg.high_max_depth, pending),
         };
         if shed {
             metrics::counter!("sluice_ingest_shed_total", "priority" => p.as_str()).increment(1);
             return Err(ApiError::Shed {
                 priority: p.as_str(),
-                retry_after_s: 1 + cfg.poll_ms.div_ceil(1000),
+                retry_after_s: 1 + millis_u64(cfg.poll).div_ceil(1000),
             });
         }
         Ok(())
@@ -78,8 +77,8 @@ pub fn enabled(cfg: &Shedding) -> bool {
         cfg.low_max_depth,
         cfg.normal_max_depth,
         cfg.high_max_depth,
-        cfg.low_max_age_ms,
-        cfg.normal_max_age_ms,
+        millis_u64(cfg.low_max_age),
+        millis_u64(cfg.normal_max_age),
     ]
     .iter()
     .any(|&v| v > 0)
@@ -140,7 +139,7 @@ mod tests {
     #[test]
     fn age_sheds_too() {
         let cfg = Shedding {
-            low_max_age_ms: 1000,
+            low_max_age: Duration::from_millis(1000),
             ..Shedding::default()
         };
         let b = Backlogs::default();

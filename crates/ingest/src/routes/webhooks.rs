@@ -171,7 +171,7 @@ pub async fn rotate(
 ) -> Result<Json<Value>, ApiError> {
     let ep = owned(&state, &tenant, &id).await?;
     let secret = new_secret();
-    let until = now_ms() + state.cfg.webhooks.rotation_grace_s * 1000;
+    let until = now_ms() + sluice_config::duration::millis_u64(state.cfg.webhooks.rotation_grace);
     state
         .store
         .rotate_secret(&ep, &secret, until)
