@@ -199,8 +199,36 @@ async fn a_replica_started_after_the_insertions_serves_the_semantic_hit() -> Res
     assert_eq!(first.cache.as_deref(), Some("miss"));
     indexed(&first_replica, 1).await?;
 
+    // More insertions, each in a scope of its own (no graph to build), so the replay takes
+    // a while: a replica that said it was ready before replaying would be caught out.
+    let js = async_nats::jetstream::new(async_nats::connect(&env.cfg.nats.url).await?);
+    let subject =
+        sluice_protocol::Subjects::new(env.cfg.nats.namespace.clone()).semantic_insertions();
+    let mut vector = vec![0.0f32; 256];
+    vector[0] = 1.0;
+    let mut acks = Vec::new();
+    for i in 0..2_000u32 {
+        let mut scope = [0xee; 32];
+        scope[..4].copy_from_slice(&i.to_le_bytes());
+        let mut key = [0xdd; 32];
+        key[..4].copy_from_slice(&i.to_le_bytes());
+        let expires = sluice_store::now_ms() + 3_600_000;
+        let payload = sluice_cache::semantic::Insertion::new(
+            sluice_cache::semantic::ScopeId(scope),
+            sluice_cache::CacheKey(key),
+            &vector,
+            expires,
+        )
+        .encode()?;
+        acks.push(js.publish(subject.clone(), payload.into()).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    indexed(&first_replica, 2_001).await?;
+
     // A new replica replays the SEMANTIC stream before it says it is ready: whenever
-    // /readyz answers 200, the index already holds the insertion.
+    // /readyz answers 200, the index already holds every insertion.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let second_replica = sluice_ingest::Server::start(env.ingest_settings()?, listener).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -216,7 +244,7 @@ async fn a_replica_started_after_the_insertions_serves_the_semantic_hit() -> Res
             assert_eq!(ready["semantic_index"], "ready", "{ready}");
             assert_eq!(
                 second_replica.semantic_entries(),
-                Some(1),
+                Some(2_001),
                 "ready before the replay caught up"
             );
             break;
