@@ -43,6 +43,7 @@ fn envelope(cache: Option<&CacheKey>) -> JobEnvelope {
             ttl_s: 60,
             semantic: None,
         }),
+        reservation: None,
     }
 }
 

@@ -628,6 +628,7 @@ mod tests {
             stream: false,
             reserved: false,
             cache: None,
+            reservation: None,
         }
     }
 
