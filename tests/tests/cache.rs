@@ -45,6 +45,7 @@ fn envelope(cache: Option<&CacheKey>) -> JobEnvelope {
             negative_ttl_s: 0,
             semantic: None,
         }),
+        reservation: None,
     }
 }
 

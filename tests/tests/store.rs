@@ -24,6 +24,7 @@ fn envelope() -> JobEnvelope {
         stream: false,
         reserved: true,
         cache: None,
+        reservation: None,
     }
 }
 

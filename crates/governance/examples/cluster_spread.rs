@@ -87,6 +87,7 @@ fn envelope(tenant: &str) -> JobEnvelope {
         stream: false,
         reserved: true,
         cache: None,
+        reservation: None,
     }
 }
 
@@ -150,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
             store.record_started(env, 1).await?;
             store.record_completed(env, result).await?;
             gov.release_in_flight(t, env.id).await?;
-            gov.settle(t, env.id, "m", usage, now).await?;
+            gov.settle(t, env.id, "m", usage, now, None).await?;
             anyhow::Ok(())
         }))
         .await?;

@@ -56,6 +56,7 @@ fn envelope(id: Uuid) -> JobEnvelope {
         stream: false,
         reserved: true,
         cache: None,
+        reservation: None,
     }
 }
 
@@ -207,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
     rows.push((
         "settlement",
         run(jobs, |_, env| {
-            gov.settle_and_release("bench", env.id, "m", usage, now)
+            gov.settle_and_release("bench", env.id, "m", usage, now, None)
         })
         .await?,
     ));

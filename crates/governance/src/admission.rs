@@ -26,6 +26,7 @@
 //! `max(tat, now) + c*T - now <= tau`, and the retry delay is the excess.
 
 use sluice_config::{GovernanceConfig, Limit};
+use sluice_protocol::Reservation;
 use uuid::Uuid;
 
 use sluice_store::Lua;
@@ -107,6 +108,8 @@ pub struct Decision {
     pub budget_cost_used_micro_usd: u64,
     /// A reservation was recorded, so the job's end must settle it.
     pub reserved: bool,
+    /// With `reserved`: the counters the estimate went to, which its settlement corrects.
+    pub reservation: Option<Reservation>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +152,21 @@ impl DimArg {
     /// The dimension's limits, requests first (the order the script numbers them in).
     fn limits(&self) -> impl Iterator<Item = &Gcra> {
         self.requests.iter().chain(self.tokens.iter())
+    }
+}
+
+/// The reservation of an admission with these dimensions and budget hashes.
+fn reservation_in(
+    dims: &[DimArg],
+    tenant_budget: Option<String>,
+    key_budget: Option<String>,
+) -> Reservation {
+    Reservation {
+        budgets: tenant_budget.into_iter().chain(key_budget).collect(),
+        token_limits: dims
+            .iter()
+            .filter_map(|d| d.tokens.map(|g| (d.key.clone(), g.t_ms)))
+            .collect(),
     }
 }
 
@@ -198,11 +216,13 @@ impl Governor {
             return self.admit_unlimited(a, est_cost).await;
         }
 
+        let budget_key = self.keys().budget(a.tenant, &period_name);
+        let key_budget_key = self.keys().key_budget(a.tenant, a.key_id, &key_period);
         let mut inv = ADMIT.key(self.keys().tenant(a.tenant));
         inv.key(self.keys().loop_counter(a.tenant, chain, a.prompt_hash))
-            .key(self.keys().budget(a.tenant, &period_name))
+            .key(&budget_key)
             .key(self.keys().reservation(a.tenant, a.job))
-            .key(self.keys().key_budget(a.tenant, a.key_id, &key_period));
+            .key(&key_budget_key);
         for d in &dims {
             inv.key(&d.key);
         }
@@ -253,6 +273,15 @@ impl Governor {
                 budget_tokens_used: used.max(0) as u64,
                 budget_cost_used_micro_usd: used_cost.max(0) as u64,
                 reserved: reserve,
+                reservation: reserve.then(|| {
+                    let tenant_budget = budget_tokens > 0 || budget_cost > 0;
+                    let key_budget = key_tokens > 0 || key_cost > 0;
+                    reservation_in(
+                        &dims,
+                        tenant_budget.then_some(budget_key),
+                        key_budget.then_some(key_budget_key),
+                    )
+                }),
             }),
             1 => Err(Refusal::Disabled),
             2 => Err(Refusal::Loop { retry_after_ms: ms }),
@@ -316,7 +345,29 @@ impl Governor {
             budget_tokens_used: a.estimate.total(),
             budget_cost_used_micro_usd: est_cost,
             reserved: false,
+            reservation: None,
         }))
+    }
+
+    /// The counters admitting `a` at `now_ms` reserves its estimate in (what
+    /// [`Decision::reservation`] says when it does): for settling a reservation whose
+    /// admission call did not answer.
+    pub fn reservation(&self, a: &Admission<'_>, now_ms: u64) -> Reservation {
+        let cfg = self.config();
+        let policy = cfg.tenant_policy(a.tenant);
+        let budget = |b: &sluice_config::Budget| b.tokens > 0 || b.cost_usd > 0.0;
+        let tenant_budget = policy.map(|p| &p.budget).filter(|b| budget(b)).map(|b| {
+            self.keys()
+                .budget(a.tenant, &period::current(b.period, now_ms).0)
+        });
+        let key_budget = policy
+            .and_then(|p| p.key_budgets.get(a.key_id))
+            .filter(|b| budget(b))
+            .map(|b| {
+                self.keys()
+                    .key_budget(a.tenant, a.key_id, &period::current(b.period, now_ms).0)
+            });
+        reservation_in(&self.dim_args(cfg, a), tenant_budget, key_budget)
     }
 
     /// Which limits apply to `a`, for the admission span: the rate-limit policies

@@ -8,11 +8,17 @@
 //! with zero usage, returning its reservation. A worker's settlement also frees the job's
 //! in-flight slot in the same call ([`Governor::settle_and_release`]).
 //!
+//! The counters to correct are passed as the script's keys (every key a script touches must
+//! be, for a Redis Cluster): [`crate::Decision::reservation`] names them at admission and
+//! travels with the job (the envelope's `reservation`). A job published before that field
+//! passes none, and its reservation's own record of them is used.
+//!
 //! Usage is read from the upstream response: the `usage` object of a plain response, or of
 //! the last chunk of a streamed one (ingest asks for it with `stream_options.include_usage`),
 //! so a streamed job settles exactly what the same job unstreamed would.
 
 use serde_json::Value;
+use sluice_protocol::Reservation;
 use sluice_store::Lua;
 use uuid::Uuid;
 
@@ -21,8 +27,9 @@ use crate::{GovernanceError, Governor, estimate::Usage};
 pub(crate) static SETTLE: Lua = Lua::new("settle", include_str!("../lua/settle.lua"));
 
 impl Governor {
-    /// Settles job `job` of `tenant` and `model` against `usage`. `Ok(true)` if this call
-    /// settled it, `Ok(false)` if it was already settled (or never reserved).
+    /// Settles job `job` of `tenant` and `model` against `usage`; `reservation`: where
+    /// admission reserved it (`None` for a job published without it). `Ok(true)` if this
+    /// call settled it, `Ok(false)` if it was already settled (or never reserved).
     pub async fn settle(
         &self,
         tenant: &str,
@@ -30,8 +37,9 @@ impl Governor {
         model: &str,
         usage: Usage,
         now_ms: u64,
+        reservation: Option<&Reservation>,
     ) -> Result<bool, GovernanceError> {
-        self.settle_with(tenant, job, model, usage, now_ms, false)
+        self.settle_with(tenant, job, model, usage, now_ms, reservation, false)
             .await
     }
 
@@ -44,12 +52,14 @@ impl Governor {
         model: &str,
         usage: Usage,
         now_ms: u64,
+        reservation: Option<&Reservation>,
     ) -> Result<bool, GovernanceError> {
         let release = self.in_flight_cap(tenant) > 0;
-        self.settle_with(tenant, job, model, usage, now_ms, release)
+        self.settle_with(tenant, job, model, usage, now_ms, reservation, release)
             .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn settle_with(
         &self,
         tenant: &str,
@@ -57,6 +67,7 @@ impl Governor {
         model: &str,
         usage: Usage,
         now_ms: u64,
+        reservation: Option<&Reservation>,
         release: bool,
     ) -> Result<bool, GovernanceError> {
         let cost = crate::estimate::cost_micro_usd(self.config(), model, usage);
@@ -67,7 +78,16 @@ impl Governor {
             .arg(cost)
             .arg(now_ms)
             .arg(job.to_string())
-            .arg(if release { "1" } else { "0" });
+            .arg(if release { "1" } else { "0" })
+            .arg(reservation.map_or(0, |r| r.budgets.len()));
+        if let Some(r) = reservation {
+            for b in &r.budgets {
+                inv.key(b);
+            }
+            for (key, t_ms) in &r.token_limits {
+                inv.key(key).arg(t_ms);
+            }
+        }
         let settled: i64 = self.store().invoke(&inv).await?;
         if settled == 1 {
             metrics::counter!("sluice_governance_settled_tokens_total").increment(usage.total());

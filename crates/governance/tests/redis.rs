@@ -150,7 +150,7 @@ async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exa
     while let Some(r) = tasks.join_next().await {
         let (job, d) = r.unwrap();
         match d {
-            Ok(_) => admitted.push(job),
+            Ok(d) => admitted.push((job, d.reservation)),
             Err(Refusal::BudgetExhausted {
                 cost: false,
                 retry_after_ms,
@@ -160,7 +160,7 @@ async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exa
     }
     assert_eq!(admitted.len(), 10, "1000 tokens / 100 reserved each");
     // Each job actually used 40 tokens: settling frees 60 each, exactly once.
-    for job in &admitted {
+    for (job, reservation) in &admitted {
         assert!(
             a.settle(
                 "acme",
@@ -170,7 +170,8 @@ async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exa
                     prompt_tokens: 30,
                     completion_tokens: 10
                 },
-                NOW
+                NOW,
+                reservation.as_ref(),
             )
             .await
             .unwrap()
@@ -184,7 +185,8 @@ async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exa
                     prompt_tokens: 30,
                     completion_tokens: 10
                 },
-                NOW
+                NOW,
+                reservation.as_ref(),
             )
             .await
             .unwrap()
@@ -215,7 +217,12 @@ async fn token_limits_settle_to_actual_usage() {
     };
     let (a, _) = replicas(&cfg);
     let first = Uuid::now_v7();
-    assert!(a.admit(&req(first, 900), NOW).await.unwrap().is_ok());
+    let reservation = a
+        .admit(&req(first, 900), NOW)
+        .await
+        .unwrap()
+        .unwrap()
+        .reservation;
     match a.admit(&req(Uuid::now_v7(), 200), NOW).await.unwrap() {
         Err(Refusal::RateLimited { policy, .. }) => assert_eq!(policy.name(), "key-tokens"),
         other => panic!("{other:?}"),
@@ -230,7 +237,8 @@ async fn token_limits_settle_to_actual_usage() {
                 prompt_tokens: 50,
                 completion_tokens: 50
             },
-            NOW
+            NOW,
+            reservation.as_ref(),
         )
         .await
         .unwrap()
@@ -407,14 +415,15 @@ async fn a_key_budget_bounds_one_key_and_settles_like_the_tenants() {
     let mut other_key = req(Uuid::now_v7(), 100);
     other_key.key_id = "k2";
     assert!(a.admit(&other_key, NOW).await.unwrap().is_ok());
-    // A job that used nothing gives its 100 tokens back, once.
+    // A job that used nothing gives its 100 tokens back, once; settled as a job published
+    // before its envelope named the counters (the stored reservation names them).
     assert!(
-        a.settle("acme", k1_jobs[0], "m", Usage::default(), NOW)
+        a.settle("acme", k1_jobs[0], "m", Usage::default(), NOW, None)
             .await
             .unwrap()
     );
     assert!(
-        !b.settle("acme", k1_jobs[0], "m", Usage::default(), NOW)
+        !b.settle("acme", k1_jobs[0], "m", Usage::default(), NOW, None)
             .await
             .unwrap()
     );
@@ -443,7 +452,7 @@ async fn an_unlimited_tenant_reserves_nothing_and_its_kill_switch_holds() {
     assert!(!d.reserved);
     assert_eq!(d.quota, None);
     assert!(
-        !a.settle("acme", job, "m", Usage::default(), NOW)
+        !a.settle("acme", job, "m", Usage::default(), NOW, None)
             .await
             .unwrap(),
         "there is no reservation to settle"
@@ -461,9 +470,16 @@ async fn an_unlimited_tenant_reserves_nothing_and_its_kill_switch_holds() {
     let d = b.admit(&req(job, 10), NOW).await.unwrap().unwrap();
     assert!(d.reserved);
     assert!(
-        b.settle("acme", job, "m", Usage::default(), NOW)
-            .await
-            .unwrap()
+        b.settle(
+            "acme",
+            job,
+            "m",
+            Usage::default(),
+            NOW,
+            d.reservation.as_ref()
+        )
+        .await
+        .unwrap()
     );
 }
 
@@ -504,6 +520,69 @@ async fn only_budgets_and_token_limits_need_the_estimate() {
     );
 }
 
+/// A decision names the counters its reservation is in, the ones the settlement script is
+/// passed as keys (a Redis Cluster refuses a script touching keys it was not given), and
+/// what is computed again for an admission call that did not answer is the same.
+#[tokio::test]
+async fn a_reservation_names_the_budgets_and_token_limits_it_is_in() {
+    let mut cfg = GovernanceConfig::default();
+    cfg.model = Limit {
+        requests: 10,
+        tokens: 1000,
+        burst: 1.0,
+    };
+    cfg.tenant = Limit {
+        requests: 10,
+        tokens: 0,
+        burst: 1.0,
+    };
+    let mut policy = day_budget(1000);
+    policy.key_budgets.insert(
+        "k1".into(),
+        Budget {
+            period: BudgetPeriod::Day,
+            tokens: 500,
+            cost_usd: 0.0,
+        },
+    );
+    cfg.tenants.insert("acme".into(), policy);
+    let (a, _) = replicas(&cfg);
+    let job = Uuid::now_v7();
+    let d = a.admit(&req(job, 400), NOW).await.unwrap().unwrap();
+    let day = sluice_governance::period::current(BudgetPeriod::Day, NOW).0;
+    let expected = sluice_protocol::Reservation {
+        budgets: vec![
+            a.keys().budget("acme", &day),
+            a.keys().key_budget("acme", "k1", &day),
+        ],
+        // 60 s / 1000 tokens; the tenant's request limit reserves no tokens.
+        token_limits: vec![(a.keys().gcra("acme", "model", Some("m")), 60.0)],
+    };
+    assert_eq!(d.reservation.as_ref(), Some(&expected));
+    assert_eq!(a.reservation(&req(job, 400), NOW), expected);
+    // Settled through those keys: the 400 reserved become the 100 used, so 400 more fit
+    // the key's budget of 500, and not one token more.
+    let used = Usage {
+        prompt_tokens: 60,
+        completion_tokens: 40,
+    };
+    assert!(
+        a.settle("acme", job, "m", used, NOW, d.reservation.as_ref())
+            .await
+            .unwrap()
+    );
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 400), NOW)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(matches!(
+        a.admit(&req(Uuid::now_v7(), 2), NOW).await.unwrap(),
+        Err(Refusal::BudgetExhausted { cost: false, .. })
+    ));
+}
+
 #[tokio::test]
 async fn every_script_states_its_contract_and_compiles() {
     let store = sluice_store::Store::new(&redis_cfg()).unwrap();
@@ -525,7 +604,12 @@ async fn a_workers_settlement_frees_the_slot_once_and_settles_once() {
     );
     let (a, b) = replicas(&cfg);
     let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
-    assert!(a.admit(&req(first, 200), NOW).await.unwrap().is_ok());
+    let reservation = a
+        .admit(&req(first, 200), NOW)
+        .await
+        .unwrap()
+        .unwrap()
+        .reservation;
     assert_eq!(
         a.acquire_in_flight("acme", first, 60_000, NOW)
             .await
@@ -544,12 +628,12 @@ async fn a_workers_settlement_frees_the_slot_once_and_settles_once() {
     };
     // One call settles the job and frees its slot; a redelivery's settles nothing again.
     assert!(
-        a.settle_and_release("acme", first, "m", used, NOW)
+        a.settle_and_release("acme", first, "m", used, NOW, reservation.as_ref())
             .await
             .unwrap()
     );
     assert!(
-        !b.settle_and_release("acme", first, "m", used, NOW)
+        !b.settle_and_release("acme", first, "m", used, NOW, reservation.as_ref())
             .await
             .unwrap()
     );

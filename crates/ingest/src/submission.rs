@@ -74,13 +74,13 @@ impl Submission {
         }
     }
 
-    /// The broker's message for this submission admitted as `job`; `reserved`: whether
-    /// admission recorded a reservation the job's end must settle.
+    /// The broker's message for this submission admitted as `job`; `reservation`: the
+    /// counters of the reservation admission recorded, which the job's end must settle.
     fn envelope(
         self,
         tenant: &Tenant,
         job: NewJob,
-        reserved: bool,
+        reservation: Option<sluice_protocol::Reservation>,
         cache: Option<sluice_protocol::CacheWrite>,
     ) -> Result<JobEnvelope, ApiError> {
         let created_at_ms = job.created_at_ms;
@@ -102,8 +102,9 @@ impl Submission {
             traceparent: sluice_telemetry::trace::current_traceparent().or(self.traceparent),
             metadata: self.metadata,
             stream: self.stream,
-            reserved,
+            reserved: reservation.is_some(),
             cache,
+            reservation,
         })
     }
 }
@@ -189,8 +190,8 @@ pub async fn submit(
         Admission::Fresh(a) => a,
     };
     let headers = std::mem::take(&mut admitted.headers);
-    let reserved = admitted.reserved();
-    match publish(state, tenant, sub, job, reserved, follow, lookup.write()).await {
+    let reservation = admitted.reservation();
+    match publish(state, tenant, sub, job, reservation, follow, lookup.write()).await {
         Ok((view, wait)) => {
             admitted.commit().await;
             if let Some(lease) = lease {
@@ -216,12 +217,12 @@ async fn publish(
     tenant: &Tenant,
     mut sub: Submission,
     job: NewJob,
-    reserved: bool,
+    reservation: Option<sluice_protocol::Reservation>,
     follow: Follow,
     cache: Option<sluice_protocol::CacheWrite>,
 ) -> Result<(JobView, Option<(JobWatch, CancelOnDrop)>), ApiError> {
     let hook_url = sub.webhook_url.take();
-    let env = sub.envelope(tenant, job, reserved, cache)?;
+    let env = sub.envelope(tenant, job, reservation, cache)?;
     // Stored with a fresh secret before the job is published, so the dispatcher always
     // finds it; the secret is shown once, in the 202.
     let hook = match hook_url {
@@ -378,7 +379,7 @@ async fn cached_job(
         traceparent: sub.traceparent.clone(),
         request: Value::Null,
     }
-    .envelope(tenant, job, false, None)?;
+    .envelope(tenant, job, None, None)?;
     state
         .store
         .record_cached(&env, entry)
@@ -434,8 +435,8 @@ fn spawn_refresh(state: &AppState, tenant: &Tenant, body: &[u8], sub: &Submissio
             .await
         {
             Ok(Admission::Fresh(admitted)) => {
-                let reserved = admitted.reserved();
-                match publish(&state, &tenant, refresh, job, reserved, Follow::No, Some(r.write))
+                let reservation = admitted.reservation();
+                match publish(&state, &tenant, refresh, job, reservation, Follow::No, Some(r.write))
                     .await
                 {
                     Ok(_) => {

@@ -70,6 +70,24 @@ pub struct JobEnvelope {
     /// encoding is unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheWrite>,
+    /// Where admission reserved the job's estimate, so its settlement passes every key it
+    /// moves as a script key (what a Redis Cluster requires). Absent when nothing was
+    /// reserved, so such messages encode as before, and from messages written before this
+    /// field (their stored reservation still names its counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
+}
+
+/// The counters admission added a job's estimate to: what its settlement corrects by the
+/// difference between the actual usage and the estimate.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Reservation {
+    /// The budget hashes (the tenant's, the API key's) of the period admission counted in.
+    #[serde(default)]
+    pub budgets: Vec<String>,
+    /// The token limits: each GCRA hash and its `T` at admission (ms per token).
+    #[serde(default)]
+    pub token_limits: Vec<(String, f64)>,
 }
 
 /// Where a completed job's answer goes in the response cache.
@@ -168,6 +186,7 @@ mod tests {
             stream: false,
             reserved: true,
             cache: None,
+            reservation: None,
         }
     }
 

@@ -22,7 +22,8 @@ pub mod status;
 pub mod subjects;
 
 pub use envelope::{
-    CacheWrite, DecodeError, EncodeError, JobEnvelope, JobKind, SCHEMA_VERSION, SemanticWrite,
+    CacheWrite, DecodeError, EncodeError, JobEnvelope, JobKind, Reservation, SCHEMA_VERSION,
+    SemanticWrite,
 };
 pub use outcome::{DeadLetterReason, ErrorCode, Outcome};
 pub use priority::Priority;

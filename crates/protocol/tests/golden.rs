@@ -8,7 +8,9 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use sluice_protocol::{CacheWrite, JobEnvelope, JobKind, Priority, SCHEMA_VERSION, SemanticWrite};
+use sluice_protocol::{
+    CacheWrite, JobEnvelope, JobKind, Priority, Reservation, SCHEMA_VERSION, SemanticWrite,
+};
 use uuid::Uuid;
 
 fn samples() -> PathBuf {
@@ -32,6 +34,7 @@ fn v1_chat() -> JobEnvelope {
         stream: false,
         reserved: true,
         cache: None,
+        reservation: None,
     }
 }
 
@@ -60,6 +63,7 @@ fn v1_embedding_minimal() -> JobEnvelope {
         stream: false,
         reserved: true,
         cache: None,
+        reservation: None,
     }
 }
 
@@ -106,6 +110,19 @@ fn v1_semantic() -> JobEnvelope {
     }
 }
 
+/// Written after `reservation` was added: a job whose settlement names the counters
+/// admission reserved its estimate in.
+fn v1_reservation() -> JobEnvelope {
+    JobEnvelope {
+        id: Uuid::parse_str("0192f0c1-7a4b-7cde-8f01-000000000007").unwrap(),
+        reservation: Some(Reservation {
+            budgets: vec!["sluice:budget:{acme}:d20241027".into()],
+            token_limits: vec![("sluice:gcra:{acme}:tenant".into(), 0.06)],
+        }),
+        ..v1_chat()
+    }
+}
+
 fn check(name: &str, expected: JobEnvelope) {
     let path = samples().join(name);
     if std::env::var("SLUICE_BLESS").is_ok() && !path.exists() {
@@ -136,6 +153,19 @@ fn v1_unreserved_sample_decodes() {
 #[test]
 fn v1_cached_sample_decodes() {
     check("v1-cached.msgpack", v1_cached());
+}
+
+#[test]
+fn v1_reservation_sample_decodes() {
+    check("v1-reservation.msgpack", v1_reservation());
+}
+
+/// `reservation` is left out when absent: a job admission reserved nothing for encodes as
+/// before the field existed.
+#[test]
+fn an_envelope_without_a_reservation_encodes_as_before() {
+    let before = std::fs::read(samples().join("v1-semantic.msgpack")).unwrap();
+    assert_eq!(v1_semantic().encode().unwrap(), before);
 }
 
 #[test]

@@ -683,6 +683,7 @@ mod tests {
             stream: false,
             reserved: false,
             cache: None,
+            reservation: None,
         }
     }
 

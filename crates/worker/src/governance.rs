@@ -144,7 +144,14 @@ pub async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) -> bool {
     }
     match shared
         .gov
-        .settle_and_release(&env.tenant, env.id, &env.model, usage, now_ms())
+        .settle_and_release(
+            &env.tenant,
+            env.id,
+            &env.model,
+            usage,
+            now_ms(),
+            env.reservation.as_ref(),
+        )
         .await
     {
         Ok(_) => shared.gov.in_flight_cap(&env.tenant) > 0,

@@ -60,6 +60,8 @@ struct Hold {
     claim: Option<(String, String)>,
     /// A reservation may exist: admission recorded one, or did not say.
     reserved: bool,
+    /// With `reserved`: the counters it is in (what settling it corrects).
+    reservation: Option<sluice_protocol::Reservation>,
     /// A `queued` record may have been written (a cache hit writes none, so undoing it
     /// deletes nothing).
     recorded: bool,
@@ -86,6 +88,7 @@ impl Admitted {
                 model: model.to_string(),
                 claim: None,
                 reserved: false,
+                reservation: None,
                 recorded,
             }),
         }
@@ -95,6 +98,15 @@ impl Admitted {
     /// envelope's `reserved`).
     pub fn reserved(&self) -> bool {
         self.hold.as_ref().is_some_and(|h| h.reserved)
+    }
+
+    /// With a reservation, the counters it is in (see the envelope's `reservation`; empty
+    /// if unknown, which settles against the counters the stored reservation names).
+    pub fn reservation(&self) -> Option<sluice_protocol::Reservation> {
+        self.hold
+            .as_ref()
+            .filter(|h| h.reserved)
+            .map(|h| h.reservation.clone().unwrap_or_default())
     }
 
     fn hold_mut(&mut self) -> Option<&mut Hold> {
@@ -193,6 +205,7 @@ impl Hold {
                         &self.model,
                         estimate::Usage::default(),
                         now_ms(),
+                        self.reservation.as_ref(),
                     )
                     .await
             {
@@ -404,12 +417,14 @@ async fn limits(
     // Loop detection counts repeats of the same prompt (chat messages, or an embeddings
     // request's input); without it the prompt is not hashed at all.
     let prompt_hash = if gov_cfg.loop_max_per_minute > 0 {
-        let prompt = request
-            .get("messages")
-            .or_else(|| request.get("input"))
-            .map(Value::to_string)
-            .unwrap_or_default();
-        hex::encode(&Sha256::digest(prompt.as_bytes())[..16])
+        // Serialized straight into the digest: the same bytes as the prompt's JSON text,
+        // without building that text.
+        let mut digest = Sha256::new();
+        if let Some(prompt) = request.get("messages").or_else(|| request.get("input")) {
+            // Writing into a digest cannot fail.
+            let _ = serde_json::to_writer(&mut digest, prompt);
+        }
+        hex::encode(&digest.finalize()[..16])
     } else {
         String::new()
     };
@@ -442,11 +457,18 @@ async fn limits(
             hold.reserved = false;
             return Ok(Vec::new());
         }
-        Err(e) => return Err(unavailable(state, e)),
+        Err(e) => {
+            // The script may have run: giving the reservation back needs its counters.
+            if hold.reserved {
+                hold.reservation = Some(state.gov.reservation(&a, now));
+            }
+            return Err(unavailable(state, e));
+        }
     };
     match decision {
         Ok(d) => {
             hold.reserved = d.reserved;
+            hold.reservation = d.reservation;
             sluice_telemetry::trace::set_attribute(&span, "sluice.admission.outcome", "admitted");
             if let Some((policy, remaining, _)) = &d.quota {
                 sluice_telemetry::trace::set_attribute(
