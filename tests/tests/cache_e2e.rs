@@ -221,9 +221,15 @@ async fn concurrent_identical_requests_through_two_replicas_make_one_upstream_ca
         answers.iter().map(|a| a.status).collect::<Vec<_>>()
     );
     let first = &answers[0].body;
+    let odd: Vec<_> = answers
+        .iter()
+        .filter(|a| &a.body != first)
+        .map(|a| (a.cache.as_deref(), &a.body))
+        .collect();
     assert!(
-        answers.iter().all(|a| &a.body == first),
-        "every caller gets the same answer"
+        odd.is_empty(),
+        "every caller gets the same answer: the first ({:?}) {first}, others {odd:?}",
+        answers[0].cache
     );
     assert_eq!(
         upstream_chats(&sim),
