@@ -333,6 +333,24 @@ async fn an_upstream_error_is_never_cached_as_an_answer_and_a_400_is_a_negative_
         "negative hits are counted"
     );
 
+    // The upstream refusing Sluice's own provider key (401, 403) is a gateway fault: 502
+    // `upstream_unauthorized`, never a negative entry (the client's request was fine, and
+    // the operator's fixed key must take effect at once), so each request calls upstream.
+    for status in ["401", "403"] {
+        let body = deterministic(&format!("{} [[sim:status={status}]]", unique("key ")));
+        let mut calls = upstream_chats(&sim);
+        for _ in 0..2 {
+            let r = chat(&api, &body, &[]).await?;
+            assert_eq!(r.status, 502, "{status}: {}", r.body);
+            assert_eq!(r.body["error"]["code"], "upstream_unauthorized", "{}", r.body);
+            assert_eq!(r.body["error"]["type"], "server_error");
+            assert_ne!(r.cache.as_deref(), Some("hit"), "{status} is not cached");
+            let now = upstream_chats(&sim);
+            assert!(now > calls, "{status}: the request reached upstream");
+            calls = now;
+        }
+    }
+
     // A 429 or a 500 is never cached, negative entries or not. (After one the deployment
     // may cool down or open its breaker, so these come last and calls are not counted.)
     for status in ["429", "500"] {

@@ -22,6 +22,10 @@ pub enum ErrorCode {
     ModelNotFound,
     /// The upstream answered another 4xx.
     UpstreamRejected,
+    /// The upstream refused Sluice's own credentials (401 or 403): the deployment's
+    /// provider key is wrong or lacks access. A gateway fault, not the client's request,
+    /// so it is answered 502 and never cached.
+    UpstreamUnauthorized,
     UpstreamInvalidResponse,
     UpstreamTransport,
     UpstreamCircuitOpen,
@@ -35,13 +39,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::UpstreamTimeout,
         ErrorCode::UpstreamUnreachable,
         ErrorCode::UpstreamRateLimited,
         ErrorCode::UpstreamError,
         ErrorCode::ModelNotFound,
         ErrorCode::UpstreamRejected,
+        ErrorCode::UpstreamUnauthorized,
         ErrorCode::UpstreamInvalidResponse,
         ErrorCode::UpstreamTransport,
         ErrorCode::UpstreamCircuitOpen,
@@ -61,6 +66,7 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::UpstreamRejected => "upstream_rejected",
+            ErrorCode::UpstreamUnauthorized => "upstream_unauthorized",
             ErrorCode::UpstreamInvalidResponse => "upstream_invalid_response",
             ErrorCode::UpstreamTransport => "upstream_transport",
             ErrorCode::UpstreamCircuitOpen => "upstream_circuit_open",
@@ -90,6 +96,7 @@ impl ErrorCode {
             | ErrorCode::UpstreamError
             | ErrorCode::ModelNotFound
             | ErrorCode::UpstreamRejected
+            | ErrorCode::UpstreamUnauthorized
             | ErrorCode::UpstreamInvalidResponse
             | ErrorCode::UpstreamTransport
             | ErrorCode::UpstreamCircuitOpen
@@ -112,6 +119,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout
             | ErrorCode::UpstreamUnreachable
             | ErrorCode::UpstreamError
+            | ErrorCode::UpstreamUnauthorized
             | ErrorCode::UpstreamInvalidResponse
             | ErrorCode::UpstreamTransport
             | ErrorCode::UpstreamCircuitOpen

@@ -43,7 +43,9 @@ impl ProviderError {
             | ProviderError::Transport
             | ProviderError::StreamFailed => ErrorClass::Retryable,
             ProviderError::Status { status, .. } => match status {
-                408 | 409 | 429 => ErrorClass::Retryable,
+                // 401/403: this deployment's provider key is refused. Another deployment or
+                // a fallback may hold a good one, and the breaker should see the failure.
+                401 | 403 | 408 | 409 | 429 => ErrorClass::Retryable,
                 s if *s >= 500 => ErrorClass::Retryable,
                 _ => ErrorClass::Permanent,
             },
@@ -68,6 +70,9 @@ impl ProviderError {
             ProviderError::Status { status, .. } if *status >= 500 => ErrorCode::UpstreamError,
             ProviderError::StreamFailed => ErrorCode::UpstreamError,
             ProviderError::Status { status: 404, .. } => ErrorCode::ModelNotFound,
+            ProviderError::Status {
+                status: 401 | 403, ..
+            } => ErrorCode::UpstreamUnauthorized,
             ProviderError::Status { .. } => ErrorCode::UpstreamRejected,
             ProviderError::InvalidResponse => ErrorCode::UpstreamInvalidResponse,
             ProviderError::Transport => ErrorCode::UpstreamTransport,
@@ -95,6 +100,11 @@ mod tests {
         assert_eq!(s(503).class(), ErrorClass::Retryable);
         assert_eq!(s(400).class(), ErrorClass::Permanent);
         assert_eq!(s(404).class(), ErrorClass::Permanent);
+        for refused in [401, 403] {
+            assert_eq!(s(refused).class(), ErrorClass::Retryable);
+            assert_eq!(s(refused).code(), ErrorCode::UpstreamUnauthorized);
+        }
+        assert_eq!(s(400).code(), ErrorCode::UpstreamRejected);
         assert_eq!(ProviderError::Timeout.class(), ErrorClass::Retryable);
         assert_eq!(
             ProviderError::InvalidResponse.class(),

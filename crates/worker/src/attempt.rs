@@ -273,6 +273,11 @@ fn exhausted(
             JobError::new(ErrorCode::UpstreamRateLimited, message.clone())
                 .with_retry_after(retry_after)
         }
+        // Sluice's provider key was refused on the last attempt: say so (502), so an
+        // operator sees a credentials fault rather than a generic exhaustion.
+        Some(ErrorCode::UpstreamUnauthorized) => {
+            JobError::new(ErrorCode::UpstreamUnauthorized, message.clone())
+        }
         _ => JobError::new(ErrorCode::MaxAttemptsExceeded, message.clone()),
     };
     Decision {
@@ -419,6 +424,22 @@ mod tests {
                 failed(ErrorCode::UpstreamRejected),
                 Settle::Zero,
                 is(Broker::Ack(Outcome::Failed)),
+            ),
+            (
+                1,
+                5,
+                status(401, None),
+                Record::AttemptFailed,
+                Settle::Nothing,
+                is(retry(RetryReason::UpstreamRetry, None)),
+            ),
+            (
+                5,
+                5,
+                status(403, None),
+                failed(ErrorCode::UpstreamUnauthorized),
+                Settle::Zero,
+                Box::new(dead(DeadLetterReason::MaxAttempts)),
             ),
             (
                 5,
