@@ -2,7 +2,7 @@
 //! memory per entry, and hit rate on a generated workload with paraphrases.
 //!
 //! ```text
-//! cargo run --profile fast -p sluice-cache --example semantic_bench [-- ENTRIES...]
+//! EF_CONSTRUCTION=N cargo run --profile fast -p sluice-cache --example semantic_bench [-- ENTRIES...]
 //! ```
 //!
 //! Prompts are generated questions of five content words drawn from a 5,000-word
@@ -91,6 +91,20 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
 fn key(i: usize) -> CacheKey {
     let mut k = [0u8; 32];
     k[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -116,16 +130,24 @@ fn run(entries: usize) {
     let expires = u64::MAX;
 
     let before = rss_bytes();
-    let idx = SemanticIndex::new(IndexConfig::new(entries));
+    let mut cfg = IndexConfig::new(entries);
+    if let Some(ef) = std::env::var("EF_CONSTRUCTION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.ef_construction = ef;
+    }
+    let idx = SemanticIndex::new(cfg);
     let started = Instant::now();
     for (i, v) in vectors.iter().enumerate() {
         idx.insert(scope, key(i), v.clone(), expires, now);
     }
     let insert_s = started.elapsed().as_secs_f64();
     // One graph over everything (a replica that replayed the stream in one go).
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_seconds());
     while idx.maintain(now) > 0 {}
     let build_s = started.elapsed().as_secs_f64();
+    let build_cpu_s = cpu_seconds() - cpu;
     let after = rss_bytes();
     drop(vectors);
 
@@ -162,10 +184,12 @@ fn run(entries: usize) {
     latencies.sort_unstable();
     let pct = |n: usize| 100.0 * n as f64 / per_kind as f64;
     println!(
-        "entries={entries} dims={} insert={insert_s:.2}s graph build={build_s:.1}s memory/entry={:.0}B \
+        "entries={entries} dims={} ef_construction={} insert={insert_s:.2}s \
+         graph build={build_s:.1}s wall, {build_cpu_s:.1}s CPU memory/entry={:.0}B \
          lookup p50={:.1}us p99={:.1}us max={:.1}us \
          paraphrase hit={:.1}% (wrong entry {:.1}%) near-miss hit={:.1}% new-question hit={:.1}%",
         bow::BOW_DIMS,
+        cfg.ef_construction,
         after.saturating_sub(before) as f64 / entries as f64,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),

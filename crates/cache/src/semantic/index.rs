@@ -21,7 +21,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use instant_distance::{Builder, HnswMap, Point, Search};
+use instant_distance::{Builder, Heuristic, HnswMap, Point, Search};
 
 use super::ScopeId;
 use crate::key::CacheKey;
@@ -36,9 +36,42 @@ impl Point for Vector {
     }
 }
 
+/// Lanes of [`dot`]'s accumulator.
+const LANES: usize = 16;
+
+/// The dot product, written so the compiler vectorizes it: sixteen independent partial sums
+/// over chunks of sixteen (an iterator's `f32` sum is one dependent chain of additions, which
+/// the compiler must not reorder, so it stays scalar). The graph build spends nearly all
+/// its time here (`select_heuristic` compares each candidate with every neighbour kept).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
+
+/// How a node's neighbours are chosen: the HNSW paper's heuristic (a candidate closer to a
+/// neighbour already kept than to the node is passed over), without `keep_pruned`, as
+/// hnswlib does. `instant-distance`'s default keeps the passed-over candidates too, filling
+/// every list to its 64 slots, and each insertion then re-selects the full lists of all its
+/// neighbours: measured on `semantic_bench -- 10000` (release build, same sitting), the
+/// build took 69.6 s of CPU with them and 40.8 s without, with the same hit rates.
+const NEIGHBOURS: Heuristic = Heuristic {
+    extend_candidates: false,
+    keep_pruned: false,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct IndexConfig {
@@ -48,6 +81,9 @@ pub struct IndexConfig {
     pub delta_max: usize,
     /// Graph candidates a search looks at (`ef`).
     pub ef_search: usize,
+    /// Candidates each insertion looks at while the graph is built (`ef_construction`):
+    /// the build's cost grows with it, and so does the graph's recall.
+    pub ef_construction: usize,
 }
 
 impl IndexConfig {
@@ -56,6 +92,7 @@ impl IndexConfig {
             capacity,
             delta_max: 256,
             ef_search: 64,
+            ef_construction: 100,
         }
     }
 }
@@ -289,7 +326,8 @@ impl SemanticIndex {
         let graph = (!ids.is_empty()).then(|| {
             Arc::new(
                 Builder::default()
-                    .ef_construction(100)
+                    .ef_construction(self.cfg.ef_construction)
+                    .select_heuristic(Some(NEIGHBOURS))
                     .ef_search(self.cfg.ef_search)
                     .seed(0x5eed)
                     .build(points, ids.clone()),
@@ -404,7 +442,7 @@ mod tests {
         let idx = SemanticIndex::new(IndexConfig {
             capacity: 600,
             delta_max: 100,
-            ef_search: 64,
+            ..IndexConfig::new(600)
         });
         for i in 0..500u64 {
             idx.insert(S, CacheKey([i as u8; 32]), unit(i, 16), LATER, NOW);
@@ -427,6 +465,19 @@ mod tests {
         }
         assert_eq!(idx.len(), 600);
         assert!(idx.search(&S, &unit(300, 16), 0.99, 1, NOW).is_empty());
+    }
+
+    #[test]
+    fn dot_matches_the_plain_sum_at_every_length() {
+        for len in [0, 1, 7, 8, 9, 31, 256, 1_536] {
+            let a = unit(len as u64 + 1, len.max(1));
+            let b = unit(len as u64 + 2, len.max(1));
+            let (a, b) = (&a[..len], &b[..len]);
+            let plain: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!((dot(a, b) - plain).abs() < 1e-5, "len {len}");
+        }
+        // Unequal lengths: the shorter one decides, as `zip` did.
+        assert!((dot(&[1.0, 2.0, 3.0], &[1.0, 1.0]) - 3.0).abs() < 1e-6);
     }
 
     #[test]
