@@ -3,7 +3,8 @@
 # latency: closed loop at concurrency 64 (throughput, CPU time per request across ingest +
 # worker + NATS + Redis), then open loop at 500 req/s through Sluice and straight at the
 # simulator (added latency p50/p99), then response-cache hits: closed loop at concurrency 64
-# over 64 distinct deterministic prompts (the first request of each fills the cache). Starts
+# over 64 distinct deterministic prompts (the first request of each fills the cache), and open
+# loop at BENCH_HIT_RATES (default 5,000 and 10,000 req/s) for a hit's latency. Starts
 # its own NATS, Redis, simulator, ingest and worker (release builds) on loopback; every run is
 # bounded in time.
 #
@@ -122,8 +123,11 @@ if [[ "$PHASES" == *" cache "* ]]; then
   sim_requests() { curl -s "http://127.0.0.1:$SIM_PORT/sim/counters" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_requests"])'; }
   BEFORE="$(sim_requests)"
   closed_loop cache --repeat 64
-  log "open loop, 5,000 req/s, ${DURATION}s: response-cache hits (the latency of a hit below saturation)"
-  "$BIN/sluice-bench" --mode rate --rate 5000 --repeat 64 --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" \
-    --duration "$DURATION" --warmup 2 --quiet --json "$RUN_DIR/rate_cache.json" | tee "$RUN_DIR/rate_cache.txt"
+  # The aim: 10,000 hits/s with p99 under 2 ms. BENCH_HIT_RATES lists the rates.
+  for RATE in ${BENCH_HIT_RATES:-5000 10000}; do
+    log "open loop, $RATE req/s, ${DURATION}s: response-cache hits (the latency of a hit below saturation)"
+    "$BIN/sluice-bench" --mode rate --rate "$RATE" --repeat 64 --url "http://127.0.0.1:$INGEST_PORT" --api-key "$KEY" \
+      --duration "$DURATION" --warmup 2 --quiet --json "$RUN_DIR/rate_cache_$RATE.json" | tee "$RUN_DIR/rate_cache_$RATE.txt"
+  done
   echo "  upstream calls in the cache phases (warm-up included): $(( $(sim_requests) - BEFORE )) (64 distinct prompts, each a miss once)"
 fi
