@@ -396,7 +396,10 @@ async fn a_key_budget_bounds_one_key_and_settles_like_the_tenants() {
         },
     );
     cfg.tenants.insert("acme".into(), policy);
-    let (a, b) = replicas(&cfg);
+    let r = redis_cfg();
+    let store = sluice_store::Store::new(&r).unwrap();
+    let a = Governor::new(store.clone(), cfg.clone());
+    let b = Governor::new(sluice_store::Store::new(&r).unwrap(), cfg.clone());
     let mut k1_jobs = Vec::new();
     for i in 0..3 {
         let job = Uuid::now_v7();
@@ -416,7 +419,22 @@ async fn a_key_budget_bounds_one_key_and_settles_like_the_tenants() {
     other_key.key_id = "k2";
     assert!(a.admit(&other_key, NOW).await.unwrap().is_ok());
     // A job that used nothing gives its 100 tokens back, once; settled as a job published
-    // before its envelope named the counters (the stored reservation names them).
+    // before its envelope named the counters, whose reservation (written by the admission
+    // script of then) names them.
+    let period = sluice_governance::period::current(BudgetPeriod::Day, NOW).0;
+    let old_reservation = format!(
+        r#"[100,0,"","{}"]"#,
+        a.keys().key_budget("acme", "k1", &period)
+    );
+    store
+        .query_each::<()>(vec![
+            redis::cmd("SET")
+                .arg(a.keys().reservation("acme", k1_jobs[0]))
+                .arg(old_reservation)
+                .to_owned(),
+        ])
+        .await
+        .unwrap();
     assert!(
         a.settle("acme", k1_jobs[0], "m", Usage::default(), NOW, None)
             .await
