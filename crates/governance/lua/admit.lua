@@ -6,9 +6,11 @@
 -- to, then taken back if that overruns it: one call instead of a read and a write).
 -- KEYS[1] tenant (hash), KEYS[2] loop counter, KEYS[3] tenant budget (hash),
 -- KEYS[4] the job's reservation (string), KEYS[5] key budget (hash),
--- KEYS[5 + d] GCRA state of dimension d (hash: r, t, x, n), d = 1..ndim. A key the call
--- does not use (the loop counter with loop detection off, a budget that is not set) may
--- be any key of the tenant's.
+-- KEYS[5 + d] GCRA state of dimension d (hash: r, t, x, n), d = 1..ndim. The tenant
+-- dimension's state lives in the tenant hash itself (KEYS[5 + d] == KEYS[1]): one HMGET
+-- reads it with the kill switch, and that hash never expires (no `x`, no PEXPIRE). A key
+-- the call does not use (the loop counter with loop detection off, a budget that is not
+-- set) may be any key of the tenant's.
 -- ARGV[1] now (ms, integer), ARGV[2] loop max per minute (0: off), ARGV[3] budget tokens,
 -- ARGV[4] budget cost (micro-USD), ARGV[5] estimated tokens, ARGV[6] estimated cost,
 -- ARGV[7] reservation TTL (s), ARGV[8] budget TTL (s), ARGV[9] '1' to record a reservation,
@@ -26,7 +28,19 @@
 -- The reservation is the JSON array [tokens, cost], which settle.lua reads; the counters
 -- it went to are passed to settle.lua by the caller (the job's envelope carries them).
 local now = tonumber(ARGV[1])
-if redis.call('HGET', KEYS[1], 'disabled') == '1' then return {1, 0, 0, 0, 0, 0} end
+local ndim = tonumber(ARGV[13])
+-- ti: the dimension whose state is in the tenant hash (0: none); ts: that state, read with
+-- the kill switch.
+local ti, ts = 0, false
+for d = 1, ndim do
+  if KEYS[5 + d] == KEYS[1] then ti = d end
+end
+if ti > 0 then
+  ts = redis.call('HMGET', KEYS[1], 'r', 't', 'x', 'n', 'disabled')
+  if ts[5] == '1' then return {1, 0, 0, 0, 0, 0} end
+elseif redis.call('HGET', KEYS[1], 'disabled') == '1' then
+  return {1, 0, 0, 0, 0, 0}
+end
 local loop_max = tonumber(ARGV[2])
 if loop_max > 0 and not redis.call('SET', KEYS[2], '1', 'PX', '60000', 'NX') then
   -- A prompt seen before this minute (a new one took one SET).
@@ -35,7 +49,6 @@ if loop_max > 0 and not redis.call('SET', KEYS[2], '1', 'PX', '60000', 'NX') the
   end
 end
 local etok = tonumber(ARGV[5])
-local ndim = tonumber(ARGV[13])
 local best, best_ratio, best_rem, best_reset = 0, 2, 0, 0
 -- What each dimension commits, seven slots a dimension (one table for the call): its
 -- clock (a number, and the string to write), the new request and token arrival times (false: limit off), its hash's expiry, the
@@ -46,7 +59,8 @@ local best, best_ratio, best_rem, best_reset = 0, 2, 0, 0
 local st = {}
 for d = 1, ndim do
   local b = 10 + 4 * d
-  local s = redis.call('HMGET', KEYS[5 + d], 'r', 't', 'x', 'n')
+  local s = ts
+  if d ~= ti then s = redis.call('HMGET', KEYS[5 + d], 'r', 't', 'x', 'n') end
   -- The clock as a number and as the string it is written back as (no formatting).
   local dnow, nstr = tonumber(s[4]) or 0, s[4]
   if dnow < now then dnow, nstr = now, ARGV[1] end
@@ -134,7 +148,7 @@ for d = 1, ndim do
   local i = 7 * d
   local key, n, nr, nt = KEYS[5 + d], st[i - 5], st[i - 4], st[i - 3]
   local last = st[i - 1]
-  if st[i - 2] < last + 1000 then
+  if d ~= ti and st[i - 2] < last + 1000 then
     local e = math.ceil(last + st[i]) + 1000
     if nr and nt then
       redis.call('HSET', key, 'n', n, 'r', nr, 't', nt, 'x', e)

@@ -11,9 +11,11 @@
 //!
 //! What it costs Redis: one call, and within it one `HMGET` and one `HSET` per dimension
 //! (a dimension's request and token limits share one hash, whose expiry moves about once a
-//! window), two `HINCRBY` per budget (added to, then taken back if that overruns it), one
+//! window; the tenant dimension's state is in the tenant hash, read with the kill switch),
+//! two `HINCRBY` per budget (added to, then taken back if that overruns it), one
 //! `SET NX` for a new prompt's loop counter and one `SET` for the reservation. Only the
-//! limits, budgets and checks the configuration turns on are passed.
+//! limits, budgets and checks the configuration turns on are passed, and the numbers are
+//! prepared here: inside Redis, formatting a number costs about as much as a command.
 //!
 //! Every key is the tenant's (its hash tag) except the global limit's, the one cross-tenant
 //! key (`gcra:{global}`, its own slot). Against a Redis Cluster it lives on another shard
@@ -511,6 +513,8 @@ impl Governor {
             .map(|(dim, limit, subject)| DimArg {
                 key: match dim {
                     Dimension::Global => keys.gcra_global(),
+                    // In the tenant hash, read with the kill switch (see admit.lua).
+                    Dimension::Tenant => keys.tenant(a.tenant),
                     _ => keys.gcra(a.tenant, dim.as_str(), subject),
                 },
                 requests: gcra(dim, false, limit.requests, limit.burst),
