@@ -143,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
                 prompt_hash: &format!("h{}", i % 1000),
                 estimate: usage,
             };
-            gov.admit(&a, now)
+            let d = gov
+                .admit(&a, now)
                 .await?
                 .map_err(|r| anyhow::anyhow!("{r:?}"))?;
             store.create_queued(env.into()).await?;
@@ -151,7 +152,8 @@ async fn main() -> anyhow::Result<()> {
             store.record_started(env, 1).await?;
             store.record_completed(env, result).await?;
             gov.release_in_flight(t, env.id).await?;
-            gov.settle(t, env.id, "m", usage, now, None).await?;
+            gov.settle(t, env.id, "m", usage, now, d.reservation.as_ref())
+                .await?;
             anyhow::Ok(())
         }))
         .await?;

@@ -11,9 +11,11 @@
 //!
 //! What it costs Redis: one call, and within it one `HMGET` and one `HSET` per dimension
 //! (a dimension's request and token limits share one hash, whose expiry moves about once a
-//! window), two `HINCRBY` per budget (added to, then taken back if that overruns it), one
+//! window; the tenant dimension's state is in the tenant hash, read with the kill switch),
+//! two `HINCRBY` per budget (added to, then taken back if that overruns it), one
 //! `SET NX` for a new prompt's loop counter and one `SET` for the reservation. Only the
-//! limits, budgets and checks the configuration turns on are passed.
+//! limits, budgets and checks the configuration turns on are passed, and the numbers are
+//! prepared here: inside Redis, formatting a number costs about as much as a command.
 //!
 //! Every key is the tenant's (its hash tag) except the global limit's, the one cross-tenant
 //! key (`gcra:{global}`, its own slot). Against a Redis Cluster it lives on another shard
@@ -132,6 +134,14 @@ impl Refusal {
     }
 }
 
+/// The rate limits that apply to one request, worked out once from the configuration (its
+/// dimensions, GCRA hashes, `T` and `tau`): [`Governor::rate_limits`]. Admission, the
+/// question whether it reserves, the span's list of limits and a fallback reservation all
+/// read the same one.
+pub struct RateLimits {
+    dims: Vec<DimArg>,
+}
+
 /// One rate-limit dimension as the script takes it: its GCRA hash and its request and token
 /// limits (either may be off).
 struct DimArg {
@@ -178,12 +188,23 @@ impl Governor {
         a: &Admission<'_>,
         now_ms: u64,
     ) -> Result<Result<Decision, Refusal>, GovernanceError> {
+        self.admit_under(a, &self.rate_limits(a), now_ms).await
+    }
+
+    /// [`Governor::admit`] with `a`'s rate limits already worked out
+    /// ([`Governor::rate_limits`]).
+    pub async fn admit_under(
+        &self,
+        a: &Admission<'_>,
+        limits: &RateLimits,
+        now_ms: u64,
+    ) -> Result<Result<Decision, Refusal>, GovernanceError> {
         let cfg = self.config();
         let policy = cfg.tenant_policy(a.tenant);
         if policy.is_some_and(|p| p.disabled) {
             return Ok(Err(Refusal::Disabled));
         }
-        let dims = self.dim_args(cfg, a);
+        let dims = &limits.dims;
         let (budget_tokens, budget_cost, period_name, reset_ms) = match policy {
             Some(p) if p.budget.tokens > 0 || p.budget.cost_usd > 0.0 => {
                 let (name, left) = period::current(p.budget.period, now_ms);
@@ -208,22 +229,36 @@ impl Governor {
             None => (0, 0, "none".to_string(), 0),
         };
         let est_cost = crate::estimate::cost_micro_usd(cfg, a.model, a.estimate);
-        let reserve = self.reserves_with(a, &dims);
-        let chain = a.chain.unwrap_or("-");
+        let reserve = self.reserves_under(a, limits);
         if dims.is_empty() && !reserve && cfg.loop_max_per_minute == 0 {
             // Nothing to count or reserve: only the tenant's kill switch applies, which a
             // plain read answers without running the script.
             return self.admit_unlimited(a, est_cost).await;
         }
 
-        let budget_key = self.keys().budget(a.tenant, &period_name);
-        let key_budget_key = self.keys().key_budget(a.tenant, a.key_id, &key_period);
-        let mut inv = ADMIT.key(self.keys().tenant(a.tenant));
-        inv.key(self.keys().loop_counter(a.tenant, chain, a.prompt_hash))
-            .key(&budget_key)
-            .key(self.keys().reservation(a.tenant, a.job))
-            .key(&key_budget_key);
-        for d in &dims {
+        // Keys the call does not use are not built: the tenant's own key stands in for
+        // them (same hash tag), so the script's key list keeps its shape.
+        let tenant_key = self.keys().tenant(a.tenant);
+        let tenant_budget = budget_tokens > 0 || budget_cost > 0;
+        let key_budget = key_tokens > 0 || key_cost > 0;
+        let budget_key = tenant_budget.then(|| self.keys().budget(a.tenant, &period_name));
+        let key_budget_key =
+            key_budget.then(|| self.keys().key_budget(a.tenant, a.key_id, &key_period));
+        let mut inv = ADMIT.key(&tenant_key);
+        if cfg.loop_max_per_minute > 0 {
+            let chain = a.chain.unwrap_or("-");
+            inv.key(self.keys().loop_counter(a.tenant, chain, a.prompt_hash));
+        } else {
+            inv.key(&tenant_key);
+        }
+        inv.key(budget_key.as_deref().unwrap_or(&tenant_key));
+        if reserve {
+            inv.key(self.keys().reservation(a.tenant, a.job));
+        } else {
+            inv.key(&tenant_key);
+        }
+        inv.key(key_budget_key.as_deref().unwrap_or(&tenant_key));
+        for d in dims {
             inv.key(&d.key);
         }
         inv.arg(now_ms)
@@ -239,7 +274,7 @@ impl Governor {
             .arg(key_cost)
             .arg(key_reset_ms / 1000 + 3600)
             .arg(dims.len());
-        for d in &dims {
+        for d in dims {
             for limit in [d.requests, d.tokens] {
                 match limit {
                     Some(g) => inv.arg(g.t_ms).arg(g.tau_ms),
@@ -273,15 +308,7 @@ impl Governor {
                 budget_tokens_used: used.max(0) as u64,
                 budget_cost_used_micro_usd: used_cost.max(0) as u64,
                 reserved: reserve,
-                reservation: reserve.then(|| {
-                    let tenant_budget = budget_tokens > 0 || budget_cost > 0;
-                    let key_budget = key_tokens > 0 || key_cost > 0;
-                    reservation_in(
-                        &dims,
-                        tenant_budget.then_some(budget_key),
-                        key_budget.then_some(key_budget_key),
-                    )
-                }),
+                reservation: reserve.then(|| reservation_in(dims, budget_key, key_budget_key)),
             }),
             1 => Err(Refusal::Disabled),
             2 => Err(Refusal::Loop { retry_after_ms: ms }),
@@ -353,6 +380,16 @@ impl Governor {
     /// [`Decision::reservation`] says when it does): for settling a reservation whose
     /// admission call did not answer.
     pub fn reservation(&self, a: &Admission<'_>, now_ms: u64) -> Reservation {
+        self.reservation_under(a, &self.rate_limits(a), now_ms)
+    }
+
+    /// [`Governor::reservation`] with `a`'s rate limits already worked out.
+    pub fn reservation_under(
+        &self,
+        a: &Admission<'_>,
+        limits: &RateLimits,
+        now_ms: u64,
+    ) -> Reservation {
         let cfg = self.config();
         let policy = cfg.tenant_policy(a.tenant);
         let budget = |b: &sluice_config::Budget| b.tokens > 0 || b.cost_usd > 0.0;
@@ -367,7 +404,7 @@ impl Governor {
                 self.keys()
                     .key_budget(a.tenant, a.key_id, &period::current(b.period, now_ms).0)
             });
-        reservation_in(&self.dim_args(cfg, a), tenant_budget, key_budget)
+        reservation_in(&limits.dims, tenant_budget, key_budget)
     }
 
     /// Which limits apply to `a`, for the admission span: the rate-limit policies
@@ -375,11 +412,16 @@ impl Governor {
     /// `key-budget`), the loop check (`loop`) and the tenant's in-flight cap (`in-flight`,
     /// enforced by the workers). Pure: reads the configuration only.
     pub fn applied(&self, a: &Admission<'_>) -> Vec<String> {
+        self.applied_under(a, &self.rate_limits(a))
+    }
+
+    /// [`Governor::applied`] with `a`'s rate limits already worked out.
+    pub fn applied_under(&self, a: &Admission<'_>, limits: &RateLimits) -> Vec<String> {
         let cfg = self.config();
         let policy = cfg.tenant_policy(a.tenant);
         let budget = |b: &sluice_config::Budget| b.tokens > 0 || b.cost_usd > 0.0;
-        let mut out: Vec<String> = self
-            .dim_args(cfg, a)
+        let mut out: Vec<String> = limits
+            .dims
             .iter()
             .flat_map(DimArg::limits)
             .map(|g| g.policy.name())
@@ -409,11 +451,12 @@ impl Governor {
     /// or a token rate limit applies to it. Only then does its token estimate matter, so a
     /// caller may leave [`Admission::estimate`] at zero otherwise and skip counting.
     pub fn reserves(&self, a: &Admission<'_>) -> bool {
-        self.reserves_with(a, &self.dim_args(self.config(), a))
+        self.reserves_under(a, &self.rate_limits(a))
     }
 
     /// [`Governor::reserves`] with `a`'s rate limits already worked out.
-    fn reserves_with(&self, a: &Admission<'_>, dims: &[DimArg]) -> bool {
+    pub fn reserves_under(&self, a: &Admission<'_>, limits: &RateLimits) -> bool {
+        let dims = &limits.dims;
         let policy = self.config().tenant_policy(a.tenant);
         let budget = |b: &sluice_config::Budget| b.tokens > 0 || b.cost_usd > 0.0;
         policy.is_some_and(|p| budget(&p.budget))
@@ -421,6 +464,15 @@ impl Governor {
                 .and_then(|p| p.key_budgets.get(a.key_id))
                 .is_some_and(budget)
             || dims.iter().any(|d| d.tokens.is_some())
+    }
+
+    /// The rate limits that apply to `a` (the dimensions with at least one limit, each with
+    /// its GCRA hash), for the `*_under` calls: worked out once per request. Pure: reads the
+    /// configuration only (the estimate does not enter).
+    pub fn rate_limits(&self, a: &Admission<'_>) -> RateLimits {
+        RateLimits {
+            dims: self.dim_args(self.config(), a),
+        }
     }
 
     /// The dimensions with at least one limit for `a`, each with its GCRA hash.
@@ -461,6 +513,8 @@ impl Governor {
             .map(|(dim, limit, subject)| DimArg {
                 key: match dim {
                     Dimension::Global => keys.gcra_global(),
+                    // In the tenant hash, read with the kill switch (see admit.lua).
+                    Dimension::Tenant => keys.tenant(a.tenant),
                     _ => keys.gcra(a.tenant, dim.as_str(), subject),
                 },
                 requests: gcra(dim, false, limit.requests, limit.burst),

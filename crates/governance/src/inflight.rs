@@ -62,8 +62,9 @@ impl Governor {
         inv.key(self.keys().deferred(tenant))
             .arg(job.to_string())
             .arg(cap)
-            .arg(now_ms)
-            .arg(lease_ms);
+            .arg(format!("({now_ms}"))
+            .arg(now_ms.saturating_add(lease_ms))
+            .arg(lease_ms.saturating_mul(2));
         let (ok, deferrals, waiting): (i64, u64, u64) = self.store().invoke(&inv).await?;
         Ok(if ok == 1 {
             Slot::Acquired { deferrals }

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use sluice_config::GovernanceConfig;
 use sluice_store::{Keys, Lua, Store, StoreError};
 
-pub use admission::{Admission, Decision, Dimension, Refusal};
+pub use admission::{Admission, Decision, Dimension, RateLimits, Refusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GovernanceError {

@@ -11,7 +11,11 @@
 //! The counters to correct are passed as the script's keys (every key a script touches must
 //! be, for a Redis Cluster): [`crate::Decision::reservation`] names them at admission and
 //! travels with the job (the envelope's `reservation`). A job published before that field
-//! passes none, and its reservation's own record of them is used.
+//! passes none, and its reservation's own record of them is used (admission then wrote them
+//! into it; it now writes only `[tokens, cost]`, so a caller must pass the counters of a
+//! reservation made now: settled without them, only the reservation is removed). Either
+//! way round a rolling upgrade settles right: the previous worker's script reads the short
+//! reservation, and this one reads the long.
 //!
 //! Usage is read from the upstream response: the `usage` object of a plain response, or of
 //! the last chunk of a streamed one (ingest asks for it with `stream_options.include_usage`),

@@ -396,7 +396,10 @@ async fn a_key_budget_bounds_one_key_and_settles_like_the_tenants() {
         },
     );
     cfg.tenants.insert("acme".into(), policy);
-    let (a, b) = replicas(&cfg);
+    let r = redis_cfg();
+    let store = sluice_store::Store::new(&r).unwrap();
+    let a = Governor::new(store.clone(), cfg.clone());
+    let b = Governor::new(sluice_store::Store::new(&r).unwrap(), cfg.clone());
     let mut k1_jobs = Vec::new();
     for i in 0..3 {
         let job = Uuid::now_v7();
@@ -416,7 +419,22 @@ async fn a_key_budget_bounds_one_key_and_settles_like_the_tenants() {
     other_key.key_id = "k2";
     assert!(a.admit(&other_key, NOW).await.unwrap().is_ok());
     // A job that used nothing gives its 100 tokens back, once; settled as a job published
-    // before its envelope named the counters (the stored reservation names them).
+    // before its envelope named the counters, whose reservation (written by the admission
+    // script of then) names them.
+    let period = sluice_governance::period::current(BudgetPeriod::Day, NOW).0;
+    let old_reservation = format!(
+        r#"[100,0,"","{}"]"#,
+        a.keys().key_budget("acme", "k1", &period)
+    );
+    store
+        .query_each::<()>(vec![
+            redis::cmd("SET")
+                .arg(a.keys().reservation("acme", k1_jobs[0]))
+                .arg(old_reservation)
+                .to_owned(),
+        ])
+        .await
+        .unwrap();
     assert!(
         a.settle("acme", k1_jobs[0], "m", Usage::default(), NOW, None)
             .await
@@ -686,4 +704,61 @@ async fn thousands_of_leases_count_exactly_and_expire() {
     assert_eq!(acquire_all(NOW).await, CAP, "two replicas, one cap");
     // Every lease expired (their workers died): the cap is whole again.
     assert_eq!(acquire_all(NOW + 10_001).await, CAP);
+}
+
+/// The tenant limit's state lives in the tenant hash, read with the kill switch: its token
+/// limit settles there, the hash keeps its other fields and never expires, and the kill
+/// switch still refuses first.
+#[tokio::test]
+async fn the_tenant_limit_lives_in_the_tenant_hash_beside_the_kill_switch() {
+    let mut cfg = GovernanceConfig::default();
+    cfg.tenant = Limit {
+        requests: 10,
+        tokens: 1000,
+        burst: 1.0,
+    };
+    let r = redis_cfg();
+    let store = sluice_store::Store::new(&r).unwrap();
+    let a = Governor::new(store.clone(), cfg.clone());
+    a.put_tenant("acme", false, NOW).await.unwrap();
+    let first = Uuid::now_v7();
+    let d = a.admit(&req(first, 900), NOW).await.unwrap().unwrap();
+    let reservation = d.reservation.unwrap();
+    assert_eq!(
+        reservation.token_limits,
+        vec![(a.keys().tenant("acme"), 60.0)]
+    );
+    match a.admit(&req(Uuid::now_v7(), 200), NOW).await.unwrap() {
+        Err(Refusal::RateLimited { policy, .. }) => assert_eq!(policy.name(), "tenant-tokens"),
+        other => panic!("{other:?}"),
+    }
+    // 100 of the 900 used: 800 more fit, not 900.
+    let used = Usage {
+        prompt_tokens: 50,
+        completion_tokens: 50,
+    };
+    assert!(
+        a.settle("acme", first, "m", used, NOW, Some(&reservation))
+            .await
+            .unwrap()
+    );
+    assert!(a.admit(&req(Uuid::now_v7(), 800), NOW).await.unwrap().is_ok());
+    assert!(a.admit(&req(Uuid::now_v7(), 200), NOW).await.unwrap().is_err());
+    let replies: Vec<redis::Value> = store
+        .query_each(vec![
+            redis::cmd("PTTL").arg(a.keys().tenant("acme")).to_owned(),
+            redis::cmd("HGET")
+                .arg(a.keys().tenant("acme"))
+                .arg("created_at")
+                .to_owned(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(replies[0], redis::Value::Int(-1), "the tenant hash never expires");
+    assert!(matches!(replies[1], redis::Value::BulkString(_)));
+    a.put_tenant("acme", true, NOW).await.unwrap();
+    assert_eq!(
+        a.admit(&req(Uuid::now_v7(), 1), NOW + 60_000).await.unwrap(),
+        Err(Refusal::Disabled)
+    );
 }

@@ -54,15 +54,15 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `Pgcra:{<tenant>}:<dim>[:<subject>]` | hash | GCRA theoretical arrival times (ms) of one dimension's limits, `r` requests and `t` tokens (`subject`: the key, model, agent or chain) |
+//! | `Pgcra:{<tenant>}:<dim>[:<subject>]` | hash | GCRA theoretical arrival times (ms) of one dimension's limits, `r` requests and `t` tokens, `n` the latest `now` seen, `x` the hash's expiry (`dim`: key, model, agent or chain; `subject`: which one); the tenant dimension's are fields of `Ptenant:{<id>}` |
 //! | `Pgcra:{global}` | hash | the same for the limit shared by all tenants |
 //! | `Pbudget:{<tenant>}:<period>` | hash | `tokens`, `cost` (micro-USD): settled + reserved |
 //! | `Pkbudget:{<tenant>}:<key id>:<period>` | hash | the same for one API key's budget |
-//! | `Pres:{<tenant>}:<job>` | string | a job's reservation until it is settled (JSON: tokens, cost, the budget and GCRA keys it reserved in) |
+//! | `Pres:{<tenant>}:<job>` | string | a job's reservation until it is settled (JSON `[tokens, cost]`; the counters it went to travel in the job's envelope; one written before also names them: `[tokens, cost, budget, key budget, [GCRA key, T]...]`) |
 //! | `Ploop:{<tenant>}:<chain>:<prompt hash>` | string | requests this minute |
 //! | `Pidem:{<tenant>}:<key hash>` | string | `body hash` and first job id |
 //! | `Pidem:{<tenant>}:<key hash>:ok` | string | that job's id, once the broker took it |
-//! | `Ptenant:{<id>}` | hash | `disabled` (kill switch), `created_at` |
+//! | `Ptenant:{<id>}` | hash | `disabled` (kill switch), `created_at`; `r`, `t`, `n`: the tenant limit's GCRA state (read with the kill switch in one `HMGET`; the hash does not expire) |
 //! | `Ptenants` | set | tenant ids known to the admin API |
 //! | `Pschema` | string | version of the key names (2: hash tags), see [`crate::Store::upgrade_keys`] |
 //! | `Papikey:<sha256>` | hash | tenant, key id, created/expires/revoked |

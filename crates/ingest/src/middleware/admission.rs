@@ -438,17 +438,24 @@ async fn limits(
         prompt_hash: &prompt_hash,
         estimate: estimate::Usage::default(),
     };
-    // Counting tokens (with the model's real tokenizer) only matters when the job reserves
-    // them against a budget or a token limit.
-    if state.gov.reserves(&a) {
+    // The limits are worked out once for everything below. Counting tokens (with the
+    // model's real tokenizer) only matters when the job reserves them against a budget or a
+    // token limit.
+    let rate_limits = state.gov.rate_limits(&a);
+    if state.gov.reserves_under(&a, &rate_limits) {
         if let Some(body_len) = count_tokens {
             a.estimate = estimate_tokens(request, body_len).await;
         }
         // Until the script answers, a reservation may exist.
         hold.reserved = true;
     }
-    let span = admission_span(state, &a);
-    let decision = match state.gov.admit(&a, now).instrument(span.clone()).await {
+    let span = admission_span(state, &a, &rate_limits);
+    let decision = match state
+        .gov
+        .admit_under(&a, &rate_limits, now)
+        .instrument(span.clone())
+        .await
+    {
         Ok(d) => d,
         Err(e) if gov_cfg.on_store_error == FailPolicy::FailOpen => {
             metrics::counter!("sluice_governance_store_unavailables_total", "policy" => "fail_open")
@@ -460,7 +467,7 @@ async fn limits(
         Err(e) => {
             // The script may have run: giving the reservation back needs its counters.
             if hold.reserved {
-                hold.reservation = Some(state.gov.reservation(&a, now));
+                hold.reservation = Some(state.gov.reservation_under(&a, &rate_limits, now));
             }
             return Err(unavailable(state, e));
         }
@@ -517,12 +524,16 @@ async fn limits(
 /// (`sluice.admission.limits`: rate-limit policies, budgets, loop check, the in-flight cap
 /// the workers enforce, and `shed` when load shedding is on), then its outcome, and the
 /// tightest limit with what is left of it.
-fn admission_span(state: &AppState, a: &sluice_governance::Admission<'_>) -> tracing::Span {
+fn admission_span(
+    state: &AppState,
+    a: &sluice_governance::Admission<'_>,
+    limits: &sluice_governance::RateLimits,
+) -> tracing::Span {
     if !sluice_telemetry::trace::exporting() {
         return tracing::Span::none();
     }
     let span = tracing::info_span!("admission");
-    let mut applied = state.gov.applied(a);
+    let mut applied = state.gov.applied_under(a, limits);
     if crate::middleware::shedding::enabled(&state.gov.config().shedding) {
         applied.push("shed".into());
     }
