@@ -342,7 +342,11 @@ async fn an_upstream_error_is_never_cached_as_an_answer_and_a_400_is_a_negative_
         for _ in 0..2 {
             let r = chat(&api, &body, &[]).await?;
             assert_eq!(r.status, 502, "{status}: {}", r.body);
-            assert_eq!(r.body["error"]["code"], "upstream_unauthorized", "{}", r.body);
+            assert_eq!(
+                r.body["error"]["code"], "upstream_unauthorized",
+                "{}",
+                r.body
+            );
             assert_eq!(r.body["error"]["type"], "server_error");
             assert_ne!(r.cache.as_deref(), Some("hit"), "{status} is not cached");
             let now = upstream_chats(&sim);

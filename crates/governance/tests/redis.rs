@@ -742,8 +742,18 @@ async fn the_tenant_limit_lives_in_the_tenant_hash_beside_the_kill_switch() {
             .await
             .unwrap()
     );
-    assert!(a.admit(&req(Uuid::now_v7(), 800), NOW).await.unwrap().is_ok());
-    assert!(a.admit(&req(Uuid::now_v7(), 200), NOW).await.unwrap().is_err());
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 800), NOW)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 200), NOW)
+            .await
+            .unwrap()
+            .is_err()
+    );
     let replies: Vec<redis::Value> = store
         .query_each(vec![
             redis::cmd("PTTL").arg(a.keys().tenant("acme")).to_owned(),
@@ -754,11 +764,17 @@ async fn the_tenant_limit_lives_in_the_tenant_hash_beside_the_kill_switch() {
         ])
         .await
         .unwrap();
-    assert_eq!(replies[0], redis::Value::Int(-1), "the tenant hash never expires");
+    assert_eq!(
+        replies[0],
+        redis::Value::Int(-1),
+        "the tenant hash never expires"
+    );
     assert!(matches!(replies[1], redis::Value::BulkString(_)));
     a.put_tenant("acme", true, NOW).await.unwrap();
     assert_eq!(
-        a.admit(&req(Uuid::now_v7(), 1), NOW + 60_000).await.unwrap(),
+        a.admit(&req(Uuid::now_v7(), 1), NOW + 60_000)
+            .await
+            .unwrap(),
         Err(Refusal::Disabled)
     );
 }
