@@ -51,8 +51,9 @@ end
 local etok = tonumber(ARGV[5])
 local best, best_ratio, best_rem, best_reset = 0, 2, 0, 0
 -- What each dimension commits, seven slots a dimension (one table for the call): its
--- clock (a number, and the string to write), the new request and token arrival times (false: limit off), its hash's expiry, the
--- latest of its arrival times and its largest tau.
+-- clock (a number, and the string to write), the new request and token arrival times
+-- (false: limit off), its hash's expiry, the latest of its arrival times and its largest
+-- tau.
 -- Each replica stamps its own `now` before the call, so calls can reach Redis out of the
 -- order of their stamps: a dimension's clock never goes back (field `n`), or a late call
 -- with an earlier stamp would be refused a slot the limit still has.
