@@ -207,6 +207,36 @@ async fn concurrent_first_requests_cannot_overrun_a_budget_and_settlement_is_exa
     ));
 }
 
+/// Settles `job`, admitted with an estimate of 900 tokens, at 100 used; then, under a token
+/// limit that the 900 had filled, 800 more tokens fit and 200 beyond them do not.
+async fn settle_100_of_900(
+    a: &Governor,
+    job: Uuid,
+    reservation: Option<&sluice_protocol::Reservation>,
+) {
+    let used = Usage {
+        prompt_tokens: 50,
+        completion_tokens: 50,
+    };
+    assert!(
+        a.settle("acme", job, "m", used, NOW, reservation)
+            .await
+            .unwrap()
+    );
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 800), NOW)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        a.admit(&req(Uuid::now_v7(), 200), NOW)
+            .await
+            .unwrap()
+            .is_err()
+    );
+}
+
 #[tokio::test]
 async fn token_limits_settle_to_actual_usage() {
     let mut cfg = GovernanceConfig::default();
@@ -227,34 +257,8 @@ async fn token_limits_settle_to_actual_usage() {
         Err(Refusal::RateLimited { policy, .. }) => assert_eq!(policy.name(), "key-tokens"),
         other => panic!("{other:?}"),
     }
-    // It used 100 of the 900 reserved: 900 tokens of room come back at once.
-    assert!(
-        a.settle(
-            "acme",
-            first,
-            "m",
-            Usage {
-                prompt_tokens: 50,
-                completion_tokens: 50
-            },
-            NOW,
-            reservation.as_ref(),
-        )
-        .await
-        .unwrap()
-    );
-    assert!(
-        a.admit(&req(Uuid::now_v7(), 800), NOW)
-            .await
-            .unwrap()
-            .is_ok()
-    );
-    assert!(
-        a.admit(&req(Uuid::now_v7(), 200), NOW)
-            .await
-            .unwrap()
-            .is_err()
-    );
+    // It used 100 of the 900 reserved: 800 more tokens of room come back at once.
+    settle_100_of_900(&a, first, reservation.as_ref()).await;
 }
 
 #[tokio::test]
@@ -733,27 +737,7 @@ async fn the_tenant_limit_lives_in_the_tenant_hash_beside_the_kill_switch() {
         other => panic!("{other:?}"),
     }
     // 100 of the 900 used: 800 more fit, not 900.
-    let used = Usage {
-        prompt_tokens: 50,
-        completion_tokens: 50,
-    };
-    assert!(
-        a.settle("acme", first, "m", used, NOW, Some(&reservation))
-            .await
-            .unwrap()
-    );
-    assert!(
-        a.admit(&req(Uuid::now_v7(), 800), NOW)
-            .await
-            .unwrap()
-            .is_ok()
-    );
-    assert!(
-        a.admit(&req(Uuid::now_v7(), 200), NOW)
-            .await
-            .unwrap()
-            .is_err()
-    );
+    settle_100_of_900(&a, first, Some(&reservation)).await;
     let replies: Vec<redis::Value> = store
         .query_each(vec![
             redis::cmd("PTTL").arg(a.keys().tenant("acme")).to_owned(),
