@@ -14,13 +14,17 @@
 -- Only a call that passes no budget or token-limit keys (a job published before the worker
 -- passed them) settles against the keys an old reservation names; they are the same
 -- tenant's, with its hash tag.
--- Returns 1 settled, 0 nothing to settle (already settled or never reserved).
+-- Returns {1, waiting} settled, {0, waiting} nothing to settle (already settled or never
+--   reserved); waiting: with ARGV[5] '1', how many of the tenant's jobs are deferred (0
+--   without), so the worker wakes the others only when a job waits for the freed slot.
+local waiting = 0
 if ARGV[5] == '1' then
   redis.call('ZREM', KEYS[2], ARGV[4])
   redis.call('HDEL', KEYS[3], ARGV[4])
+  waiting = redis.call('HLEN', KEYS[3])
 end
 local raw = redis.call('GETDEL', KEYS[1])
-if not raw then return 0 end
+if not raw then return {0, waiting} end
 local rt, rc = string.match(raw, '^%[(%d+),(%d+)%]$')
 local r = false
 if not rt then
@@ -29,7 +33,7 @@ if not rt then
 end
 local dt = tonumber(ARGV[1]) - tonumber(rt)
 local dc = tonumber(ARGV[2]) - tonumber(rc)
-if dt == 0 and dc == 0 then return 1 end
+if dt == 0 and dc == 0 then return {1, waiting} end
 -- The counters: budget hashes first, then token limits as (hash, T) pairs, from the
 -- call's keys or, for an old reservation settled without them, from the reservation.
 local budgets, limits = {}, {}
@@ -78,4 +82,4 @@ if dt ~= 0 then
     end
   end
 end
-return 1
+return {1, waiting}

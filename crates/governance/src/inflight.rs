@@ -77,16 +77,22 @@ impl Governor {
         })
     }
 
-    pub async fn release_in_flight(&self, tenant: &str, job: Uuid) -> Result<(), GovernanceError> {
+    /// Frees `job`'s slot; answers how many of the tenant's jobs are deferred, waiting for
+    /// one (0 without a cap).
+    pub async fn release_in_flight(&self, tenant: &str, job: Uuid) -> Result<u64, GovernanceError> {
         if self.in_flight_cap(tenant) == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let store = self.store();
         let mut conn = store.conn().await?;
+        let deferred = self.keys().deferred(tenant);
         let mut pipe = redis::pipe();
         pipe.zrem(self.keys().leases(tenant), job.to_string())
-            .hdel(self.keys().deferred(tenant), job.to_string());
-        let _: redis::Value = store.timed(pipe.query_async(&mut conn)).await?;
-        Ok(())
+            .ignore()
+            .hdel(&deferred, job.to_string())
+            .ignore()
+            .hlen(&deferred);
+        let (waiting,): (u64,) = store.timed(pipe.query_async(&mut conn)).await?;
+        Ok(waiting)
     }
 }

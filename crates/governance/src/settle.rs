@@ -43,8 +43,10 @@ impl Governor {
         now_ms: u64,
         reservation: Option<&Reservation>,
     ) -> Result<bool, GovernanceError> {
-        self.settle_with(tenant, job, model, usage, now_ms, reservation, false)
-            .await
+        let (settled, _) = self
+            .settle_with(tenant, job, model, usage, now_ms, reservation, false)
+            .await?;
+        Ok(settled)
     }
 
     /// [`Governor::settle`] at the end of a job that held an in-flight slot: the same call
@@ -57,10 +59,15 @@ impl Governor {
         usage: Usage,
         now_ms: u64,
         reservation: Option<&Reservation>,
-    ) -> Result<bool, GovernanceError> {
+    ) -> Result<Settlement, GovernanceError> {
         let release = self.in_flight_cap(tenant) > 0;
-        self.settle_with(tenant, job, model, usage, now_ms, reservation, release)
-            .await
+        let (settled, deferred) = self
+            .settle_with(tenant, job, model, usage, now_ms, reservation, release)
+            .await?;
+        Ok(Settlement {
+            settled,
+            freed: release.then_some(deferred),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -73,7 +80,7 @@ impl Governor {
         now_ms: u64,
         reservation: Option<&Reservation>,
         release: bool,
-    ) -> Result<bool, GovernanceError> {
+    ) -> Result<(bool, u64), GovernanceError> {
         let cost = crate::estimate::cost_micro_usd(self.config(), model, usage);
         let mut inv = SETTLE.key(self.keys().reservation(tenant, job));
         inv.key(self.keys().leases(tenant))
@@ -92,12 +99,22 @@ impl Governor {
                 inv.key(key).arg(t_ms);
             }
         }
-        let settled: i64 = self.store().invoke(&inv).await?;
+        let (settled, deferred): (i64, u64) = self.store().invoke(&inv).await?;
         if settled == 1 {
             metrics::counter!("sluice_governance_settled_tokens_total").increment(usage.total());
         }
-        Ok(settled == 1)
+        Ok((settled == 1, deferred))
     }
+}
+
+/// What [`Governor::settle_and_release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settlement {
+    /// This call settled the job (`false`: already settled, or never reserved).
+    pub settled: bool,
+    /// The job's in-flight slot was freed (its tenant has a cap), with how many of the
+    /// tenant's jobs are deferred, waiting for a slot; `None`: no cap, no slot.
+    pub freed: Option<u64>,
 }
 
 /// The `usage` of an OpenAI response body: a JSON object, or a server-sent event stream

@@ -6,6 +6,7 @@
 use sluice_config::{Budget, BudgetPeriod, GovernanceConfig, Limit, RedisConfig, TenantPolicy};
 use sluice_governance::{
     Admission, Governor, Refusal, estimate::Usage, idempotency::Claim, inflight::Slot,
+    settle::Settlement,
 };
 use uuid::Uuid;
 
@@ -377,11 +378,20 @@ async fn keys_rotate_revoke_and_in_flight_caps() {
         "a redelivery renews"
     );
     assert_eq!(acq("other", jobs[2], NOW).await, ok(0), "per tenant");
-    a.release_in_flight("acme", jobs[0]).await.unwrap();
+    assert_eq!(
+        a.release_in_flight("acme", jobs[0]).await.unwrap(),
+        1,
+        "one job waits for the freed slot"
+    );
     assert_eq!(
         acq("acme", jobs[2], NOW).await,
         ok(2),
         "deferrals are remembered"
+    );
+    assert_eq!(
+        a.release_in_flight("acme", jobs[2]).await.unwrap(),
+        0,
+        "the deferred job ran and ended: none waits"
     );
     // A dead worker's lease expires.
     assert_eq!(acq("acme", Uuid::now_v7(), NOW + 10_001).await, ok(0));
@@ -648,16 +658,25 @@ async fn a_workers_settlement_frees_the_slot_once_and_settles_once() {
         prompt_tokens: 50,
         completion_tokens: 50,
     };
-    // One call settles the job and frees its slot; a redelivery's settles nothing again.
-    assert!(
+    // One call settles the job and frees its slot, saying the deferred job waits for it; a
+    // redelivery's settles nothing again.
+    assert_eq!(
         a.settle_and_release("acme", first, "m", used, NOW, reservation.as_ref())
             .await
-            .unwrap()
+            .unwrap(),
+        Settlement {
+            settled: true,
+            freed: Some(1)
+        }
     );
-    assert!(
-        !b.settle_and_release("acme", first, "m", used, NOW, reservation.as_ref())
+    assert_eq!(
+        b.settle_and_release("acme", first, "m", used, NOW, reservation.as_ref())
             .await
-            .unwrap()
+            .unwrap(),
+        Settlement {
+            settled: false,
+            freed: Some(1)
+        }
     );
     assert_eq!(
         b.acquire_in_flight("acme", second, 60_000, NOW)

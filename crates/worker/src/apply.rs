@@ -37,12 +37,13 @@ pub async fn apply(
 ) -> Option<&'static str> {
     let broker = match &job {
         Some(job) => {
-            // Whether a settlement freed the in-flight slot already.
-            let mut freed = false;
+            // Whether a settlement freed the in-flight slot already (with the tenant's
+            // deferred jobs then).
+            let mut freed = None;
             let broker = loop {
                 // A write that failed is tried again while the message is held.
                 let (broker, settled) = record_and_settle(shared, job, &decision).await;
-                freed |= settled;
+                freed = settled.or(freed);
                 if let Some(broker) = hold.wait(&delivery, broker).await {
                     break broker;
                 }
@@ -64,11 +65,15 @@ pub async fn apply(
     ended
 }
 
-/// Records the decision's outcome and settles the job; the flag says whether the settlement
-/// freed the job's in-flight slot too.
-async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> (Broker, bool) {
+/// Records the decision's outcome and settles the job; `Some` if the settlement freed the
+/// job's in-flight slot too (see [`governance::settle`]).
+async fn record_and_settle(
+    shared: &Shared,
+    job: &Running<'_>,
+    d: &Decision,
+) -> (Broker, Option<u64>) {
     let env = job.env;
-    let mut freed = false;
+    let mut freed = None;
     let written = match &d.record {
         Record::Nothing => Ok(()),
         Record::Completed(body) => completed(shared, env, body, &mut freed).await,
@@ -80,8 +85,8 @@ async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> 
         let max = u64::from(shared.cfg.worker.max_attempts);
         return (decide(job.attempt, max, ran).broker, freed);
     }
-    freed |= match d.settle {
-        Settle::Nothing => false,
+    let settled = match d.settle {
+        Settle::Nothing => None,
         Settle::Zero => governance::settle(shared, env, Default::default()).await,
         Settle::Reservation => {
             let usage = governance::reserved_usage(env);
@@ -93,7 +98,7 @@ async fn record_and_settle(shared: &Shared, job: &Running<'_>, d: &Decision) -> 
             governance::settle(shared, env, usage).await
         }
     };
-    (d.broker.clone(), freed)
+    (d.broker.clone(), settled.or(freed))
 }
 
 /// Recording the result, settling the usage (and freeing the in-flight slot: `freed`) and
@@ -105,7 +110,7 @@ async fn completed(
     shared: &Shared,
     env: &JobEnvelope,
     body: &[u8],
-    freed: &mut bool,
+    freed: &mut Option<u64>,
 ) -> Result<(), Ran> {
     let (recorded, settled, targets) = tokio::join!(
         shared.store.record_completed(env, body),

@@ -123,24 +123,36 @@ pub async fn disabled(shared: &Shared, tenant: &str) -> Result<bool, ()> {
 }
 
 /// After the job's outcome is known: frees its in-flight slot, unless its settlement already
-/// did (`freed`, from [`settle`]).
-pub async fn release(shared: &Shared, env: &JobEnvelope, freed: bool) {
-    if !freed && let Err(e) = shared.gov.release_in_flight(&env.tenant, env.id).await {
-        tracing::debug!(job = %env.id, error = %e, "cannot release the in-flight slot; its lease expires");
-    }
-    if shared.gov.in_flight_cap(&env.tenant) > 0 {
+/// did (`freed`, from [`settle`]), and wakes the workers when a job of the tenant was
+/// deferred and waits for a slot.
+pub async fn release(shared: &Shared, env: &JobEnvelope, freed: Option<u64>) {
+    let waiting = match freed {
+        Some(waiting) => waiting,
+        None => match shared.gov.release_in_flight(&env.tenant, env.id).await {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                tracing::debug!(job = %env.id, error = %e, "cannot release the in-flight slot; its lease expires");
+                // Whether a job waits is not known: wake them as if one did.
+                1
+            }
+        },
+    };
+    if waiting > 0 && shared.gov.in_flight_cap(&env.tenant) > 0 {
         // A slot of this tenant is free: its deferred jobs that are due may run now, so wake
         // the workers that found the class empty (they would otherwise wait for a re-check).
+        // Only then: a ring makes every idle worker ask the broker, and a tenant under its
+        // cap has no job waiting for this slot.
         shared.queue.ring(env.priority).await;
     }
 }
 
 /// Settles the job's reservation and, in the same call, frees its in-flight slot; a job
-/// admission reserved nothing for has nothing to settle. Returns whether the slot is freed
-/// (a cap applies and the call succeeded), so [`release`] need not ask again.
-pub async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) -> bool {
+/// admission reserved nothing for has nothing to settle. `Some(waiting)`: the slot is freed
+/// (a cap applies and the call succeeded), so [`release`] need not ask again, and `waiting`
+/// of the tenant's jobs are deferred.
+pub async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) -> Option<u64> {
     if !env.reserved {
-        return false;
+        return None;
     }
     match shared
         .gov
@@ -154,10 +166,10 @@ pub async fn settle(shared: &Shared, env: &JobEnvelope, usage: Usage) -> bool {
         )
         .await
     {
-        Ok(_) => shared.gov.in_flight_cap(&env.tenant) > 0,
+        Ok(s) => s.freed,
         Err(e) => {
             tracing::warn!(job = %env.id, error = %e, "cannot settle the job's reservation");
-            false
+            None
         }
     }
 }
